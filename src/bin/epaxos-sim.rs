@@ -1,0 +1,118 @@
+//! `epaxos-sim`: runs the deterministic cluster simulator over many seeds.
+//!
+//! One line per failing seed, with the command that replays it; the last line
+//! is exactly `N passed, M failed`; exit status 1 if any seed failed.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use epaxos_fast::sim::{self, FaultMix, SimConfig, LIVENESS_BOUND_NS};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Deterministic EPaxos cluster simulator with correctness checkers")]
+struct Args {
+    /// Run seeds 0..SEEDS (ignored when --seed is given).
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// Run this one seed, verbosely.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// First seed of the range (with --seeds).
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Number of replicas (1, 3, 5, 7 or 9).
+    #[arg(long, default_value_t = 5, value_parser = parse_replicas)]
+    replicas: usize,
+    /// Which faults the network injects during the fault phase.
+    #[arg(long, value_enum, default_value_t = FaultMix::All)]
+    faults: FaultMix,
+    /// Percent of commands on keys shared by all clients (0..=100).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=100))]
+    conflicts: u32,
+    /// Percent of commands that are reads (0..=100).
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(0..=100))]
+    reads: u32,
+    /// Closed-loop clients (default: twice the replica count).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    clients: Option<u64>,
+    /// Requests per client.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    ops: u64,
+    /// Send PreAccept to a fast quorum only.
+    #[arg(long)]
+    thrifty: bool,
+}
+
+fn parse_replicas(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    match n {
+        1 | 3 | 5 | 7 | 9 => Ok(n),
+        _ => Err(format!("{n} replicas: must be 1, 3, 5, 7 or 9")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.first_seed..args.first_seed + args.seeds).collect(),
+    };
+    let started = Instant::now();
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut worst_recovery_ns = 0;
+    let mut last_progress = Instant::now();
+    for (i, &seed) in seeds.iter().enumerate() {
+        let mut cfg = SimConfig::new(seed, args.replicas);
+        cfg.faults = args.faults;
+        cfg.conflicts_pct = args.conflicts;
+        cfg.reads_pct = args.reads;
+        cfg.clients = args.clients.map_or(2 * args.replicas, |c| c as usize);
+        cfg.ops_per_client = args.ops as usize;
+        cfg.thrifty = args.thrifty;
+        let report = sim::run(&cfg);
+        worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);
+        if args.seed.is_some() {
+            println!(
+                "seed {seed}: {} requests, {} instances ({} fast, {} slow), {} messages \
+                 ({} dropped), virtual time {} ms, last request {} ms after the last fault",
+                report.ops_completed,
+                report.instances_proposed,
+                report.fast_commits,
+                report.slow_commits,
+                report.messages_sent,
+                report.messages_dropped,
+                report.end_ns / 1_000_000,
+                report.recovery_ns / 1_000_000
+            );
+        }
+        if report.passed() {
+            passed += 1;
+        } else {
+            failed += 1;
+            println!(
+                "FAILED seed {seed}: {} | replay: {}",
+                report.failures.join("; "),
+                cfg.replay_command()
+            );
+        }
+        if last_progress.elapsed().as_secs() >= 5 {
+            last_progress = Instant::now();
+            eprintln!("... {}/{} seeds, {failed} failed", i + 1, seeds.len());
+        }
+    }
+    eprintln!(
+        "{} seeds in {:.1}s; liveness: every request completed within {:.1} ms of the last \
+         fault (bound {} ms)",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        worst_recovery_ns as f64 / 1e6,
+        LIVENESS_BOUND_NS / 1_000_000
+    );
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,38 @@
+//! Every limit of the system in one place, each with its unit in its name.
+//!
+//! Related limits are checked against each other at compile time, so a change
+//! that breaks an assumption elsewhere fails the build instead of a run.
+
+/// Largest cluster the core supports (N = 2F + 1 with F = 4). Dependency
+/// vectors are fixed arrays of this length, so raising it costs memory in every
+/// instance and every key of the conflict index.
+pub const REPLICAS_MAX: usize = 9;
+
+/// Most commands one instance (one batch) may carry.
+pub const BATCH_COMMANDS_MAX: usize = 4096;
+
+/// Longest key a command may carry.
+pub const KEY_BYTES_MAX: usize = 1024;
+
+/// Longest value a PUT may carry.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+
+/// How far a client's request numbers may run ahead of the oldest one it still
+/// waits for. The exactly-once table keeps one result per number in this window.
+pub const CLIENT_WINDOW_REQUESTS_MAX: u64 = 1024;
+
+/// How far above its compaction base a slot of one replica may be. A slot
+/// beyond this is a bug or a hostile peer: the core refuses to allocate for it.
+pub const INSTANCE_WINDOW_SLOTS_MAX: u64 = 1 << 22;
+
+/// Default time after which a command leader re-sends PreAccept, Accept or
+/// Commit to peers that have not answered.
+pub const RETRANSMIT_TIMEOUT_NS_DEFAULT: u64 = 20_000_000;
+
+const _: () = assert!(REPLICAS_MAX >= 1 && REPLICAS_MAX % 2 == 1);
+// Peer sets are u16 bitmasks.
+const _: () = assert!(REPLICAS_MAX <= 16);
+const _: () = assert!(BATCH_COMMANDS_MAX <= u32::MAX as usize);
+// Key length travels as a u16, value length as a u32.
+const _: () = assert!(KEY_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);

@@ -1,0 +1,14 @@
+//! epaxos-fast: a replicated key-value store ordered by EPaxos.
+//!
+//! - [`protocol`]: the EPaxos core, pure and deterministic (no IO, clock or RNG).
+//! - [`state_machine`]: the conflict relation and `apply`; the KV store.
+//! - [`wire`]: fixed-layout records read in place from receive buffers.
+//! - [`sim`]: a deterministic cluster simulator and the correctness checkers.
+//!
+//! The core's call contract is in [`protocol`]'s documentation.
+
+pub mod constants;
+pub mod protocol;
+pub mod sim;
+pub mod state_machine;
+pub mod wire;

@@ -1,0 +1,121 @@
+//! The core's configuration and the quorum sizes it implies.
+
+use super::types::ReplicaId;
+use crate::constants::{REPLICAS_MAX, RETRANSMIT_TIMEOUT_NS_DEFAULT};
+
+/// A deliberate defect, for proving that the simulator's checkers catch bugs.
+/// Never set outside tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// The command leader takes the fast path even when acceptors reported
+    /// extra dependencies, dropping them.
+    FastPathDropsDependencies,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// N, the number of replicas: 1, 3, 5, 7 or 9.
+    pub replicas: usize,
+    /// This replica.
+    pub me: ReplicaId,
+    /// Send PreAccept to a fast quorum only, instead of to every peer.
+    pub thrifty: bool,
+    /// Re-send to peers that have not answered after this long.
+    pub retransmit_timeout_ns: u64,
+    /// Produce `TraceEvent`s for the simulator's checkers.
+    pub trace: bool,
+    pub injected_bug: Option<InjectedBug>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    Replicas(usize),
+    Me { me: u8, replicas: usize },
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Replicas(n) => write!(
+                f,
+                "{n} replicas: must be odd and between 1 and {REPLICAS_MAX}"
+            ),
+            ConfigError::Me { me, replicas } => {
+                write!(f, "replica id {me} out of range for {replicas} replicas")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn new(replicas: usize, me: ReplicaId) -> Result<Config, ConfigError> {
+        if replicas == 0 || replicas > REPLICAS_MAX || replicas % 2 == 0 {
+            return Err(ConfigError::Replicas(replicas));
+        }
+        if me.index() >= replicas {
+            return Err(ConfigError::Me { me: me.0, replicas });
+        }
+        Ok(Config {
+            replicas,
+            me,
+            thrifty: false,
+            retransmit_timeout_ns: RETRANSMIT_TIMEOUT_NS_DEFAULT,
+            trace: false,
+            injected_bug: None,
+        })
+    }
+
+    /// F: the failures tolerated.
+    pub fn f(&self) -> usize {
+        (self.replicas - 1) / 2
+    }
+
+    /// Replicas, leader included, in a fast quorum: F + floor((F+1)/2)
+    /// (the optimized fast quorum of the SOSP 2013 paper), and at least 1.
+    pub fn fast_quorum(&self) -> usize {
+        let f = self.f();
+        (f + (f + 1) / 2).max(1)
+    }
+
+    /// Replicas, leader included, in a slow-path quorum: F + 1.
+    pub fn slow_quorum(&self) -> usize {
+        self.f() + 1
+    }
+
+    /// Bitmask of every replica but this one.
+    pub(crate) fn peers_mask(&self) -> u16 {
+        (((1u32 << self.replicas) - 1) as u16) & !self.me.bit()
+    }
+
+    /// The peers after this one, in ring order.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        (1..self.replicas).map(move |i| ReplicaId(((self.me.index() + i) % self.replicas) as u8))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_sizes() {
+        let sizes: Vec<_> = [1, 3, 5, 7, 9]
+            .iter()
+            .map(|&n| {
+                let c = Config::new(n, ReplicaId(0)).unwrap();
+                (c.fast_quorum(), c.slow_quorum())
+            })
+            .collect();
+        assert_eq!(sizes, [(1, 1), (2, 2), (3, 3), (5, 4), (6, 5)]);
+    }
+
+    #[test]
+    fn refuses_bad_sizes() {
+        assert!(Config::new(0, ReplicaId(0)).is_err());
+        assert!(Config::new(4, ReplicaId(0)).is_err());
+        assert!(Config::new(11, ReplicaId(0)).is_err());
+        assert!(Config::new(3, ReplicaId(3)).is_err());
+    }
+}

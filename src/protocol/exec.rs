@@ -1,0 +1,228 @@
+//! Execution: committed instances run in an order every replica agrees on.
+//!
+//! An instance runs once everything it depends on is committed. The
+//! dependency graph is cut into strongly connected components with Tarjan's
+//! algorithm, written iteratively (an explicit stack of frames) so a chain of
+//! a hundred thousand instances needs no call stack. Components complete in
+//! reverse topological order, which is the order they execute in; inside one,
+//! instances run by (seq, replica, slot).
+//!
+//! Nothing polls. A walk that reaches an uncommitted instance stops, marks the
+//! instances it passed as blocked on it, and registers its root as a waiter on
+//! that instance; the commit of that instance re-queues the waiters. A later
+//! walk that meets a node blocked on a still-uncommitted instance stops there
+//! at once, so a long chain queued behind one missing commit costs O(1) per
+//! new arrival, not a walk of the whole chain.
+
+use super::outbox::{Outbox, TraceEvent};
+use super::replica::Replica;
+use super::space::Lookup;
+use super::types::{InstanceId, ReplicaId, Status};
+use crate::state_machine::StateMachine;
+
+/// One node being explored: which dependency to look at next.
+struct Frame {
+    id: InstanceId,
+    /// Replica whose prefix is being walked.
+    replica: usize,
+    /// Next slot of that replica to look at.
+    slot: u64,
+}
+
+enum Edge {
+    /// A committed, unexecuted dependency to explore.
+    To(InstanceId),
+    /// A dependency that is not committed yet.
+    Blocked(InstanceId),
+    /// No dependencies left.
+    Done,
+}
+
+/// Scratch space reused by every execution walk: no allocation per walk.
+#[derive(Default)]
+pub(crate) struct ExecScratch {
+    /// Committed instances whose execution should be (re)tried.
+    pub ready: Vec<InstanceId>,
+    epoch: u64,
+    counter: u32,
+    frames: Vec<Frame>,
+    stack: Vec<InstanceId>,
+    component: Vec<(u64, InstanceId)>,
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Executes what can be executed among the instances queued as ready.
+    pub(super) fn execute_ready(&mut self, out: &mut Outbox<S::Output>) {
+        if self.exec.ready.is_empty() {
+            return;
+        }
+        while let Some(id) = self.exec.ready.pop() {
+            self.try_execute(id, out);
+        }
+        for r in 0..self.cfg.replicas {
+            self.spaces.compact(ReplicaId(r as u8));
+        }
+    }
+
+    fn try_execute(&mut self, root: InstanceId, out: &mut Outbox<S::Output>) {
+        match self.spaces.get(root) {
+            Lookup::Found(inst) if inst.status == Status::Committed => {}
+            _ => return,
+        }
+        self.exec.epoch += 1;
+        self.exec.counter = 0;
+        debug_assert!(self.exec.frames.is_empty() && self.exec.stack.is_empty());
+        self.visit(root);
+        while let Some(frame) = self.exec.frames.last_mut() {
+            match next_edge(&self.spaces, frame, self.cfg.replicas) {
+                Edge::Blocked(missing) => return self.block(root, missing),
+                Edge::To(w) => {
+                    let epoch = self.exec.epoch;
+                    let v = frame.id;
+                    let target = match self.spaces.get(w) {
+                        Lookup::Found(inst) => inst,
+                        _ => unreachable!("edge to a committed instance"),
+                    };
+                    if target.mark.epoch != epoch {
+                        if let Some(m) = target.blocked_on {
+                            if !self.spaces.is_committed(m) {
+                                return self.block(root, m);
+                            }
+                        }
+                        self.visit(w);
+                    } else if target.mark.on_stack {
+                        let w_index = target.mark.index;
+                        let v_mark = &mut self.spaces.get_mut(v).expect("on stack").mark;
+                        v_mark.low = v_mark.low.min(w_index);
+                    }
+                }
+                Edge::Done => {
+                    let v = frame.id;
+                    self.exec.frames.pop();
+                    self.finish(v, out);
+                }
+            }
+        }
+    }
+
+    fn visit(&mut self, id: InstanceId) {
+        let counter = self.exec.counter;
+        self.exec.counter += 1;
+        let inst = self.spaces.get_mut(id).expect("visiting a known instance");
+        inst.mark.epoch = self.exec.epoch;
+        inst.mark.index = counter;
+        inst.mark.low = counter;
+        inst.mark.on_stack = true;
+        self.exec.stack.push(id);
+        self.exec.frames.push(Frame {
+            id,
+            replica: 0,
+            slot: 0,
+        });
+    }
+
+    /// All of `v`'s dependencies are explored: if it roots a component, the
+    /// component is complete and everything it depends on has run, so it runs.
+    fn finish(&mut self, v: InstanceId, out: &mut Outbox<S::Output>) {
+        let mark = self.spaces.get_mut(v).expect("finishing").mark;
+        if let Some(parent) = self.exec.frames.last() {
+            let parent = self.spaces.get_mut(parent.id).expect("parent on stack");
+            parent.mark.low = parent.mark.low.min(mark.low);
+        }
+        if mark.low != mark.index {
+            return;
+        }
+        self.exec.component.clear();
+        loop {
+            let w = self.exec.stack.pop().expect("component on stack");
+            let inst = self.spaces.get_mut(w).expect("on stack");
+            inst.mark.on_stack = false;
+            self.exec.component.push((inst.attrs.seq, w));
+            if w == v {
+                break;
+            }
+        }
+        // (seq, replica, slot): InstanceId orders by replica, then slot.
+        self.exec.component.sort_unstable();
+        for i in 0..self.exec.component.len() {
+            let id = self.exec.component[i].1;
+            self.execute_instance(id, out);
+        }
+    }
+
+    fn execute_instance(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
+        let me = self.cfg.me;
+        let inst = self.spaces.get_mut(id).expect("executing");
+        assert_eq!(inst.status, Status::Committed, "executing {id} before its commit");
+        inst.status = Status::Executed;
+        inst.blocked_on = None;
+        for cmd in inst.batch.iter() {
+            let result = self.sessions.execute(&mut self.sm, &cmd);
+            if let (true, Some(result)) = (id.replica == me, result) {
+                out.replies.push(super::outbox::Reply {
+                    client: cmd.client,
+                    request: cmd.request,
+                    result,
+                });
+            }
+        }
+        self.stats.executed_instances += 1;
+        self.stats.executed_commands += inst.batch.len() as u64;
+        if self.cfg.trace {
+            out.trace.push(TraceEvent::Executed { id });
+        }
+    }
+
+    /// The walk from `root` reached `missing`, which is not committed: every
+    /// instance still on the stack waits for it, and `root` is retried when it
+    /// commits.
+    fn block(&mut self, root: InstanceId, missing: InstanceId) {
+        self.exec.frames.clear();
+        for id in self.exec.stack.drain(..) {
+            let inst = self.spaces.get_mut(id).expect("on stack");
+            inst.mark.on_stack = false;
+            inst.blocked_on = Some(missing);
+        }
+        match self.spaces.entry(missing) {
+            Some(inst) => inst.waiters.push(root),
+            // Refused as implausibly far ahead: a peer sent a bogus dependency.
+            None => debug_assert!(false, "dependency {missing} outside the window"),
+        }
+    }
+}
+
+/// The next dependency of the frame's instance that is not executed. A
+/// dependency entry d for replica q stands for every slot of q up to d.
+fn next_edge(spaces: &super::space::Spaces, frame: &mut Frame, replicas: usize) -> Edge {
+    let deps = match spaces.get(frame.id) {
+        Lookup::Found(inst) => inst.attrs.deps,
+        _ => unreachable!("frame of a known instance"),
+    };
+    while frame.replica < replicas {
+        let q = ReplicaId(frame.replica as u8);
+        let last = deps.get(q).0;
+        let mut slot = frame.slot.max(spaces.base(q));
+        while slot <= last {
+            let w = InstanceId::new(q, slot);
+            slot += 1;
+            if w == frame.id {
+                continue;
+            }
+            match spaces.get(w) {
+                Lookup::Compacted => {}
+                Lookup::Missing => return Edge::Blocked(w),
+                Lookup::Found(inst) => match inst.status {
+                    Status::Executed => {}
+                    Status::Committed => {
+                        frame.slot = slot;
+                        return Edge::To(w);
+                    }
+                    _ => return Edge::Blocked(w),
+                },
+            }
+        }
+        frame.replica += 1;
+        frame.slot = 0;
+    }
+    Edge::Done
+}

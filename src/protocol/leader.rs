@@ -1,0 +1,281 @@
+//! The command leader's side: propose, collect votes, decide fast or slow
+//! path, commit, and re-send to peers that stay silent.
+
+use super::config::InjectedBug;
+use super::message::{Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk};
+use super::outbox::Outbox;
+use super::replica::{record, Replica};
+use super::space::{Lead, Phase};
+use super::types::{Ballot, InstanceId, ReplicaId, Status};
+use crate::state_machine::StateMachine;
+use crate::wire::Batch;
+
+impl<S: StateMachine> Replica<S> {
+    /// Starts one instance for every command in `batch` (the commands that
+    /// arrived in one turn of the caller's loop). N = 1 commits at once.
+    pub fn propose(&mut self, now: u64, batch: Batch, out: &mut Outbox<S::Output>) {
+        assert!(!batch.is_empty(), "proposing an empty batch");
+        self.advance(now);
+        let id = InstanceId::new(self.cfg.me, self.next_slot);
+        self.next_slot += 1;
+        self.stats.proposed += 1;
+        let attrs = self.new_instance_attrs(&batch);
+        self.index.record(id, attrs.seq, &batch);
+        let inst = self.spaces.entry(id).expect("own slot in window");
+        inst.status = Status::PreAccepted;
+        inst.ballot = Ballot::initial(self.cfg.me);
+        inst.attrs = attrs;
+        inst.batch = batch;
+        inst.indexed_seq = attrs.seq;
+        if self.cfg.replicas == 1 {
+            self.stats.fast_commits += 1;
+            self.mark_committed(id, out);
+            self.execute_ready(out);
+            return;
+        }
+        out.persist.push(record(id, inst));
+        let targets = if self.cfg.thrifty {
+            // The fast quorum: the next fast_quorum - 1 peers in ring order.
+            let fast = self.cfg.fast_quorum() - 1;
+            self.cfg.peers().take(fast).fold(0, |m, p| m | p.bit())
+        } else {
+            self.cfg.peers_mask()
+        };
+        inst.lead = Some(Box::new(Lead {
+            phase: Phase::PreAccept,
+            initial: attrs,
+            merged: attrs,
+            sent: targets,
+            replied: 0,
+            changed: 0,
+        }));
+        let msg = PreAccept {
+            id,
+            ballot: inst.ballot,
+            attrs,
+            batch: inst.batch.clone(),
+        };
+        send_to_mask(out, targets, self.cfg.replicas, |_| Message::PreAccept(msg.clone()));
+        self.retry
+            .push_back((now + self.cfg.retransmit_timeout_ns, id.slot.0));
+    }
+
+    pub(super) fn on_pre_accept_ok(
+        &mut self,
+        from: ReplicaId,
+        m: PreAcceptOk,
+        out: &mut Outbox<S::Output>,
+    ) {
+        let fast_needed = self.cfg.fast_quorum() - 1;
+        let f = self.cfg.f();
+        let drops_deps = self.cfg.injected_bug == Some(InjectedBug::FastPathDropsDependencies);
+        let Some(inst) = self.own_instance(m.id) else {
+            return;
+        };
+        let Some(lead) = inst.lead.as_deref_mut() else {
+            return;
+        };
+        if lead.phase != Phase::PreAccept || m.ballot != inst.ballot || lead.replied & from.bit() != 0
+        {
+            return; // late or duplicate
+        }
+        lead.replied |= from.bit();
+        lead.sent |= from.bit();
+        if m.attrs != lead.initial {
+            lead.changed += 1;
+        }
+        lead.merged.union(&m.attrs);
+        let replies = lead.replied.count_ones() as usize;
+        let unchanged = replies - lead.changed as usize;
+        let pending = (lead.sent & !lead.replied).count_ones() as usize;
+        let fast = if drops_deps {
+            replies >= fast_needed
+        } else {
+            unchanged >= fast_needed
+        };
+        if fast {
+            inst.attrs = lead.initial;
+            self.stats.fast_commits += 1;
+            self.commit_own(m.id, out);
+        } else if replies >= f && unchanged + pending < fast_needed {
+            self.start_accept(m.id, out);
+        }
+    }
+
+    /// The slow path: Accept the union of the replies on a majority.
+    fn start_accept(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
+        let replicas = self.cfg.replicas;
+        let thrifty = self.cfg.thrifty;
+        let f = self.cfg.f();
+        let peers = self.cfg.peers_mask();
+        let inst = self.spaces.get_mut(id).expect("own instance");
+        let lead = inst.lead.as_deref_mut().expect("leading");
+        assert_eq!(lead.phase, Phase::PreAccept);
+        assert!(lead.replied.count_ones() as usize >= f);
+        inst.attrs = lead.merged;
+        inst.status = Status::Accepted;
+        lead.phase = Phase::Accept;
+        // Thrifty: the first F peers that answered PreAccept, known alive.
+        lead.sent = if thrifty {
+            first_bits(lead.replied, f)
+        } else {
+            peers
+        };
+        lead.replied = 0;
+        let targets = lead.sent;
+        if inst.attrs.seq > inst.indexed_seq {
+            self.index.record(id, inst.attrs.seq, &inst.batch);
+            inst.indexed_seq = inst.attrs.seq;
+        }
+        out.persist.push(record(id, inst));
+        let msg = Accept {
+            id,
+            ballot: inst.ballot,
+            attrs: inst.attrs,
+            batch: inst.batch.clone(),
+        };
+        send_to_mask(out, targets, replicas, |_| Message::Accept(msg.clone()));
+    }
+
+    pub(super) fn on_accept_ok(&mut self, from: ReplicaId, m: AcceptOk, out: &mut Outbox<S::Output>) {
+        let f = self.cfg.f();
+        let Some(inst) = self.own_instance(m.id) else {
+            return;
+        };
+        let Some(lead) = inst.lead.as_deref_mut() else {
+            return;
+        };
+        if lead.phase != Phase::Accept || m.ballot != inst.ballot {
+            return;
+        }
+        lead.replied |= from.bit();
+        if lead.replied.count_ones() as usize >= f {
+            self.stats.slow_commits += 1;
+            self.commit_own(m.id, out);
+        }
+    }
+
+    /// Commits an own instance with the attributes now in it and tells every
+    /// peer; the commit is re-sent until each acknowledges it.
+    fn commit_own(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
+        let peers = self.cfg.peers_mask();
+        let inst = self.spaces.get_mut(id).expect("own instance");
+        let lead = inst.lead.as_deref_mut().expect("leading");
+        lead.phase = Phase::Commit;
+        lead.sent = peers;
+        lead.replied = 0;
+        self.mark_committed(id, out);
+        let inst = self.spaces.get_mut(id).expect("own instance");
+        let msg = inst.commit_message(id);
+        send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
+    }
+
+    pub(super) fn on_commit_ok(&mut self, from: ReplicaId, m: CommitOk) {
+        let Some(inst) = self.own_instance(m.id) else {
+            return;
+        };
+        let Some(lead) = inst.lead.as_deref_mut() else {
+            return;
+        };
+        if lead.phase != Phase::Commit {
+            return;
+        }
+        lead.replied |= from.bit();
+        if lead.replied == lead.sent {
+            inst.lead = None;
+            self.spaces.compact(self.cfg.me);
+        }
+    }
+
+    fn own_instance(&mut self, id: InstanceId) -> Option<&mut super::space::Instance> {
+        assert_eq!(id.replica, self.cfg.me, "a reply about another leader's instance");
+        self.spaces.get_mut(id)
+    }
+
+    /// Re-sends to peers that have not answered in time. After a timeout in
+    /// the PreAccept phase with a majority of answers, the slow path starts:
+    /// waiting longer for a fast quorum could wait forever.
+    pub fn tick(&mut self, now: u64, out: &mut Outbox<S::Output>) {
+        self.advance(now);
+        while let Some(&(at, slot)) = self.retry.front() {
+            if at > now {
+                break;
+            }
+            self.retry.pop_front();
+            let id = InstanceId::new(self.cfg.me, slot);
+            if self.retransmit(id, out) {
+                self.retry
+                    .push_back((now + self.cfg.retransmit_timeout_ns, slot));
+            }
+        }
+        self.execute_ready(out);
+    }
+
+    /// Returns whether the instance still needs its timer.
+    fn retransmit(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) -> bool {
+        let replicas = self.cfg.replicas;
+        let peers = self.cfg.peers_mask();
+        let f = self.cfg.f();
+        let Some(inst) = self.spaces.get_mut(id) else {
+            return false;
+        };
+        let Some(lead) = inst.lead.as_deref_mut() else {
+            return false;
+        };
+        self.stats.retransmits += 1;
+        let silent = peers & !lead.replied;
+        let msg = match lead.phase {
+            Phase::PreAccept if lead.replied.count_ones() as usize >= f => {
+                self.start_accept(id, out);
+                return true;
+            }
+            Phase::PreAccept => {
+                lead.sent |= silent;
+                Message::PreAccept(PreAccept {
+                    id,
+                    ballot: inst.ballot,
+                    attrs: lead.initial,
+                    batch: inst.batch.clone(),
+                })
+            }
+            Phase::Accept => {
+                lead.sent |= silent;
+                Message::Accept(Accept {
+                    id,
+                    ballot: inst.ballot,
+                    attrs: inst.attrs,
+                    batch: inst.batch.clone(),
+                })
+            }
+            Phase::Commit => inst.commit_message(id),
+        };
+        send_to_mask(out, silent, replicas, |_| msg.clone());
+        true
+    }
+}
+
+fn send_to_mask<O>(
+    out: &mut Outbox<O>,
+    mask: u16,
+    replicas: usize,
+    mut msg: impl FnMut(ReplicaId) -> Message,
+) {
+    for r in 0..replicas {
+        if mask & (1 << r) != 0 {
+            let to = ReplicaId(r as u8);
+            out.send(to, msg(to));
+        }
+    }
+}
+
+/// The lowest `n` set bits of `mask`.
+fn first_bits(mask: u16, n: usize) -> u16 {
+    let mut left = mask;
+    let mut taken = 0;
+    for _ in 0..n {
+        let low = left & left.wrapping_neg();
+        taken |= low;
+        left &= !low;
+    }
+    taken
+}

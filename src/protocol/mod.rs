@@ -1,0 +1,38 @@
+//! The EPaxos core: pure, deterministic, no IO, no clock, no randomness.
+//!
+//! A [`Replica`] is driven by four calls, each taking the current time as a
+//! plain number of nanoseconds and writing what it wants done into an
+//! [`Outbox`] the caller owns:
+//!
+//! - [`Replica::propose`]: a batch of client commands becomes one instance;
+//! - [`Replica::handle`]: a message from a peer;
+//! - [`Replica::tick`]: time passed (re-sends to silent peers);
+//! - [`Replica::next_deadline`]: when `tick` next has something to do.
+//!
+//! See [`outbox`] for what the caller must do with the output, in which order.
+//! The same core runs under the real runtime and under the simulator, which is
+//! what makes every simulated failure replayable from its seed.
+//!
+//! What is implemented (Moraru, Andersen, Kaminsky, "There Is More Consensus
+//! in Egalitarian Parliaments", SOSP 2013): PreAccept / Accept / Commit with
+//! the optimized fast quorum F + floor((F+1)/2), thrifty or send-to-all, batched
+//! instances, execution by strongly connected components. Not yet: recovery of
+//! a silent leader's instances (Explicit Prepare) and crash recovery; message
+//! loss is survived by the leader re-sending to peers that have not answered.
+
+pub mod config;
+mod exec;
+mod index;
+mod leader;
+pub mod message;
+pub mod outbox;
+mod replica;
+mod sessions;
+mod space;
+pub mod types;
+
+pub use config::{Config, ConfigError, InjectedBug};
+pub use message::{Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk};
+pub use outbox::{Outbox, Record, Reply, TraceEvent};
+pub use replica::{Replica, ReplicaStats};
+pub use types::{Attrs, Ballot, Deps, InstanceId, ReplicaId, Slot, Status};

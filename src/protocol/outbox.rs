@@ -1,0 +1,82 @@
+//! What the core wants done, in a buffer the caller owns and reuses.
+//!
+//! The contract: after each call into the core, the driver
+//! 1. makes every [`Record`] in `persist` durable (one flush for all of them),
+//! 2. then sends `messages` (per peer, in order),
+//! 3. then delivers `replies` to clients,
+//! 4. then calls [`Outbox::clear`] (which keeps the capacity).
+//!
+//! A message never leaves before the records of the same call are durable:
+//! an acceptor's reply reports state that must survive a crash.
+
+use super::message::Message;
+use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
+use crate::wire::Batch;
+
+/// An instance's state as it must be found after a crash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub id: InstanceId,
+    pub ballot: Ballot,
+    pub status: Status,
+    pub attrs: Attrs,
+    pub batch: Batch,
+}
+
+/// The answer to one client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply<O> {
+    pub client: u64,
+    pub request: u64,
+    pub result: O,
+}
+
+/// What the simulator's checkers observe (only produced with `Config::trace`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceEvent {
+    Committed {
+        id: InstanceId,
+        attrs: Attrs,
+        batch: Batch,
+    },
+    Executed {
+        id: InstanceId,
+    },
+}
+
+pub struct Outbox<O> {
+    /// Messages per destination replica, indexed by `ReplicaId`.
+    pub messages: Vec<Vec<Message>>,
+    pub persist: Vec<Record>,
+    pub replies: Vec<Reply<O>>,
+    pub trace: Vec<TraceEvent>,
+}
+
+impl<O> Outbox<O> {
+    pub fn new(replicas: usize) -> Outbox<O> {
+        Outbox {
+            messages: (0..replicas).map(|_| Vec::new()).collect(),
+            persist: Vec::new(),
+            replies: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.messages.iter_mut().for_each(Vec::clear);
+        self.persist.clear();
+        self.replies.clear();
+        self.trace.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.iter().all(Vec::is_empty)
+            && self.persist.is_empty()
+            && self.replies.is_empty()
+            && self.trace.is_empty()
+    }
+
+    pub(crate) fn send(&mut self, to: ReplicaId, message: Message) {
+        self.messages[to.index()].push(message);
+    }
+}

@@ -1,0 +1,123 @@
+//! Exactly-once execution: a table of client sessions.
+//!
+//! Every command carries (client, request number, first outstanding). The table
+//! keeps, per client, the results of its requests from `first_outstanding` on,
+//! so a request proposed twice (a client retry, possibly at another replica)
+//! is applied once and both copies are answered with the first result. The
+//! table is part of the replicated state: it changes only in `execute`, in
+//! execution order, so every replica keeps the same one.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use crate::constants::CLIENT_WINDOW_REQUESTS_MAX;
+use crate::state_machine::StateMachine;
+use crate::wire::CommandRef;
+
+struct Session<O> {
+    /// Requests below this were answered and acknowledged by the client.
+    floor: u64,
+    /// `results[i]` is the result of request `floor + i`, once executed.
+    results: VecDeque<Option<O>>,
+}
+
+pub(crate) struct Sessions<O> {
+    clients: FxHashMap<u64, Session<O>>,
+}
+
+impl<O: Clone> Sessions<O> {
+    pub fn new() -> Self {
+        Sessions {
+            clients: FxHashMap::default(),
+        }
+    }
+
+    /// Applies `cmd` unless it already ran; returns the result to answer with,
+    /// or `None` when no answer is due (the client acknowledged it already, or
+    /// broke the window rule and the command is refused).
+    pub fn execute<S>(&mut self, sm: &mut S, cmd: &CommandRef<'_>) -> Option<O>
+    where
+        S: StateMachine<Output = O>,
+    {
+        let session = self.clients.entry(cmd.client).or_insert_with(|| Session {
+            floor: 1,
+            results: VecDeque::new(),
+        });
+        if cmd.first_outstanding > session.floor {
+            let forget = cmd.first_outstanding - session.floor;
+            if forget >= session.results.len() as u64 {
+                session.results.clear();
+            } else {
+                session.results.drain(..forget as usize);
+            }
+            session.floor = cmd.first_outstanding;
+        }
+        if cmd.request < session.floor {
+            return None;
+        }
+        let offset = cmd.request - session.floor;
+        if offset >= CLIENT_WINDOW_REQUESTS_MAX {
+            return None;
+        }
+        let offset = offset as usize;
+        if offset >= session.results.len() {
+            session.results.resize(offset + 1, None);
+        }
+        if let Some(first) = &session.results[offset] {
+            return Some(first.clone());
+        }
+        let result = sm.apply(cmd);
+        session.results[offset] = Some(result.clone());
+        Some(result)
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::{KvResult, KvStore};
+    use crate::wire::Op;
+    use bytes::Bytes;
+
+    fn put(request: u64, first: u64, value: &[u8]) -> CommandRef<'_> {
+        CommandRef {
+            client: 9,
+            request,
+            first_outstanding: first,
+            op: Op::Put,
+            key: b"k",
+            value,
+        }
+    }
+
+    #[test]
+    fn duplicate_is_answered_with_first_result_and_not_reapplied() {
+        let (mut kv, mut s) = (KvStore::new(), Sessions::new());
+        assert_eq!(s.execute(&mut kv, &put(1, 1, b"a")), Some(KvResult::Done));
+        assert_eq!(s.execute(&mut kv, &put(2, 1, b"b")), Some(KvResult::Done));
+        // Request 1 again, after 2 ran: must not overwrite "b".
+        assert_eq!(s.execute(&mut kv, &put(1, 1, b"a")), Some(KvResult::Done));
+        assert_eq!(kv.get(b"k"), Some(&Bytes::from_static(b"b")));
+        // Out-of-order execution of pipelined requests: 4 before 3.
+        assert_eq!(s.execute(&mut kv, &put(4, 3, b"d")), Some(KvResult::Done));
+        assert_eq!(s.execute(&mut kv, &put(3, 3, b"c")), Some(KvResult::Done));
+        assert_eq!(kv.get(b"k"), Some(&Bytes::from_static(b"c")));
+        // The client acknowledged everything below 5: a stale copy of 3 is dropped.
+        assert_eq!(s.execute(&mut kv, &put(5, 5, b"e")), Some(KvResult::Done));
+        assert_eq!(s.execute(&mut kv, &put(3, 3, b"c")), None);
+        assert_eq!(kv.get(b"k"), Some(&Bytes::from_static(b"e")));
+    }
+
+    #[test]
+    fn request_beyond_window_is_refused() {
+        let (mut kv, mut s) = (KvStore::new(), Sessions::new());
+        let far = 1 + CLIENT_WINDOW_REQUESTS_MAX;
+        assert_eq!(s.execute(&mut kv, &put(far, 1, b"x")), None);
+        assert!(kv.is_empty());
+    }
+}

@@ -1,0 +1,538 @@
+//! The simulated cluster: event loop, network, clients.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use super::check::{check_agreement, check_execution_order, ReplicaLog};
+use super::linearizability::{check_history, HistoryOp, OpKind};
+use super::rng::Rng;
+use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
+use crate::protocol::{Config, Message, Outbox, Replica, ReplicaId, TraceEvent};
+use crate::state_machine::{KvResult, KvStore};
+use crate::wire::{BatchBuilder, CommandRef, Op};
+
+const MESSAGE_DELAY_NS: u64 = 100_000;
+const JITTER_SMALL_NS: u64 = 50_000;
+const JITTER_REORDER_NS: u64 = 3_000_000;
+const LOSS_PCT: u32 = 5;
+const DUPLICATE_PCT: u32 = 5;
+/// A replica's event-loop turn: requests arriving within it form one batch.
+const TURN_NS: u64 = 2_000;
+const CLIENT_TIMEOUT_NS: u64 = 60_000_000;
+const THINK_NS_MAX: u64 = 1_000_000;
+/// After the last client finishes, time for commits to reach every replica.
+const DRAIN_NS: u64 = 1_000_000_000;
+const EVENTS_MAX: u64 = 20_000_000;
+const SHARED_KEYS: u64 = 3;
+const PRIVATE_KEYS: u64 = 4;
+const CLIENT_ID_BASE: u64 = 1000;
+const LIN_SEARCH_STEPS_MAX: u64 = 2_000_000;
+
+/// A client command on its way to, or waiting at, a replica.
+#[derive(Clone, Debug)]
+struct Request {
+    client: u64,
+    request: u64,
+    op: Op,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+enum EventKind {
+    Deliver {
+        from: ReplicaId,
+        to: ReplicaId,
+        msg: Message,
+    },
+    Arrive {
+        replica: usize,
+        request: Request,
+    },
+    Flush {
+        replica: usize,
+    },
+    Tick {
+        replica: usize,
+    },
+    Reply {
+        client: usize,
+        request: u64,
+        result: KvResult,
+    },
+    ClientTimeout {
+        client: usize,
+        request: u64,
+        attempt: u32,
+    },
+    ClientNext {
+        client: usize,
+    },
+    PartitionStart,
+    PartitionHeal,
+    FaultsEnd,
+}
+
+struct Event {
+    at: u64,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct InFlight {
+    request: u64,
+    op: Op,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    invoke_ns: u64,
+    attempt: u32,
+}
+
+struct Client {
+    id: u64,
+    ops_left: usize,
+    next_request: u64,
+    current: Option<InFlight>,
+}
+
+struct Sim<'c> {
+    cfg: &'c SimConfig,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    events: u64,
+    queue: BinaryHeap<Reverse<Event>>,
+    replicas: Vec<Replica<KvStore>>,
+    outbox: Outbox<KvResult>,
+    arrived: Vec<Vec<Request>>,
+    flush_pending: Vec<bool>,
+    tick_at: Vec<Option<u64>>,
+    builder: BatchBuilder,
+    logs: Vec<ReplicaLog>,
+    clients: Vec<Client>,
+    clients_done: usize,
+    last_completion_ns: u64,
+    history: Vec<HistoryOp>,
+    faults_on: bool,
+    /// Replicas on one side of the current partition, if any.
+    partition: Option<u16>,
+    messages_sent: u64,
+    messages_dropped: u64,
+}
+
+/// Runs one simulation and checks it.
+pub fn run(cfg: &SimConfig) -> SimReport {
+    let mut sim = Sim::new(cfg);
+    let finished = sim.run();
+    sim.report(finished)
+}
+
+impl<'c> Sim<'c> {
+    fn new(cfg: &'c SimConfig) -> Sim<'c> {
+        let n = cfg.replicas;
+        let replicas = (0..n)
+            .map(|r| {
+                let mut c = Config::new(n, ReplicaId(r as u8)).expect("valid replica count");
+                c.thrifty = cfg.thrifty;
+                c.trace = true;
+                c.injected_bug = cfg.injected_bug;
+                Replica::new(c, KvStore::new())
+            })
+            .collect();
+        let clients = (0..cfg.clients)
+            .map(|i| Client {
+                id: CLIENT_ID_BASE + i as u64,
+                ops_left: cfg.ops_per_client,
+                next_request: 1,
+                current: None,
+            })
+            .collect();
+        Sim {
+            cfg,
+            rng: Rng::new(cfg.seed),
+            now: 0,
+            seq: 0,
+            events: 0,
+            queue: BinaryHeap::new(),
+            replicas,
+            outbox: Outbox::new(n),
+            arrived: vec![Vec::new(); n],
+            flush_pending: vec![false; n],
+            tick_at: vec![None; n],
+            builder: BatchBuilder::new(),
+            logs: vec![ReplicaLog::default(); n],
+            clients,
+            clients_done: 0,
+            last_completion_ns: 0,
+            history: Vec::new(),
+            faults_on: false,
+            partition: None,
+            messages_sent: 0,
+            messages_dropped: 0,
+        }
+    }
+
+    fn schedule(&mut self, at: u64, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Event {
+            at,
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    fn fault_end_ns(&self) -> u64 {
+        if self.cfg.faults == super::FaultMix::None {
+            0
+        } else {
+            FAULT_PHASE_NS
+        }
+    }
+
+    /// Returns whether the run ended on its own (all clients done and drained).
+    fn run(&mut self) -> bool {
+        if self.fault_end_ns() > 0 {
+            self.faults_on = true;
+            self.schedule(self.fault_end_ns(), EventKind::FaultsEnd);
+            if self.cfg.faults.partitions() {
+                let at = self.rng.below(50_000_000);
+                self.schedule(at, EventKind::PartitionStart);
+            }
+        }
+        for c in 0..self.clients.len() {
+            let at = self.rng.below(THINK_NS_MAX);
+            self.schedule(at, EventKind::ClientNext { client: c });
+        }
+        let horizon = self.fault_end_ns() + LIVENESS_BOUND_NS + DRAIN_NS;
+        while let Some(Reverse(event)) = self.queue.pop() {
+            self.events += 1;
+            if event.at > horizon || self.events > EVENTS_MAX {
+                return false;
+            }
+            if self.clients_done == self.clients.len()
+                && event.at > self.last_completion_ns.max(self.fault_end_ns()) + DRAIN_NS
+            {
+                return true;
+            }
+            self.now = event.at;
+            self.dispatch(event.kind);
+        }
+        self.clients_done == self.clients.len()
+    }
+
+    fn dispatch(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Deliver { from, to, msg } => {
+                self.call(to.index(), |r, now, out| r.handle(now, from, msg, out));
+            }
+            EventKind::Arrive { replica, request } => {
+                self.arrived[replica].push(request);
+                if !self.flush_pending[replica] {
+                    self.flush_pending[replica] = true;
+                    self.schedule(self.now + TURN_NS, EventKind::Flush { replica });
+                }
+            }
+            EventKind::Flush { replica } => self.flush(replica),
+            EventKind::Tick { replica } => {
+                if self.tick_at[replica] == Some(self.now) {
+                    self.tick_at[replica] = None;
+                }
+                self.call(replica, |r, now, out| r.tick(now, out));
+            }
+            EventKind::Reply {
+                client,
+                request,
+                result,
+            } => self.on_reply(client, request, result),
+            EventKind::ClientTimeout {
+                client,
+                request,
+                attempt,
+            } => self.on_client_timeout(client, request, attempt),
+            EventKind::ClientNext { client } => self.client_next(client),
+            EventKind::PartitionStart => {
+                if self.faults_on {
+                    let all = (1u16 << self.cfg.replicas) - 1;
+                    let side = 1 + self.rng.below(u64::from(all) - 1) as u16;
+                    self.partition = Some(side);
+                    let heal = self.now + self.rng.between(5_000_000, 80_000_000);
+                    self.schedule(heal, EventKind::PartitionHeal);
+                }
+            }
+            EventKind::PartitionHeal => {
+                self.partition = None;
+                if self.faults_on {
+                    let next = self.now + self.rng.between(5_000_000, 50_000_000);
+                    self.schedule(next, EventKind::PartitionStart);
+                }
+            }
+            EventKind::FaultsEnd => {
+                self.faults_on = false;
+                self.partition = None;
+            }
+        }
+    }
+
+    /// The commands that arrived during one turn become one proposal.
+    fn flush(&mut self, replica: usize) {
+        self.flush_pending[replica] = false;
+        let requests = std::mem::take(&mut self.arrived[replica]);
+        for req in &requests {
+            self.builder.push(&CommandRef {
+                client: req.client,
+                request: req.request,
+                first_outstanding: req.request,
+                op: req.op,
+                key: &req.key,
+                value: &req.value,
+            });
+        }
+        let batch = self.builder.finish();
+        self.arrived[replica] = requests;
+        self.arrived[replica].clear();
+        self.call(replica, |r, now, out| r.propose(now, batch, out));
+    }
+
+    /// Calls into replica `r`, then carries out its outbox.
+    fn call(
+        &mut self,
+        r: usize,
+        f: impl FnOnce(&mut Replica<KvStore>, u64, &mut Outbox<KvResult>),
+    ) {
+        let mut out = std::mem::replace(&mut self.outbox, Outbox::new(0));
+        f(&mut self.replicas[r], self.now, &mut out);
+        let from = ReplicaId(r as u8);
+        for to in 0..self.cfg.replicas {
+            for msg in out.messages[to].drain(..) {
+                self.send(from, ReplicaId(to as u8), msg);
+            }
+        }
+        for reply in out.replies.drain(..) {
+            let client = (reply.client - CLIENT_ID_BASE) as usize;
+            let at = self.now + MESSAGE_DELAY_NS;
+            let kind = EventKind::Reply {
+                client,
+                request: reply.request,
+                result: reply.result,
+            };
+            self.schedule(at, kind);
+        }
+        for event in out.trace.drain(..) {
+            match event {
+                TraceEvent::Committed { id, attrs, batch } => {
+                    self.logs[r].committed.push((id, attrs, batch))
+                }
+                TraceEvent::Executed { id } => self.logs[r].executed.push(id),
+            }
+        }
+        out.clear();
+        self.outbox = out;
+        if let Some(deadline) = self.replicas[r].next_deadline() {
+            let deadline = deadline.max(self.now);
+            if self.tick_at[r].is_none_or(|t| deadline < t) {
+                self.tick_at[r] = Some(deadline);
+                self.schedule(deadline, EventKind::Tick { replica: r });
+            }
+        }
+    }
+
+    fn send(&mut self, from: ReplicaId, to: ReplicaId, msg: Message) {
+        self.messages_sent += 1;
+        if self.faults_on {
+            let cut = self
+                .partition
+                .is_some_and(|side| (side & from.bit() != 0) != (side & to.bit() != 0));
+            if cut || (self.cfg.faults.loses() && self.rng.chance(LOSS_PCT)) {
+                self.messages_dropped += 1;
+                return;
+            }
+            if self.cfg.faults.loses() && self.rng.chance(DUPLICATE_PCT) {
+                let at = self.now + self.delay();
+                let copy = msg.clone();
+                self.schedule(at, EventKind::Deliver { from, to, msg: copy });
+            }
+        }
+        let at = self.now + self.delay();
+        self.schedule(at, EventKind::Deliver { from, to, msg });
+    }
+
+    fn delay(&mut self) -> u64 {
+        let jitter = if self.faults_on && self.cfg.faults.reorders() {
+            JITTER_REORDER_NS
+        } else {
+            JITTER_SMALL_NS
+        };
+        MESSAGE_DELAY_NS + self.rng.below(jitter)
+    }
+
+    fn client_next(&mut self, c: usize) {
+        let cfg = self.cfg;
+        let client = &mut self.clients[c];
+        assert!(client.current.is_none() && client.ops_left > 0);
+        let request = client.next_request;
+        client.next_request += 1;
+        let id = client.id;
+        let key = if self.rng.chance(cfg.conflicts_pct) {
+            format!("shared{}", self.rng.below(SHARED_KEYS))
+        } else {
+            format!("c{id}k{}", self.rng.below(PRIVATE_KEYS))
+        };
+        let (op, value) = if self.rng.chance(cfg.reads_pct) {
+            (Op::Get, Vec::new())
+        } else if self.rng.chance(10) {
+            (Op::Delete, Vec::new())
+        } else {
+            (Op::Put, format!("c{id}r{request}").into_bytes())
+        };
+        self.clients[c].current = Some(InFlight {
+            request,
+            op,
+            key: key.into_bytes(),
+            value,
+            invoke_ns: self.now,
+            attempt: 0,
+        });
+        self.client_send(c);
+    }
+
+    /// Sends (or re-sends) the client's current request to a random replica.
+    fn client_send(&mut self, c: usize) {
+        let replica = self.rng.below(self.cfg.replicas as u64) as usize;
+        let at = self.now + self.delay();
+        let client = &self.clients[c];
+        let current = client.current.as_ref().expect("a request in flight");
+        let request = Request {
+            client: client.id,
+            request: current.request,
+            op: current.op,
+            key: current.key.clone(),
+            value: current.value.clone(),
+        };
+        let timeout = EventKind::ClientTimeout {
+            client: c,
+            request: current.request,
+            attempt: current.attempt,
+        };
+        self.schedule(at, EventKind::Arrive { replica, request });
+        self.schedule(self.now + CLIENT_TIMEOUT_NS, timeout);
+    }
+
+    fn on_client_timeout(&mut self, c: usize, request: u64, attempt: u32) {
+        let Some(current) = self.clients[c].current.as_mut() else {
+            return;
+        };
+        if current.request != request || current.attempt != attempt {
+            return;
+        }
+        current.attempt += 1;
+        self.client_send(c);
+    }
+
+    fn on_reply(&mut self, c: usize, request: u64, result: KvResult) {
+        let client = &mut self.clients[c];
+        if client.current.as_ref().is_none_or(|cur| cur.request != request) {
+            return; // a late duplicate answer
+        }
+        let done = client.current.take().expect("checked");
+        let (kind, read) = match (done.op, result) {
+            (Op::Get, KvResult::Value(v)) => (OpKind::Get, Some(v.to_vec())),
+            (Op::Get, KvResult::NotFound) => (OpKind::Get, None),
+            (Op::Put, KvResult::Done) => (OpKind::Put(done.value), None),
+            (Op::Delete, KvResult::Done) => (OpKind::Delete, None),
+            (op, result) => panic!("reply {result:?} does not fit {op:?}"),
+        };
+        self.history.push(HistoryOp {
+            client: client.id,
+            key: done.key,
+            kind,
+            invoke_ns: done.invoke_ns,
+            return_ns: Some(self.now),
+            read,
+        });
+        client.ops_left -= 1;
+        self.last_completion_ns = self.now;
+        if client.ops_left == 0 {
+            self.clients_done += 1;
+        } else {
+            let at = self.now + self.rng.below(THINK_NS_MAX);
+            self.schedule(at, EventKind::ClientNext { client: c });
+        }
+    }
+
+    fn report(self, finished: bool) -> SimReport {
+        let mut failures = Vec::new();
+        let fault_end = self.fault_end_ns();
+        if !finished || self.clients_done < self.clients.len() {
+            let pending: usize = self.clients.iter().map(|c| c.ops_left).sum();
+            failures.push(format!(
+                "liveness: {pending} client requests not completed by {} ms \
+                 ({} ms after the last fault; bound {} ms)",
+                self.now / 1_000_000,
+                self.now.saturating_sub(fault_end) / 1_000_000,
+                LIVENESS_BOUND_NS / 1_000_000
+            ));
+        } else if self.last_completion_ns > fault_end + LIVENESS_BOUND_NS {
+            failures.push(format!(
+                "liveness: last request completed {} ms after the last fault (bound {} ms)",
+                (self.last_completion_ns - fault_end) / 1_000_000,
+                LIVENESS_BOUND_NS / 1_000_000
+            ));
+        }
+        if let Err(e) = check_agreement(&self.logs) {
+            failures.push(e);
+        }
+        if let Err(e) = check_execution_order(&self.logs) {
+            failures.push(e);
+        }
+        if let Err(e) = check_history(&self.history, LIN_SEARCH_STEPS_MAX) {
+            failures.push(format!("linearizability: {e}"));
+        }
+        if finished {
+            let digests: Vec<u64> = self
+                .replicas
+                .iter()
+                .map(|r| r.state_machine().digest())
+                .collect();
+            if digests.iter().any(|&d| d != digests[0]) {
+                let executed: Vec<u64> = self
+                    .replicas
+                    .iter()
+                    .map(|r| r.stats().executed_instances)
+                    .collect();
+                failures.push(format!(
+                    "convergence: replicas end in different states (digests {digests:x?}, \
+                     instances executed {executed:?})"
+                ));
+            }
+        }
+        let stats: Vec<_> = self.replicas.iter().map(|r| r.stats()).collect();
+        SimReport {
+            seed: self.cfg.seed,
+            failures,
+            ops_completed: self.history.len(),
+            instances_proposed: stats.iter().map(|s| s.proposed as usize).sum(),
+            fast_commits: stats.iter().map(|s| s.fast_commits).sum(),
+            slow_commits: stats.iter().map(|s| s.slow_commits).sum(),
+            messages_sent: self.messages_sent,
+            messages_dropped: self.messages_dropped,
+            recovery_ns: self.last_completion_ns.saturating_sub(fault_end),
+            end_ns: self.now,
+        }
+    }
+}

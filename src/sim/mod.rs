@@ -1,0 +1,147 @@
+//! A deterministic cluster simulator and the checkers that judge its runs.
+//!
+//! N replicas (the real core, unchanged) run in one thread on a virtual
+//! clock. A seeded network delays, reorders, duplicates and drops messages
+//! and partitions the cluster for a while; closed-loop clients issue reads
+//! and writes over a few shared keys (how often is the conflict rate) and
+//! retry at another replica when a reply is late. Faults stop after a fixed
+//! virtual time. After the run the checkers assert agreement, execution
+//! order, linearizability of what clients saw, liveness (every request
+//! completed within a bound after the last fault) and convergence (every
+//! replica ends in the same state). Everything comes from the seed, so a
+//! failing seed replays exactly.
+//!
+//! The simulator never touches a real clock, socket or thread.
+
+pub mod check;
+mod cluster;
+pub mod linearizability;
+pub mod rng;
+
+pub use cluster::run;
+
+use crate::protocol::InjectedBug;
+
+/// Which faults the network injects while faults are on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultMix {
+    /// Delays with little jitter, nothing lost.
+    None,
+    /// Large jitter: messages overtake each other.
+    Reorder,
+    /// Messages lost and duplicated.
+    Loss,
+    /// The cluster splits into two sides for a while, then heals.
+    Partition,
+    /// Everything above at once.
+    All,
+}
+
+impl FaultMix {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultMix::None => "none",
+            FaultMix::Reorder => "reorder",
+            FaultMix::Loss => "loss",
+            FaultMix::Partition => "partition",
+            FaultMix::All => "all",
+        }
+    }
+
+    pub const ALL: [FaultMix; 5] = [
+        FaultMix::None,
+        FaultMix::Reorder,
+        FaultMix::Loss,
+        FaultMix::Partition,
+        FaultMix::All,
+    ];
+
+    fn reorders(self) -> bool {
+        matches!(self, FaultMix::Reorder | FaultMix::All)
+    }
+
+    fn loses(self) -> bool {
+        matches!(self, FaultMix::Loss | FaultMix::All)
+    }
+
+    fn partitions(self) -> bool {
+        matches!(self, FaultMix::Partition | FaultMix::All)
+    }
+}
+
+/// Virtual time during which faults are injected (from 0).
+pub const FAULT_PHASE_NS: u64 = 300_000_000;
+/// Every client request must complete within this long after the last fault.
+pub const LIVENESS_BOUND_NS: u64 = 2_000_000_000;
+
+/// One simulation run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub replicas: usize,
+    pub faults: FaultMix,
+    /// Percent of client commands on the few keys every client shares.
+    pub conflicts_pct: u32,
+    /// Percent of client commands that are GETs.
+    pub reads_pct: u32,
+    pub clients: usize,
+    pub ops_per_client: usize,
+    pub thrifty: bool,
+    /// Test-only: every replica carries this defect.
+    pub injected_bug: Option<InjectedBug>,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64, replicas: usize) -> SimConfig {
+        SimConfig {
+            seed,
+            replicas,
+            faults: FaultMix::All,
+            conflicts_pct: 30,
+            reads_pct: 40,
+            clients: 2 * replicas,
+            ops_per_client: 25,
+            thrifty: false,
+            injected_bug: None,
+        }
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run --release --bin epaxos-sim -- --seed {} --replicas {} --faults {} \
+             --conflicts {} --reads {} --clients {} --ops {}{}",
+            self.seed,
+            self.replicas,
+            self.faults.name(),
+            self.conflicts_pct,
+            self.reads_pct,
+            self.clients,
+            self.ops_per_client,
+            if self.thrifty { " --thrifty" } else { "" }
+        )
+    }
+}
+
+/// What one run did and what the checkers found.
+#[derive(Clone, Debug)]
+pub struct SimReport {
+    pub seed: u64,
+    /// One line per violated property; empty when the run passed.
+    pub failures: Vec<String>,
+    pub ops_completed: usize,
+    pub instances_proposed: usize,
+    pub fast_commits: u64,
+    pub slow_commits: u64,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    /// How long after the last fault the last client request completed.
+    pub recovery_ns: u64,
+    pub end_ns: u64,
+}
+
+impl SimReport {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}

@@ -1,0 +1,152 @@
+//! The key-value store: GET, PUT and DELETE on byte-string keys and values.
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+
+use super::{Access, StateMachine};
+use crate::wire::{CommandRef, Op};
+
+/// The result of one KV command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvResult {
+    /// A PUT or DELETE took effect.
+    Done,
+    /// A GET found this value.
+    Value(Bytes),
+    /// A GET found no value.
+    NotFound,
+}
+
+/// An in-memory map. It owns copies of its keys and values: a value must not
+/// pin the whole received batch it arrived in.
+#[derive(Default, Debug)]
+pub struct KvStore {
+    map: FxHashMap<Bytes, Bytes>,
+}
+
+impl KvStore {
+    pub fn new() -> KvStore {
+        KvStore::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.map.get(key)
+    }
+
+    /// A digest of the whole state, independent of insertion order: replicas
+    /// that executed the same commands report the same digest.
+    pub fn digest(&self) -> u64 {
+        self.map
+            .iter()
+            .map(|(k, v)| mix(fnv1a(fnv1a(0xcbf2_9ce4_8422_2325, k) ^ 0xff, v)))
+            .fold(0u64, u64::wrapping_add)
+    }
+}
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// splitmix64's finaliser: spreads FNV's weak low bits before the sum.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl StateMachine for KvStore {
+    type Output = KvResult;
+
+    fn conflict_key<'c>(cmd: &CommandRef<'c>) -> Option<(&'c [u8], Access)> {
+        let access = match cmd.op {
+            Op::Get => Access::Read,
+            Op::Put | Op::Delete => Access::Write,
+        };
+        Some((cmd.key, access))
+    }
+
+    fn apply(&mut self, cmd: &CommandRef<'_>) -> KvResult {
+        match cmd.op {
+            Op::Get => match self.map.get(cmd.key) {
+                Some(v) => KvResult::Value(v.clone()),
+                None => KvResult::NotFound,
+            },
+            Op::Put => {
+                let value = Bytes::copy_from_slice(cmd.value);
+                match self.map.get_mut(cmd.key) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        self.map.insert(Bytes::copy_from_slice(cmd.key), value);
+                    }
+                }
+                KvResult::Done
+            }
+            Op::Delete => {
+                self.map.remove(cmd.key);
+                KvResult::Done
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c<'a>(op: Op, key: &'a [u8], value: &'a [u8]) -> CommandRef<'a> {
+        CommandRef {
+            client: 1,
+            request: 1,
+            first_outstanding: 1,
+            op,
+            key,
+            value,
+        }
+    }
+
+    #[test]
+    fn get_put_delete() {
+        let mut kv = KvStore::new();
+        assert_eq!(kv.apply(&c(Op::Get, b"a", b"")), KvResult::NotFound);
+        assert_eq!(kv.apply(&c(Op::Put, b"a", b"1")), KvResult::Done);
+        assert_eq!(kv.apply(&c(Op::Put, b"a", b"2")), KvResult::Done);
+        assert_eq!(
+            kv.apply(&c(Op::Get, b"a", b"")),
+            KvResult::Value(Bytes::from_static(b"2"))
+        );
+        let d = kv.digest();
+        assert_eq!(kv.apply(&c(Op::Delete, b"a", b"")), KvResult::Done);
+        assert_eq!(kv.apply(&c(Op::Get, b"a", b"")), KvResult::NotFound);
+        assert_ne!(kv.digest(), d);
+    }
+
+    #[test]
+    fn digest_ignores_insertion_order() {
+        let (mut a, mut b) = (KvStore::new(), KvStore::new());
+        a.apply(&c(Op::Put, b"x", b"1"));
+        a.apply(&c(Op::Put, b"y", b"2"));
+        b.apply(&c(Op::Put, b"y", b"2"));
+        b.apply(&c(Op::Put, b"x", b"1"));
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn reads_do_not_conflict_with_reads() {
+        let get = c(Op::Get, b"k", b"");
+        let put = c(Op::Put, b"k", b"v");
+        assert_eq!(KvStore::conflict_key(&get), Some((&b"k"[..], Access::Read)));
+        assert_eq!(KvStore::conflict_key(&put), Some((&b"k"[..], Access::Write)));
+    }
+}

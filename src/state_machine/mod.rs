@@ -1,0 +1,35 @@
+//! What the replicated state is: the conflict relation and `apply`.
+//!
+//! The core orders commands; a [`StateMachine`] says which commands must be
+//! ordered against each other and what executing one does. Two commands
+//! conflict when they touch the same key and at least one of them writes it,
+//! which is what lets the core find conflicts with one hash lookup per key.
+
+pub mod kv;
+
+pub use kv::{KvResult, KvStore};
+
+use crate::wire::CommandRef;
+
+/// How a command uses its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Conflicts only with writes of the same key.
+    Read,
+    /// Conflicts with every command on the same key.
+    Write,
+}
+
+/// A deterministic state machine replicated by the core.
+pub trait StateMachine {
+    /// The result returned to the client. Kept by the exactly-once table, so
+    /// it should be cheap to clone (`Bytes`, not `Vec`).
+    type Output: Clone + std::fmt::Debug;
+
+    /// The key `cmd` touches and how, or `None` if it conflicts with nothing.
+    fn conflict_key<'c>(cmd: &CommandRef<'c>) -> Option<(&'c [u8], Access)>;
+
+    /// Executes `cmd`. Must be deterministic: every replica applies the same
+    /// commands in the same order and must end in the same state.
+    fn apply(&mut self, cmd: &CommandRef<'_>) -> Self::Output;
+}

@@ -1,0 +1,335 @@
+//! The command record and batches of them.
+//!
+//! A batch is one `Bytes` buffer holding records back to back:
+//! a 32-byte [`CommandHeader`], then the key, then the value. A batch is
+//! validated once when it is built from untrusted bytes ([`Batch::parse`]);
+//! after that, iterating it only slices the buffer.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::constants::{BATCH_COMMANDS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+/// Fixed header of one command record. Little-endian, alignment 1, so it can
+/// be read in place at any offset of a receive buffer.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+pub struct CommandHeader {
+    /// Who sent the command (exactly-once key, with `request`).
+    pub client: U64,
+    /// The client's request number, from 1, unique per client.
+    pub request: U64,
+    /// The lowest request number the client still waits for: results of the
+    /// client's requests below it may be forgotten.
+    pub first_outstanding: U64,
+    /// An [`Op`] code.
+    pub op: u8,
+    pub padding: u8,
+    pub key_len: U16,
+    pub value_len: U32,
+}
+
+pub const COMMAND_HEADER_BYTES: usize = 32;
+const _: () = assert!(core::mem::size_of::<CommandHeader>() == COMMAND_HEADER_BYTES);
+
+/// What a command does to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    Get = 1,
+    Put = 2,
+    Delete = 3,
+}
+
+impl Op {
+    pub fn from_code(code: u8) -> Option<Op> {
+        match code {
+            1 => Some(Op::Get),
+            2 => Some(Op::Put),
+            3 => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// A command read in place from a batch: key and value borrow the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandRef<'a> {
+    pub client: u64,
+    pub request: u64,
+    pub first_outstanding: u64,
+    pub op: Op,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// Why bytes are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    Truncated { offset: usize },
+    UnknownOp { offset: usize, code: u8 },
+    KeyTooLong { offset: usize, len: usize },
+    ValueTooLong { offset: usize, len: usize },
+    ValueOnNonPut { offset: usize },
+    BadRequestNumbers { offset: usize },
+    TooManyCommands,
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::Truncated { offset } => write!(f, "command truncated at byte {offset}"),
+            CommandError::UnknownOp { offset, code } => {
+                write!(f, "unknown op code {code} at byte {offset}")
+            }
+            CommandError::KeyTooLong { offset, len } => {
+                write!(f, "key of {len} bytes at byte {offset} (max {KEY_BYTES_MAX})")
+            }
+            CommandError::ValueTooLong { offset, len } => {
+                write!(f, "value of {len} bytes at byte {offset} (max {VALUE_BYTES_MAX})")
+            }
+            CommandError::ValueOnNonPut { offset } => {
+                write!(f, "GET or DELETE with a value at byte {offset}")
+            }
+            CommandError::BadRequestNumbers { offset } => write!(
+                f,
+                "request number 0 or below first_outstanding at byte {offset}"
+            ),
+            CommandError::TooManyCommands => {
+                write!(f, "more than {BATCH_COMMANDS_MAX} commands in one batch")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// Reads one record at the start of `buf`; returns it and its length.
+fn read_record(buf: &[u8], offset: usize) -> Result<(CommandRef<'_>, usize), CommandError> {
+    let (header, rest) =
+        CommandHeader::ref_from_prefix(buf).map_err(|_| CommandError::Truncated { offset })?;
+    let op = Op::from_code(header.op).ok_or(CommandError::UnknownOp {
+        offset,
+        code: header.op,
+    })?;
+    let key_len = usize::from(header.key_len.get());
+    let value_len = header.value_len.get() as usize;
+    if key_len > KEY_BYTES_MAX {
+        return Err(CommandError::KeyTooLong {
+            offset,
+            len: key_len,
+        });
+    }
+    if value_len > VALUE_BYTES_MAX {
+        return Err(CommandError::ValueTooLong {
+            offset,
+            len: value_len,
+        });
+    }
+    if op != Op::Put && value_len != 0 {
+        return Err(CommandError::ValueOnNonPut { offset });
+    }
+    let (request, first) = (header.request.get(), header.first_outstanding.get());
+    if request == 0 || first > request {
+        return Err(CommandError::BadRequestNumbers { offset });
+    }
+    if rest.len() < key_len + value_len {
+        return Err(CommandError::Truncated { offset });
+    }
+    let cmd = CommandRef {
+        client: header.client.get(),
+        request,
+        first_outstanding: first,
+        op,
+        key: &rest[..key_len],
+        value: &rest[key_len..key_len + value_len],
+    };
+    Ok((cmd, COMMAND_HEADER_BYTES + key_len + value_len))
+}
+
+/// A validated batch of command records. Cloning it is a reference count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    buf: Bytes,
+    count: u32,
+}
+
+impl Batch {
+    /// The empty batch: what a recovered no-op instance carries.
+    pub fn empty() -> Batch {
+        Batch::default()
+    }
+
+    /// Validates untrusted bytes as a batch. Never panics.
+    pub fn parse(buf: Bytes) -> Result<Batch, CommandError> {
+        let mut offset = 0;
+        let mut count = 0usize;
+        while offset < buf.len() {
+            let (_, len) = read_record(&buf[offset..], offset)?;
+            offset += len;
+            count += 1;
+            if count > BATCH_COMMANDS_MAX {
+                return Err(CommandError::TooManyCommands);
+            }
+        }
+        Ok(Batch {
+            buf,
+            count: count as u32,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The encoded records, as they travel on the wire.
+    pub fn bytes(&self) -> &Bytes {
+        &self.buf
+    }
+
+    pub fn iter(&self) -> CommandIter<'_> {
+        CommandIter {
+            rest: &self.buf,
+            offset: 0,
+        }
+    }
+}
+
+/// Iterates the commands of a validated batch.
+pub struct CommandIter<'a> {
+    rest: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Iterator for CommandIter<'a> {
+    type Item = CommandRef<'a>;
+
+    fn next(&mut self) -> Option<CommandRef<'a>> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        // The batch was validated when it was built: a failure here is a bug.
+        let (cmd, len) = read_record(self.rest, self.offset).expect("batch validated on build");
+        self.rest = &self.rest[len..];
+        self.offset += len;
+        Some(cmd)
+    }
+}
+
+/// Encodes commands into a batch. The builder's buffer is reused: `finish`
+/// splits off what was written and keeps the spare capacity.
+#[derive(Default)]
+pub struct BatchBuilder {
+    buf: BytesMut,
+    count: usize,
+}
+
+impl BatchBuilder {
+    pub fn new() -> BatchBuilder {
+        BatchBuilder::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends one command. Panics on a command `Batch::parse` would refuse:
+    /// callers build commands themselves and must respect the limits.
+    pub fn push(&mut self, cmd: &CommandRef<'_>) {
+        assert!(self.count < BATCH_COMMANDS_MAX, "batch full");
+        assert!(cmd.key.len() <= KEY_BYTES_MAX, "key too long");
+        assert!(cmd.value.len() <= VALUE_BYTES_MAX, "value too long");
+        assert!(cmd.op == Op::Put || cmd.value.is_empty(), "value on non-PUT");
+        assert!(cmd.request >= 1 && cmd.first_outstanding <= cmd.request);
+        let header = CommandHeader {
+            client: U64::new(cmd.client),
+            request: U64::new(cmd.request),
+            first_outstanding: U64::new(cmd.first_outstanding),
+            op: cmd.op as u8,
+            padding: 0,
+            key_len: U16::new(cmd.key.len() as u16),
+            value_len: U32::new(cmd.value.len() as u32),
+        };
+        self.buf.put_slice(header.as_bytes());
+        self.buf.put_slice(cmd.key);
+        self.buf.put_slice(cmd.value);
+        self.count += 1;
+    }
+
+    pub fn finish(&mut self) -> Batch {
+        let count = std::mem::take(&mut self.count) as u32;
+        Batch {
+            buf: self.buf.split().freeze(),
+            count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd<'a>(op: Op, key: &'a [u8], value: &'a [u8]) -> CommandRef<'a> {
+        CommandRef {
+            client: 7,
+            request: 3,
+            first_outstanding: 2,
+            op,
+            key,
+            value,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut b = BatchBuilder::new();
+        b.push(&cmd(Op::Put, b"k1", b"v1"));
+        b.push(&cmd(Op::Get, b"k2", b""));
+        b.push(&cmd(Op::Delete, b"", b""));
+        let batch = b.finish();
+        let parsed = Batch::parse(batch.bytes().clone()).unwrap();
+        assert_eq!(parsed.len(), 3);
+        let all: Vec<_> = parsed.iter().collect();
+        assert_eq!(all[0], cmd(Op::Put, b"k1", b"v1"));
+        assert_eq!(all[1], cmd(Op::Get, b"k2", b""));
+        assert_eq!(all[2], cmd(Op::Delete, b"", b""));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        let mut b = BatchBuilder::new();
+        b.push(&cmd(Op::Put, b"key", b"value"));
+        let good = b.finish().bytes().clone();
+        for cut in 1..good.len() {
+            assert!(Batch::parse(good.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut bad = good.to_vec();
+        bad[24] = 9;
+        assert_eq!(
+            Batch::parse(bad.into()),
+            Err(CommandError::UnknownOp { offset: 0, code: 9 })
+        );
+        let mut bad = good.to_vec();
+        bad[24] = Op::Get as u8;
+        assert_eq!(
+            Batch::parse(bad.into()),
+            Err(CommandError::ValueOnNonPut { offset: 0 })
+        );
+        let mut bad = good.to_vec();
+        bad[8..16].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(
+            Batch::parse(bad.into()),
+            Err(CommandError::BadRequestNumbers { offset: 0 })
+        );
+    }
+}
