@@ -7,12 +7,13 @@
 //! reverse topological order, which is the order they execute in; inside one,
 //! instances run by (seq, replica, slot).
 //!
-//! Nothing polls. A walk that reaches an uncommitted instance stops, marks the
-//! instances it passed as blocked on it, and registers its root as a waiter on
-//! that instance; the commit of that instance re-queues the waiters. A later
-//! walk that meets a node blocked on a still-uncommitted instance stops there
-//! at once, so a long chain queued behind one missing commit costs O(1) per
-//! new arrival, not a walk of the whole chain.
+//! Nothing polls. A walk that reaches an uncommitted instance m stops: the
+//! instance whose edge led to m waits on m's commit, the walk's root waits
+//! on that instance's execution, and every instance on the walk's stack is
+//! marked as blocked on m. A later walk that meets an instance blocked on a
+//! still-uncommitted m stops there and waits for that instance's execution.
+//! So a chain committed newest-first costs O(1) per commit, not a walk of
+//! the chain, and each wake-up retries only the walks that can now progress.
 
 use super::outbox::{Outbox, TraceEvent};
 use super::replica::Replica;
@@ -23,10 +24,9 @@ use crate::state_machine::StateMachine;
 /// One node being explored: which dependency to look at next.
 struct Frame {
     id: InstanceId,
-    /// Replica whose prefix is being walked.
-    replica: usize,
-    /// Next slot of that replica to look at.
-    slot: u64,
+    /// Next edge to follow: 0 is the previous slot of the same replica,
+    /// 1 + q is the dependency on replica q.
+    edge: usize,
 }
 
 enum Edge {
@@ -75,7 +75,15 @@ impl<S: StateMachine> Replica<S> {
         self.visit(root);
         while let Some(frame) = self.exec.frames.last_mut() {
             match next_edge(&self.spaces, frame, self.cfg.replicas) {
-                Edge::Blocked(missing) => return self.block(root, missing),
+                Edge::Blocked(missing) => {
+                    let top = frame.id;
+                    self.block(missing);
+                    self.wait_for(missing, top);
+                    if root != top {
+                        self.wait_for(top, root);
+                    }
+                    return;
+                }
                 Edge::To(w) => {
                     let epoch = self.exec.epoch;
                     let v = frame.id;
@@ -86,7 +94,10 @@ impl<S: StateMachine> Replica<S> {
                     if target.mark.epoch != epoch {
                         if let Some(m) = target.blocked_on {
                             if !self.spaces.is_committed(m) {
-                                return self.block(root, m);
+                                // w is committed but waits for m: so does root.
+                                self.block(m);
+                                self.wait_for(w, root);
+                                return;
                             }
                         }
                         self.visit(w);
@@ -114,11 +125,7 @@ impl<S: StateMachine> Replica<S> {
         inst.mark.low = counter;
         inst.mark.on_stack = true;
         self.exec.stack.push(id);
-        self.exec.frames.push(Frame {
-            id,
-            replica: 0,
-            slot: 0,
-        });
+        self.exec.frames.push(Frame { id, edge: 0 });
     }
 
     /// All of `v`'s dependencies are explored: if it roots a component, the
@@ -156,6 +163,7 @@ impl<S: StateMachine> Replica<S> {
         assert_eq!(inst.status, Status::Committed, "executing {id} before its commit");
         inst.status = Status::Executed;
         inst.blocked_on = None;
+        self.exec.ready.append(&mut inst.waiters);
         for cmd in inst.batch.iter() {
             let result = self.sessions.execute(&mut self.sm, &cmd);
             if let (true, Some(result)) = (id.replica == me, result) {
@@ -173,56 +181,62 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// The walk from `root` reached `missing`, which is not committed: every
-    /// instance still on the stack waits for it, and `root` is retried when it
-    /// commits.
-    fn block(&mut self, root: InstanceId, missing: InstanceId) {
+    /// Abandons the current walk: everything on its stack waits for `missing`.
+    fn block(&mut self, missing: InstanceId) {
         self.exec.frames.clear();
         for id in self.exec.stack.drain(..) {
             let inst = self.spaces.get_mut(id).expect("on stack");
             inst.mark.on_stack = false;
             inst.blocked_on = Some(missing);
         }
-        match self.spaces.entry(missing) {
-            Some(inst) => inst.waiters.push(root),
+    }
+
+    /// Retries `waiter` when `on` commits, or, if `on` is committed already,
+    /// when it executes.
+    fn wait_for(&mut self, on: InstanceId, waiter: InstanceId) {
+        match self.spaces.entry(on) {
+            Some(inst) => inst.waiters.push(waiter),
             // Refused as implausibly far ahead: a peer sent a bogus dependency.
-            None => debug_assert!(false, "dependency {missing} outside the window"),
+            None => debug_assert!(false, "dependency {on} outside the window"),
         }
     }
 }
 
-/// The next dependency of the frame's instance that is not executed. A
-/// dependency entry d for replica q stands for every slot of q up to d.
+/// The next edge of the frame's instance that leads to an unexecuted
+/// instance. Edges: to the previous slot of the same replica, and to the
+/// entry deps[q] for each replica q. A dependency entry stands for every slot
+/// of q up to it, and the same-replica edges make that prefix reachable, so a
+/// node has at most N + 1 edges (a walk is linear in what it visits) while
+/// still covering the prefix. The extra edges are a function of committed
+/// attributes, so every replica walks the same graph; and they make each
+/// replica's slots execute in slot order, so the executed part of a space is
+/// always a prefix.
 fn next_edge(spaces: &super::space::Spaces, frame: &mut Frame, replicas: usize) -> Edge {
     let deps = match spaces.get(frame.id) {
         Lookup::Found(inst) => inst.attrs.deps,
         _ => unreachable!("frame of a known instance"),
     };
-    while frame.replica < replicas {
-        let q = ReplicaId(frame.replica as u8);
-        let last = deps.get(q).0;
-        let mut slot = frame.slot.max(spaces.base(q));
-        while slot <= last {
-            let w = InstanceId::new(q, slot);
-            slot += 1;
-            if w == frame.id {
-                continue;
-            }
-            match spaces.get(w) {
-                Lookup::Compacted => {}
-                Lookup::Missing => return Edge::Blocked(w),
-                Lookup::Found(inst) => match inst.status {
-                    Status::Executed => {}
-                    Status::Committed => {
-                        frame.slot = slot;
-                        return Edge::To(w);
-                    }
-                    _ => return Edge::Blocked(w),
-                },
-            }
+    while frame.edge <= replicas {
+        let edge = frame.edge;
+        frame.edge += 1;
+        let target = if edge == 0 {
+            InstanceId::new(frame.id.replica, frame.id.slot.0 - 1)
+        } else {
+            let q = ReplicaId((edge - 1) as u8);
+            InstanceId::new(q, deps.get(q).0)
+        };
+        if target.slot.0 == 0 || target == frame.id {
+            continue;
         }
-        frame.replica += 1;
-        frame.slot = 0;
+        match spaces.get(target) {
+            Lookup::Compacted => {}
+            Lookup::Missing => return Edge::Blocked(target),
+            Lookup::Found(inst) => match inst.status {
+                Status::Executed => {}
+                Status::Committed => return Edge::To(target),
+                _ => return Edge::Blocked(target),
+            },
+        }
     }
     Edge::Done
 }

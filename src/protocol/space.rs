@@ -108,11 +108,6 @@ impl Spaces {
         }
     }
 
-    /// Every slot of `replica` below this is executed.
-    pub fn base(&self, replica: ReplicaId) -> u64 {
-        self.spaces[replica.index()].base
-    }
-
     pub fn get(&self, id: InstanceId) -> Lookup<'_> {
         let space = &self.spaces[id.replica.index()];
         if id.slot.0 < space.base {

@@ -17,6 +17,7 @@ pub mod check;
 mod cluster;
 pub mod linearizability;
 pub mod rng;
+pub mod wired;
 
 pub use cluster::run;
 

@@ -1,0 +1,92 @@
+//! Replicas wired together in memory with a perfect, instant network: the
+//! harness for benchmarks of the core alone and for scripted protocol tests.
+//! Messages are delivered in FIFO order until none is left; nothing is lost.
+
+use std::collections::VecDeque;
+
+use crate::protocol::{Config, Message, Outbox, Replica, ReplicaId, Reply};
+use crate::state_machine::{KvResult, KvStore};
+use crate::wire::Batch;
+
+pub struct WiredCluster {
+    pub replicas: Vec<Replica<KvStore>>,
+    outbox: Outbox<KvResult>,
+    in_flight: VecDeque<(ReplicaId, ReplicaId, Message)>,
+    /// Replies produced so far, per replica (kept only with `keep_replies`).
+    pub replies: Vec<Vec<Reply<KvResult>>>,
+    pub keep_replies: bool,
+    pub replies_total: u64,
+    pub messages_total: u64,
+    now: u64,
+}
+
+impl WiredCluster {
+    /// `configure` may adjust each replica's config (thrifty, trace, ...).
+    pub fn new(replicas: usize, configure: impl Fn(&mut Config)) -> WiredCluster {
+        let reps = (0..replicas)
+            .map(|r| {
+                let mut c = Config::new(replicas, ReplicaId(r as u8)).expect("valid size");
+                configure(&mut c);
+                Replica::new(c, KvStore::new())
+            })
+            .collect();
+        WiredCluster {
+            replicas: reps,
+            outbox: Outbox::new(replicas),
+            in_flight: VecDeque::new(),
+            replies: vec![Vec::new(); replicas],
+            keep_replies: false,
+            replies_total: 0,
+            messages_total: 0,
+            now: 0,
+        }
+    }
+
+    pub fn propose(&mut self, replica: usize, batch: Batch) {
+        let now = self.now;
+        self.replicas[replica].propose(now, batch, &mut self.outbox);
+        self.collect(replica);
+    }
+
+    /// Delivers messages until none is in flight; returns how many.
+    pub fn run_until_quiet(&mut self) -> u64 {
+        let mut delivered = 0;
+        while let Some((from, to, msg)) = self.in_flight.pop_front() {
+            delivered += 1;
+            let now = self.now;
+            self.replicas[to.index()].handle(now, from, msg, &mut self.outbox);
+            self.collect(to.index());
+        }
+        delivered
+    }
+
+    /// Advances the clock and ticks every replica.
+    pub fn advance(&mut self, ns: u64) {
+        self.now += ns;
+        for r in 0..self.replicas.len() {
+            let now = self.now;
+            self.replicas[r].tick(now, &mut self.outbox);
+            self.collect(r);
+        }
+    }
+
+    fn collect(&mut self, from: usize) {
+        let from_id = ReplicaId(from as u8);
+        for (to, msgs) in self.outbox.messages.iter_mut().enumerate() {
+            self.messages_total += msgs.len() as u64;
+            for msg in msgs.drain(..) {
+                self.in_flight.push_back((from_id, ReplicaId(to as u8), msg));
+            }
+        }
+        self.replies_total += self.outbox.replies.len() as u64;
+        if self.keep_replies {
+            self.replies[from].append(&mut self.outbox.replies);
+        }
+        self.outbox.clear();
+    }
+
+    /// Drops every message in flight (a scripted loss).
+    pub fn drop_in_flight(&mut self, keep: impl Fn(ReplicaId, ReplicaId, &Message) -> bool) {
+        self.in_flight.retain(|(f, t, m)| keep(*f, *t, m));
+    }
+}
