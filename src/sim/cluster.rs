@@ -267,7 +267,7 @@ impl<'c> Sim<'c> {
             } => self.on_client_timeout(client, request, attempt),
             EventKind::ClientNext { client } => self.client_next(client),
             EventKind::PartitionStart => {
-                if self.faults_on {
+                if self.faults_on && self.cfg.replicas > 1 {
                     let all = (1u16 << self.cfg.replicas) - 1;
                     let side = 1 + self.rng.below(u64::from(all) - 1) as u16;
                     self.partition = Some(side);

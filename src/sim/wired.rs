@@ -50,8 +50,19 @@ impl WiredCluster {
 
     /// Delivers messages until none is in flight; returns how many.
     pub fn run_until_quiet(&mut self) -> u64 {
+        self.run_until_quiet_losing(|_, _, _| false)
+    }
+
+    /// Like `run_until_quiet`, but loses the messages `lose` picks.
+    pub fn run_until_quiet_losing(
+        &mut self,
+        lose: impl Fn(ReplicaId, ReplicaId, &Message) -> bool,
+    ) -> u64 {
         let mut delivered = 0;
         while let Some((from, to, msg)) = self.in_flight.pop_front() {
+            if lose(from, to, &msg) {
+                continue;
+            }
             delivered += 1;
             let now = self.now;
             self.replicas[to.index()].handle(now, from, msg, &mut self.outbox);

@@ -1,0 +1,146 @@
+//! Scripted runs of the core on replicas wired in memory.
+
+use epaxos_fast::protocol::{Config, Message, Outbox, Replica, ReplicaId};
+use epaxos_fast::sim::wired::WiredCluster;
+use epaxos_fast::state_machine::{KvResult, KvStore};
+use epaxos_fast::wire::{Batch, BatchBuilder, CommandRef, Op};
+
+fn batch(cmds: &[(u64, u64, Op, &str, &str)]) -> Batch {
+    let mut b = BatchBuilder::new();
+    for &(client, request, op, key, value) in cmds {
+        b.push(&CommandRef {
+            client,
+            request,
+            first_outstanding: request,
+            op,
+            key: key.as_bytes(),
+            value: value.as_bytes(),
+        });
+    }
+    b.finish()
+}
+
+fn digests(c: &WiredCluster) -> Vec<u64> {
+    c.replicas
+        .iter()
+        .map(|r| r.state_machine().digest())
+        .collect()
+}
+
+#[test]
+fn one_replica_commits_locally_without_messages() {
+    let cfg = Config::new(1, ReplicaId(0)).unwrap();
+    let mut r = Replica::new(cfg, KvStore::new());
+    let mut out = Outbox::new(1);
+    r.propose(0, batch(&[(1, 1, Op::Put, "k", "v"), (2, 1, Op::Get, "k", "")]), &mut out);
+    assert!(out.messages.iter().all(Vec::is_empty));
+    let results: Vec<_> = out.replies.iter().map(|r| r.result.clone()).collect();
+    assert_eq!(results, [KvResult::Done, KvResult::Value("v".into())]);
+    assert_eq!(r.next_deadline(), None);
+}
+
+#[test]
+fn non_conflicting_commands_take_the_fast_path_at_every_size() {
+    for n in [3, 5, 7, 9] {
+        let mut c = WiredCluster::new(n, |_| {});
+        for r in 0..n {
+            let key = format!("own{r}");
+            c.propose(r, batch(&[(r as u64 + 1, 1, Op::Put, &key, "v")]));
+        }
+        c.run_until_quiet();
+        let fast: u64 = c.replicas.iter().map(|r| r.stats().fast_commits).sum();
+        let slow: u64 = c.replicas.iter().map(|r| r.stats().slow_commits).sum();
+        assert_eq!((fast, slow), (n as u64, 0), "n = {n}");
+        assert_eq!(c.replies_total, n as u64);
+        for r in &c.replicas {
+            assert_eq!(r.stats().executed_instances, n as u64, "n = {n}");
+            assert_eq!(r.state_machine().len(), n);
+            // Everything executed and acknowledged: nothing left in memory.
+            assert_eq!(r.instances_in_memory(), 0, "n = {n}");
+        }
+    }
+}
+
+#[test]
+fn concurrent_conflicts_take_the_slow_path_and_converge() {
+    let mut c = WiredCluster::new(5, |_| {});
+    for round in 1..=20u64 {
+        for r in 0..5 {
+            let value = format!("{r}-{round}");
+            c.propose(r, batch(&[(r as u64 + 1, round, Op::Put, "hot", &value)]));
+        }
+        c.run_until_quiet();
+    }
+    let slow: u64 = c.replicas.iter().map(|r| r.stats().slow_commits).sum();
+    assert!(slow > 0, "concurrent writes of one key must conflict");
+    let d = digests(&c);
+    assert!(d.iter().all(|&x| x == d[0]), "{d:x?}");
+    assert!(c.replicas.iter().all(|r| r.stats().executed_instances == 100));
+}
+
+#[test]
+fn thrifty_sends_pre_accept_to_the_fast_quorum_only() {
+    let mut cfg = Config::new(5, ReplicaId(2)).unwrap();
+    cfg.thrifty = true;
+    let mut r = Replica::new(cfg, KvStore::new());
+    let mut out = Outbox::new(5);
+    r.propose(0, batch(&[(1, 1, Op::Put, "k", "v")]), &mut out);
+    let targets: Vec<usize> = (0..5).filter(|&p| !out.messages[p].is_empty()).collect();
+    // Fast quorum of 5 is 3: the leader and the next two in ring order.
+    assert_eq!(targets, [3, 4]);
+    assert!(matches!(out.messages[3][0], Message::PreAccept(_)));
+    assert_eq!(out.persist.len(), 1, "the leader persists before sending");
+}
+
+#[test]
+fn lost_messages_are_re_sent_after_the_timeout() {
+    let mut c = WiredCluster::new(3, |_| {});
+    c.propose(0, batch(&[(1, 1, Op::Put, "k", "v")]));
+    c.drop_in_flight(|_, _, _| false);
+    assert_eq!(c.run_until_quiet(), 0);
+    assert_eq!(c.replies_total, 0);
+    let timeout = c.replicas[0].config().retransmit_timeout_ns;
+    c.advance(timeout);
+    c.run_until_quiet();
+    assert_eq!(c.replies_total, 1);
+    // Now lose every CommitOk: the commit is re-sent until acknowledged.
+    c.propose(1, batch(&[(2, 1, Op::Put, "k2", "v")]));
+    c.run_until_quiet_losing(|_, _, m| matches!(m, Message::CommitOk(_)));
+    assert_eq!(c.replies_total, 2);
+    assert_eq!(c.replicas[1].instances_in_memory(), 1, "kept until acknowledged");
+    let before = c.replicas[1].stats().retransmits;
+    c.advance(timeout);
+    c.run_until_quiet();
+    assert!(c.replicas[1].stats().retransmits > before);
+    assert_eq!(c.replicas[1].instances_in_memory(), 0);
+    let d = digests(&c);
+    assert!(d.iter().all(|&x| x == d[0]));
+}
+
+#[test]
+fn a_retried_request_is_applied_once() {
+    let mut c = WiredCluster::new(3, |_| {});
+    c.keep_replies = true;
+    // Client 7 writes "a" through replica 0; client 8 then writes "b"; a late
+    // retry of client 7's request through replica 1 must not bring "a" back.
+    c.propose(0, batch(&[(7, 1, Op::Put, "k", "a")]));
+    c.run_until_quiet();
+    c.propose(2, batch(&[(8, 1, Op::Put, "k", "b")]));
+    c.run_until_quiet();
+    c.propose(1, batch(&[(7, 1, Op::Put, "k", "a")]));
+    c.run_until_quiet();
+    for r in &c.replicas {
+        assert_eq!(r.state_machine().get(b"k").unwrap(), "b");
+    }
+    // The retry is answered, with the first result.
+    assert_eq!(c.replies[1].len(), 1);
+    assert_eq!(c.replies[1][0].result, KvResult::Done);
+    // A read retried after a write is answered with what it first read.
+    c.propose(0, batch(&[(9, 1, Op::Get, "k", "")]));
+    c.run_until_quiet();
+    c.propose(2, batch(&[(8, 2, Op::Put, "k", "c")]));
+    c.run_until_quiet();
+    c.propose(1, batch(&[(9, 1, Op::Get, "k", "")]));
+    c.run_until_quiet();
+    assert_eq!(c.replies[1][1].result, KvResult::Value("b".into()));
+}

@@ -1,0 +1,47 @@
+//! Simulator seeds run in CI: 300 each for 3 and 5 replicas, spread over the
+//! fault mixes and conflict rates, plus a few for 1, 7 and 9 replicas and in
+//! thrifty mode. The long soaks are `epaxos-sim` commands (see the README).
+
+use epaxos_fast::sim::{self, FaultMix, SimConfig};
+
+fn run_seeds(replicas: usize, seeds: std::ops::Range<u64>, tweak: impl Fn(&mut SimConfig)) {
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let mut cfg = SimConfig::new(seed, replicas);
+        // Rotate through fault mixes and conflict rates with the seed.
+        cfg.faults = FaultMix::ALL[(seed % 5) as usize];
+        cfg.conflicts_pct = [0, 10, 50, 100][(seed / 5 % 4) as usize];
+        tweak(&mut cfg);
+        let report = sim::run(&cfg);
+        if !report.passed() {
+            failed.push(format!(
+                "seed {seed}: {}\n  replay: {}",
+                report.failures.join("; "),
+                cfg.replay_command()
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{} failed:\n{}", failed.len(), failed.join("\n"));
+}
+
+#[test]
+fn three_replicas_300_seeds() {
+    run_seeds(3, 0..300, |_| {});
+}
+
+#[test]
+fn five_replicas_300_seeds() {
+    run_seeds(5, 0..300, |_| {});
+}
+
+#[test]
+fn five_replicas_thrifty() {
+    run_seeds(5, 1000..1060, |c| c.thrifty = true);
+}
+
+#[test]
+fn one_seven_and_nine_replicas() {
+    run_seeds(1, 0..20, |_| {});
+    run_seeds(7, 0..40, |_| {});
+    run_seeds(9, 0..20, |_| {});
+}
