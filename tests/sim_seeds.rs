@@ -1,4 +1,4 @@
-//! Simulator seeds run in CI: 300 each for 3 and 5 replicas, spread over the
+//! Simulator seeds run in CI: 1,000 each for 3 and 5 replicas, spread over the
 //! fault mixes and conflict rates, plus a few for 1, 7 and 9 replicas and in
 //! thrifty mode. The long soaks are `epaxos-sim` commands (see the README).
 
@@ -25,13 +25,13 @@ fn run_seeds(replicas: usize, seeds: std::ops::Range<u64>, tweak: impl Fn(&mut S
 }
 
 #[test]
-fn three_replicas_300_seeds() {
-    run_seeds(3, 0..300, |_| {});
+fn three_replicas_1000_seeds() {
+    run_seeds(3, 0..1000, |_| {});
 }
 
 #[test]
-fn five_replicas_300_seeds() {
-    run_seeds(5, 0..300, |_| {});
+fn five_replicas_1000_seeds() {
+    run_seeds(5, 0..1000, |_| {});
 }
 
 #[test]
