@@ -76,7 +76,10 @@ fn agreement_checker_rejects_different_deps_for_one_instance() {
 
 #[test]
 fn order_checker_rejects_conflicting_commands_in_different_orders() {
-    let (a, b) = (InstanceId::new(ReplicaId(0), 1), InstanceId::new(ReplicaId(1), 1));
+    let (a, b) = (
+        InstanceId::new(ReplicaId(0), 1),
+        InstanceId::new(ReplicaId(1), 1),
+    );
     let committed = vec![
         (a, attrs(1, &[]), batch(b"k", Op::Put)),
         (b, attrs(1, &[]), batch(b"k", Op::Put)),
@@ -87,7 +90,10 @@ fn order_checker_rejects_conflicting_commands_in_different_orders() {
     };
     let err = check_execution_order(&[log(vec![a, b]), log(vec![b, a])]).unwrap_err();
     assert!(err.contains("order"), "{err}");
-    assert_eq!(check_execution_order(&[log(vec![a, b]), log(vec![a])]), Ok(()));
+    assert_eq!(
+        check_execution_order(&[log(vec![a, b]), log(vec![a])]),
+        Ok(())
+    );
     // A read placed differently relative to a write.
     let committed = vec![
         (a, attrs(1, &[]), batch(b"k", Op::Put)),

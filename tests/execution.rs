@@ -25,7 +25,14 @@ fn put(builder: &mut BatchBuilder, request: u64, value: &str) -> Batch {
 }
 
 /// Replica 0 of 3 receives commits of replica 1's instances.
-fn commit(replica: &mut Replica<KvStore>, out: &mut Outbox<KvResult>, slot: u64, seq: u64, dep: u64, batch: Batch) {
+fn commit(
+    replica: &mut Replica<KvStore>,
+    out: &mut Outbox<KvResult>,
+    slot: u64,
+    seq: u64,
+    dep: u64,
+    batch: Batch,
+) {
     let mut deps = Deps::default();
     deps.0[1] = dep;
     let msg = Message::Commit(Commit {
@@ -71,15 +78,25 @@ fn chain_of_100k_committed_newest_first_executes_in_order() {
             let batch = put(&mut builder, slot, &format!("v{slot}"));
             commit(&mut replica, &mut out, slot, slot, slot - 1, batch);
             if slot > 1 {
-                assert!(executed(&out).is_empty(), "slot {slot} ran before slot 1 committed");
+                assert!(
+                    executed(&out).is_empty(),
+                    "slot {slot} ran before slot 1 committed"
+                );
             }
         }
         let order = executed(&out);
         assert_eq!(order, (1..=N).collect::<Vec<_>>());
-        assert_eq!(replica.state_machine().get(b"k").unwrap(), &format!("v{N}")[..]);
+        assert_eq!(
+            replica.state_machine().get(b"k").unwrap(),
+            &format!("v{N}")[..]
+        );
         assert_eq!(replica.stats().executed_instances, N);
         // Executed instances are compacted away.
-        assert!(replica.instances_in_memory() < 16, "{}", replica.instances_in_memory());
+        assert!(
+            replica.instances_in_memory() < 16,
+            "{}",
+            replica.instances_in_memory()
+        );
     });
 }
 
@@ -99,7 +116,10 @@ fn cycle_of_10k_executes_by_seq() {
             let batch = put(&mut builder, slot, &format!("v{slot}"));
             commit(&mut replica, &mut out, slot, N + 1 - slot, dep, batch);
             if slot < N {
-                assert!(executed(&out).is_empty(), "ran before the cycle was committed");
+                assert!(
+                    executed(&out).is_empty(),
+                    "ran before the cycle was committed"
+                );
             }
         }
         let order = executed(&out);

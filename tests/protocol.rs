@@ -32,7 +32,11 @@ fn one_replica_commits_locally_without_messages() {
     let cfg = Config::new(1, ReplicaId(0)).unwrap();
     let mut r = Replica::new(cfg, KvStore::new());
     let mut out = Outbox::new(1);
-    r.propose(0, batch(&[(1, 1, Op::Put, "k", "v"), (2, 1, Op::Get, "k", "")]), &mut out);
+    r.propose(
+        0,
+        batch(&[(1, 1, Op::Put, "k", "v"), (2, 1, Op::Get, "k", "")]),
+        &mut out,
+    );
     assert!(out.messages.iter().all(Vec::is_empty));
     let results: Vec<_> = out.replies.iter().map(|r| r.result.clone()).collect();
     assert_eq!(results, [KvResult::Done, KvResult::Value("v".into())]);
@@ -75,7 +79,10 @@ fn concurrent_conflicts_take_the_slow_path_and_converge() {
     assert!(slow > 0, "concurrent writes of one key must conflict");
     let d = digests(&c);
     assert!(d.iter().all(|&x| x == d[0]), "{d:x?}");
-    assert!(c.replicas.iter().all(|r| r.stats().executed_instances == 100));
+    assert!(c
+        .replicas
+        .iter()
+        .all(|r| r.stats().executed_instances == 100));
 }
 
 #[test]
@@ -107,7 +114,11 @@ fn lost_messages_are_re_sent_after_the_timeout() {
     c.propose(1, batch(&[(2, 1, Op::Put, "k2", "v")]));
     c.run_until_quiet_losing(|_, _, m| matches!(m, Message::CommitOk(_)));
     assert_eq!(c.replies_total, 2);
-    assert_eq!(c.replicas[1].instances_in_memory(), 1, "kept until acknowledged");
+    assert_eq!(
+        c.replicas[1].instances_in_memory(),
+        1,
+        "kept until acknowledged"
+    );
     let before = c.replicas[1].stats().retransmits;
     c.advance(timeout);
     c.run_until_quiet();

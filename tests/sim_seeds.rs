@@ -21,7 +21,12 @@ fn run_seeds(replicas: usize, seeds: std::ops::Range<u64>, tweak: impl Fn(&mut S
             ));
         }
     }
-    assert!(failed.is_empty(), "{} failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }
 
 #[test]

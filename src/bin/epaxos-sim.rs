@@ -10,7 +10,10 @@ use clap::Parser;
 use epaxos_fast::sim::{self, FaultMix, SimConfig, LIVENESS_BOUND_NS};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Deterministic EPaxos cluster simulator with correctness checkers")]
+#[command(
+    version,
+    about = "Deterministic EPaxos cluster simulator with correctness checkers"
+)]
 struct Args {
     /// Run seeds 0..SEEDS (ignored when --seed is given).
     #[arg(long, default_value_t = 100)]

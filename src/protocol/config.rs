@@ -73,10 +73,11 @@ impl Config {
     }
 
     /// Replicas, leader included, in a fast quorum: F + floor((F+1)/2)
-    /// (the optimized fast quorum of the SOSP 2013 paper), and at least 1.
+    /// (the optimized fast quorum of the SOSP 2013 paper; floor((F+1)/2) is
+    /// ceil(F/2)), and at least 1.
     pub fn fast_quorum(&self) -> usize {
         let f = self.f();
-        (f + (f + 1) / 2).max(1)
+        (f + f.div_ceil(2)).max(1)
     }
 
     /// Replicas, leader included, in a slow-path quorum: F + 1.

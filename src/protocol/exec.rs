@@ -160,7 +160,11 @@ impl<S: StateMachine> Replica<S> {
     fn execute_instance(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
         let me = self.cfg.me;
         let inst = self.spaces.get_mut(id).expect("executing");
-        assert_eq!(inst.status, Status::Committed, "executing {id} before its commit");
+        assert_eq!(
+            inst.status,
+            Status::Committed,
+            "executing {id} before its commit"
+        );
         inst.status = Status::Executed;
         inst.blocked_on = None;
         self.exec.ready.append(&mut inst.waiters);

@@ -12,34 +12,57 @@
 
 use std::marker::PhantomData;
 
-use bytes::Bytes;
 use rustc_hash::FxHashMap;
+
+use super::hash::IdMap;
 
 use super::types::{Attrs, Deps, InstanceId};
 use crate::constants::REPLICAS_MAX;
-use crate::state_machine::{Access, StateMachine};
+use crate::state_machine::{Access, InlineKey, StateMachine};
 use crate::wire::Batch;
 
 /// What one key has seen. Reads conflict only with writes, so writes are
 /// tracked apart from "any access".
 #[derive(Default)]
 struct KeyEntry {
-    /// Per replica, the highest slot that read or wrote the key.
-    any: [u64; REPLICAS_MAX],
-    /// Per replica, the highest slot that wrote the key.
-    write: [u64; REPLICAS_MAX],
-    any_seq: u64,
-    write_seq: u64,
+    /// Instances that read or wrote the key.
+    any: Seen,
+    /// Instances that wrote the key.
+    write: Seen,
+}
+
+/// Per replica the highest slot seen, and the highest seq: read together,
+/// so kept together (one or two cache lines, not three).
+#[derive(Default)]
+struct Seen {
+    seq: u64,
+    slots: [u64; REPLICAS_MAX],
+}
+
+impl Seen {
+    /// Adds these instances to `deps`, over the first `replicas` entries only
+    /// (u64 max does not vectorise; the unused tail stays zero anyway).
+    #[inline]
+    fn add_to(&self, deps: &mut Deps, seq_max: &mut u64, replicas: usize) {
+        for (d, s) in deps.0[..replicas].iter_mut().zip(&self.slots[..replicas]) {
+            *d = (*d).max(*s);
+        }
+        *seq_max = (*seq_max).max(self.seq);
+    }
+
+    #[inline]
+    fn add(&mut self, id: InstanceId, seq: u64) {
+        let q = id.replica.index();
+        self.slots[q] = self.slots[q].max(id.slot.0);
+        self.seq = self.seq.max(seq);
+    }
 }
 
 impl KeyEntry {
     fn add(&mut self, id: InstanceId, seq: u64, access: Access) {
-        let q = id.replica.index();
-        self.any[q] = self.any[q].max(id.slot.0);
-        self.any_seq = self.any_seq.max(seq);
+        self.any.add(id, seq);
         if access == Access::Write {
-            self.write[q] = self.write[q].max(id.slot.0);
-            self.write_seq = self.write_seq.max(seq);
+            self.write.add(id, seq);
         }
     }
 }
@@ -48,17 +71,19 @@ impl KeyEntry {
 /// One entry per key ever touched, so it grows with the key space, like the
 /// store itself, not with the number of commands.
 pub(crate) struct ConflictIndex<S> {
-    keys: FxHashMap<Bytes, KeyEntry>,
+    replicas: usize,
+    keys: FxHashMap<InlineKey, KeyEntry>,
     /// Per client id, as if every command also wrote the client's session.
-    clients: FxHashMap<u64, KeyEntry>,
+    clients: IdMap<u64, KeyEntry>,
     state_machine: PhantomData<fn() -> S>,
 }
 
 impl<S: StateMachine> ConflictIndex<S> {
-    pub fn new() -> Self {
+    pub fn new(replicas: usize) -> Self {
         ConflictIndex {
+            replicas,
             keys: FxHashMap::default(),
-            clients: FxHashMap::default(),
+            clients: IdMap::default(),
             state_machine: PhantomData,
         }
     }
@@ -66,14 +91,14 @@ impl<S: StateMachine> ConflictIndex<S> {
     /// Adds the conflicts of `batch` to `attrs`: deps gain every conflicting
     /// instance, seq rises above every conflicting seq.
     pub fn add_conflicts(&self, batch: &Batch, attrs: &mut Attrs) {
+        let n = self.replicas;
         let mut seq_max = 0;
         let mut last_client = None;
         for cmd in batch.iter() {
             if last_client != Some(cmd.client) {
                 last_client = Some(cmd.client);
                 if let Some(entry) = self.clients.get(&cmd.client) {
-                    attrs.deps.union(&Deps(entry.any));
-                    seq_max = seq_max.max(entry.any_seq);
+                    entry.any.add_to(&mut attrs.deps, &mut seq_max, n);
                 }
             }
             let Some((key, access)) = S::conflict_key(&cmd) else {
@@ -82,16 +107,11 @@ impl<S: StateMachine> ConflictIndex<S> {
             let Some(entry) = self.keys.get(key) else {
                 continue;
             };
-            match access {
-                Access::Read => {
-                    attrs.deps.union(&Deps(entry.write));
-                    seq_max = seq_max.max(entry.write_seq);
-                }
-                Access::Write => {
-                    attrs.deps.union(&Deps(entry.any));
-                    seq_max = seq_max.max(entry.any_seq);
-                }
-            }
+            let conflicting = match access {
+                Access::Read => &entry.write,
+                Access::Write => &entry.any,
+            };
+            conflicting.add_to(&mut attrs.deps, &mut seq_max, n);
         }
         attrs.seq = attrs.seq.max(seq_max + 1);
     }
@@ -114,7 +134,7 @@ impl<S: StateMachine> ConflictIndex<S> {
             let entry = match self.keys.get_mut(key) {
                 Some(entry) => entry,
                 // A new key: the only place the index copies one.
-                None => self.keys.entry(Bytes::copy_from_slice(key)).or_default(),
+                None => self.keys.entry(InlineKey::from_slice(key)).or_default(),
             };
             entry.add(id, seq, access);
         }

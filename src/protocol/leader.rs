@@ -55,7 +55,9 @@ impl<S: StateMachine> Replica<S> {
             attrs,
             batch: inst.batch.clone(),
         };
-        send_to_mask(out, targets, self.cfg.replicas, |_| Message::PreAccept(msg.clone()));
+        send_to_mask(out, targets, self.cfg.replicas, |_| {
+            Message::PreAccept(msg.clone())
+        });
         self.retry
             .push_back((now + self.cfg.retransmit_timeout_ns, id.slot.0));
     }
@@ -75,7 +77,9 @@ impl<S: StateMachine> Replica<S> {
         let Some(lead) = inst.lead.as_deref_mut() else {
             return;
         };
-        if lead.phase != Phase::PreAccept || m.ballot != inst.ballot || lead.replied & from.bit() != 0
+        if lead.phase != Phase::PreAccept
+            || m.ballot != inst.ballot
+            || lead.replied & from.bit() != 0
         {
             return; // late or duplicate
         }
@@ -137,7 +141,12 @@ impl<S: StateMachine> Replica<S> {
         send_to_mask(out, targets, replicas, |_| Message::Accept(msg.clone()));
     }
 
-    pub(super) fn on_accept_ok(&mut self, from: ReplicaId, m: AcceptOk, out: &mut Outbox<S::Output>) {
+    pub(super) fn on_accept_ok(
+        &mut self,
+        from: ReplicaId,
+        m: AcceptOk,
+        out: &mut Outbox<S::Output>,
+    ) {
         let f = self.cfg.f();
         let Some(inst) = self.own_instance(m.id) else {
             return;
@@ -188,7 +197,10 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn own_instance(&mut self, id: InstanceId) -> Option<&mut super::space::Instance> {
-        assert_eq!(id.replica, self.cfg.me, "a reply about another leader's instance");
+        assert_eq!(
+            id.replica, self.cfg.me,
+            "a reply about another leader's instance"
+        );
         self.spaces.get_mut(id)
     }
 

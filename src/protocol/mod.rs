@@ -22,6 +22,7 @@
 
 pub mod config;
 mod exec;
+mod hash;
 mod index;
 mod leader;
 pub mod message;

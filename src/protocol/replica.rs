@@ -7,9 +7,7 @@ use std::collections::VecDeque;
 use super::config::Config;
 use super::exec::ExecScratch;
 use super::index::ConflictIndex;
-use super::message::{
-    Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk,
-};
+use super::message::{Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk};
 use super::outbox::{Outbox, Record, TraceEvent};
 use super::sessions::Sessions;
 use super::space::{Instance, Spaces};
@@ -50,9 +48,9 @@ impl<S: StateMachine> Replica<S> {
     pub fn new(cfg: Config, sm: S) -> Replica<S> {
         Replica {
             spaces: Spaces::new(cfg.replicas),
+            index: ConflictIndex::new(cfg.replicas),
             cfg,
             sm,
-            index: ConflictIndex::new(),
             sessions: Sessions::new(),
             exec: ExecScratch::default(),
             next_slot: 1,
@@ -121,7 +119,10 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_pre_accept(&mut self, from: ReplicaId, m: PreAccept, out: &mut Outbox<S::Output>) {
-        assert_eq!(m.id.replica, from, "PreAccept for another leader's instance");
+        assert_eq!(
+            m.id.replica, from,
+            "PreAccept for another leader's instance"
+        );
         let Some(inst) = self.spaces.entry(m.id) else {
             return; // executed and compacted here: long decided
         };
@@ -193,7 +194,10 @@ impl<S: StateMachine> Replica<S> {
     /// Makes the instance committed with the attributes and batch already in
     /// it: persist, index, trace, and queue it for execution.
     pub(super) fn mark_committed(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
-        let inst = self.spaces.get_mut(id).expect("committing a known instance");
+        let inst = self
+            .spaces
+            .get_mut(id)
+            .expect("committing a known instance");
         assert!(!inst.is_committed(), "instance {id} committed twice");
         inst.status = Status::Committed;
         reindex(&mut self.index, id, inst);

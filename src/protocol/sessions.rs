@@ -7,10 +7,9 @@
 //! table is part of the replicated state: it changes only in `execute`, in
 //! execution order, so every replica keeps the same one.
 
-use std::collections::VecDeque;
+use smallvec::SmallVec;
 
-use rustc_hash::FxHashMap;
-
+use super::hash::IdMap;
 use crate::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use crate::state_machine::StateMachine;
 use crate::wire::CommandRef;
@@ -19,17 +18,19 @@ struct Session<O> {
     /// Requests below this were answered and acknowledged by the client.
     floor: u64,
     /// `results[i]` is the result of request `floor + i`, once executed.
-    results: VecDeque<Option<O>>,
+    /// Inline for a client with at most two requests in flight: no heap
+    /// buffer, so no cache miss besides the map entry itself.
+    results: SmallVec<[Option<O>; 2]>,
 }
 
 pub(crate) struct Sessions<O> {
-    clients: FxHashMap<u64, Session<O>>,
+    clients: IdMap<u64, Session<O>>,
 }
 
 impl<O: Clone> Sessions<O> {
     pub fn new() -> Self {
         Sessions {
-            clients: FxHashMap::default(),
+            clients: IdMap::default(),
         }
     }
 
@@ -42,7 +43,7 @@ impl<O: Clone> Sessions<O> {
     {
         let session = self.clients.entry(cmd.client).or_insert_with(|| Session {
             floor: 1,
-            results: VecDeque::new(),
+            results: SmallVec::new(),
         });
         if cmd.first_outstanding > session.floor {
             let forget = cmd.first_outstanding - session.floor;

@@ -27,7 +27,9 @@ pub fn check_agreement(logs: &[ReplicaLog]) -> Result<(), String> {
         let mut here = HashMap::new();
         for (id, attrs, batch) in &log.committed {
             if here.insert(*id, ()).is_some() {
-                return Err(format!("agreement: instance {id} committed twice at replica {r}"));
+                return Err(format!(
+                    "agreement: instance {id} committed twice at replica {r}"
+                ));
             }
             match first.get(id) {
                 None => {
@@ -76,7 +78,9 @@ pub fn check_execution_order(logs: &[ReplicaLog]) -> Result<(), String> {
         let mut keys: BTreeMap<Vec<u8>, Vec<Executed>> = BTreeMap::new();
         for id in &log.executed {
             let Some(batch) = batches.get(id) else {
-                return Err(format!("order: replica {r} executed {id} before committing it"));
+                return Err(format!(
+                    "order: replica {r} executed {id} before committing it"
+                ));
             };
             if seen.insert(*id, ()).is_some() {
                 return Err(format!("order: replica {r} executed {id} twice"));

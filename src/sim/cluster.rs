@@ -365,7 +365,14 @@ impl<'c> Sim<'c> {
             if self.cfg.faults.loses() && self.rng.chance(DUPLICATE_PCT) {
                 let at = self.now + self.delay();
                 let copy = msg.clone();
-                self.schedule(at, EventKind::Deliver { from, to, msg: copy });
+                self.schedule(
+                    at,
+                    EventKind::Deliver {
+                        from,
+                        to,
+                        msg: copy,
+                    },
+                );
             }
         }
         let at = self.now + self.delay();
@@ -446,7 +453,11 @@ impl<'c> Sim<'c> {
 
     fn on_reply(&mut self, c: usize, request: u64, result: KvResult) {
         let client = &mut self.clients[c];
-        if client.current.as_ref().is_none_or(|cur| cur.request != request) {
+        if client
+            .current
+            .as_ref()
+            .is_none_or(|cur| cur.request != request)
+        {
             return; // a late duplicate answer
         }
         let done = client.current.take().expect("checked");

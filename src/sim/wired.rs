@@ -86,7 +86,8 @@ impl WiredCluster {
         for (to, msgs) in self.outbox.messages.iter_mut().enumerate() {
             self.messages_total += msgs.len() as u64;
             for msg in msgs.drain(..) {
-                self.in_flight.push_back((from_id, ReplicaId(to as u8), msg));
+                self.in_flight
+                    .push_back((from_id, ReplicaId(to as u8), msg));
             }
         }
         self.replies_total += self.outbox.replies.len() as u64;

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use super::{Access, StateMachine};
+use super::{Access, InlineKey, StateMachine};
 use crate::wire::{CommandRef, Op};
 
 /// The result of one KV command.
@@ -18,10 +18,10 @@ pub enum KvResult {
 }
 
 /// An in-memory map. It owns copies of its keys and values: a value must not
-/// pin the whole received batch it arrived in.
+/// pin the whole received batch it arrived in. Short keys are stored inline.
 #[derive(Default, Debug)]
 pub struct KvStore {
-    map: FxHashMap<Bytes, Bytes>,
+    map: FxHashMap<InlineKey, Bytes>,
 }
 
 impl KvStore {
@@ -88,7 +88,7 @@ impl StateMachine for KvStore {
                 match self.map.get_mut(cmd.key) {
                     Some(slot) => *slot = value,
                     None => {
-                        self.map.insert(Bytes::copy_from_slice(cmd.key), value);
+                        self.map.insert(InlineKey::from_slice(cmd.key), value);
                     }
                 }
                 KvResult::Done
@@ -147,6 +147,9 @@ mod tests {
         let get = c(Op::Get, b"k", b"");
         let put = c(Op::Put, b"k", b"v");
         assert_eq!(KvStore::conflict_key(&get), Some((&b"k"[..], Access::Read)));
-        assert_eq!(KvStore::conflict_key(&put), Some((&b"k"[..], Access::Write)));
+        assert_eq!(
+            KvStore::conflict_key(&put),
+            Some((&b"k"[..], Access::Write))
+        );
     }
 }

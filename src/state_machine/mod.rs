@@ -9,6 +9,11 @@ pub mod kv;
 
 pub use kv::{KvResult, KvStore};
 
+/// A key as hash maps store it: short keys (up to 24 bytes) live inside the
+/// map's entry, so comparing one after a hash match costs no extra cache
+/// miss; longer keys spill to the heap.
+pub type InlineKey = smallvec::SmallVec<[u8; 24]>;
+
 use crate::wire::CommandRef;
 
 /// How a command uses its key.

@@ -84,10 +84,16 @@ impl std::fmt::Display for CommandError {
                 write!(f, "unknown op code {code} at byte {offset}")
             }
             CommandError::KeyTooLong { offset, len } => {
-                write!(f, "key of {len} bytes at byte {offset} (max {KEY_BYTES_MAX})")
+                write!(
+                    f,
+                    "key of {len} bytes at byte {offset} (max {KEY_BYTES_MAX})"
+                )
             }
             CommandError::ValueTooLong { offset, len } => {
-                write!(f, "value of {len} bytes at byte {offset} (max {VALUE_BYTES_MAX})")
+                write!(
+                    f,
+                    "value of {len} bytes at byte {offset} (max {VALUE_BYTES_MAX})"
+                )
             }
             CommandError::ValueOnNonPut { offset } => {
                 write!(f, "GET or DELETE with a value at byte {offset}")
@@ -193,17 +199,13 @@ impl Batch {
     }
 
     pub fn iter(&self) -> CommandIter<'_> {
-        CommandIter {
-            rest: &self.buf,
-            offset: 0,
-        }
+        CommandIter { rest: &self.buf }
     }
 }
 
 /// Iterates the commands of a validated batch.
 pub struct CommandIter<'a> {
     rest: &'a [u8],
-    offset: usize,
 }
 
 impl<'a> Iterator for CommandIter<'a> {
@@ -213,10 +215,22 @@ impl<'a> Iterator for CommandIter<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        // The batch was validated when it was built: a failure here is a bug.
-        let (cmd, len) = read_record(self.rest, self.offset).expect("batch validated on build");
-        self.rest = &self.rest[len..];
-        self.offset += len;
+        // The batch was validated when it was built, so only the lengths are
+        // read again; slicing still bounds-checks, so a bug panics, never
+        // reads out of bounds.
+        let (header, rest) =
+            CommandHeader::ref_from_prefix(self.rest).expect("batch validated on build");
+        let key_len = usize::from(header.key_len.get());
+        let value_len = header.value_len.get() as usize;
+        let cmd = CommandRef {
+            client: header.client.get(),
+            request: header.request.get(),
+            first_outstanding: header.first_outstanding.get(),
+            op: Op::from_code(header.op).expect("batch validated on build"),
+            key: &rest[..key_len],
+            value: &rest[key_len..key_len + value_len],
+        };
+        self.rest = &rest[key_len + value_len..];
         Some(cmd)
     }
 }
@@ -248,7 +262,10 @@ impl BatchBuilder {
         assert!(self.count < BATCH_COMMANDS_MAX, "batch full");
         assert!(cmd.key.len() <= KEY_BYTES_MAX, "key too long");
         assert!(cmd.value.len() <= VALUE_BYTES_MAX, "value too long");
-        assert!(cmd.op == Op::Put || cmd.value.is_empty(), "value on non-PUT");
+        assert!(
+            cmd.op == Op::Put || cmd.value.is_empty(),
+            "value on non-PUT"
+        );
         assert!(cmd.request >= 1 && cmd.first_outstanding <= cmd.request);
         let header = CommandHeader {
             client: U64::new(cmd.client),
