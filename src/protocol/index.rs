@@ -9,138 +9,182 @@
 //! replicas would diverge. Ordering a client's commands makes the table part
 //! of the agreed order. It costs nothing for a client with one request in
 //! flight, and little for a pipelining client that talks to one replica.
+//!
+//! Layout, for cache misses (the measured cost of this module): a hash map
+//! turns a key (or client id) into a dense row number; rows live in one flat
+//! `Vec<u64>` sized to N, not to the largest cluster. A row is
+//! `[seq, slot of replica 0, .., slot of replica N-1]`; a key has two (any
+//! access, writes), a client one. Computing attributes looks each key up
+//! once and remembers its row, so recording the instance afterwards (once
+//! the seq is known) is array indexing, not a second hash lookup.
 
 use std::marker::PhantomData;
 
 use rustc_hash::FxHashMap;
 
 use super::hash::IdMap;
-
-use super::types::{Attrs, Deps, InstanceId};
-use crate::constants::REPLICAS_MAX;
+use super::types::{Attrs, InstanceId};
 use crate::state_machine::{Access, InlineKey, StateMachine};
 use crate::wire::Batch;
 
-/// What one key has seen. Reads conflict only with writes, so writes are
-/// tracked apart from "any access".
-#[derive(Default)]
-struct KeyEntry {
-    /// Instances that read or wrote the key.
-    any: Seen,
-    /// Instances that wrote the key.
-    write: Seen,
+/// Rows of `[seq, slots...]`, one per key or client, in a flat vector.
+struct Rows {
+    /// Words per row: 1 + N.
+    width: usize,
+    words: Vec<u64>,
 }
 
-/// Per replica the highest slot seen, and the highest seq: read together,
-/// so kept together (one or two cache lines, not three).
-#[derive(Default)]
-struct Seen {
-    seq: u64,
-    slots: [u64; REPLICAS_MAX],
-}
+impl Rows {
+    fn push_zeroed(&mut self, rows: usize) -> u32 {
+        let first = self.words.len() / self.width;
+        self.words.resize(self.words.len() + rows * self.width, 0);
+        u32::try_from(first).expect("fewer than 2^32 rows")
+    }
 
-impl Seen {
-    /// Adds these instances to `deps`, over the first `replicas` entries only
-    /// (u64 max does not vectorise; the unused tail stays zero anyway).
     #[inline]
-    fn add_to(&self, deps: &mut Deps, seq_max: &mut u64, replicas: usize) {
-        for (d, s) in deps.0[..replicas].iter_mut().zip(&self.slots[..replicas]) {
+    fn row(&self, row: u32) -> &[u64] {
+        let at = row as usize * self.width;
+        &self.words[at..at + self.width]
+    }
+
+    /// Folds a row into `attrs`: deps take the element-wise max (the union),
+    /// `seq_max` the row's seq.
+    #[inline]
+    fn add_to(&self, row: u32, attrs: &mut Attrs, seq_max: &mut u64) {
+        let row = self.row(row);
+        *seq_max = (*seq_max).max(row[0]);
+        for (d, s) in attrs.deps.0.iter_mut().zip(&row[1..]) {
             *d = (*d).max(*s);
         }
-        *seq_max = (*seq_max).max(self.seq);
     }
 
     #[inline]
-    fn add(&mut self, id: InstanceId, seq: u64) {
-        let q = id.replica.index();
-        self.slots[q] = self.slots[q].max(id.slot.0);
-        self.seq = self.seq.max(seq);
+    fn record(&mut self, row: u32, id: InstanceId, seq: u64) {
+        let at = row as usize * self.width;
+        let row = &mut self.words[at..at + self.width];
+        row[0] = row[0].max(seq);
+        let slot = &mut row[1 + id.replica.index()];
+        *slot = (*slot).max(id.slot.0);
     }
 }
 
-impl KeyEntry {
-    fn add(&mut self, id: InstanceId, seq: u64, access: Access) {
-        self.any.add(id, seq);
-        if access == Access::Write {
-            self.write.add(id, seq);
-        }
-    }
-}
-
-/// Keyed by a fixed hasher (no random state): the core is deterministic.
-/// One entry per key ever touched, so it grows with the key space, like the
-/// store itself, not with the number of commands.
+/// Keyed by fixed hashers (no random state): the core is deterministic.
+/// One row per key and per client ever seen, so it grows with the key space
+/// and the client population, like the store itself, not with the number of
+/// commands.
 pub(crate) struct ConflictIndex<S> {
-    replicas: usize,
-    keys: FxHashMap<InlineKey, KeyEntry>,
-    /// Per client id, as if every command also wrote the client's session.
-    clients: IdMap<u64, KeyEntry>,
+    /// Key -> first of its two rows (any access; writes at +1).
+    key_rows: FxHashMap<InlineKey, u32>,
+    keys: Rows,
+    client_rows: IdMap<u64, u32>,
+    clients: Rows,
+    /// Rows a batch touches, between computing its attributes and recording it.
+    touched: Vec<Touched>,
     state_machine: PhantomData<fn() -> S>,
+}
+
+#[derive(Clone, Copy)]
+enum Touched {
+    Key { row: u32, access: Access },
+    Client { row: u32 },
 }
 
 impl<S: StateMachine> ConflictIndex<S> {
     pub fn new(replicas: usize) -> Self {
         ConflictIndex {
-            replicas,
-            keys: FxHashMap::default(),
-            clients: IdMap::default(),
+            key_rows: FxHashMap::default(),
+            keys: Rows {
+                width: 1 + replicas,
+                words: Vec::new(),
+            },
+            client_rows: IdMap::default(),
+            clients: Rows {
+                width: 1 + replicas,
+                words: Vec::new(),
+            },
+            touched: Vec::new(),
             state_machine: PhantomData,
         }
     }
 
-    /// Adds the conflicts of `batch` to `attrs`: deps gain every conflicting
-    /// instance, seq rises above every conflicting seq.
-    pub fn add_conflicts(&self, batch: &Batch, attrs: &mut Attrs) {
-        let n = self.replicas;
+    /// Adds the conflicts of `batch` to `attrs` (deps gain every conflicting
+    /// instance, seq rises above every conflicting seq), then records instance
+    /// `id` with the resulting seq. The instance never depends on itself,
+    /// even when the batch touches a key twice.
+    pub fn add_conflicts_and_record(&mut self, id: InstanceId, batch: &Batch, attrs: &mut Attrs) {
+        self.touched.clear();
         let mut seq_max = 0;
-        let mut last_client = None;
-        for cmd in batch.iter() {
-            if last_client != Some(cmd.client) {
-                last_client = Some(cmd.client);
-                if let Some(entry) = self.clients.get(&cmd.client) {
-                    entry.any.add_to(&mut attrs.deps, &mut seq_max, n);
+        self.visit_rows(batch, |index, touched| {
+            match touched {
+                Touched::Key { row, access } => {
+                    // Reads conflict with writes only, writes with everything.
+                    let conflicting = if access == Access::Read { row + 1 } else { row };
+                    index.keys.add_to(conflicting, attrs, &mut seq_max);
                 }
+                Touched::Client { row } => index.clients.add_to(row, attrs, &mut seq_max),
             }
-            let Some((key, access)) = S::conflict_key(&cmd) else {
-                continue;
-            };
-            let Some(entry) = self.keys.get(key) else {
-                continue;
-            };
-            let conflicting = match access {
-                Access::Read => &entry.write,
-                Access::Write => &entry.any,
-            };
-            conflicting.add_to(&mut attrs.deps, &mut seq_max, n);
-        }
+            index.touched.push(touched);
+        });
         attrs.seq = attrs.seq.max(seq_max + 1);
+        for i in 0..self.touched.len() {
+            let touched = self.touched[i];
+            self.record_row(touched, id, attrs.seq);
+        }
     }
 
     /// Records that instance `id` with sequence number `seq` touches the keys
     /// of `batch`. Idempotent, and safe in any order: it only raises values.
     pub fn record(&mut self, id: InstanceId, seq: u64, batch: &Batch) {
+        self.visit_rows(batch, |index, touched| index.record_row(touched, id, seq));
+    }
+
+    /// Calls `f` with the rows of every key and client of `batch`, creating
+    /// the rows of ones never seen. Consecutive commands of one client share
+    /// its row: one lookup.
+    fn visit_rows(&mut self, batch: &Batch, mut f: impl FnMut(&mut Self, Touched)) {
         let mut last_client = None;
         for cmd in batch.iter() {
             if last_client != Some(cmd.client) {
                 last_client = Some(cmd.client);
-                self.clients
-                    .entry(cmd.client)
-                    .or_default()
-                    .add(id, seq, Access::Write);
+                let row = match self.client_rows.get(&cmd.client) {
+                    Some(&row) => row,
+                    None => {
+                        let row = self.clients.push_zeroed(1);
+                        self.client_rows.insert(cmd.client, row);
+                        row
+                    }
+                };
+                f(self, Touched::Client { row });
             }
             let Some((key, access)) = S::conflict_key(&cmd) else {
                 continue;
             };
-            let entry = match self.keys.get_mut(key) {
-                Some(entry) => entry,
-                // A new key: the only place the index copies one.
-                None => self.keys.entry(InlineKey::from_slice(key)).or_default(),
+            let row = match self.key_rows.get(key) {
+                Some(&row) => row,
+                None => {
+                    // A new key: the only place the index copies one.
+                    let row = self.keys.push_zeroed(2);
+                    self.key_rows.insert(InlineKey::from_slice(key), row);
+                    row
+                }
             };
-            entry.add(id, seq, access);
+            f(self, Touched::Key { row, access });
+        }
+    }
+
+    fn record_row(&mut self, touched: Touched, id: InstanceId, seq: u64) {
+        match touched {
+            Touched::Key { row, access } => {
+                self.keys.record(row, id, seq);
+                if access == Access::Write {
+                    self.keys.record(row + 1, id, seq);
+                }
+            }
+            Touched::Client { row } => self.clients.record(row, id, seq),
         }
     }
 
     pub fn keys(&self) -> usize {
-        self.keys.len()
+        self.key_rows.len()
     }
 }

@@ -6,7 +6,7 @@ use super::message::{Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk
 use super::outbox::Outbox;
 use super::replica::{record, Replica};
 use super::space::{Lead, Phase};
-use super::types::{Ballot, InstanceId, ReplicaId, Status};
+use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
 use crate::state_machine::StateMachine;
 use crate::wire::Batch;
 
@@ -19,8 +19,8 @@ impl<S: StateMachine> Replica<S> {
         let id = InstanceId::new(self.cfg.me, self.next_slot);
         self.next_slot += 1;
         self.stats.proposed += 1;
-        let attrs = self.new_instance_attrs(&batch);
-        self.index.record(id, attrs.seq, &batch);
+        let mut attrs = Attrs::default();
+        self.index.add_conflicts_and_record(id, &batch, &mut attrs);
         let inst = self.spaces.entry(id).expect("own slot in window");
         inst.status = Status::PreAccepted;
         inst.ballot = Ballot::initial(self.cfg.me);

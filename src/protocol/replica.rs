@@ -11,9 +11,8 @@ use super::message::{Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, Pre
 use super::outbox::{Outbox, Record, TraceEvent};
 use super::sessions::Sessions;
 use super::space::{Instance, Spaces};
-use super::types::{Attrs, InstanceId, ReplicaId, Status};
+use super::types::{InstanceId, ReplicaId, Status};
 use crate::state_machine::StateMachine;
-use crate::wire::Batch;
 
 /// One replica of one EPaxos group.
 pub struct Replica<S: StateMachine> {
@@ -140,8 +139,8 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let mut attrs = m.attrs;
-        self.index.add_conflicts(&m.batch, &mut attrs);
-        self.index.record(m.id, attrs.seq, &m.batch);
+        self.index
+            .add_conflicts_and_record(m.id, &m.batch, &mut attrs);
         inst.status = Status::PreAccepted;
         inst.ballot = m.ballot;
         inst.attrs = attrs;
@@ -211,12 +210,6 @@ impl<S: StateMachine> Replica<S> {
         }
         self.exec.ready.push(id);
         self.exec.ready.append(&mut inst.waiters);
-    }
-
-    pub(super) fn new_instance_attrs(&self, batch: &Batch) -> Attrs {
-        let mut attrs = Attrs::default();
-        self.index.add_conflicts(batch, &mut attrs);
-        attrs
     }
 }
 
