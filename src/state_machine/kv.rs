@@ -12,16 +12,94 @@ pub enum KvResult {
     /// A PUT or DELETE took effect.
     Done,
     /// A GET found this value.
-    Value(Bytes),
+    Value(Value),
     /// A GET found no value.
     NotFound,
 }
 
+/// Longest value stored inside the map entry itself.
+pub const VALUE_INLINE_BYTES_MAX: usize = 30;
+
+/// A stored value. Short ones live inline: storing one allocates nothing and
+/// answering a GET copies 40 bytes. Longer ones are shared by reference count,
+/// so a GET never copies them.
+#[derive(Clone)]
+pub enum Value {
+    Inline {
+        len: u8,
+        bytes: [u8; VALUE_INLINE_BYTES_MAX],
+    },
+    Shared(Bytes),
+}
+
+impl Value {
+    pub fn from_slice(value: &[u8]) -> Value {
+        if value.len() <= VALUE_INLINE_BYTES_MAX {
+            let mut bytes = [0; VALUE_INLINE_BYTES_MAX];
+            bytes[..value.len()].copy_from_slice(value);
+            Value::Inline {
+                len: value.len() as u8,
+                bytes,
+            }
+        } else {
+            Value::Shared(Bytes::copy_from_slice(value))
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Value::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Value::Shared(b) => b,
+        }
+    }
+}
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Value {}
+
+impl PartialEq<[u8]> for Value {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl PartialEq<str> for Value {
+    fn eq(&self, other: &str) -> bool {
+        self.as_slice() == other.as_bytes()
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::from_slice(s.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_slice()))
+    }
+}
+
 /// An in-memory map. It owns copies of its keys and values: a value must not
-/// pin the whole received batch it arrived in. Short keys are stored inline.
+/// pin the whole received batch it arrived in. Short keys and values are
+/// stored inline in the map's entries.
 #[derive(Default, Debug)]
 pub struct KvStore {
-    map: FxHashMap<InlineKey, Bytes>,
+    map: FxHashMap<InlineKey, Value>,
 }
 
 impl KvStore {
@@ -37,7 +115,7 @@ impl KvStore {
         self.map.is_empty()
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+    pub fn get(&self, key: &[u8]) -> Option<&Value> {
         self.map.get(key)
     }
 
@@ -84,7 +162,7 @@ impl StateMachine for KvStore {
                 None => KvResult::NotFound,
             },
             Op::Put => {
-                let value = Bytes::copy_from_slice(cmd.value);
+                let value = Value::from_slice(cmd.value);
                 match self.map.get_mut(cmd.key) {
                     Some(slot) => *slot = value,
                     None => {
@@ -124,7 +202,7 @@ mod tests {
         assert_eq!(kv.apply(&c(Op::Put, b"a", b"2")), KvResult::Done);
         assert_eq!(
             kv.apply(&c(Op::Get, b"a", b"")),
-            KvResult::Value(Bytes::from_static(b"2"))
+            KvResult::Value("2".into())
         );
         let d = kv.digest();
         assert_eq!(kv.apply(&c(Op::Delete, b"a", b"")), KvResult::Done);
