@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use crate::protocol::{Config, Message, Outbox, Replica, ReplicaId, Reply};
 use crate::state_machine::{KvResult, KvStore};
-use crate::wire::Batch;
+use crate::wire::{Batch, BatchBuilder, CommandRef, Op};
 
 pub struct WiredCluster {
     pub replicas: Vec<Replica<KvStore>>,
@@ -100,5 +100,68 @@ impl WiredCluster {
     /// Drops every message in flight (a scripted loss).
     pub fn drop_in_flight(&mut self, keep: impl Fn(ReplicaId, ReplicaId, &Message) -> bool) {
         self.in_flight.retain(|(f, t, m)| keep(*f, *t, m));
+    }
+}
+
+const VALUE: &[u8; 16] = b"0123456789abcdef";
+
+/// The core benchmark's workload (all PUTs of 16-byte values). Builds each
+/// round's batches; keys and clients are fixed per replica so
+/// the key space (and memory) stays bounded however long criterion runs.
+pub struct RoundWorkload {
+    replicas: usize,
+    batch: usize,
+    hot: bool,
+    round: u64,
+    keys: Vec<Vec<Vec<u8>>>,
+    builder: BatchBuilder,
+}
+
+impl RoundWorkload {
+    /// `conflicts_pct` is 0 (every client writes its own key) or 100 (every
+    /// command writes one key).
+    pub fn new(replicas: usize, batch: usize, conflicts_pct: u32) -> RoundWorkload {
+        assert!(conflicts_pct == 0 || conflicts_pct == 100);
+        let keys = (0..replicas)
+            .map(|r| {
+                (0..batch)
+                    .map(|i| format!("r{r}-client{i}").into_bytes())
+                    .collect()
+            })
+            .collect();
+        RoundWorkload {
+            replicas,
+            batch,
+            hot: conflicts_pct == 100,
+            round: 0,
+            keys,
+            builder: BatchBuilder::new(),
+        }
+    }
+
+    /// Rounds produced so far.
+    pub fn rounds(&self) -> u64 {
+        self.round
+    }
+
+    /// One batch per replica, each from `batch` closed-loop clients.
+    pub fn next_round(&mut self) -> Vec<Batch> {
+        self.round += 1;
+        (0..self.replicas)
+            .map(|r| {
+                for i in 0..self.batch {
+                    let key: &[u8] = if self.hot { b"hot" } else { &self.keys[r][i] };
+                    self.builder.push(&CommandRef {
+                        client: (r * self.batch + i) as u64 + 1,
+                        request: self.round,
+                        first_outstanding: self.round,
+                        op: Op::Put,
+                        key,
+                        value: VALUE,
+                    });
+                }
+                self.builder.finish()
+            })
+            .collect()
     }
 }
