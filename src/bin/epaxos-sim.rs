@@ -47,6 +47,17 @@ struct Args {
     thrifty: bool,
 }
 
+/// Prints a line to stdout. When the reader has gone away (`| head`), stops
+/// quietly instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(1);
+        }
+    }};
+}
+
 fn parse_replicas(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
     match n {
@@ -76,7 +87,7 @@ fn main() -> ExitCode {
         let report = sim::run(&cfg);
         worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);
         if args.seed.is_some() {
-            println!(
+            say!(
                 "seed {seed}: {} requests, {} instances ({} fast, {} slow), {} messages \
                  ({} dropped), virtual time {} ms, last request {} ms after the last fault",
                 report.ops_completed,
@@ -93,7 +104,7 @@ fn main() -> ExitCode {
             passed += 1;
         } else {
             failed += 1;
-            println!(
+            say!(
                 "FAILED seed {seed}: {} | replay: {}",
                 report.failures.join("; "),
                 cfg.replay_command()
@@ -112,7 +123,7 @@ fn main() -> ExitCode {
         worst_recovery_ns as f64 / 1e6,
         LIVENESS_BOUND_NS / 1_000_000
     );
-    println!("{passed} passed, {failed} failed");
+    say!("{passed} passed, {failed} failed");
     if failed > 0 {
         ExitCode::from(1)
     } else {
