@@ -169,7 +169,7 @@ impl<S: StateMachine> Replica<S> {
         inst.blocked_on = None;
         self.exec.ready.append(&mut inst.waiters);
         for cmd in inst.batch.iter() {
-            let result = self.sessions.execute(&mut self.sm, &cmd);
+            let result = self.index.session(cmd.client).execute(&mut self.sm, &cmd);
             if let (true, Some(result)) = (id.replica == me, result) {
                 out.replies.push(super::outbox::Reply {
                     client: cmd.client,

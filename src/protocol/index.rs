@@ -17,12 +17,16 @@
 //! access, writes), a client one. Computing attributes looks each key up
 //! once and remembers its row, so recording the instance afterwards (once
 //! the seq is known) is array indexing, not a second hash lookup.
-
-use std::marker::PhantomData;
+//!
+//! The client table also holds each client's exactly-once session
+//! (`sessions.rs`): execution looks up the same entry the index touched when
+//! the command was pre-accepted, which is then likely still in cache, and
+//! there is one table per client instead of two.
 
 use rustc_hash::FxHashMap;
 
 use super::hash::IdMap;
+use super::sessions::Session;
 use super::types::{Attrs, InstanceId};
 use crate::state_machine::{Access, InlineKey, StateMachine};
 use crate::wire::Batch;
@@ -72,15 +76,20 @@ impl Rows {
 /// One row per key and per client ever seen, so it grows with the key space
 /// and the client population, like the store itself, not with the number of
 /// commands.
-pub(crate) struct ConflictIndex<S> {
+pub(crate) struct ConflictIndex<S: StateMachine> {
     /// Key -> first of its two rows (any access; writes at +1).
     key_rows: FxHashMap<InlineKey, u32>,
     keys: Rows,
-    client_rows: IdMap<u64, u32>,
+    /// Client id -> its conflict row and its session.
+    client_table: IdMap<u64, Client<S::Output>>,
     clients: Rows,
     /// Rows a batch touches, between computing its attributes and recording it.
     touched: Vec<Touched>,
-    state_machine: PhantomData<fn() -> S>,
+}
+
+struct Client<O> {
+    row: u32,
+    session: Session<O>,
 }
 
 #[derive(Clone, Copy)]
@@ -97,13 +106,12 @@ impl<S: StateMachine> ConflictIndex<S> {
                 width: 1 + replicas,
                 words: Vec::new(),
             },
-            client_rows: IdMap::default(),
+            client_table: IdMap::default(),
             clients: Rows {
                 width: 1 + replicas,
                 words: Vec::new(),
             },
             touched: Vec::new(),
-            state_machine: PhantomData,
         }
     }
 
@@ -146,14 +154,7 @@ impl<S: StateMachine> ConflictIndex<S> {
         for cmd in batch.iter() {
             if last_client != Some(cmd.client) {
                 last_client = Some(cmd.client);
-                let row = match self.client_rows.get(&cmd.client) {
-                    Some(&row) => row,
-                    None => {
-                        let row = self.clients.push_zeroed(1);
-                        self.client_rows.insert(cmd.client, row);
-                        row
-                    }
-                };
+                let row = self.client(cmd.client).row;
                 f(self, Touched::Client { row });
             }
             let Some((key, access)) = S::conflict_key(&cmd) else {
@@ -170,6 +171,24 @@ impl<S: StateMachine> ConflictIndex<S> {
             };
             f(self, Touched::Key { row, access });
         }
+    }
+
+    /// The client's entry, created (with a conflict row) on first sight.
+    fn client(&mut self, client: u64) -> &mut Client<S::Output> {
+        let clients = &mut self.clients;
+        self.client_table.entry(client).or_insert_with(|| Client {
+            row: clients.push_zeroed(1),
+            session: Session::new(),
+        })
+    }
+
+    /// The client's exactly-once session.
+    pub fn session(&mut self, client: u64) -> &mut Session<S::Output> {
+        &mut self.client(client).session
+    }
+
+    pub fn clients(&self) -> usize {
+        self.client_table.len()
     }
 
     fn record_row(&mut self, touched: Touched, id: InstanceId, seq: u64) {

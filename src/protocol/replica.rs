@@ -9,7 +9,6 @@ use super::exec::ExecScratch;
 use super::index::ConflictIndex;
 use super::message::{Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk};
 use super::outbox::{Outbox, Record, TraceEvent};
-use super::sessions::Sessions;
 use super::space::{Instance, Spaces};
 use super::types::{InstanceId, ReplicaId, Status};
 use crate::state_machine::StateMachine;
@@ -20,7 +19,6 @@ pub struct Replica<S: StateMachine> {
     pub(super) sm: S,
     pub(super) spaces: Spaces,
     pub(super) index: ConflictIndex<S>,
-    pub(super) sessions: Sessions<S::Output>,
     pub(super) exec: ExecScratch,
     /// The slot this replica's next own instance takes.
     pub(super) next_slot: u64,
@@ -50,7 +48,6 @@ impl<S: StateMachine> Replica<S> {
             index: ConflictIndex::new(cfg.replicas),
             cfg,
             sm,
-            sessions: Sessions::new(),
             exec: ExecScratch::default(),
             next_slot: 1,
             retry: VecDeque::new(),
@@ -87,7 +84,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// Client sessions in the exactly-once table.
     pub fn client_sessions(&self) -> usize {
-        self.sessions.clients()
+        self.index.clients()
     }
 
     /// When `tick` next has work, if ever.

@@ -1,20 +1,22 @@
-//! Exactly-once execution: a table of client sessions.
+//! Exactly-once execution: one client's session.
 //!
-//! Every command carries (client, request number, first outstanding). The table
-//! keeps, per client, the results of its requests from `first_outstanding` on,
-//! so a request proposed twice (a client retry, possibly at another replica)
-//! is applied once and both copies are answered with the first result. The
-//! table is part of the replicated state: it changes only in `execute`, in
-//! execution order, so every replica keeps the same one.
+//! Every command carries (client, request number, first outstanding). A
+//! session keeps the results of its client's requests from
+//! `first_outstanding` on, so a request proposed twice (a client retry,
+//! possibly at another replica) is applied once and both copies are answered
+//! with the first result. Sessions are part of the replicated state: one
+//! changes only in `execute`, in execution order, and a client's commands are
+//! ordered at every replica (they conflict with each other, see `index.rs`),
+//! so every replica keeps the same sessions. They live in the conflict
+//! index's client table, next to each client's conflict row.
 
 use smallvec::SmallVec;
 
-use super::hash::IdMap;
 use crate::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use crate::state_machine::StateMachine;
 use crate::wire::CommandRef;
 
-struct Session<O> {
+pub(crate) struct Session<O> {
     /// Requests below this were answered and acknowledged by the client.
     floor: u64,
     /// `results[i]` is the result of request `floor + i`, once executed.
@@ -23,14 +25,11 @@ struct Session<O> {
     results: SmallVec<[Option<O>; 1]>,
 }
 
-pub(crate) struct Sessions<O> {
-    clients: IdMap<u64, Session<O>>,
-}
-
-impl<O: Clone> Sessions<O> {
+impl<O: Clone> Session<O> {
     pub fn new() -> Self {
-        Sessions {
-            clients: IdMap::default(),
+        Session {
+            floor: 1,
+            results: SmallVec::new(),
         }
     }
 
@@ -41,10 +40,7 @@ impl<O: Clone> Sessions<O> {
     where
         S: StateMachine<Output = O>,
     {
-        let session = self.clients.entry(cmd.client).or_insert_with(|| Session {
-            floor: 1,
-            results: SmallVec::new(),
-        });
+        let session = self;
         let next_in_closed_loop = session.results.len() == 1
             && cmd.first_outstanding == session.floor + 1
             && cmd.request == cmd.first_outstanding;
@@ -84,10 +80,6 @@ impl<O: Clone> Sessions<O> {
         session.results[offset] = Some(result.clone());
         Some(result)
     }
-
-    pub fn clients(&self) -> usize {
-        self.clients.len()
-    }
 }
 
 #[cfg(test)]
@@ -109,7 +101,7 @@ mod tests {
 
     #[test]
     fn duplicate_is_answered_with_first_result_and_not_reapplied() {
-        let (mut kv, mut s) = (KvStore::new(), Sessions::new());
+        let (mut kv, mut s) = (KvStore::new(), Session::new());
         assert_eq!(s.execute(&mut kv, &put(1, 1, b"a")), Some(KvResult::Done));
         assert_eq!(s.execute(&mut kv, &put(2, 1, b"b")), Some(KvResult::Done));
         // Request 1 again, after 2 ran: must not overwrite "b".
@@ -127,7 +119,7 @@ mod tests {
 
     #[test]
     fn request_beyond_window_is_refused() {
-        let (mut kv, mut s) = (KvStore::new(), Sessions::new());
+        let (mut kv, mut s) = (KvStore::new(), Session::new());
         let far = 1 + CLIENT_WINDOW_REQUESTS_MAX;
         assert_eq!(s.execute(&mut kv, &put(far, 1, b"x")), None);
         assert!(kv.is_empty());

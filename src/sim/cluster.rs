@@ -26,7 +26,7 @@ const EVENTS_MAX: u64 = 20_000_000;
 const SHARED_KEYS: u64 = 3;
 const PRIVATE_KEYS: u64 = 4;
 const CLIENT_ID_BASE: u64 = 1000;
-const LIN_SEARCH_STEPS_MAX: u64 = 2_000_000;
+const LIN_SEARCH_STEPS_MAX: u64 = 50_000_000;
 
 /// A client command on its way to, or waiting at, a replica.
 #[derive(Clone, Debug)]
