@@ -2,7 +2,9 @@
 //! must report it. A checker that passes everything proves nothing.
 
 use epaxos_fast::protocol::{Attrs, Deps, InjectedBug, InstanceId, ReplicaId};
-use epaxos_fast::sim::check::{check_agreement, check_execution_order, ReplicaLog};
+use epaxos_fast::sim::check::{
+    check_agreement, check_all_executed, check_execution_order, ReplicaLog,
+};
 use epaxos_fast::sim::linearizability::{check_history, HistoryOp, OpKind};
 use epaxos_fast::sim::{self, FaultMix, SimConfig};
 use epaxos_fast::wire::{Batch, BatchBuilder, CommandRef, Op};
@@ -86,7 +88,7 @@ fn order_checker_rejects_conflicting_commands_in_different_orders() {
     ];
     let log = |executed: Vec<InstanceId>| ReplicaLog {
         committed: committed.clone(),
-        executed,
+        executed: executed.into_iter().map(|id| (id, 2)).collect(),
     };
     let err = check_execution_order(&[log(vec![a, b]), log(vec![b, a])]).unwrap_err();
     assert!(err.contains("order"), "{err}");
@@ -101,15 +103,43 @@ fn order_checker_rejects_conflicting_commands_in_different_orders() {
     ];
     let log = |executed: Vec<InstanceId>| ReplicaLog {
         committed: committed.clone(),
-        executed,
+        executed: executed.into_iter().map(|id| (id, 2)).collect(),
     };
     assert!(check_execution_order(&[log(vec![a, b]), log(vec![b, a])]).is_err());
-    // Executing something never committed.
+    // Executing something never committed, or before its commit.
     let bad = ReplicaLog {
         committed: vec![],
-        executed: vec![a],
+        executed: vec![(a, 0)],
     };
     assert!(check_execution_order(&[bad]).is_err());
+    let early = ReplicaLog {
+        committed: committed.clone(),
+        executed: vec![(a, 0)],
+    };
+    assert!(check_execution_order(&[early]).is_err());
+}
+
+#[test]
+fn completeness_checker_rejects_a_replica_that_missed_an_instance() {
+    let (a, b) = (
+        InstanceId::new(ReplicaId(0), 1),
+        InstanceId::new(ReplicaId(1), 1),
+    );
+    let committed = vec![
+        (a, attrs(1, &[]), batch(b"k", Op::Put)),
+        (b, attrs(1, &[]), batch(b"j", Op::Put)),
+    ];
+    let full = ReplicaLog {
+        committed: committed.clone(),
+        executed: vec![(a, 2), (b, 2)],
+    };
+    let partial = ReplicaLog {
+        committed: committed[..1].to_vec(),
+        executed: vec![(a, 1)],
+    };
+    assert_eq!(check_all_executed(&[full.clone(), full.clone()]), Ok(()));
+    let err = check_all_executed(&[full, partial]).unwrap_err();
+    assert!(err.contains("replica 1") && err.contains("1.1"), "{err}");
 }
 
 #[test]

@@ -36,10 +36,14 @@ fn one_replica_commits_locally_without_messages() {
         0,
         batch(&[(1, 1, Op::Put, "k", "v"), (2, 1, Op::Get, "k", "")]),
         &mut out,
-    );
+    )
+    .unwrap();
     assert!(out.messages.iter().all(Vec::is_empty));
     let results: Vec<_> = out.replies.iter().map(|r| r.result.clone()).collect();
-    assert_eq!(results, [KvResult::Done, KvResult::Value("v".into())]);
+    assert_eq!(
+        results,
+        [Ok(KvResult::Done), Ok(KvResult::Value("v".into()))]
+    );
     assert_eq!(r.next_deadline(), None);
 }
 
@@ -91,7 +95,8 @@ fn thrifty_sends_pre_accept_to_the_fast_quorum_only() {
     cfg.thrifty = true;
     let mut r = Replica::new(cfg, KvStore::new());
     let mut out = Outbox::new(5);
-    r.propose(0, batch(&[(1, 1, Op::Put, "k", "v")]), &mut out);
+    r.propose(0, batch(&[(1, 1, Op::Put, "k", "v")]), &mut out)
+        .unwrap();
     let targets: Vec<usize> = (0..5).filter(|&p| !out.messages[p].is_empty()).collect();
     // Fast quorum of 5 is 3: the leader and the next two in ring order.
     assert_eq!(targets, [3, 4]);
@@ -145,7 +150,7 @@ fn a_retried_request_is_applied_once() {
     }
     // The retry is answered, with the first result.
     assert_eq!(c.replies[1].len(), 1);
-    assert_eq!(c.replies[1][0].result, KvResult::Done);
+    assert_eq!(c.replies[1][0].result, Ok(KvResult::Done));
     // A read retried after a write is answered with what it first read.
     c.propose(0, batch(&[(9, 1, Op::Get, "k", "")]));
     c.run_until_quiet();
@@ -153,7 +158,7 @@ fn a_retried_request_is_applied_once() {
     c.run_until_quiet();
     c.propose(1, batch(&[(9, 1, Op::Get, "k", "")]));
     c.run_until_quiet();
-    assert_eq!(c.replies[1][1].result, KvResult::Value("b".into()));
+    assert_eq!(c.replies[1][1].result, Ok(KvResult::Value("b".into())));
 }
 
 #[test]

@@ -88,9 +88,10 @@ fn main() -> ExitCode {
         worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);
         if args.seed.is_some() {
             say!(
-                "seed {seed}: {} requests, {} instances ({} fast, {} slow), {} messages \
+                "seed {seed}: {} requests ({} completed during faults), {} instances ({} fast, {} slow), {} messages \
                  ({} dropped), virtual time {} ms, last request {} ms after the last fault",
                 report.ops_completed,
+                report.ops_during_faults,
                 report.instances_proposed,
                 report.fast_commits,
                 report.slow_commits,

@@ -7,15 +7,29 @@ use super::outbox::Outbox;
 use super::replica::{record, Replica};
 use super::space::{Lead, Phase};
 use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
+use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
 use crate::state_machine::StateMachine;
 use crate::wire::Batch;
 
 impl<S: StateMachine> Replica<S> {
     /// Starts one instance for every command in `batch` (the commands that
     /// arrived in one turn of the caller's loop). N = 1 commits at once.
-    pub fn propose(&mut self, now: u64, batch: Batch, out: &mut Outbox<S::Output>) {
+    ///
+    /// Refused when this replica already holds `INSTANCE_WINDOW_SLOTS_MAX` of
+    /// its own instances (a peer that never acknowledges commits keeps them
+    /// all): the caller must stop taking client commands for a while.
+    pub fn propose(
+        &mut self,
+        now: u64,
+        batch: Batch,
+        out: &mut Outbox<S::Output>,
+    ) -> Result<InstanceId, ProposeError> {
         assert!(!batch.is_empty(), "proposing an empty batch");
         self.advance(now);
+        let held = self.next_slot - self.spaces.base(self.cfg.me);
+        if held >= INSTANCE_WINDOW_SLOTS_MAX {
+            return Err(ProposeError::WindowFull { held });
+        }
         let id = InstanceId::new(self.cfg.me, self.next_slot);
         self.next_slot += 1;
         self.stats.proposed += 1;
@@ -31,7 +45,7 @@ impl<S: StateMachine> Replica<S> {
             self.stats.fast_commits += 1;
             self.mark_committed(id, out);
             self.execute_ready(out);
-            return;
+            return Ok(id);
         }
         out.persist.push(record(id, inst));
         let targets = if self.cfg.thrifty {
@@ -60,6 +74,7 @@ impl<S: StateMachine> Replica<S> {
         });
         self.retry
             .push_back((now + self.cfg.retransmit_timeout_ns, id.slot.0));
+        Ok(id)
     }
 
     pub(super) fn on_pre_accept_ok(
@@ -119,7 +134,8 @@ impl<S: StateMachine> Replica<S> {
         inst.attrs = lead.merged;
         inst.status = Status::Accepted;
         lead.phase = Phase::Accept;
-        // Thrifty: the first F peers that answered PreAccept, known alive.
+        // Thrifty: F of the peers that answered PreAccept (the lowest-numbered),
+        // known alive.
         lead.sent = if thrifty {
             first_bits(lead.replied, f)
         } else {
@@ -265,6 +281,27 @@ impl<S: StateMachine> Replica<S> {
         true
     }
 }
+
+/// Why `propose` refused a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This replica holds too many of its own instances; `held` of them.
+    WindowFull { held: u64 },
+}
+
+impl std::fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposeError::WindowFull { held } => write!(
+                f,
+                "{held} own instances held (limit {INSTANCE_WINDOW_SLOTS_MAX}): \
+                 a peer is not acknowledging commits"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
 
 fn send_to_mask<O>(
     out: &mut Outbox<O>,

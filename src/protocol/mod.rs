@@ -24,7 +24,7 @@ pub mod config;
 mod exec;
 mod hash;
 mod index;
-mod leader;
+pub mod leader;
 pub mod message;
 pub mod outbox;
 mod replica;
@@ -33,7 +33,8 @@ mod space;
 pub mod types;
 
 pub use config::{Config, ConfigError, InjectedBug};
+pub use leader::ProposeError;
 pub use message::{Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk};
-pub use outbox::{Outbox, Record, Reply, TraceEvent};
+pub use outbox::{Outbox, Record, Refused, Reply, TraceEvent};
 pub use replica::{Replica, ReplicaStats};
 pub use types::{Attrs, Ballot, Deps, InstanceId, ReplicaId, Slot, Status};

@@ -28,7 +28,28 @@ pub struct Record {
 pub struct Reply<O> {
     pub client: u64,
     pub request: u64,
-    pub result: O,
+    pub result: Result<O, Refused>,
+}
+
+/// Why a committed command was not applied. Decided in execution order, so
+/// every replica refuses the same commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The request number ran more than `CLIENT_WINDOW_REQUESTS_MAX` ahead
+    /// of the client's oldest outstanding request.
+    BeyondClientWindow,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::BeyondClientWindow => write!(
+                f,
+                "request number more than {} ahead of the oldest outstanding one",
+                crate::constants::CLIENT_WINDOW_REQUESTS_MAX
+            ),
+        }
+    }
 }
 
 /// What the simulator's checkers observe (only produced with `Config::trace`).

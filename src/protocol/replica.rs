@@ -9,7 +9,7 @@ use super::exec::ExecScratch;
 use super::index::ConflictIndex;
 use super::message::{Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk};
 use super::outbox::{Outbox, Record, TraceEvent};
-use super::space::{Instance, Spaces};
+use super::space::{Instance, Lookup, Spaces};
 use super::types::{InstanceId, ReplicaId, Status};
 use crate::state_machine::StateMachine;
 
@@ -175,15 +175,23 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_commit(&mut self, from: ReplicaId, m: Commit, out: &mut Outbox<S::Output>) {
         let id = m.id;
-        if let Some(inst) = self.spaces.entry(id) {
-            if !inst.is_committed() {
-                inst.ballot = m.ballot;
-                inst.attrs = m.attrs;
-                inst.batch = m.batch;
-                self.mark_committed(id, out);
+        let compacted = matches!(self.spaces.get(id), Lookup::Compacted);
+        match self.spaces.entry(id) {
+            Some(inst) => {
+                if !inst.is_committed() {
+                    inst.ballot = m.ballot;
+                    inst.attrs = m.attrs;
+                    inst.batch = m.batch;
+                    self.mark_committed(id, out);
+                }
             }
+            // Executed and compacted here: acknowledged again below, so the
+            // leader stops re-sending.
+            None if compacted => {}
+            // Too far ahead of this replica's window to record: not
+            // acknowledged, so the leader keeps re-sending until it fits.
+            None => return,
         }
-        // Acknowledged even when long executed: the leader stops re-sending.
         out.send(from, Message::CommitOk(CommitOk { id }));
     }
 

@@ -12,6 +12,7 @@
 
 use smallvec::SmallVec;
 
+use super::outbox::Refused;
 use crate::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use crate::state_machine::StateMachine;
 use crate::wire::CommandRef;
@@ -34,9 +35,8 @@ impl<O: Clone> Session<O> {
     }
 
     /// Applies `cmd` unless it already ran; returns the result to answer with,
-    /// or `None` when no answer is due (the client acknowledged it already, or
-    /// broke the window rule and the command is refused).
-    pub fn execute<S>(&mut self, sm: &mut S, cmd: &CommandRef<'_>) -> Option<O>
+    /// or `None` when no answer is due (the client acknowledged it already).
+    pub fn execute<S>(&mut self, sm: &mut S, cmd: &CommandRef<'_>) -> Option<Result<O, Refused>>
     where
         S: StateMachine<Output = O>,
     {
@@ -51,7 +51,7 @@ impl<O: Clone> Session<O> {
             session.floor += 1;
             let result = sm.apply(cmd);
             session.results[0] = Some(result.clone());
-            return Some(result);
+            return Some(Ok(result));
         }
         if cmd.first_outstanding > session.floor {
             let forget = cmd.first_outstanding - session.floor;
@@ -67,18 +67,18 @@ impl<O: Clone> Session<O> {
         }
         let offset = cmd.request - session.floor;
         if offset >= CLIENT_WINDOW_REQUESTS_MAX {
-            return None;
+            return Some(Err(Refused::BeyondClientWindow));
         }
         let offset = offset as usize;
         if offset >= session.results.len() {
             session.results.resize(offset + 1, None);
         }
         if let Some(first) = &session.results[offset] {
-            return Some(first.clone());
+            return Some(Ok(first.clone()));
         }
         let result = sm.apply(cmd);
         session.results[offset] = Some(result.clone());
-        Some(result)
+        Some(Ok(result))
     }
 }
 
@@ -102,17 +102,35 @@ mod tests {
     #[test]
     fn duplicate_is_answered_with_first_result_and_not_reapplied() {
         let (mut kv, mut s) = (KvStore::new(), Session::new());
-        assert_eq!(s.execute(&mut kv, &put(1, 1, b"a")), Some(KvResult::Done));
-        assert_eq!(s.execute(&mut kv, &put(2, 1, b"b")), Some(KvResult::Done));
+        assert_eq!(
+            s.execute(&mut kv, &put(1, 1, b"a")),
+            Some(Ok(KvResult::Done))
+        );
+        assert_eq!(
+            s.execute(&mut kv, &put(2, 1, b"b")),
+            Some(Ok(KvResult::Done))
+        );
         // Request 1 again, after 2 ran: must not overwrite "b".
-        assert_eq!(s.execute(&mut kv, &put(1, 1, b"a")), Some(KvResult::Done));
+        assert_eq!(
+            s.execute(&mut kv, &put(1, 1, b"a")),
+            Some(Ok(KvResult::Done))
+        );
         assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"b"[..]));
         // Out-of-order execution of pipelined requests: 4 before 3.
-        assert_eq!(s.execute(&mut kv, &put(4, 3, b"d")), Some(KvResult::Done));
-        assert_eq!(s.execute(&mut kv, &put(3, 3, b"c")), Some(KvResult::Done));
+        assert_eq!(
+            s.execute(&mut kv, &put(4, 3, b"d")),
+            Some(Ok(KvResult::Done))
+        );
+        assert_eq!(
+            s.execute(&mut kv, &put(3, 3, b"c")),
+            Some(Ok(KvResult::Done))
+        );
         assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"c"[..]));
         // The client acknowledged everything below 5: a stale copy of 3 is dropped.
-        assert_eq!(s.execute(&mut kv, &put(5, 5, b"e")), Some(KvResult::Done));
+        assert_eq!(
+            s.execute(&mut kv, &put(5, 5, b"e")),
+            Some(Ok(KvResult::Done))
+        );
         assert_eq!(s.execute(&mut kv, &put(3, 3, b"c")), None);
         assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"e"[..]));
     }
@@ -121,7 +139,10 @@ mod tests {
     fn request_beyond_window_is_refused() {
         let (mut kv, mut s) = (KvStore::new(), Session::new());
         let far = 1 + CLIENT_WINDOW_REQUESTS_MAX;
-        assert_eq!(s.execute(&mut kv, &put(far, 1, b"x")), None);
+        assert_eq!(
+            s.execute(&mut kv, &put(far, 1, b"x")),
+            Some(Err(Refused::BeyondClientWindow))
+        );
         assert!(kv.is_empty());
     }
 }

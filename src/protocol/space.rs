@@ -108,6 +108,11 @@ impl Spaces {
         }
     }
 
+    /// Every slot of `replica` below this was executed and dropped.
+    pub fn base(&self, replica: ReplicaId) -> u64 {
+        self.spaces[replica.index()].base
+    }
+
     pub fn get(&self, id: InstanceId) -> Lookup<'_> {
         let space = &self.spaces[id.replica.index()];
         if id.slot.0 < space.base {

@@ -15,8 +15,9 @@ use crate::wire::Batch;
 pub struct ReplicaLog {
     /// Instances as they committed here, with their final attributes.
     pub committed: Vec<(InstanceId, Attrs, Batch)>,
-    /// Instances in the order they executed here.
-    pub executed: Vec<InstanceId>,
+    /// Instances in the order they executed here, each with the number of
+    /// entries `committed` had when it executed (its commit must be among them).
+    pub executed: Vec<(InstanceId, usize)>,
 }
 
 /// Agreement: an instance committed at several replicas has the same batch,
@@ -72,15 +73,22 @@ struct Executed {
 pub fn check_execution_order(logs: &[ReplicaLog]) -> Result<(), String> {
     let mut per_replica: Vec<BTreeMap<Vec<u8>, Vec<Executed>>> = Vec::new();
     for (r, log) in logs.iter().enumerate() {
-        let batches: HashMap<InstanceId, &Batch> =
-            log.committed.iter().map(|(id, _, b)| (*id, b)).collect();
+        let commits: HashMap<InstanceId, (usize, &Batch)> = log
+            .committed
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _, b))| (*id, (i, b)))
+            .collect();
         let mut seen = HashMap::new();
         let mut keys: BTreeMap<Vec<u8>, Vec<Executed>> = BTreeMap::new();
-        for id in &log.executed {
-            let Some(batch) = batches.get(id) else {
-                return Err(format!(
-                    "order: replica {r} executed {id} before committing it"
-                ));
+        for (id, commits_before) in &log.executed {
+            let batch = match commits.get(id) {
+                Some(&(at, batch)) if at < *commits_before => batch,
+                _ => {
+                    return Err(format!(
+                        "order: replica {r} executed {id} before committing it"
+                    ))
+                }
             };
             if seen.insert(*id, ()).is_some() {
                 return Err(format!("order: replica {r} executed {id} twice"));
@@ -159,6 +167,27 @@ fn check_key_order(
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Completeness, for a run that drained: every replica committed and
+/// executed every instance committed anywhere, and nothing else.
+pub fn check_all_executed(logs: &[ReplicaLog]) -> Result<(), String> {
+    let all: std::collections::BTreeSet<InstanceId> = logs
+        .iter()
+        .flat_map(|l| l.committed.iter().map(|(id, _, _)| *id))
+        .collect();
+    for (r, log) in logs.iter().enumerate() {
+        let executed: std::collections::BTreeSet<InstanceId> =
+            log.executed.iter().map(|(id, _)| *id).collect();
+        if let Some(missing) = all.iter().find(|id| !executed.contains(id)) {
+            return Err(format!(
+                "completeness: replica {r} executed {} of {} committed instances (first missing: {missing})",
+                executed.len(),
+                all.len()
+            ));
         }
     }
     Ok(())

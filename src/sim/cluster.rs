@@ -3,7 +3,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use super::check::{check_agreement, check_execution_order, ReplicaLog};
+use super::check::{check_agreement, check_all_executed, check_execution_order, ReplicaLog};
 use super::linearizability::{check_history, HistoryOp, OpKind};
 use super::rng::Rng;
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
@@ -134,6 +134,7 @@ struct Sim<'c> {
     partition: Option<u16>,
     messages_sent: u64,
     messages_dropped: u64,
+    ops_during_faults: usize,
 }
 
 /// Runs one simulation and checks it.
@@ -185,6 +186,7 @@ impl<'c> Sim<'c> {
             partition: None,
             messages_sent: 0,
             messages_dropped: 0,
+            ops_during_faults: 0,
         }
     }
 
@@ -306,7 +308,10 @@ impl<'c> Sim<'c> {
         let batch = self.builder.finish();
         self.arrived[replica] = requests;
         self.arrived[replica].clear();
-        self.call(replica, |r, now, out| r.propose(now, batch, out));
+        self.call(replica, |r, now, out| {
+            r.propose(now, batch, out)
+                .expect("a simulated run stays far below the window");
+        });
     }
 
     /// Calls into replica `r`, then carries out its outbox.
@@ -329,7 +334,9 @@ impl<'c> Sim<'c> {
             let kind = EventKind::Reply {
                 client,
                 request: reply.request,
-                result: reply.result,
+                result: reply
+                    .result
+                    .expect("simulated clients stay in their window"),
             };
             self.schedule(at, kind);
         }
@@ -338,7 +345,10 @@ impl<'c> Sim<'c> {
                 TraceEvent::Committed { id, attrs, batch } => {
                     self.logs[r].committed.push((id, attrs, batch))
                 }
-                TraceEvent::Executed { id } => self.logs[r].executed.push(id),
+                TraceEvent::Executed { id } => {
+                    let commits = self.logs[r].committed.len();
+                    self.logs[r].executed.push((id, commits));
+                }
             }
         }
         out.clear();
@@ -478,6 +488,9 @@ impl<'c> Sim<'c> {
         });
         client.ops_left -= 1;
         self.last_completion_ns = self.now;
+        if self.faults_on {
+            self.ops_during_faults += 1;
+        }
         if client.ops_left == 0 {
             self.clients_done += 1;
         } else {
@@ -515,6 +528,9 @@ impl<'c> Sim<'c> {
             failures.push(format!("linearizability: {e}"));
         }
         if finished {
+            if let Err(e) = check_all_executed(&self.logs) {
+                failures.push(e);
+            }
             let digests: Vec<u64> = self
                 .replicas
                 .iter()
@@ -537,6 +553,7 @@ impl<'c> Sim<'c> {
             seed: self.cfg.seed,
             failures,
             ops_completed: self.history.len(),
+            ops_during_faults: self.ops_during_faults,
             instances_proposed: stats.iter().map(|s| s.proposed as usize).sum(),
             fast_commits: stats.iter().map(|s| s.fast_commits).sum(),
             slow_commits: stats.iter().map(|s| s.slow_commits).sum(),

@@ -131,6 +131,8 @@ pub struct SimReport {
     /// One line per violated property; empty when the run passed.
     pub failures: Vec<String>,
     pub ops_completed: usize,
+    /// Client requests that completed while faults were on.
+    pub ops_during_faults: usize,
     pub instances_proposed: usize,
     pub fast_commits: u64,
     pub slow_commits: u64,
