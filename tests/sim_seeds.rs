@@ -45,6 +45,21 @@ fn five_replicas_thrifty() {
 }
 
 #[test]
+fn pipelined_clients() {
+    // Several requests in flight per client: exactly-once windows, results
+    // forgotten on acknowledgement, retries of older requests. Conflict rates
+    // stay at or below 50 %: with every request on three keys, the
+    // linearizability search over that much overlap takes seconds a seed
+    // (the soak in the README covers it).
+    let pipelined = |c: &mut SimConfig, depth| {
+        c.pipeline = depth;
+        c.conflicts_pct = c.conflicts_pct.min(50);
+    };
+    run_seeds(5, 2000..2100, |c| pipelined(c, 4));
+    run_seeds(3, 2000..2100, |c| pipelined(c, 4));
+}
+
+#[test]
 fn one_seven_and_nine_replicas() {
     run_seeds(1, 0..20, |_| {});
     run_seeds(7, 0..40, |_| {});

@@ -42,6 +42,9 @@ struct Args {
     /// Requests per client.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     ops: u64,
+    /// Requests each client keeps in flight (1: closed loop).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pipeline: u64,
     /// Send PreAccept to a fast quorum only.
     #[arg(long)]
     thrifty: bool,
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         cfg.reads_pct = args.reads;
         cfg.clients = args.clients.map_or(2 * args.replicas, |c| c as usize);
         cfg.ops_per_client = args.ops as usize;
+        cfg.pipeline = args.pipeline as usize;
         cfg.thrifty = args.thrifty;
         let report = sim::run(&cfg);
         worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);

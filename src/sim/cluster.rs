@@ -33,6 +33,7 @@ const LIN_SEARCH_STEPS_MAX: u64 = 50_000_000;
 struct Request {
     client: u64,
     request: u64,
+    first_outstanding: u64,
     op: Op,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -106,9 +107,13 @@ struct InFlight {
 
 struct Client {
     id: u64,
+    /// Requests not yet completed.
     ops_left: usize,
+    /// Requests not yet scheduled to be issued.
+    unscheduled: usize,
     next_request: u64,
-    current: Option<InFlight>,
+    /// Up to `SimConfig::pipeline` requests at once.
+    in_flight: Vec<InFlight>,
 }
 
 struct Sim<'c> {
@@ -160,8 +165,9 @@ impl<'c> Sim<'c> {
             .map(|i| Client {
                 id: CLIENT_ID_BASE + i as u64,
                 ops_left: cfg.ops_per_client,
+                unscheduled: cfg.ops_per_client,
                 next_request: 1,
-                current: None,
+                in_flight: Vec::new(),
             })
             .collect();
         Sim {
@@ -218,8 +224,11 @@ impl<'c> Sim<'c> {
             }
         }
         for c in 0..self.clients.len() {
-            let at = self.rng.below(THINK_NS_MAX);
-            self.schedule(at, EventKind::ClientNext { client: c });
+            for _ in 0..self.cfg.pipeline.min(self.cfg.ops_per_client) {
+                self.clients[c].unscheduled -= 1;
+                let at = self.rng.below(THINK_NS_MAX);
+                self.schedule(at, EventKind::ClientNext { client: c });
+            }
         }
         let horizon = self.fault_end_ns() + LIVENESS_BOUND_NS + DRAIN_NS;
         while let Some(Reverse(event)) = self.queue.pop() {
@@ -299,7 +308,7 @@ impl<'c> Sim<'c> {
             self.builder.push(&CommandRef {
                 client: req.client,
                 request: req.request,
-                first_outstanding: req.request,
+                first_outstanding: req.first_outstanding,
                 op: req.op,
                 key: &req.key,
                 value: &req.value,
@@ -401,7 +410,7 @@ impl<'c> Sim<'c> {
     fn client_next(&mut self, c: usize) {
         let cfg = self.cfg;
         let client = &mut self.clients[c];
-        assert!(client.current.is_none() && client.ops_left > 0);
+        assert!(client.in_flight.len() < cfg.pipeline);
         let request = client.next_request;
         client.next_request += 1;
         let id = client.id;
@@ -417,7 +426,7 @@ impl<'c> Sim<'c> {
         } else {
             (Op::Put, format!("c{id}r{request}").into_bytes())
         };
-        self.clients[c].current = Some(InFlight {
+        self.clients[c].in_flight.push(InFlight {
             request,
             op,
             key: key.into_bytes(),
@@ -425,52 +434,62 @@ impl<'c> Sim<'c> {
             invoke_ns: self.now,
             attempt: 0,
         });
-        self.client_send(c);
+        self.client_send(c, request);
     }
 
-    /// Sends (or re-sends) the client's current request to a random replica.
-    fn client_send(&mut self, c: usize) {
+    /// Sends (or re-sends) one of the client's requests to a random replica,
+    /// telling it the oldest request the client still waits for.
+    fn client_send(&mut self, c: usize, request: u64) {
         let replica = self.rng.below(self.cfg.replicas as u64) as usize;
         let at = self.now + self.delay();
         let client = &self.clients[c];
-        let current = client.current.as_ref().expect("a request in flight");
-        let request = Request {
+        let first_outstanding = client.in_flight.iter().map(|f| f.request).min();
+        let current = client
+            .in_flight
+            .iter()
+            .find(|f| f.request == request)
+            .expect("a request in flight");
+        let sent = Request {
             client: client.id,
-            request: current.request,
+            request,
+            first_outstanding: first_outstanding.expect("one in flight"),
             op: current.op,
             key: current.key.clone(),
             value: current.value.clone(),
         };
         let timeout = EventKind::ClientTimeout {
             client: c,
-            request: current.request,
+            request,
             attempt: current.attempt,
         };
-        self.schedule(at, EventKind::Arrive { replica, request });
+        self.schedule(
+            at,
+            EventKind::Arrive {
+                replica,
+                request: sent,
+            },
+        );
         self.schedule(self.now + CLIENT_TIMEOUT_NS, timeout);
     }
 
     fn on_client_timeout(&mut self, c: usize, request: u64, attempt: u32) {
-        let Some(current) = self.clients[c].current.as_mut() else {
+        let in_flight = &mut self.clients[c].in_flight;
+        let Some(current) = in_flight.iter_mut().find(|f| f.request == request) else {
             return;
         };
-        if current.request != request || current.attempt != attempt {
+        if current.attempt != attempt {
             return;
         }
         current.attempt += 1;
-        self.client_send(c);
+        self.client_send(c, request);
     }
 
     fn on_reply(&mut self, c: usize, request: u64, result: KvResult) {
         let client = &mut self.clients[c];
-        if client
-            .current
-            .as_ref()
-            .is_none_or(|cur| cur.request != request)
-        {
+        let Some(i) = client.in_flight.iter().position(|f| f.request == request) else {
             return; // a late duplicate answer
-        }
-        let done = client.current.take().expect("checked");
+        };
+        let done = client.in_flight.swap_remove(i);
         let (kind, read) = match (done.op, result) {
             (Op::Get, KvResult::Value(v)) => (OpKind::Get, Some(v.to_vec())),
             (Op::Get, KvResult::NotFound) => (OpKind::Get, None),
@@ -493,7 +512,8 @@ impl<'c> Sim<'c> {
         }
         if client.ops_left == 0 {
             self.clients_done += 1;
-        } else {
+        } else if client.unscheduled > 0 {
+            client.unscheduled -= 1;
             let at = self.now + self.rng.below(THINK_NS_MAX);
             self.schedule(at, EventKind::ClientNext { client: c });
         }

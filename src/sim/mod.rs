@@ -87,6 +87,8 @@ pub struct SimConfig {
     pub reads_pct: u32,
     pub clients: usize,
     pub ops_per_client: usize,
+    /// Requests each client keeps in flight at once (1: closed loop).
+    pub pipeline: usize,
     pub thrifty: bool,
     /// Test-only: every replica carries this defect.
     pub injected_bug: Option<InjectedBug>,
@@ -102,6 +104,7 @@ impl SimConfig {
             reads_pct: 40,
             clients: 2 * replicas,
             ops_per_client: 25,
+            pipeline: 1,
             thrifty: false,
             injected_bug: None,
         }
@@ -111,7 +114,7 @@ impl SimConfig {
     pub fn replay_command(&self) -> String {
         format!(
             "cargo run --release --bin epaxos-sim -- --seed {} --replicas {} --faults {} \
-             --conflicts {} --reads {} --clients {} --ops {}{}",
+             --conflicts {} --reads {} --clients {} --ops {} --pipeline {}{}",
             self.seed,
             self.replicas,
             self.faults.name(),
@@ -119,6 +122,7 @@ impl SimConfig {
             self.reads_pct,
             self.clients,
             self.ops_per_client,
+            self.pipeline,
             if self.thrifty { " --thrifty" } else { "" }
         )
     }
