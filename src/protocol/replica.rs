@@ -175,7 +175,6 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_commit(&mut self, from: ReplicaId, m: Commit, out: &mut Outbox<S::Output>) {
         let id = m.id;
-        let compacted = matches!(self.spaces.get(id), Lookup::Compacted);
         match self.spaces.entry(id) {
             Some(inst) => {
                 if !inst.is_committed() {
@@ -186,11 +185,14 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             // Executed and compacted here: acknowledged again below, so the
-            // leader stops re-sending.
-            None if compacted => {}
-            // Too far ahead of this replica's window to record: not
-            // acknowledged, so the leader keeps re-sending until it fits.
-            None => return,
+            // leader stops re-sending. Otherwise too far ahead of this
+            // replica's window to record: not acknowledged, so the leader
+            // keeps re-sending until it fits.
+            None => {
+                if !matches!(self.spaces.get(id), Lookup::Compacted) {
+                    return;
+                }
+            }
         }
         out.send(from, Message::CommitOk(CommitOk { id }));
     }

@@ -40,45 +40,55 @@ impl<O: Clone> Session<O> {
     where
         S: StateMachine<Output = O>,
     {
-        let session = self;
-        let next_in_closed_loop = session.results.len() == 1
-            && cmd.first_outstanding == session.floor + 1
-            && cmd.request == cmd.first_outstanding;
-        if next_in_closed_loop {
-            // The common case, and what the general path below does for it:
-            // the client acknowledged its one outstanding request and sent
-            // the next.
-            session.floor += 1;
-            let result = sm.apply(cmd);
-            session.results[0] = Some(result.clone());
-            return Some(Ok(result));
-        }
-        if cmd.first_outstanding > session.floor {
-            let forget = cmd.first_outstanding - session.floor;
-            if forget >= session.results.len() as u64 {
-                session.results.clear();
-            } else {
-                session.results.drain(..forget as usize);
+        let offset = if self.results.len() == 1
+            && cmd.first_outstanding == self.floor + 1
+            && cmd.request == cmd.first_outstanding
+        {
+            // The common case, a closed-loop client: it acknowledged its one
+            // outstanding request and sent the next. Same outcome as the
+            // general path, without its shifting and resizing.
+            self.floor += 1;
+            self.results[0] = None;
+            0
+        } else {
+            match self.make_room(cmd) {
+                Ok(offset) => offset,
+                Err(answer) => return answer,
             }
-            session.floor = cmd.first_outstanding;
-        }
-        if cmd.request < session.floor {
-            return None;
-        }
-        let offset = cmd.request - session.floor;
-        if offset >= CLIENT_WINDOW_REQUESTS_MAX {
-            return Some(Err(Refused::BeyondClientWindow));
-        }
-        let offset = offset as usize;
-        if offset >= session.results.len() {
-            session.results.resize(offset + 1, None);
-        }
-        if let Some(first) = &session.results[offset] {
+        };
+        if let Some(first) = &self.results[offset] {
             return Some(Ok(first.clone()));
         }
         let result = sm.apply(cmd);
-        session.results[offset] = Some(result.clone());
+        self.results[offset] = Some(result.clone());
         Some(Ok(result))
+    }
+
+    /// Forgets what the client acknowledged and finds the slot of `cmd`'s
+    /// result, or the answer to give at once (none for an acknowledged
+    /// request, a refusal beyond the window).
+    fn make_room(&mut self, cmd: &CommandRef<'_>) -> Result<usize, Option<Result<O, Refused>>> {
+        if cmd.first_outstanding > self.floor {
+            let forget = cmd.first_outstanding - self.floor;
+            if forget >= self.results.len() as u64 {
+                self.results.clear();
+            } else {
+                self.results.drain(..forget as usize);
+            }
+            self.floor = cmd.first_outstanding;
+        }
+        if cmd.request < self.floor {
+            return Err(None);
+        }
+        let offset = cmd.request - self.floor;
+        if offset >= CLIENT_WINDOW_REQUESTS_MAX {
+            return Err(Some(Err(Refused::BeyondClientWindow)));
+        }
+        let offset = offset as usize;
+        if offset >= self.results.len() {
+            self.results.resize(offset + 1, None);
+        }
+        Ok(offset)
     }
 }
 
