@@ -29,6 +29,12 @@ pub const INSTANCE_WINDOW_SLOTS_MAX: u64 = 1 << 22;
 /// Commit to peers that have not answered.
 pub const RETRANSMIT_TIMEOUT_NS_DEFAULT: u64 = 20_000_000;
 
+/// Default time an instance a replica waits on may stay uncommitted before
+/// the replica recovers it. Each further attempt doubles it (up to 8x) and
+/// adds a random part as large again, so recoverers do not duel.
+pub const RECOVERY_TIMEOUT_NS_DEFAULT: u64 = 50_000_000;
+
+const _: () = assert!(RECOVERY_TIMEOUT_NS_DEFAULT > RETRANSMIT_TIMEOUT_NS_DEFAULT);
 const _: () = assert!(REPLICAS_MAX >= 1 && REPLICAS_MAX % 2 == 1);
 // Peer sets are u16 bitmasks.
 const _: () = assert!(REPLICAS_MAX <= 16);

@@ -9,6 +9,7 @@
 
 pub mod constants;
 pub mod protocol;
+pub mod rng;
 pub mod sim;
 pub mod state_machine;
 pub mod wire;

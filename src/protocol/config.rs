@@ -1,7 +1,9 @@
 //! The core's configuration and the quorum sizes it implies.
 
 use super::types::ReplicaId;
-use crate::constants::{REPLICAS_MAX, RETRANSMIT_TIMEOUT_NS_DEFAULT};
+use crate::constants::{
+    RECOVERY_TIMEOUT_NS_DEFAULT, REPLICAS_MAX, RETRANSMIT_TIMEOUT_NS_DEFAULT,
+};
 
 /// A deliberate defect, for proving that the simulator's checkers catch bugs.
 /// Never set outside tests.
@@ -22,6 +24,12 @@ pub struct Config {
     pub thrifty: bool,
     /// Re-send to peers that have not answered after this long.
     pub retransmit_timeout_ns: u64,
+    /// Recover an instance this replica waits on after it stayed uncommitted
+    /// this long (the first time; later attempts back off).
+    pub recovery_timeout_ns: u64,
+    /// Seed of the core's one random source, the recovery back-off. The
+    /// driver picks it (the simulator from its seed), so runs replay.
+    pub rng_seed: u64,
     /// Produce `TraceEvent`s for the simulator's checkers.
     pub trace: bool,
     pub injected_bug: Option<InjectedBug>,
@@ -62,6 +70,8 @@ impl Config {
             me,
             thrifty: false,
             retransmit_timeout_ns: RETRANSMIT_TIMEOUT_NS_DEFAULT,
+            recovery_timeout_ns: RECOVERY_TIMEOUT_NS_DEFAULT,
+            rng_seed: u64::from(me.0),
             trace: false,
             injected_bug: None,
         })
@@ -78,6 +88,13 @@ impl Config {
     pub fn fast_quorum(&self) -> usize {
         let f = self.f();
         (f + f.div_ceil(2)).max(1)
+    }
+
+    /// E, the failures the fast path tolerates: N minus the fast quorum.
+    /// EPaxos* (OPODIS 2025) needs N >= max(2E + F - 1, 2F + 1); the
+    /// optimized fast quorum meets it for every N (checked in a test).
+    pub fn fast_failures(&self) -> usize {
+        self.replicas - self.fast_quorum()
     }
 
     /// Replicas, leader included, in a slow-path quorum: F + 1.
@@ -110,6 +127,15 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, [(1, 1), (2, 2), (3, 3), (5, 4), (6, 5)]);
+    }
+
+    #[test]
+    fn optimized_fast_quorum_fits_epaxos_star() {
+        for n in [3, 5, 7, 9] {
+            let c = Config::new(n, ReplicaId(0)).unwrap();
+            let (f, e) = (c.f(), c.fast_failures());
+            assert!(n >= (2 * e + f - 1).max(2 * f + 1), "n {n} f {f} e {e}");
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! still-uncommitted m stops there and waits for that instance's execution.
 //! So a chain committed newest-first costs O(1) per commit, not a walk of
 //! the chain, and each wake-up retries only the walks that can now progress.
+//! The missing instance is also watched: if it stays uncommitted past the
+//! recovery timeout, this replica recovers it (a dead leader's instance must
+//! not hold execution up forever; efficient/epaxos issue #26).
 
 use super::outbox::{Outbox, TraceEvent};
 use super::replica::Replica;
@@ -78,6 +81,7 @@ impl<S: StateMachine> Replica<S> {
                 Edge::Blocked(missing) => {
                     let top = frame.id;
                     self.block(missing);
+                    self.watch(missing);
                     self.wait_for(missing, top);
                     if root != top {
                         self.wait_for(top, root);
@@ -168,6 +172,14 @@ impl<S: StateMachine> Replica<S> {
         inst.status = Status::Executed;
         inst.blocked_on = None;
         self.exec.ready.append(&mut inst.waiters);
+        if inst.noop {
+            self.stats.executed_instances += 1;
+            if self.cfg.trace {
+                out.trace.push(TraceEvent::Executed { id });
+            }
+            return;
+        }
+        self.index.record_executed(id, &inst.batch);
         for cmd in inst.batch.iter() {
             let result = self.index.session(cmd.client).execute(&mut self.sm, &cmd);
             if let (true, Some(result)) = (id.replica == me, result) {

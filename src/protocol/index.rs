@@ -13,8 +13,11 @@
 //! Layout, for cache misses (the measured cost of this module): a hash map
 //! turns a key (or client id) into a dense row number; rows live in one flat
 //! `Vec<u64>` sized to N, not to the largest cluster. A row is
-//! `[seq, slot of replica 0, .., slot of replica N-1]`; a key has two (any
-//! access, writes), a client one. Computing attributes looks each key up
+//! `[seq, latest slot of replica 0..N, latest executed slot of replica 0..N]`;
+//! a key has two (any access, writes), a client one. The executed half serves
+//! recovery alone (`conflicts_beyond`): executed instances are dropped from
+//! memory, but a recovering replica must still learn that one of them
+//! conflicts with the command it recovers. Computing attributes looks each key up
 //! once and remembers its row, so recording the instance afterwards (once
 //! the seq is known) is array indexing, not a second hash lookup.
 //!
@@ -28,12 +31,15 @@ use rustc_hash::FxHashMap;
 use super::hash::IdMap;
 use super::sessions::Session;
 use super::types::{Attrs, InstanceId};
+use crate::constants::REPLICAS_MAX;
 use crate::state_machine::{Access, InlineKey, StateMachine};
 use crate::wire::Batch;
 
-/// Rows of `[seq, slots...]`, one per key or client, in a flat vector.
+/// Rows of `[seq, slots.., executed slots..]`, one per key or client, in a
+/// flat vector.
 struct Rows {
-    /// Words per row: 1 + N.
+    replicas: usize,
+    /// Words per row: 1 + 2N.
     width: usize,
     words: Vec<u64>,
 }
@@ -57,7 +63,7 @@ impl Rows {
     fn add_to(&self, row: u32, attrs: &mut Attrs, seq_max: &mut u64) {
         let row = self.row(row);
         *seq_max = (*seq_max).max(row[0]);
-        for (d, s) in attrs.deps.0.iter_mut().zip(&row[1..]) {
+        for (d, s) in attrs.deps.0.iter_mut().zip(&row[1..1 + self.replicas]) {
             *d = (*d).max(*s);
         }
     }
@@ -70,6 +76,30 @@ impl Rows {
         let slot = &mut row[1 + id.replica.index()];
         *slot = (*slot).max(id.slot.0);
     }
+
+    #[inline]
+    fn record_executed(&mut self, row: u32, id: InstanceId) {
+        let at = row as usize * self.width + 1 + self.replicas + id.replica.index();
+        self.words[at] = self.words[at].max(id.slot.0);
+    }
+
+    /// Folds the row's latest and latest executed slots into `frontier`.
+    fn add_frontier(&self, row: u32, frontier: &mut Frontier) {
+        let row = self.row(row);
+        let n = self.replicas;
+        for r in 0..n {
+            frontier.latest[r] = frontier.latest[r].max(row[1 + r]);
+            frontier.executed[r] = frontier.executed[r].max(row[1 + n + r]);
+        }
+    }
+}
+
+/// For one batch: per replica, the latest slot known here that conflicts with
+/// it, and the latest such slot executed here.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Frontier {
+    pub latest: [u64; REPLICAS_MAX],
+    pub executed: [u64; REPLICAS_MAX],
 }
 
 /// Keyed by fixed hashers (no random state): the core is deterministic.
@@ -103,12 +133,14 @@ impl<S: StateMachine> ConflictIndex<S> {
         ConflictIndex {
             key_rows: FxHashMap::default(),
             keys: Rows {
-                width: 1 + replicas,
+                replicas,
+                width: 1 + 2 * replicas,
                 words: Vec::new(),
             },
             client_table: IdMap::default(),
             clients: Rows {
-                width: 1 + replicas,
+                replicas,
+                width: 1 + 2 * replicas,
                 words: Vec::new(),
             },
             touched: Vec::new(),
@@ -144,6 +176,33 @@ impl<S: StateMachine> ConflictIndex<S> {
     /// of `batch`. Idempotent, and safe in any order: it only raises values.
     pub fn record(&mut self, id: InstanceId, seq: u64, batch: &Batch) {
         self.visit_rows(batch, |index, touched| index.record_row(touched, id, seq));
+    }
+
+    /// Records that instance `id`, which touches the keys of `batch`, executed.
+    pub fn record_executed(&mut self, id: InstanceId, batch: &Batch) {
+        self.visit_rows(batch, |index, touched| match touched {
+            Touched::Key { row, access } => {
+                index.keys.record_executed(row, id);
+                if access == Access::Write {
+                    index.keys.record_executed(row + 1, id);
+                }
+            }
+            Touched::Client { row } => index.clients.record_executed(row, id),
+        });
+    }
+
+    /// Per replica, the latest instance known here that conflicts with
+    /// `batch`, and the latest executed here.
+    pub fn frontier(&mut self, batch: &Batch) -> Frontier {
+        let mut frontier = Frontier::default();
+        self.visit_rows(batch, |index, touched| match touched {
+            Touched::Key { row, access } => {
+                let conflicting = if access == Access::Read { row + 1 } else { row };
+                index.keys.add_frontier(conflicting, &mut frontier);
+            }
+            Touched::Client { row } => index.clients.add_frontier(row, &mut frontier),
+        });
+        frontier
     }
 
     /// Calls `f` with the rows of every key and client of `batch`, creating

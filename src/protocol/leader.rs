@@ -1,12 +1,15 @@
-//! The command leader's side: propose, collect votes, decide fast or slow
-//! path, commit, and re-send to peers that stay silent.
+//! The leader's side: propose, collect votes, decide fast or slow path,
+//! commit, and re-send to peers that stay silent. A recoverer leads the
+//! instances it recovers through the same Accept and Commit code.
+
+use std::cmp::Reverse;
 
 use super::config::InjectedBug;
-use super::message::{Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk};
+use super::message::{Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Waiting};
 use super::outbox::Outbox;
-use super::replica::{record, Replica};
+use super::replica::{record, reindex, Replica};
 use super::space::{Lead, Phase};
-use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
+use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
 use crate::state_machine::StateMachine;
 use crate::wire::Batch;
@@ -37,8 +40,10 @@ impl<S: StateMachine> Replica<S> {
         self.index.add_conflicts_and_record(id, &batch, &mut attrs);
         let inst = self.spaces.entry(id).expect("own slot in window");
         inst.status = Status::PreAccepted;
-        inst.ballot = Ballot::initial(self.cfg.me);
+        inst.promised = Ballot::initial(self.cfg.me);
+        inst.voted = inst.promised;
         inst.attrs = attrs;
+        inst.initial = Initial::Same;
         inst.batch = batch;
         inst.indexed_seq = attrs.seq;
         if self.cfg.replicas == 1 {
@@ -56,16 +61,18 @@ impl<S: StateMachine> Replica<S> {
             self.cfg.peers_mask()
         };
         inst.lead = Some(Box::new(Lead {
+            ballot: inst.promised,
             phase: Phase::PreAccept,
             initial: attrs,
             merged: attrs,
             sent: targets,
             replied: 0,
             changed: 0,
+            recovery: None,
         }));
         let msg = PreAccept {
             id,
-            ballot: inst.ballot,
+            ballot: inst.promised,
             attrs,
             batch: inst.batch.clone(),
         };
@@ -73,7 +80,7 @@ impl<S: StateMachine> Replica<S> {
             Message::PreAccept(msg.clone())
         });
         self.retry
-            .push_back((now + self.cfg.retransmit_timeout_ns, id.slot.0));
+            .push_back((now + self.cfg.retransmit_timeout_ns, id));
         Ok(id)
     }
 
@@ -86,17 +93,19 @@ impl<S: StateMachine> Replica<S> {
         let fast_needed = self.cfg.fast_quorum() - 1;
         let f = self.cfg.f();
         let drops_deps = self.cfg.injected_bug == Some(InjectedBug::FastPathDropsDependencies);
-        let Some(inst) = self.own_instance(m.id) else {
+        let Some(inst) = self.spaces.get_mut(m.id) else {
             return;
         };
+        let promised = inst.promised;
         let Some(lead) = inst.lead.as_deref_mut() else {
             return;
         };
         if lead.phase != Phase::PreAccept
-            || m.ballot != inst.ballot
+            || m.ballot != lead.ballot
+            || lead.ballot != promised
             || lead.replied & from.bit() != 0
         {
-            return; // late or duplicate
+            return; // late, duplicate, or the instance was taken over
         }
         lead.replied |= from.bit();
         lead.sent |= from.bit();
@@ -113,9 +122,10 @@ impl<S: StateMachine> Replica<S> {
             unchanged >= fast_needed
         };
         if fast {
-            inst.attrs = lead.initial;
+            let initial = lead.initial;
+            inst.set_attrs(initial);
             self.stats.fast_commits += 1;
-            self.commit_own(m.id, out);
+            self.commit_led(m.id, out);
         } else if replies >= f && unchanged + pending < fast_needed {
             self.start_accept(m.id, out);
         }
@@ -131,8 +141,10 @@ impl<S: StateMachine> Replica<S> {
         let lead = inst.lead.as_deref_mut().expect("leading");
         assert_eq!(lead.phase, Phase::PreAccept);
         assert!(lead.replied.count_ones() as usize >= f);
-        inst.attrs = lead.merged;
+        let merged = lead.merged;
+        inst.set_attrs(merged);
         inst.status = Status::Accepted;
+        let lead = inst.lead.as_deref_mut().expect("leading");
         lead.phase = Phase::Accept;
         // Thrifty: F of the peers that answered PreAccept (the lowest-numbered),
         // known alive.
@@ -150,11 +162,53 @@ impl<S: StateMachine> Replica<S> {
         out.persist.push(record(id, inst));
         let msg = Accept {
             id,
-            ballot: inst.ballot,
+            ballot: inst.promised,
             attrs: inst.attrs,
             batch: inst.batch.clone(),
+            noop: false,
         };
         send_to_mask(out, targets, replicas, |_| Message::Accept(msg.clone()));
+    }
+
+    /// A recoverer's Accept: votes for the value here at its ballot, then
+    /// asks every peer to.
+    pub(super) fn accept_as_recoverer(
+        &mut self,
+        id: InstanceId,
+        attrs: Attrs,
+        batch: crate::wire::Batch,
+        noop: bool,
+        out: &mut Outbox<S::Output>,
+    ) {
+        let peers = self.cfg.peers_mask();
+        let inst = self.spaces.get_mut(id).expect("recovering a known instance");
+        let lead = inst.lead.as_deref_mut().expect("recovering");
+        lead.phase = Phase::Accept;
+        lead.sent = peers;
+        lead.replied = 0;
+        lead.recovery = None;
+        inst.status = Status::Accepted;
+        inst.voted = inst.promised;
+        inst.set_attrs(attrs);
+        inst.noop = noop;
+        if noop {
+            self.stats.recovered_noops += 1;
+        } else {
+            self.stats.recovered_commands += 1;
+            if !batch.is_empty() {
+                inst.batch = batch;
+            }
+            reindex(&mut self.index, id, inst);
+        }
+        out.persist.push(record(id, inst));
+        let msg = Message::Accept(Accept {
+            id,
+            ballot: inst.promised,
+            attrs: inst.attrs,
+            batch: inst.value_batch(),
+            noop,
+        });
+        send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
     }
 
     pub(super) fn on_accept_ok(
@@ -164,39 +218,42 @@ impl<S: StateMachine> Replica<S> {
         out: &mut Outbox<S::Output>,
     ) {
         let f = self.cfg.f();
-        let Some(inst) = self.own_instance(m.id) else {
+        let Some(inst) = self.spaces.get_mut(m.id) else {
             return;
         };
+        let promised = inst.promised;
         let Some(lead) = inst.lead.as_deref_mut() else {
             return;
         };
-        if lead.phase != Phase::Accept || m.ballot != inst.ballot {
+        if lead.phase != Phase::Accept || m.ballot != lead.ballot || lead.ballot != promised {
             return;
         }
         lead.replied |= from.bit();
         if lead.replied.count_ones() as usize >= f {
             self.stats.slow_commits += 1;
-            self.commit_own(m.id, out);
+            self.commit_led(m.id, out);
         }
     }
 
-    /// Commits an own instance with the attributes now in it and tells every
-    /// peer; the commit is re-sent until each acknowledges it.
-    fn commit_own(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
+    /// Commits an instance this replica leads with the value now in it and
+    /// tells every peer; the commit is re-sent until each acknowledges it.
+    pub(super) fn commit_led(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
         let peers = self.cfg.peers_mask();
-        let inst = self.spaces.get_mut(id).expect("own instance");
+        let inst = self.spaces.get_mut(id).expect("led instance");
+        inst.voted = inst.promised;
         let lead = inst.lead.as_deref_mut().expect("leading");
         lead.phase = Phase::Commit;
         lead.sent = peers;
         lead.replied = 0;
+        lead.recovery = None;
         self.mark_committed(id, out);
-        let inst = self.spaces.get_mut(id).expect("own instance");
+        let inst = self.spaces.get_mut(id).expect("led instance");
         let msg = inst.commit_message(id);
         send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
     }
 
     pub(super) fn on_commit_ok(&mut self, from: ReplicaId, m: CommitOk) {
-        let Some(inst) = self.own_instance(m.id) else {
+        let Some(inst) = self.spaces.get_mut(m.id) else {
             return;
         };
         let Some(lead) = inst.lead.as_deref_mut() else {
@@ -208,35 +265,36 @@ impl<S: StateMachine> Replica<S> {
         lead.replied |= from.bit();
         if lead.replied == lead.sent {
             inst.lead = None;
-            self.spaces.compact(self.cfg.me);
+            self.spaces.compact(m.id.replica);
         }
-    }
-
-    fn own_instance(&mut self, id: InstanceId) -> Option<&mut super::space::Instance> {
-        assert_eq!(
-            id.replica, self.cfg.me,
-            "a reply about another leader's instance"
-        );
-        self.spaces.get_mut(id)
     }
 
     /// Re-sends to peers that have not answered in time. After a timeout in
     /// the PreAccept phase with a majority of answers, the slow path starts:
     /// waiting longer for a fast quorum could wait forever.
+    ///
+    /// Also runs the recovery checks that are due: an instance still
+    /// uncommitted at its check, and not being led here, is recovered.
     pub fn tick(&mut self, now: u64, out: &mut Outbox<S::Output>) {
         self.advance(now);
-        while let Some(&(at, slot)) = self.retry.front() {
+        while let Some(&(at, id)) = self.retry.front() {
             if at > now {
                 break;
             }
             self.retry.pop_front();
-            let id = InstanceId::new(self.cfg.me, slot);
             if self.retransmit(id, out) {
                 self.retry
-                    .push_back((now + self.cfg.retransmit_timeout_ns, slot));
+                    .push_back((now + self.cfg.retransmit_timeout_ns, id));
             }
         }
-        self.execute_ready(out);
+        while let Some(&Reverse((at, id))) = self.watches.peek() {
+            if at > now {
+                break;
+            }
+            self.watches.pop();
+            self.watch_due(at, id, out);
+        }
+        self.settle(out);
     }
 
     /// Returns whether the instance still needs its timer.
@@ -247,12 +305,38 @@ impl<S: StateMachine> Replica<S> {
         let Some(inst) = self.spaces.get_mut(id) else {
             return false;
         };
+        if inst.lead_superseded() {
+            inst.lead = None;
+        }
         let Some(lead) = inst.lead.as_deref_mut() else {
             return false;
         };
         self.stats.retransmits += 1;
         let silent = peers & !lead.replied;
         let msg = match lead.phase {
+            Phase::Prepare => Message::Prepare(Prepare {
+                id,
+                ballot: lead.ballot,
+            }),
+            Phase::Validate => {
+                let tally = lead.recovery.as_deref().expect("recovering");
+                let (attrs, batch) = tally.candidate.clone().expect("validating a candidate");
+                let msg = Message::Validate(Validate {
+                    id,
+                    ballot: lead.ballot,
+                    attrs,
+                    batch,
+                });
+                send_to_mask(out, tally.quorum & silent, replicas, |_| msg.clone());
+                return true;
+            }
+            Phase::Waiting => {
+                let tally = lead.recovery.as_deref().expect("recovering");
+                Message::Waiting(Waiting {
+                    id,
+                    votes: tally.votes,
+                })
+            }
             Phase::PreAccept if lead.replied.count_ones() as usize >= f => {
                 self.start_accept(id, out);
                 return true;
@@ -261,7 +345,7 @@ impl<S: StateMachine> Replica<S> {
                 lead.sent |= silent;
                 Message::PreAccept(PreAccept {
                     id,
-                    ballot: inst.ballot,
+                    ballot: lead.ballot,
                     attrs: lead.initial,
                     batch: inst.batch.clone(),
                 })
@@ -270,9 +354,10 @@ impl<S: StateMachine> Replica<S> {
                 lead.sent |= silent;
                 Message::Accept(Accept {
                     id,
-                    ballot: inst.ballot,
+                    ballot: lead.ballot,
                     attrs: inst.attrs,
-                    batch: inst.batch.clone(),
+                    batch: inst.value_batch(),
+                    noop: inst.noop,
                 })
             }
             Phase::Commit => inst.commit_message(id),
@@ -303,7 +388,7 @@ impl std::fmt::Display for ProposeError {
 
 impl std::error::Error for ProposeError {}
 
-fn send_to_mask<O>(
+pub(super) fn send_to_mask<O>(
     out: &mut Outbox<O>,
     mask: u16,
     replicas: usize,

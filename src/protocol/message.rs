@@ -1,6 +1,10 @@
 //! The messages replicas exchange, as the core sees them (already decoded).
+//!
+//! The commit protocol (PreAccept, Accept, Commit) is the SOSP 2013 one; the
+//! recovery messages (Prepare, Validate, Waiting) follow EPaxos* (Ryabinin,
+//! Gotsman, Sutra, OPODIS 2025, Figure 5), see `recovery.rs`.
 
-use super::types::{Attrs, Ballot, InstanceId};
+use super::types::{Attrs, Ballot, InstanceId, Status};
 use crate::wire::Batch;
 
 /// One protocol message. The dispatch in `Replica::handle` is a single match.
@@ -12,9 +16,16 @@ pub enum Message {
     AcceptOk(AcceptOk),
     Commit(Commit),
     CommitOk(CommitOk),
+    Prepare(Prepare),
+    PrepareOk(PrepareOk),
+    Nack(Nack),
+    Validate(Validate),
+    ValidateOk(ValidateOk),
+    Waiting(Waiting),
 }
 
-/// Leader to acceptor: here is a batch with the attributes the leader saw.
+/// Command leader to acceptor, at the leader's initial ballot only: here is
+/// a batch with the attributes the leader saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreAccept {
     pub id: InstanceId,
@@ -31,14 +42,16 @@ pub struct PreAcceptOk {
     pub attrs: Attrs,
 }
 
-/// Leader to acceptor (slow path): accept these final attributes. Carries the
-/// batch so an acceptor that missed the PreAccept still knows the commands.
+/// Leader (or recoverer) to acceptor: accept this value at this ballot. A
+/// no-op carries no batch; otherwise the batch travels so an acceptor that
+/// missed the PreAccept still knows the commands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accept {
     pub id: InstanceId,
     pub ballot: Ballot,
     pub attrs: Attrs,
     pub batch: Batch,
+    pub noop: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,17 +60,80 @@ pub struct AcceptOk {
     pub ballot: Ballot,
 }
 
-/// The instance is decided with these attributes.
+/// The instance is decided with this value (a no-op carries no batch).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Commit {
     pub id: InstanceId,
     pub ballot: Ballot,
     pub attrs: Attrs,
     pub batch: Batch,
+    pub noop: bool,
 }
 
-/// The receiver has the commit durably; the leader stops re-sending it.
+/// The receiver has the commit durably; the sender stops re-sending it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitOk {
     pub id: InstanceId,
+}
+
+/// Recoverer to every replica: promise `ballot` for the instance and tell
+/// what you know of it (EPaxos*'s Recover).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepare {
+    pub id: InstanceId,
+    pub ballot: Ballot,
+}
+
+/// The promise, with the acceptor's state of the instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrepareOk {
+    pub id: InstanceId,
+    pub ballot: Ballot,
+    /// `Executed` means executed and dropped here: committed, value unknown.
+    pub status: Status,
+    /// The ballot of the acceptor's last vote (or of the commit).
+    pub voted: Ballot,
+    pub attrs: Attrs,
+    /// The commands as the acceptor knows them (empty if it never saw them).
+    pub batch: Batch,
+    /// The value voted or committed is a no-op.
+    pub noop: bool,
+    /// Pre-accepted at the initial ballot with the command leader's
+    /// attributes unchanged: a vote the fast path may have counted.
+    pub unchanged: bool,
+}
+
+/// The receiver has promised a higher ballot than the message carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    pub id: InstanceId,
+    pub promised: Ballot,
+}
+
+/// Recoverer to its Prepare quorum: the instance may have committed on the
+/// fast path with this value; report every instance that could contradict it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validate {
+    pub id: InstanceId,
+    pub ballot: Ballot,
+    pub attrs: Attrs,
+    pub batch: Batch,
+}
+
+/// The conflicting instances outside the value's dependencies that do not
+/// depend on the recovered instance, each with its status here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidateOk {
+    pub id: InstanceId,
+    pub ballot: Ballot,
+    pub conflicts: Vec<(InstanceId, Status)>,
+}
+
+/// A recoverer waits on other instances before deciding `id`; `votes` is how
+/// many fast-path votes for `id` its Prepare quorum held (EPaxos*'s |Rmax|).
+/// Recoverers waiting on each other use it to break the cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub id: InstanceId,
+    pub votes: u8,
 }

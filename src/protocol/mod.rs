@@ -27,6 +27,7 @@ mod index;
 pub mod leader;
 pub mod message;
 pub mod outbox;
+mod recovery;
 mod replica;
 mod sessions;
 mod space;

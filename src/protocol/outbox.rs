@@ -6,21 +6,40 @@
 //! 3. then delivers `replies` to clients,
 //! 4. then calls [`Outbox::clear`] (which keeps the capacity).
 //!
-//! A message never leaves before the records of the same call are durable:
-//! an acceptor's reply reports state that must survive a crash.
+//! A message never leaves before the records of the same call are durable,
+//! and a reply never reaches a client before them either. What depends on
+//! what:
+//! - PreAcceptOk, AcceptOk and PrepareOk report a vote or a promise: the
+//!   acceptor's record of it must survive a crash, or a restarted acceptor
+//!   could vote again differently (efficient/epaxos issue #28).
+//! - A command leader's PreAccept needs its own record: after a restart it
+//!   must know the slot is taken and what it proposed there.
+//! - Commit, CommitOk and client replies need the commit record: nothing is
+//!   executed visibly, nor acknowledged, before its commit is durable
+//!   (efficient/epaxos issue #27).
+//! - Prepare, Validate and Accept of a recoverer need its own promise and vote.
+//!
+//! One flush per call covers all of these at once. A crash at any point
+//! leaves a state the protocol tolerates: records durable and messages
+//! never sent looks to everyone else like lost messages.
 
 use super::message::Message;
-use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
+use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::wire::Batch;
 
 /// An instance's state as it must be found after a crash.
+/// A replica restarted from the records it persisted, in order (a later record
+/// of an instance replaces an earlier one), rebuilds its state from them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub id: InstanceId,
-    pub ballot: Ballot,
+    pub promised: Ballot,
+    pub voted: Ballot,
     pub status: Status,
     pub attrs: Attrs,
+    pub initial: Initial,
     pub batch: Batch,
+    pub noop: bool,
 }
 
 /// The answer to one client request.

@@ -1,16 +1,23 @@
 //! The replica: its state, the call contract, the message dispatch, and the
-//! acceptor's handlers. The command leader's side is in `leader.rs`, execution
-//! in `exec.rs`.
+//! acceptor's handlers. The command leader's side is in `leader.rs`,
+//! recovery in `recovery.rs`, execution in `exec.rs`.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use rustc_hash::FxHashMap;
 
 use super::config::Config;
 use super::exec::ExecScratch;
 use super::index::ConflictIndex;
-use super::message::{Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk};
+use super::message::{
+    Accept, AcceptOk, Commit, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk,
+    Validate, ValidateOk,
+};
 use super::outbox::{Outbox, Record, TraceEvent};
-use super::space::{Instance, Lookup, Spaces};
-use super::types::{InstanceId, ReplicaId, Status};
+use super::space::{Instance, Lead, Lookup, Phase, Spaces};
+use super::types::{Ballot, Initial, InstanceId, ReplicaId, Status};
+use crate::rng::Rng;
 use crate::state_machine::StateMachine;
 
 /// One replica of one EPaxos group.
@@ -22,10 +29,21 @@ pub struct Replica<S: StateMachine> {
     pub(super) exec: ExecScratch,
     /// The slot this replica's next own instance takes.
     pub(super) next_slot: u64,
-    /// Own instances with a pending re-send, by deadline. Every entry is
+    /// Led instances with a pending re-send, by deadline. Every entry is
     /// pushed `retransmit_timeout_ns` after a non-decreasing `now`, so a FIFO
     /// is already sorted.
-    pub(super) retry: VecDeque<(u64, u64)>,
+    pub(super) retry: VecDeque<(u64, InstanceId)>,
+    /// Recovery checks, by deadline (randomised, hence a heap). An entry is
+    /// live only while it matches its instance's `watch_at`.
+    pub(super) watches: BinaryHeap<Reverse<(u64, InstanceId)>>,
+    /// Recoveries in their waiting phase, re-examined when something commits
+    /// or a `Waiting` arrives.
+    pub(super) waiting: Vec<InstanceId>,
+    pub(super) waiting_dirty: bool,
+    /// `Waiting` announcements heard: instance -> most fast-path votes its
+    /// recoverer reported.
+    pub(super) waiting_votes: FxHashMap<InstanceId, u8>,
+    pub(super) rng: Rng,
     pub(super) now: u64,
     pub(super) stats: ReplicaStats,
 }
@@ -39,6 +57,11 @@ pub struct ReplicaStats {
     pub executed_instances: u64,
     pub executed_commands: u64,
     pub retransmits: u64,
+    /// Recoveries started (Prepare sent).
+    pub recoveries: u64,
+    /// Recoveries this replica decided, by outcome.
+    pub recovered_commands: u64,
+    pub recovered_noops: u64,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -46,14 +69,75 @@ impl<S: StateMachine> Replica<S> {
         Replica {
             spaces: Spaces::new(cfg.replicas),
             index: ConflictIndex::new(cfg.replicas),
+            rng: Rng::new(cfg.rng_seed),
             cfg,
             sm,
             exec: ExecScratch::default(),
             next_slot: 1,
             retry: VecDeque::new(),
+            watches: BinaryHeap::new(),
+            waiting: Vec::new(),
+            waiting_dirty: false,
+            waiting_votes: FxHashMap::default(),
             now: 0,
             stats: ReplicaStats::default(),
         }
+    }
+
+    /// A replica restarted after a crash, rebuilt from the records it had
+    /// persisted (in the order it persisted them; `sm` must be the state
+    /// machine's initial state). Committed instances are executed again (the
+    /// state machine and the exactly-once table are rebuilt that way),
+    /// commits this replica led are sent again to every peer, and every
+    /// instance it knew uncommitted is watched for recovery.
+    pub fn restore<'r>(
+        cfg: Config,
+        sm: S,
+        now: u64,
+        records: impl IntoIterator<Item = &'r Record>,
+        out: &mut Outbox<S::Output>,
+    ) -> Replica<S> {
+        let mut r = Replica::new(cfg, sm);
+        r.now = now;
+        let me = r.cfg.me;
+        for rec in records {
+            let inst = r.spaces.entry(rec.id).expect("a persisted instance fits the window");
+            inst.status = rec.status;
+            inst.promised = rec.promised;
+            inst.voted = rec.voted;
+            inst.attrs = rec.attrs;
+            inst.initial = rec.initial.clone();
+            inst.batch = rec.batch.clone();
+            inst.noop = rec.noop;
+            if rec.id.replica == me {
+                r.next_slot = r.next_slot.max(rec.id.slot.0 + 1);
+            }
+        }
+        let ids: Vec<InstanceId> = r.spaces.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            let inst = r.spaces.get_mut(id).expect("listed");
+            if !inst.noop && !inst.batch.is_empty() && inst.attrs.seq > 0 {
+                r.index.record(id, inst.attrs.seq, &inst.batch);
+                inst.indexed_seq = inst.attrs.seq;
+            }
+            if inst.is_committed() {
+                if r.cfg.trace {
+                    out.trace.push(TraceEvent::Committed {
+                        id,
+                        attrs: inst.attrs,
+                        batch: inst.value_batch(),
+                    });
+                }
+                r.exec.ready.push(id);
+                if id.replica == me || inst.voted.replica == me {
+                    r.lead_commit(id, out);
+                }
+            } else if inst.status >= Status::PreAccepted {
+                r.watch(id);
+            }
+        }
+        r.execute_ready(out);
+        r
     }
 
     pub fn id(&self) -> ReplicaId {
@@ -87,9 +171,23 @@ impl<S: StateMachine> Replica<S> {
         self.index.clients()
     }
 
+    /// The instance's status here (`Executed` for one executed and dropped).
+    pub fn status(&self, id: InstanceId) -> Status {
+        match self.spaces.get(id) {
+            Lookup::Compacted => Status::Executed,
+            Lookup::Missing => Status::None,
+            Lookup::Found(inst) => inst.status,
+        }
+    }
+
     /// When `tick` next has work, if ever.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.retry.front().map(|&(at, _)| at)
+        let retry = self.retry.front().map(|&(at, _)| at);
+        let watch = self.watches.peek().map(|Reverse((at, _))| *at);
+        match (retry, watch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A message from peer `from`. Messages from peers are trusted to be well
@@ -105,6 +203,22 @@ impl<S: StateMachine> Replica<S> {
             Message::AcceptOk(m) => self.on_accept_ok(from, m, out),
             Message::Commit(m) => self.on_commit(from, m, out),
             Message::CommitOk(m) => self.on_commit_ok(from, m),
+            Message::Prepare(m) => self.on_prepare(from, m, out),
+            Message::PrepareOk(m) => self.on_prepare_ok(from, m, out),
+            Message::Nack(m) => self.on_nack(m),
+            Message::Validate(m) => self.on_validate(from, m, out),
+            Message::ValidateOk(m) => self.on_validate_ok(from, m, out),
+            Message::Waiting(m) => self.on_waiting(m),
+        }
+        self.settle(out);
+    }
+
+    /// After each call: re-examine waiting recoveries if anything they wait
+    /// for changed, then execute what became executable.
+    pub(super) fn settle(&mut self, out: &mut Outbox<S::Output>) {
+        if self.waiting_dirty {
+            self.waiting_dirty = false;
+            self.recheck_waiting(out);
         }
         self.execute_ready(out);
     }
@@ -115,33 +229,50 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_pre_accept(&mut self, from: ReplicaId, m: PreAccept, out: &mut Outbox<S::Output>) {
-        assert_eq!(
-            m.id.replica, from,
-            "PreAccept for another leader's instance"
-        );
+        if m.id.replica != from || m.ballot != Ballot::initial(from) {
+            debug_assert!(false, "PreAccept {} from {} at {:?}", m.id, from.0, m.ballot);
+            return;
+        }
         let Some(inst) = self.spaces.entry(m.id) else {
             return; // executed and compacted here: long decided
         };
-        if inst.is_committed() || m.ballot < inst.ballot || inst.status == Status::Accepted {
+        if inst.is_committed() {
             return;
         }
-        if inst.status == Status::PreAccepted && inst.ballot == m.ballot {
-            // A re-send: answer with what was recorded, never recompute.
-            let reply = PreAcceptOk {
+        if inst.promised > m.ballot {
+            let nack = Nack {
                 id: m.id,
-                ballot: m.ballot,
-                attrs: inst.attrs,
+                promised: inst.promised,
             };
-            out.send(from, Message::PreAcceptOk(reply));
+            out.send(from, Message::Nack(nack));
+            return;
+        }
+        if inst.status != Status::None {
+            if inst.status == Status::PreAccepted && inst.voted == m.ballot {
+                // A re-send: answer with what was recorded, never recompute.
+                let reply = PreAcceptOk {
+                    id: m.id,
+                    ballot: m.ballot,
+                    attrs: inst.attrs,
+                };
+                out.send(from, Message::PreAcceptOk(reply));
+            }
             return;
         }
         let mut attrs = m.attrs;
         self.index
             .add_conflicts_and_record(m.id, &m.batch, &mut attrs);
         inst.status = Status::PreAccepted;
-        inst.ballot = m.ballot;
+        inst.promised = m.ballot;
+        inst.voted = m.ballot;
+        inst.initial = if attrs == m.attrs {
+            Initial::Same
+        } else {
+            Initial::Other(Box::new(m.attrs))
+        };
         inst.attrs = attrs;
         inst.batch = m.batch;
+        inst.noop = false;
         inst.indexed_seq = attrs.seq;
         out.persist.push(record(m.id, inst));
         let reply = PreAcceptOk {
@@ -153,19 +284,26 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_accept(&mut self, from: ReplicaId, m: Accept, out: &mut Outbox<S::Output>) {
-        assert_eq!(m.id.replica, from, "Accept for another leader's instance");
         let Some(inst) = self.spaces.entry(m.id) else {
             return;
         };
-        if inst.is_committed() || m.ballot < inst.ballot {
+        if inst.is_committed() {
             return;
         }
-        inst.status = Status::Accepted;
-        inst.ballot = m.ballot;
-        inst.attrs = m.attrs;
-        inst.batch = m.batch;
-        reindex(&mut self.index, m.id, inst);
-        out.persist.push(record(m.id, inst));
+        if m.ballot < inst.promised {
+            let nack = Nack {
+                id: m.id,
+                promised: inst.promised,
+            };
+            out.send(from, Message::Nack(nack));
+            return;
+        }
+        let repeat = inst.status == Status::Accepted && inst.voted == m.ballot;
+        if !repeat {
+            accept(&mut self.index, m.id, inst, &m);
+            drop_superseded_lead(inst);
+            out.persist.push(record(m.id, inst));
+        }
         let reply = AcceptOk {
             id: m.id,
             ballot: m.ballot,
@@ -178,15 +316,21 @@ impl<S: StateMachine> Replica<S> {
         match self.spaces.entry(id) {
             Some(inst) => {
                 if !inst.is_committed() {
-                    inst.ballot = m.ballot;
-                    inst.attrs = m.attrs;
-                    inst.batch = m.batch;
+                    inst.voted = m.ballot;
+                    inst.set_attrs(m.attrs);
+                    inst.noop = m.noop;
+                    if !m.noop {
+                        inst.batch = m.batch;
+                    }
+                    // Somebody else decided it: whatever this replica was
+                    // doing to decide it is moot.
+                    inst.lead = None;
                     self.mark_committed(id, out);
                 }
             }
             // Executed and compacted here: acknowledged again below, so the
-            // leader stops re-sending. Otherwise too far ahead of this
-            // replica's window to record: not acknowledged, so the leader
+            // sender stops re-sending. Otherwise too far ahead of this
+            // replica's window to record: not acknowledged, so the sender
             // keeps re-sending until it fits.
             None => {
                 if !matches!(self.spaces.get(id), Lookup::Compacted) {
@@ -197,8 +341,111 @@ impl<S: StateMachine> Replica<S> {
         out.send(from, Message::CommitOk(CommitOk { id }));
     }
 
-    /// Makes the instance committed with the attributes and batch already in
-    /// it: persist, index, trace, and queue it for execution.
+    fn on_prepare(&mut self, from: ReplicaId, m: Prepare, out: &mut Outbox<S::Output>) {
+        if m.ballot.replica != from {
+            debug_assert!(false, "Prepare from {} at {:?}", from.0, m.ballot);
+            return;
+        }
+        if let Lookup::Compacted = self.spaces.get(m.id) {
+            let reply = PrepareOk {
+                id: m.id,
+                ballot: m.ballot,
+                status: Status::Executed,
+                voted: Ballot::default(),
+                attrs: Default::default(),
+                batch: Default::default(),
+                noop: false,
+                unchanged: false,
+            };
+            out.send(from, Message::PrepareOk(reply));
+            return;
+        }
+        let Some(inst) = self.spaces.entry(m.id) else {
+            return;
+        };
+        if !inst.is_committed() {
+            if m.ballot < inst.promised {
+                let nack = Nack {
+                    id: m.id,
+                    promised: inst.promised,
+                };
+                out.send(from, Message::Nack(nack));
+                return;
+            }
+            if m.ballot > inst.promised {
+                inst.promised = m.ballot;
+                drop_superseded_lead(inst);
+                out.persist.push(record(m.id, inst));
+            }
+        }
+        let reply = prepare_ok(m.id, m.ballot, inst);
+        out.send(from, Message::PrepareOk(reply));
+        // Whoever recovers it may die too.
+        self.watch(m.id);
+    }
+
+    fn on_validate(&mut self, from: ReplicaId, m: Validate, out: &mut Outbox<S::Output>) {
+        let Some(inst) = self.spaces.entry(m.id) else {
+            return;
+        };
+        if inst.is_committed() {
+            // Decided: tell the recoverer, which then stops.
+            let commit = inst.commit_message(m.id);
+            out.send(from, commit);
+            return;
+        }
+        if m.ballot != inst.promised {
+            if m.ballot < inst.promised {
+                let nack = Nack {
+                    id: m.id,
+                    promised: inst.promised,
+                };
+                out.send(from, Message::Nack(nack));
+            }
+            return;
+        }
+        if self.validate(m.id, &m.attrs, &m.batch) {
+            let inst = self.spaces.get_mut(m.id).expect("validated");
+            out.persist.push(record(m.id, inst));
+        }
+        let conflicts = self.conflicts_beyond(m.id, &m.attrs, &m.batch);
+        let reply = ValidateOk {
+            id: m.id,
+            ballot: m.ballot,
+            conflicts,
+        };
+        out.send(from, Message::ValidateOk(reply));
+    }
+
+    /// EPaxos*'s Validate at this replica: from now on it knows the
+    /// recovered command and its initial attributes, and orders its own
+    /// later commands after it. Never touches a vote. Returns whether
+    /// anything changed (and must be persisted).
+    pub(super) fn validate(&mut self, id: InstanceId, attrs: &super::types::Attrs, batch: &crate::wire::Batch) -> bool {
+        let inst = self.spaces.get_mut(id).expect("validating a known instance");
+        let mut changed = false;
+        if inst.batch.is_empty() && !batch.is_empty() {
+            inst.batch = batch.clone();
+            changed = true;
+        }
+        if inst.initial == Initial::Unknown {
+            if inst.status == Status::None {
+                inst.attrs = *attrs;
+                inst.initial = Initial::Same;
+            } else {
+                inst.initial = Initial::Other(Box::new(*attrs));
+            }
+            changed = true;
+        }
+        if changed && !inst.noop && inst.indexed_seq == 0 && attrs.seq > 0 {
+            self.index.record(id, attrs.seq, batch);
+            inst.indexed_seq = attrs.seq;
+        }
+        changed
+    }
+
+    /// Makes the instance committed with the value already in it: persist,
+    /// index, trace, and queue it for execution.
     pub(super) fn mark_committed(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
         let inst = self
             .spaces
@@ -206,34 +453,120 @@ impl<S: StateMachine> Replica<S> {
             .expect("committing a known instance");
         assert!(!inst.is_committed(), "instance {id} committed twice");
         inst.status = Status::Committed;
-        reindex(&mut self.index, id, inst);
+        if !inst.noop {
+            reindex(&mut self.index, id, inst);
+        }
         out.persist.push(record(id, inst));
         if self.cfg.trace {
             out.trace.push(TraceEvent::Committed {
                 id,
                 attrs: inst.attrs,
-                batch: inst.batch.clone(),
+                batch: inst.value_batch(),
             });
         }
         self.exec.ready.push(id);
         self.exec.ready.append(&mut inst.waiters);
+        if !self.waiting.is_empty() {
+            self.waiting_dirty = true;
+        }
+        if !self.waiting_votes.is_empty() {
+            self.waiting_votes.remove(&id);
+        }
+    }
+
+    /// Leads the commit of an instance committed here: re-sends it to every
+    /// peer until each acknowledges it, holding the instance until then (so a
+    /// peer that missed the commit can always get it from here).
+    pub(super) fn lead_commit(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
+        let peers = self.cfg.peers_mask();
+        let inst = self.spaces.get_mut(id).expect("committed instance");
+        debug_assert!(inst.is_committed());
+        inst.lead = Some(Box::new(Lead {
+            ballot: inst.voted,
+            phase: Phase::Commit,
+            initial: inst.attrs,
+            merged: inst.attrs,
+            sent: peers,
+            replied: 0,
+            changed: 0,
+            recovery: None,
+        }));
+        let msg = inst.commit_message(id);
+        super::leader::send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
+        self.retry
+            .push_back((self.now + self.cfg.retransmit_timeout_ns, id));
+    }
+
+    /// Schedules a recovery check of `id` unless one is pending: if it is
+    /// still uncommitted then, this replica recovers it.
+    pub(super) fn watch(&mut self, id: InstanceId) {
+        if self.cfg.replicas == 1 {
+            return;
+        }
+        let base = self.cfg.recovery_timeout_ns;
+        let Some(inst) = self.spaces.entry(id) else {
+            return;
+        };
+        if inst.is_committed() || inst.watch_at != 0 {
+            return;
+        }
+        let delay = base << inst.attempts.min(3);
+        let at = self.now + delay + self.rng.below(delay);
+        inst.watch_at = at;
+        self.watches.push(Reverse((at, id)));
+    }
+}
+
+/// The acceptor's side of Accept: vote for the value at the ballot.
+fn accept<S: StateMachine>(index: &mut ConflictIndex<S>, id: InstanceId, inst: &mut Instance, m: &Accept) {
+    inst.status = Status::Accepted;
+    inst.promised = m.ballot;
+    inst.voted = m.ballot;
+    inst.set_attrs(m.attrs);
+    inst.noop = m.noop;
+    if !m.noop {
+        inst.batch = m.batch.clone();
+        reindex(index, id, inst);
+    }
+}
+
+/// A lead at a ballot below the one now promised can decide nothing more.
+fn drop_superseded_lead(inst: &mut Instance) {
+    if inst.lead_superseded() {
+        inst.lead = None;
     }
 }
 
 /// Brings the conflict index up to the instance's current seq, once per rise.
-fn reindex<S: StateMachine>(index: &mut ConflictIndex<S>, id: InstanceId, inst: &mut Instance) {
+pub(super) fn reindex<S: StateMachine>(index: &mut ConflictIndex<S>, id: InstanceId, inst: &mut Instance) {
     if inst.attrs.seq > inst.indexed_seq {
         index.record(id, inst.attrs.seq, &inst.batch);
         inst.indexed_seq = inst.attrs.seq;
     }
 }
 
+pub(super) fn prepare_ok(id: InstanceId, ballot: Ballot, inst: &Instance) -> PrepareOk {
+    PrepareOk {
+        id,
+        ballot,
+        status: inst.status.min(Status::Committed),
+        voted: inst.voted,
+        attrs: inst.attrs,
+        batch: inst.batch.clone(),
+        noop: inst.noop,
+        unchanged: inst.status == Status::PreAccepted && inst.initial == Initial::Same,
+    }
+}
+
 pub(super) fn record(id: InstanceId, inst: &Instance) -> Record {
     Record {
         id,
-        ballot: inst.ballot,
-        status: inst.status,
+        promised: inst.promised,
+        voted: inst.voted,
+        status: inst.status.min(Status::Committed),
         attrs: inst.attrs,
+        initial: inst.initial.clone(),
         batch: inst.batch.clone(),
+        noop: inst.noop,
     }
 }

@@ -6,24 +6,34 @@
 
 use std::collections::VecDeque;
 
+use rustc_hash::FxHashSet;
+
 use super::message::Message;
-use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
+use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
 use crate::wire::Batch;
 
-/// Where a command leader's own instance stands.
+/// Where an instance this replica leads (as command leader or recoverer)
+/// stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
+    /// Recovery: collecting promises.
+    Prepare,
+    /// Recovery: asking the Prepare quorum for contradicting instances.
+    Validate,
+    /// Recovery: waiting for contradicting instances to commit.
+    Waiting,
     PreAccept,
     Accept,
     /// Committed; waiting for every peer to acknowledge the commit.
     Commit,
 }
 
-/// Bookkeeping a command leader keeps for its own instance until every peer
-/// has the commit.
+/// Bookkeeping a replica keeps for an instance it leads, until every peer
+/// has the commit (or a higher ballot takes the instance over).
 #[derive(Debug)]
 pub(crate) struct Lead {
+    pub ballot: Ballot,
     pub phase: Phase,
     /// Attributes the leader proposed: the fast path commits these.
     pub initial: Attrs,
@@ -35,6 +45,8 @@ pub(crate) struct Lead {
     pub replied: u16,
     /// Replies (PreAccept phase) whose attributes differ from `initial`.
     pub changed: u32,
+    /// Recovery only: what the Prepare and Validate replies showed.
+    pub recovery: Option<Box<super::recovery::Tally>>,
 }
 
 /// Tarjan's per-node state, valid only while `epoch` matches the run.
@@ -49,9 +61,22 @@ pub(crate) struct Mark {
 #[derive(Debug, Default)]
 pub(crate) struct Instance {
     pub status: Status,
-    pub ballot: Ballot,
+    /// The highest ballot promised here.
+    pub promised: Ballot,
+    /// The ballot of the last vote here (a pre-accept at the initial ballot,
+    /// an accept), or of the commit. Kept apart from `promised`, as in
+    /// classic Paxos: recovery trusts the value with the highest vote, and a
+    /// promise alone is not a vote (Sutra, "On the correctness of
+    /// Egalitarian Paxos", 2019).
+    pub voted: Ballot,
     pub attrs: Attrs,
+    /// The command leader's initial attributes, as far as known here.
+    pub initial: Initial,
+    /// The commands, once known here (EPaxos*'s initCmd; the decided value
+    /// is these or, if `noop`, nothing).
     pub batch: Batch,
+    /// The value voted or committed here is a no-op.
+    pub noop: bool,
     /// The seq this instance is recorded with in the conflict index (0: not yet).
     pub indexed_seq: u64,
     pub mark: Mark,
@@ -61,6 +86,10 @@ pub(crate) struct Instance {
     /// Execution roots to retry when this instance commits.
     pub waiters: Vec<InstanceId>,
     pub lead: Option<Box<Lead>>,
+    /// When a recovery check is due (0: none scheduled).
+    pub watch_at: u64,
+    /// Recoveries this replica started for the instance (drives back-off).
+    pub attempts: u8,
 }
 
 impl Instance {
@@ -68,12 +97,47 @@ impl Instance {
         self.status >= Status::Committed
     }
 
+    /// The batch as the decided (or voted) value: empty for a no-op.
+    pub fn value_batch(&self) -> Batch {
+        if self.noop {
+            Batch::empty()
+        } else {
+            self.batch.clone()
+        }
+    }
+
+    /// Replaces the attributes, keeping the initial ones if they were the
+    /// current ones.
+    pub fn set_attrs(&mut self, attrs: Attrs) {
+        if self.initial == Initial::Same && attrs != self.attrs {
+            self.initial = Initial::Other(Box::new(self.attrs));
+        }
+        self.attrs = attrs;
+    }
+
+    /// The command leader's initial attributes, if known here.
+    pub fn initial_attrs(&self) -> Option<&Attrs> {
+        match &self.initial {
+            Initial::Unknown => None,
+            Initial::Same => Some(&self.attrs),
+            Initial::Other(a) => Some(a),
+        }
+    }
+
+    /// A leader that no longer holds the instance's highest ballot.
+    pub fn lead_superseded(&self) -> bool {
+        self.lead
+            .as_ref()
+            .is_some_and(|l| l.phase != Phase::Commit && l.ballot != self.promised)
+    }
+
     pub fn commit_message(&self, id: InstanceId) -> Message {
         Message::Commit(super::message::Commit {
             id,
-            ballot: self.ballot,
+            ballot: self.voted,
             attrs: self.attrs,
-            batch: self.batch.clone(),
+            batch: self.value_batch(),
+            noop: self.noop,
         })
     }
 }
@@ -94,6 +158,10 @@ struct Space {
 
 pub(crate) struct Spaces {
     spaces: Vec<Space>,
+    /// Compacted instances that were no-ops: a recovery waiting on one must
+    /// still tell a no-op from a command after it is dropped. Only recovery
+    /// makes no-ops, so this stays small.
+    compacted_noops: FxHashSet<InstanceId>,
 }
 
 impl Spaces {
@@ -105,7 +173,42 @@ impl Spaces {
                     window: VecDeque::new(),
                 })
                 .collect(),
+            compacted_noops: FxHashSet::default(),
         }
+    }
+
+    /// A compacted instance that was a no-op.
+    pub fn was_noop(&self, id: InstanceId) -> bool {
+        self.compacted_noops.contains(&id)
+    }
+
+    /// The first slot of `replica` not executed here.
+    pub fn executed_below(&self, replica: ReplicaId) -> u64 {
+        let space = &self.spaces[replica.index()];
+        let run = space
+            .window
+            .iter()
+            .take_while(|i| i.status == Status::Executed)
+            .count();
+        space.base + run as u64
+    }
+
+    /// The highest slot of `replica` held in the window (0: none).
+    pub fn last_slot(&self, replica: ReplicaId) -> u64 {
+        let space = &self.spaces[replica.index()];
+        space.base + space.window.len() as u64 - 1
+    }
+
+    /// Every instance held, with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (InstanceId, &Instance)> {
+        self.spaces.iter().enumerate().flat_map(|(r, space)| {
+            space.window.iter().enumerate().map(move |(i, inst)| {
+                (
+                    InstanceId::new(ReplicaId(r as u8), space.base + i as u64),
+                    inst,
+                )
+            })
+        })
     }
 
     /// Every slot of `replica` below this was executed and dropped.
@@ -164,6 +267,10 @@ impl Spaces {
                 break;
             }
             debug_assert!(front.waiters.is_empty());
+            if front.noop {
+                self.compacted_noops
+                    .insert(InstanceId::new(replica, space.base));
+            }
             space.window.pop_front();
             space.base += 1;
         }

@@ -48,7 +48,9 @@ impl std::fmt::Display for InstanceId {
 }
 
 /// A Paxos ballot, ordered by (epoch, number, replica). The command leader
-/// starts every instance at the initial ballot (0, 0, leader).
+/// starts every instance at the initial ballot (0, 0, leader); a replica that
+/// recovers an instance takes a ballot above every one it has seen for it,
+/// with its own id last, so two recoverers never share a ballot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Ballot {
     pub epoch: u32,
@@ -62,6 +64,15 @@ impl Ballot {
             epoch: 0,
             number: 0,
             replica: leader,
+        }
+    }
+
+    /// The lowest ballot owned by `replica` that is above `self`.
+    pub fn next(self, replica: ReplicaId) -> Ballot {
+        Ballot {
+            epoch: self.epoch,
+            number: self.number.checked_add(1).expect("ballot numbers exhausted"),
+            replica,
         }
     }
 }
@@ -113,4 +124,17 @@ pub enum Status {
     Accepted,
     Committed,
     Executed,
+}
+
+/// What a replica knows of the command leader's initial attributes for an
+/// instance (EPaxos*'s initDep, with seq): needed to tell, in recovery,
+/// whether a vote could have counted towards the fast path.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Initial {
+    /// Never pre-accepted nor validated here.
+    #[default]
+    Unknown,
+    /// Equal to the instance's current attributes (no allocation).
+    Same,
+    Other(Box<Attrs>),
 }

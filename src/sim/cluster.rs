@@ -5,7 +5,7 @@ use std::collections::BinaryHeap;
 
 use super::check::{check_agreement, check_all_executed, check_execution_order, ReplicaLog};
 use super::linearizability::{check_history, HistoryOp, OpKind};
-use super::rng::Rng;
+use crate::rng::Rng;
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
 use crate::protocol::{Config, Message, Outbox, Replica, ReplicaId, TraceEvent};
 use crate::state_machine::{KvResult, KvStore};

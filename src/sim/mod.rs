@@ -16,7 +16,7 @@
 pub mod check;
 mod cluster;
 pub mod linearizability;
-pub mod rng;
+pub use crate::rng;
 pub mod wired;
 
 pub use cluster::run;

@@ -379,7 +379,7 @@ mod tests {
     /// to exactly the bytes it was given. Seeded: a failure prints its seed.
     #[test]
     fn random_bytes_never_panic() {
-        use crate::sim::rng::Rng;
+        use crate::rng::Rng;
         for seed in 0..2000u64 {
             let mut rng = Rng::new(seed);
             let mut b = BatchBuilder::new();

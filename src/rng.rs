@@ -1,5 +1,7 @@
-//! The simulator's only source of randomness: xoshiro256** seeded through
-//! splitmix64 (Blackman and Vigna). Same seed, same run.
+//! The one pseudo-random generator of the crate: xoshiro256** seeded through
+//! splitmix64 (Blackman and Vigna). Same seed, same stream. The simulator draws
+//! its faults from it; the core draws its recovery back-off from one seeded by
+//! the driver, so a simulated run stays replayable.
 
 pub struct Rng {
     s: [u64; 4],
