@@ -78,6 +78,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut worst_recovery_ns = 0;
+    let (mut crashes, mut recoveries, mut noops) = (0u64, 0u64, 0u64);
     let mut last_progress = Instant::now();
     for (i, &seed) in seeds.iter().enumerate() {
         let mut cfg = SimConfig::new(seed, args.replicas);
@@ -90,15 +91,22 @@ fn main() -> ExitCode {
         cfg.thrifty = args.thrifty;
         let report = sim::run(&cfg);
         worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);
+        crashes += report.crashes;
+        recoveries += report.recoveries;
+        noops += report.recovered_noops;
         if args.seed.is_some() {
             say!(
-                "seed {seed}: {} requests ({} completed during faults), {} instances ({} fast, {} slow), {} messages \
+                "seed {seed}: {} requests ({} completed during faults), {} instances ({} fast, {} slow), \
+                 {} crashes, {} recoveries ({} ended in a no-op), {} messages \
                  ({} dropped), virtual time {} ms, last request {} ms after the last fault",
                 report.ops_completed,
                 report.ops_during_faults,
                 report.instances_proposed,
                 report.fast_commits,
                 report.slow_commits,
+                report.crashes,
+                report.recoveries,
+                report.recovered_noops,
                 report.messages_sent,
                 report.messages_dropped,
                 report.end_ns / 1_000_000,
@@ -120,9 +128,9 @@ fn main() -> ExitCode {
             eprintln!("... {}/{} seeds, {failed} failed", i + 1, seeds.len());
         }
     }
-    eprintln!(
-        "{} seeds in {:.1}s; liveness: every request completed within {:.1} ms of the last \
-         fault (bound {} ms)",
+    say!(
+        "{} seeds in {:.1}s; {crashes} crashes, {recoveries} recoveries ({noops} no-ops); \
+         liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         worst_recovery_ns as f64 / 1e6,

@@ -7,7 +7,7 @@ use super::check::{check_agreement, check_all_executed, check_execution_order, R
 use super::linearizability::{check_history, HistoryOp, OpKind};
 use crate::rng::Rng;
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
-use crate::protocol::{Config, Message, Outbox, Replica, ReplicaId, TraceEvent};
+use crate::protocol::{Config, Message, Outbox, Record, Replica, ReplicaId, TraceEvent};
 use crate::state_machine::{KvResult, KvStore};
 use crate::wire::{BatchBuilder, CommandRef, Op};
 
@@ -27,6 +27,24 @@ const SHARED_KEYS: u64 = 3;
 const PRIVATE_KEYS: u64 = 4;
 const CLIENT_ID_BASE: u64 = 1000;
 const LIN_SEARCH_STEPS_MAX: u64 = 50_000_000;
+/// How long a crashed replica stays down, and the gap between crashes.
+const DOWN_NS_MIN: u64 = 5_000_000;
+const DOWN_NS_MAX: u64 = 80_000_000;
+const CRASH_GAP_NS_MAX: u64 = 60_000_000;
+
+/// Where a scheduled crash strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrashPoint {
+    /// At once, between two calls: everything persisted survives.
+    Now,
+    /// In the replica's next call, after its records are durable and before
+    /// any of its messages or replies leave.
+    BeforeSend,
+    /// In the next call that decides a commit this replica leads (a command
+    /// leader in the middle of its fast path), after persisting, before the
+    /// Commit leaves.
+    BeforeSendingCommit,
+}
 
 /// A client command on its way to, or waiting at, a replica.
 #[derive(Clone, Debug)]
@@ -70,6 +88,12 @@ enum EventKind {
     },
     PartitionStart,
     PartitionHeal,
+    OneWayStart,
+    OneWayHeal,
+    Crash,
+    Restart {
+        replica: usize,
+    },
     FaultsEnd,
 }
 
@@ -124,6 +148,15 @@ struct Sim<'c> {
     events: u64,
     queue: BinaryHeap<Reverse<Event>>,
     replicas: Vec<Replica<KvStore>>,
+    /// What each replica persisted, in order: all a restart gets back.
+    stores: Vec<Vec<Record>>,
+    down: Vec<bool>,
+    /// A crash waiting for the replica's next call (or commit decision).
+    crash_armed: Vec<Option<CrashPoint>>,
+    crashes: u64,
+    /// Logs of incarnations that crashed: still checked for agreement and
+    /// execution order.
+    dead_logs: Vec<ReplicaLog>,
     outbox: Outbox<KvResult>,
     arrived: Vec<Vec<Request>>,
     flush_pending: Vec<bool>,
@@ -137,6 +170,8 @@ struct Sim<'c> {
     faults_on: bool,
     /// Replicas on one side of the current partition, if any.
     partition: Option<u16>,
+    /// A link that drops everything sent from the first to the second.
+    one_way: Option<(ReplicaId, ReplicaId)>,
     messages_sent: u64,
     messages_dropped: u64,
     ops_during_faults: usize,
@@ -152,14 +187,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 impl<'c> Sim<'c> {
     fn new(cfg: &'c SimConfig) -> Sim<'c> {
         let n = cfg.replicas;
+        let mut rng = Rng::new(cfg.seed);
         let replicas = (0..n)
-            .map(|r| {
-                let mut c = Config::new(n, ReplicaId(r as u8)).expect("valid replica count");
-                c.thrifty = cfg.thrifty;
-                c.trace = true;
-                c.injected_bug = cfg.injected_bug;
-                Replica::new(c, KvStore::new())
-            })
+            .map(|r| Replica::new(replica_config(cfg, r, rng.next_u64()), KvStore::new()))
             .collect();
         let clients = (0..cfg.clients)
             .map(|i| Client {
@@ -172,12 +202,17 @@ impl<'c> Sim<'c> {
             .collect();
         Sim {
             cfg,
-            rng: Rng::new(cfg.seed),
+            rng,
             now: 0,
             seq: 0,
             events: 0,
             queue: BinaryHeap::new(),
             replicas,
+            stores: vec![Vec::new(); n],
+            down: vec![false; n],
+            crash_armed: vec![None; n],
+            crashes: 0,
+            dead_logs: Vec::new(),
             outbox: Outbox::new(n),
             arrived: vec![Vec::new(); n],
             flush_pending: vec![false; n],
@@ -190,6 +225,7 @@ impl<'c> Sim<'c> {
             history: Vec::new(),
             faults_on: false,
             partition: None,
+            one_way: None,
             messages_sent: 0,
             messages_dropped: 0,
             ops_during_faults: 0,
@@ -222,6 +258,14 @@ impl<'c> Sim<'c> {
                 let at = self.rng.below(50_000_000);
                 self.schedule(at, EventKind::PartitionStart);
             }
+            if self.cfg.faults.cuts_one_way() {
+                let at = self.rng.below(50_000_000);
+                self.schedule(at, EventKind::OneWayStart);
+            }
+            if self.cfg.faults.crashes() && self.cfg.replicas > 1 {
+                let at = self.rng.below(CRASH_GAP_NS_MAX);
+                self.schedule(at, EventKind::Crash);
+            }
         }
         for c in 0..self.clients.len() {
             for _ in 0..self.cfg.pipeline.min(self.cfg.ops_per_client) {
@@ -250,8 +294,12 @@ impl<'c> Sim<'c> {
     fn dispatch(&mut self, kind: EventKind) {
         match kind {
             EventKind::Deliver { from, to, msg } => {
-                self.call(to.index(), |r, now, out| r.handle(now, from, msg, out));
+                if !self.down[to.index()] {
+                    self.call(to.index(), |r, now, out| r.handle(now, from, msg, out));
+                }
             }
+            EventKind::Arrive { replica, .. } if self.down[replica] => {}
+            EventKind::Flush { replica } | EventKind::Tick { replica } if self.down[replica] => {}
             EventKind::Arrive { replica, request } => {
                 self.arrived[replica].push(request);
                 if !self.flush_pending[replica] {
@@ -293,11 +341,89 @@ impl<'c> Sim<'c> {
                     self.schedule(next, EventKind::PartitionStart);
                 }
             }
+            EventKind::OneWayStart => {
+                if self.faults_on && self.cfg.replicas > 1 {
+                    let n = self.cfg.replicas as u64;
+                    let from = self.rng.below(n);
+                    let to = (from + 1 + self.rng.below(n - 1)) % n;
+                    self.one_way = Some((ReplicaId(from as u8), ReplicaId(to as u8)));
+                    let heal = self.now + self.rng.between(5_000_000, 80_000_000);
+                    self.schedule(heal, EventKind::OneWayHeal);
+                }
+            }
+            EventKind::OneWayHeal => {
+                self.one_way = None;
+                if self.faults_on {
+                    let next = self.now + self.rng.between(5_000_000, 50_000_000);
+                    self.schedule(next, EventKind::OneWayStart);
+                }
+            }
+            EventKind::Crash => self.crash_someone(),
+            EventKind::Restart { replica } => self.restart(replica),
             EventKind::FaultsEnd => {
                 self.faults_on = false;
                 self.partition = None;
+                self.one_way = None;
+                for r in 0..self.cfg.replicas {
+                    self.crash_armed[r] = None;
+                    if self.down[r] {
+                        self.restart(r);
+                    }
+                }
             }
         }
+    }
+
+    /// Picks a live replica (keeping at most F down) and a point to crash it.
+    fn crash_someone(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let f = (self.cfg.replicas - 1) / 2;
+        let down = self.down.iter().filter(|&&d| d).count()
+            + self.crash_armed.iter().filter(|c| c.is_some()).count();
+        let r = self.rng.below(self.cfg.replicas as u64) as usize;
+        if down < f && !self.down[r] && self.crash_armed[r].is_none() {
+            let point = match self.rng.below(3) {
+                0 => CrashPoint::Now,
+                1 => CrashPoint::BeforeSend,
+                _ => CrashPoint::BeforeSendingCommit,
+            };
+            if point == CrashPoint::Now {
+                self.crash(r);
+            } else {
+                self.crash_armed[r] = Some(point);
+            }
+        }
+        let next = self.now + self.rng.below(CRASH_GAP_NS_MAX);
+        self.schedule(next, EventKind::Crash);
+    }
+
+    /// The replica loses everything it did not persist.
+    fn crash(&mut self, r: usize) {
+        self.down[r] = true;
+        self.crash_armed[r] = None;
+        self.crashes += 1;
+        self.arrived[r].clear();
+        self.flush_pending[r] = false;
+        self.tick_at[r] = None;
+        let back = self.now + self.rng.between(DOWN_NS_MIN, DOWN_NS_MAX);
+        self.schedule(back, EventKind::Restart { replica: r });
+    }
+
+    /// The replica comes back from what it persisted, as a new incarnation.
+    fn restart(&mut self, r: usize) {
+        if !self.down[r] {
+            return;
+        }
+        self.down[r] = false;
+        let log = std::mem::take(&mut self.logs[r]);
+        self.dead_logs.push(log);
+        let cfg = replica_config(self.cfg, r, self.rng.next_u64());
+        let mut out = std::mem::replace(&mut self.outbox, Outbox::new(0));
+        self.replicas[r] = Replica::restore(cfg, KvStore::new(), self.now, &self.stores[r], &mut out);
+        self.outbox = out;
+        self.call(r, |_, _, _| {});
     }
 
     /// The commands that arrived during one turn become one proposal.
@@ -331,6 +457,24 @@ impl<'c> Sim<'c> {
     ) {
         let mut out = std::mem::replace(&mut self.outbox, Outbox::new(0));
         f(&mut self.replicas[r], self.now, &mut out);
+        self.stores[r].extend(out.persist.drain(..));
+        let crash_now = match self.crash_armed[r] {
+            Some(CrashPoint::BeforeSend) => true,
+            Some(CrashPoint::BeforeSendingCommit) => out
+                .messages
+                .iter()
+                .flatten()
+                .any(|m| matches!(m, Message::Commit(_))),
+            _ => false,
+        };
+        if crash_now {
+            // Durable, but nothing left: not a message, not a reply.
+            self.collect_trace(r, &mut out);
+            out.clear();
+            self.outbox = out;
+            self.crash(r);
+            return;
+        }
         let from = ReplicaId(r as u8);
         for to in 0..self.cfg.replicas {
             for msg in out.messages[to].drain(..) {
@@ -349,17 +493,7 @@ impl<'c> Sim<'c> {
             };
             self.schedule(at, kind);
         }
-        for event in out.trace.drain(..) {
-            match event {
-                TraceEvent::Committed { id, attrs, batch } => {
-                    self.logs[r].committed.push((id, attrs, batch))
-                }
-                TraceEvent::Executed { id } => {
-                    let commits = self.logs[r].committed.len();
-                    self.logs[r].executed.push((id, commits));
-                }
-            }
-        }
+        self.collect_trace(r, &mut out);
         out.clear();
         self.outbox = out;
         if let Some(deadline) = self.replicas[r].next_deadline() {
@@ -371,12 +505,27 @@ impl<'c> Sim<'c> {
         }
     }
 
+    fn collect_trace(&mut self, r: usize, out: &mut Outbox<KvResult>) {
+        for event in out.trace.drain(..) {
+            match event {
+                TraceEvent::Committed { id, attrs, batch } => {
+                    self.logs[r].committed.push((id, attrs, batch))
+                }
+                TraceEvent::Executed { id } => {
+                    let commits = self.logs[r].committed.len();
+                    self.logs[r].executed.push((id, commits));
+                }
+            }
+        }
+    }
+
     fn send(&mut self, from: ReplicaId, to: ReplicaId, msg: Message) {
         self.messages_sent += 1;
         if self.faults_on {
             let cut = self
                 .partition
-                .is_some_and(|side| (side & from.bit() != 0) != (side & to.bit() != 0));
+                .is_some_and(|side| (side & from.bit() != 0) != (side & to.bit() != 0))
+                || self.one_way == Some((from, to));
             if cut || (self.cfg.faults.loses() && self.rng.chance(LOSS_PCT)) {
                 self.messages_dropped += 1;
                 return;
@@ -538,10 +687,12 @@ impl<'c> Sim<'c> {
                 LIVENESS_BOUND_NS / 1_000_000
             ));
         }
-        if let Err(e) = check_agreement(&self.logs) {
+        // Current incarnations first (replica r is log r), then crashed ones.
+        let all_logs: Vec<ReplicaLog> = self.logs.iter().chain(&self.dead_logs).cloned().collect();
+        if let Err(e) = check_agreement(&all_logs) {
             failures.push(e);
         }
-        if let Err(e) = check_execution_order(&self.logs) {
+        if let Err(e) = check_execution_order(&all_logs) {
             failures.push(e);
         }
         if let Err(e) = check_history(&self.history, LIN_SEARCH_STEPS_MAX) {
@@ -577,10 +728,24 @@ impl<'c> Sim<'c> {
             instances_proposed: stats.iter().map(|s| s.proposed as usize).sum(),
             fast_commits: stats.iter().map(|s| s.fast_commits).sum(),
             slow_commits: stats.iter().map(|s| s.slow_commits).sum(),
+            crashes: self.crashes,
+            recoveries: stats.iter().map(|s| s.recoveries).sum(),
+            recovered_noops: stats.iter().map(|s| s.recovered_noops).sum(),
             messages_sent: self.messages_sent,
             messages_dropped: self.messages_dropped,
             recovery_ns: self.last_completion_ns.saturating_sub(fault_end),
             end_ns: self.now,
         }
     }
+}
+
+/// The core's configuration for replica `r` of a simulated run; `rng_seed`
+/// feeds its recovery back-off and is drawn from the run's seed.
+fn replica_config(cfg: &SimConfig, r: usize, rng_seed: u64) -> Config {
+    let mut c = Config::new(cfg.replicas, ReplicaId(r as u8)).expect("valid replica count");
+    c.thrifty = cfg.thrifty;
+    c.trace = true;
+    c.injected_bug = cfg.injected_bug;
+    c.rng_seed = rng_seed;
+    c
 }

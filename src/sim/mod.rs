@@ -34,6 +34,13 @@ pub enum FaultMix {
     Loss,
     /// The cluster splits into two sides for a while, then heals.
     Partition,
+    /// One direction of one link drops everything for a while (A hears B,
+    /// B does not hear A).
+    Asymmetric,
+    /// Up to F replicas crash at arbitrary points (between calls, after
+    /// persisting but before sending, right after deciding a commit) and
+    /// restart from what they persisted.
+    Crash,
     /// Everything above at once.
     All,
 }
@@ -45,15 +52,19 @@ impl FaultMix {
             FaultMix::Reorder => "reorder",
             FaultMix::Loss => "loss",
             FaultMix::Partition => "partition",
+            FaultMix::Asymmetric => "asymmetric",
+            FaultMix::Crash => "crash",
             FaultMix::All => "all",
         }
     }
 
-    pub const ALL: [FaultMix; 5] = [
+    pub const ALL: [FaultMix; 7] = [
         FaultMix::None,
         FaultMix::Reorder,
         FaultMix::Loss,
         FaultMix::Partition,
+        FaultMix::Asymmetric,
+        FaultMix::Crash,
         FaultMix::All,
     ];
 
@@ -67,6 +78,14 @@ impl FaultMix {
 
     fn partitions(self) -> bool {
         matches!(self, FaultMix::Partition | FaultMix::All)
+    }
+
+    fn cuts_one_way(self) -> bool {
+        matches!(self, FaultMix::Asymmetric | FaultMix::All)
+    }
+
+    fn crashes(self) -> bool {
+        matches!(self, FaultMix::Crash | FaultMix::All)
     }
 }
 
@@ -140,6 +159,10 @@ pub struct SimReport {
     pub instances_proposed: usize,
     pub fast_commits: u64,
     pub slow_commits: u64,
+    pub crashes: u64,
+    /// Recoveries started, and how many ended in a no-op.
+    pub recoveries: u64,
+    pub recovered_noops: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     /// How long after the last fault the last client request completed.
