@@ -12,6 +12,26 @@ pub enum InjectedBug {
     /// The command leader takes the fast path even when acceptors reported
     /// extra dependencies, dropping them.
     FastPathDropsDependencies,
+    /// One ballot per instance, as in the SOSP 2013 specification and its Go
+    /// code: a Prepare reply reports the promised ballot as the vote's
+    /// (Sutra, "On the correctness of Egalitarian Paxos", 2019).
+    SingleBallot,
+    /// Recovery commits whatever the recoverer itself pre-accepted when it
+    /// finds no accepted value, instead of validating or choosing a no-op
+    /// (efficient/epaxos issue #29).
+    RecoveryTrustsOwnPreAccept,
+    /// Recovery accepts the possibly fast-committed value without asking
+    /// for contradicting instances (no Validate, no waiting).
+    RecoverySkipsValidate,
+    /// An acceptor answers PreAccept without persisting its vote
+    /// (efficient/epaxos issue #28).
+    PreAcceptNotPersisted,
+    /// A replica answers clients and sends the commit without persisting it
+    /// (efficient/epaxos issue #27).
+    CommitNotPersisted,
+    /// The executor waits on a missing dependency without ever recovering
+    /// it (efficient/epaxos issue #26).
+    ExecutorNeverRecovers,
 }
 
 #[derive(Clone, Debug)]

@@ -18,6 +18,7 @@
 //! recovery timeout, this replica recovers it (a dead leader's instance must
 //! not hold execution up forever; efficient/epaxos issue #26).
 
+use super::config::InjectedBug;
 use super::outbox::{Outbox, TraceEvent};
 use super::replica::Replica;
 use super::space::Lookup;
@@ -81,7 +82,9 @@ impl<S: StateMachine> Replica<S> {
                 Edge::Blocked(missing) => {
                     let top = frame.id;
                     self.block(missing);
-                    self.watch(missing);
+                    if self.cfg.injected_bug != Some(InjectedBug::ExecutorNeverRecovers) {
+                        self.watch(missing);
+                    }
                     self.wait_for(missing, top);
                     if root != top {
                         self.wait_for(top, root);

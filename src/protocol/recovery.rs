@@ -53,6 +53,7 @@
 //! index says all that is needed. Acceptors answer a stale ballot with a
 //! `Nack` so a superseded leader stops early.
 
+use super::config::InjectedBug;
 use super::message::{Message, Nack, Prepare, PrepareOk, Validate, ValidateOk, Waiting};
 use super::outbox::Outbox;
 use super::replica::{prepare_ok, record, Replica};
@@ -202,7 +203,19 @@ impl<S: StateMachine> Replica<S> {
     fn decide_prepare(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) {
         let q = self.cfg.f() + 1;
         let e = self.cfg.fast_failures();
+        let bug = self.cfg.injected_bug;
+        let own = self.spaces.get_mut(id).map(|i| (i.status, i.attrs, i.batch.clone()));
         let tally = self.tally_mut(id);
+        if bug == Some(InjectedBug::RecoveryTrustsOwnPreAccept)
+            && tally.committed.is_none()
+            && tally.accepted.is_none()
+            && !tally.compacted
+        {
+            if let Some((Status::PreAccepted, attrs, batch)) = own {
+                self.accept_as_recoverer(id, attrs, batch, false, out);
+                return;
+            }
+        }
         if let Some((attrs, batch, noop)) = tally.committed.take() {
             self.finish_with_committed(id, attrs, batch, noop, Status::Committed, out);
         } else if tally.compacted {
@@ -212,6 +225,11 @@ impl<S: StateMachine> Replica<S> {
         } else if tally.leader_replied {
             self.accept_noop(id, out);
         } else if usize::from(tally.votes) + e >= q && tally.candidate.is_some() {
+            if bug == Some(InjectedBug::RecoverySkipsValidate) {
+                let (attrs, batch) = tally.candidate.clone().expect("a candidate");
+                self.accept_as_recoverer(id, attrs, batch, false, out);
+                return;
+            }
             self.start_validate(id, out);
         } else {
             self.accept_noop(id, out);

@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
-use super::config::Config;
+use super::config::{Config, InjectedBug};
 use super::exec::ExecScratch;
 use super::index::ConflictIndex;
 use super::message::{
@@ -274,7 +274,9 @@ impl<S: StateMachine> Replica<S> {
         inst.batch = m.batch;
         inst.noop = false;
         inst.indexed_seq = attrs.seq;
-        out.persist.push(record(m.id, inst));
+        if self.cfg.injected_bug != Some(InjectedBug::PreAcceptNotPersisted) {
+            out.persist.push(record(m.id, inst));
+        }
         let reply = PreAcceptOk {
             id: m.id,
             ballot: m.ballot,
@@ -378,7 +380,10 @@ impl<S: StateMachine> Replica<S> {
                 out.persist.push(record(m.id, inst));
             }
         }
-        let reply = prepare_ok(m.id, m.ballot, inst);
+        let mut reply = prepare_ok(m.id, m.ballot, inst);
+        if self.cfg.injected_bug == Some(InjectedBug::SingleBallot) && !inst.is_committed() {
+            reply.voted = inst.promised;
+        }
         out.send(from, Message::PrepareOk(reply));
         // Whoever recovers it may die too.
         self.watch(m.id);
@@ -456,7 +461,9 @@ impl<S: StateMachine> Replica<S> {
         if !inst.noop {
             reindex(&mut self.index, id, inst);
         }
-        out.persist.push(record(id, inst));
+        if self.cfg.injected_bug != Some(InjectedBug::CommitNotPersisted) {
+            out.persist.push(record(id, inst));
+        }
         if self.cfg.trace {
             out.trace.push(TraceEvent::Committed {
                 id,
