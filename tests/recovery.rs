@@ -5,8 +5,6 @@
 //! the same script must end in the failure the bug report describes. So
 //! every test shows it can fail.
 
-use std::collections::BTreeMap;
-
 use epaxos_fast::protocol::{
     Attrs, Config, InjectedBug, InstanceId, Message, Outbox, Record, Replica, ReplicaId, Status,
     TraceEvent,
@@ -31,8 +29,8 @@ struct Net {
     replicas: Vec<Option<Replica<KvStore>>>,
     stores: Vec<Vec<Record>>,
     held: Vec<(ReplicaId, ReplicaId, Message)>,
-    /// Per replica (all incarnations): what it committed.
-    committed: Vec<BTreeMap<InstanceId, Decided>>,
+    /// Per replica (all incarnations): what it committed, in order.
+    committed: Vec<Vec<(InstanceId, Decided)>>,
     /// Per replica, current incarnation: the execution order.
     executed: Vec<Vec<InstanceId>>,
     replies: Vec<(u64, u64, KvResult)>,
@@ -51,7 +49,7 @@ impl Net {
             replicas,
             stores: vec![Vec::new(); n],
             held: Vec::new(),
-            committed: vec![BTreeMap::new(); n],
+            committed: vec![Vec::new(); n],
             executed: vec![Vec::new(); n],
             replies: Vec::new(),
             now: 0,
@@ -80,10 +78,7 @@ impl Net {
         for event in out.trace.drain(..) {
             match event {
                 TraceEvent::Committed { id, attrs, batch } => {
-                    let decided = Decided { attrs, batch };
-                    if let Some(before) = self.committed[r].insert(id, decided.clone()) {
-                        assert_eq!(before, decided, "replica {r} changed its mind on {id}");
-                    }
+                    self.committed[r].push((id, Decided { attrs, batch }));
                 }
                 TraceEvent::Executed { id } => self.executed[r].push(id),
             }
@@ -181,7 +176,8 @@ impl Net {
     /// Every committed value of `id`, across replicas and incarnations.
     fn decisions(&self, id: InstanceId) -> Vec<Decided> {
         let mut all: Vec<Decided> = Vec::new();
-        for d in self.committed.iter().filter_map(|c| c.get(&id)) {
+        let of_id = self.committed.iter().flatten().filter(|(i, _)| *i == id);
+        for (_, d) in of_id {
             if !all.contains(d) {
                 all.push(d.clone());
             }
@@ -279,4 +275,204 @@ fn sutra_counterexample_breaks_agreement_with_a_single_ballot() {
     let alpha = InstanceId::new(ReplicaId(0), 1);
     let decisions = net.decisions(alpha);
     assert_eq!(decisions.len(), 2, "expected op1 at B and a no-op at A: {decisions:?}");
+}
+
+/// Five replicas A..E: A commits op1 on the fast path with C and D, answers
+/// its client, and crashes before its Commit reaches anyone; B proposes op2
+/// (after op1 completed) and it reaches D and E only, B's attributes not
+/// knowing op1, and B crashes. C, D and E must recover both so that op1
+/// comes before op2 everywhere: op2 then sees op1's write.
+fn fast_path_then_conflict(bug: Option<InjectedBug>) -> Net {
+    let (a, b, c, d, e) = (0, 1, 2, 3, 4);
+    let mut net = Net::new(5, bug);
+    let alpha = net.propose(a, Op::Put, "k", "op1");
+    net.deliver(|f, t, m| f == a && (t == c || t == d) && pre_accept(m));
+    net.deliver(|f, t, m| (f == c || f == d) && t == a && matches!(m, Message::PreAcceptOk(_)));
+    assert_eq!(net.status(a, alpha), Status::Executed);
+    assert_eq!(net.replies.len(), 1, "op1's client saw it complete");
+    net.crash(a);
+    let beta = net.propose(b, Op::Put, "k", "op2");
+    net.deliver(|f, t, m| f == b && (t == d || t == e) && pre_accept(m));
+    net.crash(b);
+    // A read at C depends on both (C knows op1, D and E op2): executing it
+    // makes C, D and E wait on both, so they recover both.
+    net.propose(c, Op::Get, "k", "");
+    net.settle(5_000 * MS);
+    for r in [c, d, e] {
+        assert!(net.status(r, alpha) >= Status::Committed, "op1 at {r}");
+        assert!(net.status(r, beta) >= Status::Committed, "op2 at {r}");
+    }
+    net
+}
+
+#[test]
+fn five_replicas_recover_a_fast_commit_before_a_later_conflict() {
+    let net = fast_path_then_conflict(None);
+    let alpha = InstanceId::new(ReplicaId(0), 1);
+    let decided = net.decisions(alpha);
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0].batch.len(), 1, "op1 committed, as its client saw");
+    let beta = net.decisions(InstanceId::new(ReplicaId(1), 1));
+    assert_eq!(beta.len(), 1, "{beta:?}");
+    let op2_ran = !beta[0].batch.is_empty();
+    for r in 2..5 {
+        let expected: &[u8] = if op2_ran { b"op2" } else { b"op1" };
+        assert_eq!(net.value(r, "k").as_deref(), Some(expected), "replica {r}");
+        let order = &net.executed[r];
+        let at = |leader: usize| order.iter().position(|i| i.replica.index() == leader);
+        assert!(!op2_ran || at(0) < at(1), "replica {r} executed {order:?}");
+    }
+    // The read saw op1's write or a later one, never the initial state.
+    assert!(net.replies.iter().all(|r| r.2 != KvResult::NotFound), "{:?}", net.replies);
+}
+
+/// The visibility violation the scenario is about: op1 and op2 both
+/// committed as commands, neither depending on the other (so replicas may
+/// run them in either order), or op2 run before op1 somewhere.
+fn op2_not_ordered_after_op1(net: &Net) -> bool {
+    let alpha = net.decisions(InstanceId::new(ReplicaId(0), 1));
+    let beta = net.decisions(InstanceId::new(ReplicaId(1), 1));
+    let op2_ran = beta.iter().any(|d| !d.batch.is_empty());
+    let independent = alpha.iter().all(|d| d.attrs.deps.0[1] < 1)
+        && beta.iter().all(|d| d.attrs.deps.0[0] < 1);
+    let overtaken = (2..5).any(|r| {
+        let order = &net.executed[r];
+        let at = |leader: usize| order.iter().position(|i| i.replica.index() == leader);
+        at(1) < at(0)
+    });
+    op2_ran && (independent || overtaken)
+}
+
+#[test]
+fn five_replicas_without_validate_put_op2_before_op1() {
+    assert!(!op2_not_ordered_after_op1(&fast_path_then_conflict(None)));
+    let net = fast_path_then_conflict(Some(InjectedBug::RecoverySkipsValidate));
+    assert!(op2_not_ordered_after_op1(&net), "the defect went unnoticed: {:?}", net.executed);
+}
+
+/// efficient/epaxos issue #29, 3 replicas: op2 commits on the fast path
+/// (B with C) while the link from B to A drops everything; A then proposes
+/// op1 without knowing op2, only C answers (adding op2), and A crashes. A
+/// restarts holding op1 pre-accepted with its own, incomplete, attributes.
+/// Recovery must not commit those: op1 would not depend on op2 nor op2 on
+/// op1, and replicas would apply them in different orders.
+fn lost_dependency(bug: Option<InjectedBug>) -> Net {
+    let (a, b, c) = (0, 1, 2);
+    let mut net = Net::new(3, bug);
+    let beta = net.propose(b, Op::Put, "k", "op2");
+    net.drop_held(|f, t, _| f == b && t == a);
+    net.deliver(|f, t, _| (f == b && t == c) || (f == c && t == b));
+    assert_eq!(net.status(c, beta), Status::Executed);
+    net.propose(a, Op::Put, "k", "op1");
+    net.deliver(|f, t, m| f == a && t == c && pre_accept(m));
+    net.drop_held(|f, t, _| f == b && t == a);
+    net.crash(a);
+    net.restart(a);
+    net.settle(5_000 * MS);
+    net
+}
+
+/// Visibility for two instances: both commands, and neither depends on the
+/// other.
+fn unordered(net: &Net, x: InstanceId, y: InstanceId) -> bool {
+    let (dx, dy) = (net.decisions(x), net.decisions(y));
+    let command = |d: &[Decided]| d.iter().any(|d| !d.batch.is_empty());
+    let depends = |d: &[Decided], on: InstanceId| d.iter().all(|d| d.attrs.deps.get(on.replica) >= on.slot);
+    command(&dx) && command(&dy) && !depends(&dx, y) && !depends(&dy, x)
+}
+
+#[test]
+fn recovery_keeps_a_dependency_lost_to_asymmetric_loss() {
+    let net = lost_dependency(None);
+    let (alpha, beta) = (InstanceId::new(ReplicaId(0), 1), InstanceId::new(ReplicaId(1), 1));
+    assert!(!unordered(&net, alpha, beta));
+    for r in 0..3 {
+        assert!(net.status(r, alpha) >= Status::Committed, "op1 decided at {r}");
+        assert_eq!(net.value(r, "k"), net.value(0, "k"), "replica {r}");
+    }
+    let buggy = lost_dependency(Some(InjectedBug::RecoveryTrustsOwnPreAccept));
+    assert!(unordered(&buggy, alpha, beta), "trusting the own pre-accept went unnoticed");
+}
+
+/// efficient/epaxos issue #27, 3 replicas: A commits op1 on the fast path
+/// with B, runs it and answers the client; its Commit is lost and A
+/// crashes. What the client saw must survive: op1 stays committed, with
+/// the attributes A committed it with, and every replica applies it.
+fn executed_then_crashed(bug: Option<InjectedBug>) -> Net {
+    let (a, b) = (0, 1);
+    let mut net = Net::new(3, bug);
+    let alpha = net.propose(a, Op::Put, "k", "op1");
+    net.deliver(|f, t, m| f == a && t == b && pre_accept(m));
+    net.deliver(|f, t, m| f == b && t == a && matches!(m, Message::PreAcceptOk(_)));
+    assert_eq!(net.status(a, alpha), Status::Executed);
+    assert_eq!(net.replies, vec![(101, 1, KvResult::Done)]);
+    net.crash(a);
+    net.restart(a);
+    net.settle(5_000 * MS);
+    net
+}
+
+#[test]
+fn a_command_answered_before_a_crash_survives_it() {
+    let net = executed_then_crashed(None);
+    let alpha = InstanceId::new(ReplicaId(0), 1);
+    assert_eq!(net.decisions(alpha).len(), 1);
+    for r in 0..3 {
+        assert_eq!(net.value(r, "k").as_deref(), Some(&b"op1"[..]), "replica {r}");
+    }
+    let buggy = executed_then_crashed(Some(InjectedBug::CommitNotPersisted));
+    let lost = (0..3).any(|r| buggy.value(r, "k").is_none());
+    let disagree = buggy.decisions(alpha).len() > 1;
+    assert!(lost || disagree, "an unpersisted commit went unnoticed");
+}
+
+/// efficient/epaxos issue #26, 3 replicas: op3 commits depending on op1,
+/// whose leader A died after one PreAccept. B and C cannot execute op3
+/// until op1 is decided: waiting must make them recover op1, through a
+/// timer (no polling: a handful of ticks, not one per millisecond).
+fn blocked_executor(bug: Option<InjectedBug>) -> (Net, usize) {
+    let (a, b, c) = (0, 1, 2);
+    let mut net = Net::new(3, bug);
+    net.propose(a, Op::Put, "k", "op1");
+    net.deliver(|f, t, m| f == a && t == b && pre_accept(m));
+    net.crash(a);
+    let gamma = net.propose(c, Op::Put, "k", "op3");
+    net.deliver(|_, _, _| true);
+    net.tick(c, 25 * MS);
+    net.deliver(|_, _, _| true);
+    assert_eq!(net.status(c, gamma), Status::Committed);
+    let mut ticks = 0;
+    let end = net.now + 5_000 * MS;
+    loop {
+        let next = [b, c]
+            .iter()
+            .filter_map(|&r| net.replicas[r].as_ref().unwrap().next_deadline().map(|d| (d, r)))
+            .min();
+        match next {
+            Some((at, r)) if at <= end => {
+                ticks += 1;
+                net.now = net.now.max(at);
+                net.call(r, |rep, now, out| rep.tick(now, out));
+                net.deliver(|_, _, _| true);
+            }
+            _ => break,
+        }
+        if [b, c].iter().all(|&r| net.status(r, gamma) == Status::Executed) {
+            break;
+        }
+    }
+    (net, ticks)
+}
+
+#[test]
+fn an_executor_waiting_on_a_dead_leader_recovers_it() {
+    let gamma = InstanceId::new(ReplicaId(2), 1);
+    let (net, ticks) = blocked_executor(None);
+    for r in [1, 2] {
+        assert_eq!(net.status(r, gamma), Status::Executed, "op3 at {r}");
+        assert_eq!(net.value(r, "k").as_deref(), Some(&b"op3"[..]));
+    }
+    assert!(ticks < 20, "{ticks} timer calls to get there");
+    let (buggy, _) = blocked_executor(Some(InjectedBug::ExecutorNeverRecovers));
+    assert_eq!(buggy.status(1, gamma), Status::Committed, "op3 should stay blocked without recovery");
 }

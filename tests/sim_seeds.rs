@@ -9,8 +9,8 @@ fn run_seeds(replicas: usize, seeds: std::ops::Range<u64>, tweak: impl Fn(&mut S
     for seed in seeds {
         let mut cfg = SimConfig::new(seed, replicas);
         // Rotate through fault mixes and conflict rates with the seed.
-        cfg.faults = FaultMix::ALL[(seed % 5) as usize];
-        cfg.conflicts_pct = [0, 10, 50, 100][(seed / 5 % 4) as usize];
+        cfg.faults = FaultMix::ALL[(seed % FaultMix::ALL.len() as u64) as usize];
+        cfg.conflicts_pct = [0, 10, 50, 100][(seed / FaultMix::ALL.len() as u64 % 4) as usize];
         tweak(&mut cfg);
         let report = sim::run(&cfg);
         if !report.passed() {
