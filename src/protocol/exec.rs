@@ -182,9 +182,10 @@ impl<S: StateMachine> Replica<S> {
             }
             return;
         }
-        self.index.record_executed(id, &inst.batch);
+        self.index.record_executed_keys(id, &inst.batch);
         for cmd in inst.batch.iter() {
-            let result = self.index.session(cmd.client).execute(&mut self.sm, &cmd);
+            let session = self.index.session_executing(id, cmd.client);
+            let result = session.execute(&mut self.sm, &cmd);
             if let (true, Some(result)) = (id.replica == me, result) {
                 out.replies.push(super::outbox::Reply {
                     client: cmd.client,

@@ -13,11 +13,12 @@
 //! Layout, for cache misses (the measured cost of this module): a hash map
 //! turns a key (or client id) into a dense row number; rows live in one flat
 //! `Vec<u64>` sized to N, not to the largest cluster. A row is
-//! `[seq, latest slot of replica 0..N, latest executed slot of replica 0..N]`;
-//! a key has two (any access, writes), a client one. The executed half serves
-//! recovery alone (`conflicts_beyond`): executed instances are dropped from
-//! memory, but a recovering replica must still learn that one of them
-//! conflicts with the command it recovers. Computing attributes looks each key up
+//! `[seq, latest slot of replica 0..N]`; a key has two (any access, writes),
+//! a client one. Beside each row, in a separate vector so that computing
+//! attributes does not drag it through the cache, the latest slot of each
+//! replica executed here: it serves recovery alone (`frontier`). Executed
+//! instances are dropped from memory, but a recovering replica must still
+//! learn that one of them conflicts with the command it recovers. Computing attributes looks each key up
 //! once and remembers its row, so recording the instance afterwards (once
 //! the seq is known) is array indexing, not a second hash lookup.
 //!
@@ -35,19 +36,32 @@ use crate::constants::REPLICAS_MAX;
 use crate::state_machine::{Access, InlineKey, StateMachine};
 use crate::wire::Batch;
 
-/// Rows of `[seq, slots.., executed slots..]`, one per key or client, in a
-/// flat vector.
+/// Rows of `[seq, slots..]`, one per key or client, in a flat vector, and
+/// rows of executed slots beside them.
 struct Rows {
     replicas: usize,
-    /// Words per row: 1 + 2N.
+    /// Words per row: 1 + N.
     width: usize,
     words: Vec<u64>,
+    /// N words per row: the latest executed slot of each replica.
+    executed: Vec<u64>,
 }
 
 impl Rows {
+    fn new(replicas: usize) -> Rows {
+        Rows {
+            replicas,
+            width: 1 + replicas,
+            words: Vec::new(),
+            executed: Vec::new(),
+        }
+    }
+
     fn push_zeroed(&mut self, rows: usize) -> u32 {
         let first = self.words.len() / self.width;
         self.words.resize(self.words.len() + rows * self.width, 0);
+        self.executed
+            .resize(self.executed.len() + rows * self.replicas, 0);
         u32::try_from(first).expect("fewer than 2^32 rows")
     }
 
@@ -63,7 +77,7 @@ impl Rows {
     fn add_to(&self, row: u32, attrs: &mut Attrs, seq_max: &mut u64) {
         let row = self.row(row);
         *seq_max = (*seq_max).max(row[0]);
-        for (d, s) in attrs.deps.0.iter_mut().zip(&row[1..1 + self.replicas]) {
+        for (d, s) in attrs.deps.0.iter_mut().zip(&row[1..]) {
             *d = (*d).max(*s);
         }
     }
@@ -79,17 +93,18 @@ impl Rows {
 
     #[inline]
     fn record_executed(&mut self, row: u32, id: InstanceId) {
-        let at = row as usize * self.width + 1 + self.replicas + id.replica.index();
-        self.words[at] = self.words[at].max(id.slot.0);
+        let at = row as usize * self.replicas + id.replica.index();
+        self.executed[at] = self.executed[at].max(id.slot.0);
     }
 
     /// Folds the row's latest and latest executed slots into `frontier`.
     fn add_frontier(&self, row: u32, frontier: &mut Frontier) {
-        let row = self.row(row);
         let n = self.replicas;
+        let known = self.row(row);
+        let executed = &self.executed[row as usize * n..(row as usize + 1) * n];
         for r in 0..n {
-            frontier.latest[r] = frontier.latest[r].max(row[1 + r]);
-            frontier.executed[r] = frontier.executed[r].max(row[1 + n + r]);
+            frontier.latest[r] = frontier.latest[r].max(known[1 + r]);
+            frontier.executed[r] = frontier.executed[r].max(executed[r]);
         }
     }
 }
@@ -132,17 +147,9 @@ impl<S: StateMachine> ConflictIndex<S> {
     pub fn new(replicas: usize) -> Self {
         ConflictIndex {
             key_rows: FxHashMap::default(),
-            keys: Rows {
-                replicas,
-                width: 1 + 2 * replicas,
-                words: Vec::new(),
-            },
+            keys: Rows::new(replicas),
             client_table: IdMap::default(),
-            clients: Rows {
-                replicas,
-                width: 1 + 2 * replicas,
-                words: Vec::new(),
-            },
+            clients: Rows::new(replicas),
             touched: Vec::new(),
         }
     }
@@ -179,16 +186,32 @@ impl<S: StateMachine> ConflictIndex<S> {
     }
 
     /// Records that instance `id`, which touches the keys of `batch`, executed.
-    pub fn record_executed(&mut self, id: InstanceId, batch: &Batch) {
-        self.visit_rows(batch, |index, touched| match touched {
-            Touched::Key { row, access } => {
-                index.keys.record_executed(row, id);
+    /// (Its clients are recorded by `session_executing`, which execution
+    /// looks up anyway.)
+    pub fn record_executed_keys(&mut self, id: InstanceId, batch: &Batch) {
+        for cmd in batch.iter() {
+            let Some((key, access)) = S::conflict_key(&cmd) else {
+                continue;
+            };
+            if let Some(&row) = self.key_rows.get(key) {
+                self.keys.record_executed(row, id);
                 if access == Access::Write {
-                    index.keys.record_executed(row + 1, id);
+                    self.keys.record_executed(row + 1, id);
                 }
             }
-            Touched::Client { row } => index.clients.record_executed(row, id),
+        }
+    }
+
+    /// The client's exactly-once session, for executing one of its commands
+    /// in instance `id` (recorded as executed for the client's row).
+    pub fn session_executing(&mut self, id: InstanceId, client: u64) -> &mut Session<S::Output> {
+        let clients = &mut self.clients;
+        let entry = self.client_table.entry(client).or_insert_with(|| Client {
+            row: clients.push_zeroed(1),
+            session: Session::new(),
         });
+        clients.record_executed(entry.row, id);
+        &mut entry.session
     }
 
     /// Per replica, the latest instance known here that conflicts with
@@ -239,11 +262,6 @@ impl<S: StateMachine> ConflictIndex<S> {
             row: clients.push_zeroed(1),
             session: Session::new(),
         })
-    }
-
-    /// The client's exactly-once session.
-    pub fn session(&mut self, client: u64) -> &mut Session<S::Output> {
-        &mut self.client(client).session
     }
 
     pub fn clients(&self) -> usize {
