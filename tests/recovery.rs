@@ -57,7 +57,11 @@ impl Net {
         }
     }
 
-    fn call(&mut self, r: usize, f: impl FnOnce(&mut Replica<KvStore>, u64, &mut Outbox<KvResult>)) {
+    fn call(
+        &mut self,
+        r: usize,
+        f: impl FnOnce(&mut Replica<KvStore>, u64, &mut Outbox<KvResult>),
+    ) {
         let mut out = Outbox::new(self.n);
         let replica = self.replicas[r].as_mut().expect("calling a live replica");
         f(replica, self.now, &mut out);
@@ -99,7 +103,9 @@ impl Net {
         });
         let batch = builder.finish();
         let mut id = None;
-        self.call(r, |rep, now, out| id = Some(rep.propose(now, batch, out).unwrap()));
+        self.call(r, |rep, now, out| {
+            id = Some(rep.propose(now, batch, out).unwrap())
+        });
         id.unwrap()
     }
 
@@ -124,7 +130,8 @@ impl Net {
 
     fn crash(&mut self, r: usize) {
         self.replicas[r] = None;
-        self.held.retain(|(f, t, _)| f.index() != r && t.index() != r);
+        self.held
+            .retain(|(f, t, _)| f.index() != r && t.index() != r);
     }
 
     fn restart(&mut self, r: usize) {
@@ -152,7 +159,12 @@ impl Net {
         loop {
             self.deliver(|_, _, _| true);
             let next = (0..self.n)
-                .filter_map(|r| self.replicas[r].as_ref().and_then(|x| x.next_deadline()).map(|d| (d, r)))
+                .filter_map(|r| {
+                    self.replicas[r]
+                        .as_ref()
+                        .and_then(|x| x.next_deadline())
+                        .map(|d| (d, r))
+                })
                 .min();
             match next {
                 Some((at, r)) if at <= end => {
@@ -274,7 +286,11 @@ fn sutra_counterexample_breaks_agreement_with_a_single_ballot() {
     let net = sutra(Some(InjectedBug::SingleBallot));
     let alpha = InstanceId::new(ReplicaId(0), 1);
     let decisions = net.decisions(alpha);
-    assert_eq!(decisions.len(), 2, "expected op1 at B and a no-op at A: {decisions:?}");
+    assert_eq!(
+        decisions.len(),
+        2,
+        "expected op1 at B and a no-op at A: {decisions:?}"
+    );
 }
 
 /// Five replicas A..E: A commits op1 on the fast path with C and D, answers
@@ -311,7 +327,11 @@ fn five_replicas_recover_a_fast_commit_before_a_later_conflict() {
     let alpha = InstanceId::new(ReplicaId(0), 1);
     let decided = net.decisions(alpha);
     assert_eq!(decided.len(), 1, "{decided:?}");
-    assert_eq!(decided[0].batch.len(), 1, "op1 committed, as its client saw");
+    assert_eq!(
+        decided[0].batch.len(),
+        1,
+        "op1 committed, as its client saw"
+    );
     let beta = net.decisions(InstanceId::new(ReplicaId(1), 1));
     assert_eq!(beta.len(), 1, "{beta:?}");
     let op2_ran = !beta[0].batch.is_empty();
@@ -323,7 +343,11 @@ fn five_replicas_recover_a_fast_commit_before_a_later_conflict() {
         assert!(!op2_ran || at(0) < at(1), "replica {r} executed {order:?}");
     }
     // The read saw op1's write or a later one, never the initial state.
-    assert!(net.replies.iter().all(|r| r.2 != KvResult::NotFound), "{:?}", net.replies);
+    assert!(
+        net.replies.iter().all(|r| r.2 != KvResult::NotFound),
+        "{:?}",
+        net.replies
+    );
 }
 
 /// The visibility violation the scenario is about: op1 and op2 both
@@ -333,8 +357,8 @@ fn op2_not_ordered_after_op1(net: &Net) -> bool {
     let alpha = net.decisions(InstanceId::new(ReplicaId(0), 1));
     let beta = net.decisions(InstanceId::new(ReplicaId(1), 1));
     let op2_ran = beta.iter().any(|d| !d.batch.is_empty());
-    let independent = alpha.iter().all(|d| d.attrs.deps.0[1] < 1)
-        && beta.iter().all(|d| d.attrs.deps.0[0] < 1);
+    let independent =
+        alpha.iter().all(|d| d.attrs.deps.0[1] < 1) && beta.iter().all(|d| d.attrs.deps.0[0] < 1);
     let overtaken = (2..5).any(|r| {
         let order = &net.executed[r];
         let at = |leader: usize| order.iter().position(|i| i.replica.index() == leader);
@@ -347,7 +371,11 @@ fn op2_not_ordered_after_op1(net: &Net) -> bool {
 fn five_replicas_without_validate_put_op2_before_op1() {
     assert!(!op2_not_ordered_after_op1(&fast_path_then_conflict(None)));
     let net = fast_path_then_conflict(Some(InjectedBug::RecoverySkipsValidate));
-    assert!(op2_not_ordered_after_op1(&net), "the defect went unnoticed: {:?}", net.executed);
+    assert!(
+        op2_not_ordered_after_op1(&net),
+        "the defect went unnoticed: {:?}",
+        net.executed
+    );
 }
 
 /// efficient/epaxos issue #29, 3 replicas: op2 commits on the fast path
@@ -377,21 +405,31 @@ fn lost_dependency(bug: Option<InjectedBug>) -> Net {
 fn unordered(net: &Net, x: InstanceId, y: InstanceId) -> bool {
     let (dx, dy) = (net.decisions(x), net.decisions(y));
     let command = |d: &[Decided]| d.iter().any(|d| !d.batch.is_empty());
-    let depends = |d: &[Decided], on: InstanceId| d.iter().all(|d| d.attrs.deps.get(on.replica) >= on.slot);
+    let depends =
+        |d: &[Decided], on: InstanceId| d.iter().all(|d| d.attrs.deps.get(on.replica) >= on.slot);
     command(&dx) && command(&dy) && !depends(&dx, y) && !depends(&dy, x)
 }
 
 #[test]
 fn recovery_keeps_a_dependency_lost_to_asymmetric_loss() {
     let net = lost_dependency(None);
-    let (alpha, beta) = (InstanceId::new(ReplicaId(0), 1), InstanceId::new(ReplicaId(1), 1));
+    let (alpha, beta) = (
+        InstanceId::new(ReplicaId(0), 1),
+        InstanceId::new(ReplicaId(1), 1),
+    );
     assert!(!unordered(&net, alpha, beta));
     for r in 0..3 {
-        assert!(net.status(r, alpha) >= Status::Committed, "op1 decided at {r}");
+        assert!(
+            net.status(r, alpha) >= Status::Committed,
+            "op1 decided at {r}"
+        );
         assert_eq!(net.value(r, "k"), net.value(0, "k"), "replica {r}");
     }
     let buggy = lost_dependency(Some(InjectedBug::RecoveryTrustsOwnPreAccept));
-    assert!(unordered(&buggy, alpha, beta), "trusting the own pre-accept went unnoticed");
+    assert!(
+        unordered(&buggy, alpha, beta),
+        "trusting the own pre-accept went unnoticed"
+    );
 }
 
 /// efficient/epaxos issue #27, 3 replicas: A commits op1 on the fast path
@@ -418,7 +456,11 @@ fn a_command_answered_before_a_crash_survives_it() {
     let alpha = InstanceId::new(ReplicaId(0), 1);
     assert_eq!(net.decisions(alpha).len(), 1);
     for r in 0..3 {
-        assert_eq!(net.value(r, "k").as_deref(), Some(&b"op1"[..]), "replica {r}");
+        assert_eq!(
+            net.value(r, "k").as_deref(),
+            Some(&b"op1"[..]),
+            "replica {r}"
+        );
     }
     let buggy = executed_then_crashed(Some(InjectedBug::CommitNotPersisted));
     let lost = (0..3).any(|r| buggy.value(r, "k").is_none());
@@ -446,7 +488,13 @@ fn blocked_executor(bug: Option<InjectedBug>) -> (Net, usize) {
     loop {
         let next = [b, c]
             .iter()
-            .filter_map(|&r| net.replicas[r].as_ref().unwrap().next_deadline().map(|d| (d, r)))
+            .filter_map(|&r| {
+                net.replicas[r]
+                    .as_ref()
+                    .unwrap()
+                    .next_deadline()
+                    .map(|d| (d, r))
+            })
             .min();
         match next {
             Some((at, r)) if at <= end => {
@@ -457,7 +505,10 @@ fn blocked_executor(bug: Option<InjectedBug>) -> (Net, usize) {
             }
             _ => break,
         }
-        if [b, c].iter().all(|&r| net.status(r, gamma) == Status::Executed) {
+        if [b, c]
+            .iter()
+            .all(|&r| net.status(r, gamma) == Status::Executed)
+        {
             break;
         }
     }
@@ -474,5 +525,9 @@ fn an_executor_waiting_on_a_dead_leader_recovers_it() {
     }
     assert!(ticks < 20, "{ticks} timer calls to get there");
     let (buggy, _) = blocked_executor(Some(InjectedBug::ExecutorNeverRecovers));
-    assert_eq!(buggy.status(1, gamma), Status::Committed, "op3 should stay blocked without recovery");
+    assert_eq!(
+        buggy.status(1, gamma),
+        Status::Committed,
+        "op3 should stay blocked without recovery"
+    );
 }

@@ -1,9 +1,7 @@
 //! The core's configuration and the quorum sizes it implies.
 
 use super::types::ReplicaId;
-use crate::constants::{
-    RECOVERY_TIMEOUT_NS_DEFAULT, REPLICAS_MAX, RETRANSMIT_TIMEOUT_NS_DEFAULT,
-};
+use crate::constants::{RECOVERY_TIMEOUT_NS_DEFAULT, REPLICAS_MAX, RETRANSMIT_TIMEOUT_NS_DEFAULT};
 
 /// A deliberate defect, for proving that the simulator's checkers catch bugs.
 /// Never set outside tests.

@@ -5,7 +5,9 @@
 use std::cmp::Reverse;
 
 use super::config::InjectedBug;
-use super::message::{Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Waiting};
+use super::message::{
+    Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Waiting,
+};
 use super::outbox::Outbox;
 use super::replica::{record, reindex, Replica};
 use super::space::{Lead, Phase};
@@ -181,7 +183,10 @@ impl<S: StateMachine> Replica<S> {
         out: &mut Outbox<S::Output>,
     ) {
         let peers = self.cfg.peers_mask();
-        let inst = self.spaces.get_mut(id).expect("recovering a known instance");
+        let inst = self
+            .spaces
+            .get_mut(id)
+            .expect("recovering a known instance");
         let lead = inst.lead.as_deref_mut().expect("recovering");
         lead.phase = Phase::Accept;
         lead.sent = peers;

@@ -6,7 +6,7 @@
 //!
 //! - [`Replica::propose`]: a batch of client commands becomes one instance;
 //! - [`Replica::handle`]: a message from a peer;
-//! - [`Replica::tick`]: time passed (re-sends to silent peers);
+//! - [`Replica::tick`]: time passed (re-sends to silent peers, recovery checks);
 //! - [`Replica::next_deadline`]: when `tick` next has something to do.
 //!
 //! See [`outbox`] for what the caller must do with the output, in which order.
@@ -16,9 +16,10 @@
 //! What is implemented (Moraru, Andersen, Kaminsky, "There Is More Consensus
 //! in Egalitarian Parliaments", SOSP 2013): PreAccept / Accept / Commit with
 //! the optimized fast quorum F + floor((F+1)/2), thrifty or send-to-all, batched
-//! instances, execution by strongly connected components. Not yet: recovery of
-//! a silent leader's instances (Explicit Prepare) and crash recovery; message
-//! loss is survived by the leader re-sending to peers that have not answered.
+//! instances, execution by strongly connected components; recovery of a
+//! silent leader's instances by EPaxos* (see `recovery.rs`), and restart of a
+//! crashed replica from the records it persisted ([`Replica::restore`]).
+//! Message loss is survived by re-sending to peers that have not answered.
 
 pub mod config;
 mod exec;
@@ -35,7 +36,10 @@ pub mod types;
 
 pub use config::{Config, ConfigError, InjectedBug};
 pub use leader::ProposeError;
-pub use message::{Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk};
+pub use message::{
+    Accept, AcceptOk, Commit, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk,
+    Validate, ValidateOk, Waiting,
+};
 pub use outbox::{Outbox, Record, Refused, Reply, TraceEvent};
 pub use replica::{Replica, ReplicaStats};
-pub use types::{Attrs, Ballot, Deps, InstanceId, ReplicaId, Slot, Status};
+pub use types::{Attrs, Ballot, Deps, Initial, InstanceId, ReplicaId, Slot, Status};

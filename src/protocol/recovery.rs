@@ -166,7 +166,12 @@ impl<S: StateMachine> Replica<S> {
         (lead.ballot == ballot && lead.recovery.is_some()).then_some(lead)
     }
 
-    pub(super) fn on_prepare_ok(&mut self, from: ReplicaId, m: PrepareOk, out: &mut Outbox<S::Output>) {
+    pub(super) fn on_prepare_ok(
+        &mut self,
+        from: ReplicaId,
+        m: PrepareOk,
+        out: &mut Outbox<S::Output>,
+    ) {
         let f = self.cfg.f();
         let Some(lead) = self.recovering(m.id, m.ballot) else {
             return;
@@ -204,7 +209,10 @@ impl<S: StateMachine> Replica<S> {
         let q = self.cfg.f() + 1;
         let e = self.cfg.fast_failures();
         let bug = self.cfg.injected_bug;
-        let own = self.spaces.get_mut(id).map(|i| (i.status, i.attrs, i.batch.clone()));
+        let own = self
+            .spaces
+            .get_mut(id)
+            .map(|i| (i.status, i.attrs, i.batch.clone()));
         let tally = self.tally_mut(id);
         if bug == Some(InjectedBug::RecoveryTrustsOwnPreAccept)
             && tally.committed.is_none()
@@ -219,7 +227,14 @@ impl<S: StateMachine> Replica<S> {
         if let Some((attrs, batch, noop)) = tally.committed.take() {
             self.finish_with_committed(id, attrs, batch, noop, Status::Committed, out);
         } else if tally.compacted {
-            self.finish_with_committed(id, Attrs::default(), Batch::empty(), false, Status::Executed, out);
+            self.finish_with_committed(
+                id,
+                Attrs::default(),
+                Batch::empty(),
+                false,
+                Status::Executed,
+                out,
+            );
         } else if let Some((_, attrs, batch, noop)) = tally.accepted.take() {
             self.accept_as_recoverer(id, attrs, batch, noop, out);
         } else if tally.leader_replied {
@@ -288,7 +303,12 @@ impl<S: StateMachine> Replica<S> {
         super::leader::send_to_mask(out, quorum, self.cfg.replicas, |_| msg.clone());
     }
 
-    pub(super) fn on_validate_ok(&mut self, from: ReplicaId, m: ValidateOk, out: &mut Outbox<S::Output>) {
+    pub(super) fn on_validate_ok(
+        &mut self,
+        from: ReplicaId,
+        m: ValidateOk,
+        out: &mut Outbox<S::Output>,
+    ) {
         let Some(lead) = self.recovering(m.id, m.ballot) else {
             return;
         };
@@ -326,7 +346,10 @@ impl<S: StateMachine> Replica<S> {
         let in_q = tally.quorum | me.bit();
         let committed = tally.conflicts.iter().any(|(_, s)| *s >= Status::Committed);
         let led_outside = usize::from(tally.votes) + e == q
-            && tally.conflicts.iter().any(|(x, _)| in_q & x.replica.bit() == 0);
+            && tally
+                .conflicts
+                .iter()
+                .any(|(x, _)| in_q & x.replica.bit() == 0);
         if committed || led_outside {
             self.accept_noop(id, out);
             return;
@@ -341,7 +364,9 @@ impl<S: StateMachine> Replica<S> {
         lead.phase = Phase::Waiting;
         lead.replied = 0;
         let msg = Message::Waiting(Waiting { id, votes });
-        super::leader::send_to_mask(out, self.cfg.peers_mask(), self.cfg.replicas, |_| msg.clone());
+        super::leader::send_to_mask(out, self.cfg.peers_mask(), self.cfg.replicas, |_| {
+            msg.clone()
+        });
         for x in watched {
             self.watch(x);
         }
@@ -449,7 +474,12 @@ impl<S: StateMachine> Replica<S> {
     /// with `batch`, lie outside `attrs`' dependencies, and do not depend on
     /// `id` (committed ones by their dependencies, others by their leader's
     /// initial ones), each with its status here.
-    pub(super) fn conflicts_beyond(&mut self, id: InstanceId, attrs: &Attrs, batch: &Batch) -> Vec<(InstanceId, Status)> {
+    pub(super) fn conflicts_beyond(
+        &mut self,
+        id: InstanceId,
+        attrs: &Attrs,
+        batch: &Batch,
+    ) -> Vec<(InstanceId, Status)> {
         let frontier = self.index.frontier(batch);
         let mut found = Vec::new();
         let mut keys: Vec<(&[u8], Access)> = Vec::new();
@@ -520,10 +550,8 @@ fn add_prepare_reply(tally: &mut Tally, id: InstanceId, from: ReplicaId, m: &Pre
     match m.status {
         Status::Executed => tally.compacted = true,
         Status::Committed => tally.committed = Some((m.attrs, m.batch.clone(), m.noop)),
-        Status::Accepted => {
-            if tally.accepted.as_ref().is_none_or(|(b, ..)| m.voted > *b) {
-                tally.accepted = Some((m.voted, m.attrs, m.batch.clone(), m.noop));
-            }
+        Status::Accepted if tally.accepted.as_ref().is_none_or(|(b, ..)| m.voted > *b) => {
+            tally.accepted = Some((m.voted, m.attrs, m.batch.clone(), m.noop));
         }
         Status::PreAccepted if m.unchanged => {
             tally.votes += 1;

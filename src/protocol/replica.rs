@@ -101,7 +101,10 @@ impl<S: StateMachine> Replica<S> {
         r.now = now;
         let me = r.cfg.me;
         for rec in records {
-            let inst = r.spaces.entry(rec.id).expect("a persisted instance fits the window");
+            let inst = r
+                .spaces
+                .entry(rec.id)
+                .expect("a persisted instance fits the window");
             inst.status = rec.status;
             inst.promised = rec.promised;
             inst.voted = rec.voted;
@@ -230,7 +233,11 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_pre_accept(&mut self, from: ReplicaId, m: PreAccept, out: &mut Outbox<S::Output>) {
         if m.id.replica != from || m.ballot != Ballot::initial(from) {
-            debug_assert!(false, "PreAccept {} from {} at {:?}", m.id, from.0, m.ballot);
+            debug_assert!(
+                false,
+                "PreAccept {} from {} at {:?}",
+                m.id, from.0, m.ballot
+            );
             return;
         }
         let Some(inst) = self.spaces.entry(m.id) else {
@@ -426,8 +433,16 @@ impl<S: StateMachine> Replica<S> {
     /// recovered command and its initial attributes, and orders its own
     /// later commands after it. Never touches a vote. Returns whether
     /// anything changed (and must be persisted).
-    pub(super) fn validate(&mut self, id: InstanceId, attrs: &super::types::Attrs, batch: &crate::wire::Batch) -> bool {
-        let inst = self.spaces.get_mut(id).expect("validating a known instance");
+    pub(super) fn validate(
+        &mut self,
+        id: InstanceId,
+        attrs: &super::types::Attrs,
+        batch: &crate::wire::Batch,
+    ) -> bool {
+        let inst = self
+            .spaces
+            .get_mut(id)
+            .expect("validating a known instance");
         let mut changed = false;
         if inst.batch.is_empty() && !batch.is_empty() {
             inst.batch = batch.clone();
@@ -525,7 +540,12 @@ impl<S: StateMachine> Replica<S> {
 }
 
 /// The acceptor's side of Accept: vote for the value at the ballot.
-fn accept<S: StateMachine>(index: &mut ConflictIndex<S>, id: InstanceId, inst: &mut Instance, m: &Accept) {
+fn accept<S: StateMachine>(
+    index: &mut ConflictIndex<S>,
+    id: InstanceId,
+    inst: &mut Instance,
+    m: &Accept,
+) {
     inst.status = Status::Accepted;
     inst.promised = m.ballot;
     inst.voted = m.ballot;
@@ -545,7 +565,11 @@ fn drop_superseded_lead(inst: &mut Instance) {
 }
 
 /// Brings the conflict index up to the instance's current seq, once per rise.
-pub(super) fn reindex<S: StateMachine>(index: &mut ConflictIndex<S>, id: InstanceId, inst: &mut Instance) {
+pub(super) fn reindex<S: StateMachine>(
+    index: &mut ConflictIndex<S>,
+    id: InstanceId,
+    inst: &mut Instance,
+) {
     if inst.attrs.seq > inst.indexed_seq {
         index.record(id, inst.attrs.seq, &inst.batch);
         inst.indexed_seq = inst.attrs.seq;

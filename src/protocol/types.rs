@@ -71,7 +71,10 @@ impl Ballot {
     pub fn next(self, replica: ReplicaId) -> Ballot {
         Ballot {
             epoch: self.epoch,
-            number: self.number.checked_add(1).expect("ballot numbers exhausted"),
+            number: self
+                .number
+                .checked_add(1)
+                .expect("ballot numbers exhausted"),
             replica,
         }
     }

@@ -5,9 +5,9 @@ use std::collections::BinaryHeap;
 
 use super::check::{check_agreement, check_all_executed, check_execution_order, ReplicaLog};
 use super::linearizability::{check_history, HistoryOp, OpKind};
-use crate::rng::Rng;
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
 use crate::protocol::{Config, Message, Outbox, Record, Replica, ReplicaId, TraceEvent};
+use crate::rng::Rng;
 use crate::state_machine::{KvResult, KvStore};
 use crate::wire::{BatchBuilder, CommandRef, Op};
 
@@ -421,7 +421,8 @@ impl<'c> Sim<'c> {
         self.dead_logs.push(log);
         let cfg = replica_config(self.cfg, r, self.rng.next_u64());
         let mut out = std::mem::replace(&mut self.outbox, Outbox::new(0));
-        self.replicas[r] = Replica::restore(cfg, KvStore::new(), self.now, &self.stores[r], &mut out);
+        self.replicas[r] =
+            Replica::restore(cfg, KvStore::new(), self.now, &self.stores[r], &mut out);
         self.outbox = out;
         self.call(r, |_, _, _| {});
     }
@@ -457,7 +458,7 @@ impl<'c> Sim<'c> {
     ) {
         let mut out = std::mem::replace(&mut self.outbox, Outbox::new(0));
         f(&mut self.replicas[r], self.now, &mut out);
-        self.stores[r].extend(out.persist.drain(..));
+        self.stores[r].append(&mut out.persist);
         let crash_now = match self.crash_armed[r] {
             Some(CrashPoint::BeforeSend) => true,
             Some(CrashPoint::BeforeSendingCommit) => out
