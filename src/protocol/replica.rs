@@ -14,7 +14,7 @@ use super::message::{
     Accept, AcceptOk, Commit, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk,
     Validate, ValidateOk,
 };
-use super::outbox::{Outbox, Record, TraceEvent};
+use super::outbox::{Outbox, Record};
 use super::space::{Instance, Lead, Lookup, Phase, Spaces};
 use super::types::{Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::rng::Rng;
@@ -125,11 +125,7 @@ impl<S: StateMachine> Replica<S> {
             }
             if inst.is_committed() {
                 if r.cfg.trace {
-                    out.trace.push(TraceEvent::Committed {
-                        id,
-                        attrs: inst.attrs,
-                        batch: inst.value_batch(),
-                    });
+                    out.trace.push(inst.committed_event(id));
                 }
                 r.exec.ready.push(id);
                 if id.replica == me || inst.voted.replica == me {
@@ -480,11 +476,7 @@ impl<S: StateMachine> Replica<S> {
             out.persist.push(record(id, inst));
         }
         if self.cfg.trace {
-            out.trace.push(TraceEvent::Committed {
-                id,
-                attrs: inst.attrs,
-                batch: inst.value_batch(),
-            });
+            out.trace.push(inst.committed_event(id));
         }
         self.exec.ready.push(id);
         self.exec.ready.append(&mut inst.waiters);
