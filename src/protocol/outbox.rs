@@ -24,7 +24,7 @@
 //! never sent looks to everyone else like lost messages.
 
 use super::message::Message;
-use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
+use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
 use crate::wire::Batch;
 
 /// An instance's state as it must be found after a crash.
@@ -37,7 +37,9 @@ pub struct Record {
     pub voted: Ballot,
     pub status: Status,
     pub attrs: Attrs,
-    pub initial: Initial,
+    /// The command leader's initial attributes, if known (by value: a
+    /// record is copied, never allocated).
+    pub initial: Option<Attrs>,
     pub batch: Batch,
     pub noop: bool,
 }

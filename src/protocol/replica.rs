@@ -109,7 +109,11 @@ impl<S: StateMachine> Replica<S> {
             inst.promised = rec.promised;
             inst.voted = rec.voted;
             inst.attrs = rec.attrs;
-            inst.initial = rec.initial.clone();
+            inst.initial = match rec.initial {
+                None => Initial::Unknown,
+                Some(a) if a == rec.attrs => Initial::Same,
+                Some(a) => Initial::Other(Box::new(a)),
+            };
             inst.batch = rec.batch.clone();
             inst.noop = rec.noop;
             if rec.id.replica == me {
@@ -588,7 +592,7 @@ pub(super) fn record(id: InstanceId, inst: &Instance) -> Record {
         voted: inst.voted,
         status: inst.status.min(Status::Committed),
         attrs: inst.attrs,
-        initial: inst.initial.clone(),
+        initial: inst.initial_attrs().copied(),
         batch: inst.batch.clone(),
         noop: inst.noop,
     }
