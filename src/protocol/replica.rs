@@ -247,11 +247,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if inst.promised > m.ballot {
-            let nack = Nack {
-                id: m.id,
-                promised: inst.promised,
-            };
-            out.send(from, Message::Nack(nack));
+            nack(out, from, m.id, inst.promised);
             return;
         }
         if inst.status != Status::None {
@@ -300,11 +296,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if m.ballot < inst.promised {
-            let nack = Nack {
-                id: m.id,
-                promised: inst.promised,
-            };
-            out.send(from, Message::Nack(nack));
+            nack(out, from, m.id, inst.promised);
             return;
         }
         let repeat = inst.status == Status::Accepted && inst.voted == m.ballot;
@@ -374,11 +366,7 @@ impl<S: StateMachine> Replica<S> {
         };
         if !inst.is_committed() {
             if m.ballot < inst.promised {
-                let nack = Nack {
-                    id: m.id,
-                    promised: inst.promised,
-                };
-                out.send(from, Message::Nack(nack));
+                nack(out, from, m.id, inst.promised);
                 return;
             }
             if m.ballot > inst.promised {
@@ -408,11 +396,7 @@ impl<S: StateMachine> Replica<S> {
         }
         if m.ballot != inst.promised {
             if m.ballot < inst.promised {
-                let nack = Nack {
-                    id: m.id,
-                    promised: inst.promised,
-                };
-                out.send(from, Message::Nack(nack));
+                nack(out, from, m.id, inst.promised);
             }
             return;
         }
@@ -551,6 +535,11 @@ fn accept<S: StateMachine>(
         inst.batch = m.batch.clone();
         reindex(index, id, inst);
     }
+}
+
+/// Tells `to` that the instance has promised a higher ballot than it used.
+fn nack<O>(out: &mut Outbox<O>, to: ReplicaId, id: InstanceId, promised: Ballot) {
+    out.send(to, Message::Nack(Nack { id, promised }));
 }
 
 /// A lead at a ballot below the one now promised can decide nothing more.
