@@ -206,10 +206,6 @@ fn config(n: usize, r: usize, bug: Option<InjectedBug>) -> Config {
     c
 }
 
-fn is<F: Fn(&Message) -> bool>(kind: F) -> F {
-    kind
-}
-
 fn pre_accept(m: &Message) -> bool {
     matches!(m, Message::PreAccept(_))
 }
@@ -267,7 +263,7 @@ fn sutra(bug: Option<InjectedBug>) -> Net {
     net.recover(a, alpha);
     net.deliver(|f, t, m| f == a && t == c && matches!(m, Message::Prepare(_)));
     net.deliver(|f, t, m| f == c && t == a && matches!(m, Message::PrepareOk(_)));
-    net.deliver(|f, t, m| (f == a || t == a) && !is(commit)(m));
+    net.deliver(|f, t, m| (f == a || t == a) && !commit(m));
     net.settle(2_000 * MS);
     net
 }
