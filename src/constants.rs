@@ -17,6 +17,14 @@ pub const KEY_BYTES_MAX: usize = 1024;
 /// Longest value a PUT may carry.
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
 
+/// Most bytes of command records one instance (one batch) may carry. A
+/// shard closes a batch before it would pass this.
+pub const BATCH_BYTES_MAX: usize = 4 << 20;
+
+/// Longest frame body on any connection: a batch plus the fixed part of the
+/// largest message that carries one.
+pub const FRAME_BODY_BYTES_MAX: usize = BATCH_BYTES_MAX + 4096;
+
 /// How far a client's request numbers may run ahead of the oldest one it still
 /// waits for. The exactly-once table keeps one result per number in this window.
 pub const CLIENT_WINDOW_REQUESTS_MAX: u64 = 1024;
@@ -42,3 +50,6 @@ const _: () = assert!(BATCH_COMMANDS_MAX <= u32::MAX as usize);
 // Key length travels as a u16, value length as a u32.
 const _: () = assert!(KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);
+// One PUT of the largest key and value fits in a batch, and a batch in a frame.
+const _: () = assert!(32 + KEY_BYTES_MAX + VALUE_BYTES_MAX <= BATCH_BYTES_MAX);
+const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);

@@ -1,0 +1,237 @@
+//! Connection set-up, client requests and responses, and admin frames.
+//!
+//! Every connection opens with a `Hello`, answered by `HelloOk` (with the
+//! server's view of the cluster) or `Refused` (a line of text saying why),
+//! after which the server closes the connection.
+//!
+//! A `Request` body is one or more command records, the batch format of
+//! [`crate::wire::command`], so a shard appends them to its open batch
+//! without re-encoding. Each command is answered by one `Response`.
+//! `Admin` (empty body) is answered by `AdminInfo`: the shard's state digest
+//! and counters.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::frame::{FrameError, Kind};
+
+/// Who opens a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Shard s of another replica, to send it protocol messages.
+    Peer = 1,
+    Client = 2,
+}
+
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+pub struct HelloBody {
+    pub role: u8,
+    /// The sender's replica id (peers only).
+    pub replica: u8,
+    /// N as the sender sees it; a client may send 0 for "any".
+    pub replicas: u8,
+    /// Shards per replica as the sender sees it; a client may send 0.
+    pub shards: u8,
+    /// The shard the connection is for.
+    pub shard: u8,
+    pub padding: [u8; 3],
+    pub reserved: U64,
+}
+
+const _: () = assert!(core::mem::size_of::<HelloBody>() == 16);
+
+/// Longest `Refused` text.
+pub const REFUSED_TEXT_BYTES_MAX: usize = 1024;
+
+/// What a response says about its command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    /// A PUT or DELETE took effect.
+    Done = 0,
+    /// A GET found the value that follows.
+    Value = 1,
+    /// A GET found nothing.
+    NotFound = 2,
+    /// The request number ran beyond the client's window.
+    BeyondWindow = 3,
+    /// The shard could not take the command now (try again later); the
+    /// value holds the reason as text.
+    Overloaded = 4,
+    /// The command was refused; the value holds the reason as text.
+    Error = 5,
+}
+
+impl Code {
+    pub fn from_u8(code: u8) -> Option<Code> {
+        Some(match code {
+            0 => Code::Done,
+            1 => Code::Value,
+            2 => Code::NotFound,
+            3 => Code::BeyondWindow,
+            4 => Code::Overloaded,
+            5 => Code::Error,
+            _ => return None,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+pub struct ResponseBody {
+    pub client: U64,
+    pub request: U64,
+    pub code: u8,
+    pub padding: [u8; 3],
+    pub value_len: U32,
+}
+
+const _: () = assert!(core::mem::size_of::<ResponseBody>() == 24);
+
+/// One decoded response; `value` borrows the receive buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub client: u64,
+    pub request: u64,
+    pub code: Code,
+    pub value: Bytes,
+}
+
+pub fn put_response(buf: &mut BytesMut, client: u64, request: u64, code: Code, value: &[u8]) {
+    let body = ResponseBody {
+        client: client.into(),
+        request: request.into(),
+        code: code as u8,
+        padding: [0; 3],
+        value_len: (value.len() as u32).into(),
+    };
+    buf.put_slice(body.as_bytes());
+    buf.put_slice(value);
+}
+
+pub fn decode_response(body: &Bytes) -> Result<Response, FrameError> {
+    let bad = |reason: String| FrameError::BadBody {
+        kind: Kind::Response,
+        reason,
+    };
+    let (f, rest) =
+        ResponseBody::ref_from_prefix(body).map_err(|_| bad(format!("{} bytes", body.len())))?;
+    let code = Code::from_u8(f.code).ok_or_else(|| bad(format!("code {}", f.code)))?;
+    if rest.len() != f.value_len.get() as usize || f.padding != [0; 3] {
+        return Err(bad(format!(
+            "value of {} bytes announced, {} present",
+            f.value_len.get(),
+            rest.len()
+        )));
+    }
+    Ok(Response {
+        client: f.client.get(),
+        request: f.request.get(),
+        code,
+        value: body.slice(core::mem::size_of::<ResponseBody>()..),
+    })
+}
+
+pub fn decode_hello(kind: Kind, body: &[u8]) -> Result<HelloBody, FrameError> {
+    let hello = HelloBody::read_from_bytes(body).map_err(|_| FrameError::BadBody {
+        kind,
+        reason: format!("{} bytes, a hello is 16", body.len()),
+    })?;
+    let role_ok = hello.role == Role::Peer as u8 || hello.role == Role::Client as u8;
+    if !role_ok || hello.padding != [0; 3] || hello.reserved.get() != 0 {
+        return Err(FrameError::BadBody {
+            kind,
+            reason: format!("role {} or reserved bytes", hello.role),
+        });
+    }
+    Ok(hello)
+}
+
+/// A shard's digest and counters, answering `Admin`.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+pub struct AdminInfo {
+    pub replica: u8,
+    pub shard: u8,
+    pub replicas: u8,
+    pub shards: u8,
+    pub peers_connected: u8,
+    pub padding: [u8; 3],
+    /// Order-independent digest of the shard's KV state.
+    pub digest: U64,
+    pub keys: U64,
+    /// Instances this shard led (one per batch).
+    pub batches: U64,
+    /// Client commands in those batches.
+    pub batched_commands: U64,
+    pub fast_commits: U64,
+    pub slow_commits: U64,
+    pub executed_instances: U64,
+    pub executed_commands: U64,
+    pub retransmits: U64,
+    pub recoveries: U64,
+    pub recovered_noops: U64,
+    pub bytes_in: U64,
+    pub bytes_out: U64,
+    pub frames_in: U64,
+    pub frames_out: U64,
+    /// Frames refused as malformed (each closed its connection).
+    pub bad_frames: U64,
+    /// Commands sent to, and received from, other shards of this replica.
+    pub forwarded_out: U64,
+    pub forwarded_in: U64,
+    pub instances_in_memory: U64,
+}
+
+const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 19);
+
+/// The shard that owns `key` among `shards`: FNV-1a, then a multiplicative
+/// mix so that keys differing only in their last byte spread. Clients and
+/// servers must agree on it, so it is part of the wire format.
+pub fn shard_of(key: &[u8], shards: usize) -> usize {
+    debug_assert!(shards > 0);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mixed = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    ((mixed >> 32) % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_round_trip() {
+        let mut buf = BytesMut::new();
+        put_response(&mut buf, 5, 9, Code::Value, b"abc");
+        let r = decode_response(&buf.freeze()).unwrap();
+        assert_eq!(
+            (r.client, r.request, r.code, &r.value[..]),
+            (5, 9, Code::Value, &b"abc"[..])
+        );
+    }
+
+    #[test]
+    fn a_response_with_a_wrong_length_is_refused() {
+        let mut buf = BytesMut::new();
+        put_response(&mut buf, 5, 9, Code::Value, b"abc");
+        buf.truncate(buf.len() - 1);
+        assert!(decode_response(&buf.freeze()).is_err());
+    }
+
+    #[test]
+    fn keys_spread_over_shards() {
+        let mut count = [0usize; 4];
+        for i in 0..4000u32 {
+            count[shard_of(format!("key{i}").as_bytes(), 4)] += 1;
+        }
+        assert!(count.iter().all(|&c| c > 800), "{count:?}");
+        assert_eq!(shard_of(b"anything", 1), 0);
+    }
+}
