@@ -25,6 +25,22 @@ pub const BATCH_BYTES_MAX: usize = 4 << 20;
 /// largest message that carries one.
 pub const FRAME_BODY_BYTES_MAX: usize = BATCH_BYTES_MAX + 4096;
 
+/// Bytes a shard lets pile up for one peer link before it drops messages
+/// for it (the core re-sends what matters once the peer drains).
+pub const PEER_SEND_BUFFER_BYTES_MAX: usize = 64 << 20;
+
+/// Time a new connection has to send its hello, and an outgoing one to
+/// be answered.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// Back-off between attempts to reach a peer: doubles from the first value
+/// up to the second.
+pub const PEER_RECONNECT_MS_MIN: u64 = 20;
+pub const PEER_RECONNECT_MS_MAX: u64 = 1_000;
+
+/// How often a shard's loop looks at the stop flag while idle.
+pub const STOP_CHECK_MS: u64 = 50;
+
 /// How far a client's request numbers may run ahead of the oldest one it still
 /// waits for. The exactly-once table keeps one result per number in this window.
 pub const CLIENT_WINDOW_REQUESTS_MAX: u64 = 1024;

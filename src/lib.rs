@@ -3,13 +3,17 @@
 //! - [`protocol`]: the EPaxos core, pure and deterministic (no IO, clock or RNG).
 //! - [`state_machine`]: the conflict relation and `apply`; the KV store.
 //! - [`wire`]: fixed-layout records read in place from receive buffers.
+//! - [`runtime`]: glommio shards, peer links and client sessions over io_uring.
+//! - [`client`]: a blocking client of the binary protocol (tests, tools).
 //! - [`sim`]: a deterministic cluster simulator and the correctness checkers.
 //!
 //! The core's call contract is in [`protocol`]'s documentation.
 
+pub mod client;
 pub mod constants;
 pub mod protocol;
 pub mod rng;
+pub mod runtime;
 pub mod sim;
 pub mod state_machine;
 pub mod wire;

@@ -281,6 +281,11 @@ impl BatchBuilder {
         self.count == 0
     }
 
+    /// Bytes of command records written so far.
+    pub fn bytes_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Appends one command. Panics on a command `Batch::parse` would refuse:
     /// callers build commands themselves and must respect the limits.
     pub fn push(&mut self, cmd: &CommandRef<'_>) {

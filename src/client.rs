@@ -1,0 +1,303 @@
+//! A blocking client of the binary protocol, for tests, tools and anyone who
+//! wants a few calls without an event loop. Requests are pipelined: queue
+//! any number, flush them in one write, read the responses as they come.
+//!
+//! A connection is to one shard of one replica; the replica forwards a
+//! command for a key another shard owns, so any shard will do, but a
+//! shard-aware caller saves the hop (`wire::client::shard_of`).
+//!
+//! Every connection gets its own random client id, and numbers its requests
+//! from 1: the replica's exactly-once table is keyed by both.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::constants::{CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::wire::client::{decode_hello, decode_response, AdminInfo, HelloBody, Response, Role};
+use crate::wire::{BatchBuilder, CommandRef, FrameEncoder, FrameError, FrameReader, Kind, Op};
+
+/// Request bytes queued before `queue` flushes on its own.
+const QUEUED_BYTES_MAX: usize = 256 << 10;
+
+#[derive(Debug)]
+pub enum ClientError {
+    Io(std::io::Error),
+    /// The replica refused the handshake; its reason.
+    Refused(String),
+    /// The replica sent something this client cannot read.
+    Frame(FrameError),
+    /// The replica closed the connection.
+    Closed,
+    /// A request the client itself refuses to send.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                write!(f, "timed out waiting for the replica")
+            }
+            ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::Refused(why) => write!(f, "refused by the replica: {why}"),
+            ClientError::Frame(e) => write!(f, "bad frame from the replica: {e}"),
+            ClientError::Closed => write!(f, "the replica closed the connection"),
+            ClientError::Invalid(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> ClientError {
+        ClientError::Io(e)
+    }
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> ClientError {
+        ClientError::Frame(e)
+    }
+}
+
+/// A client id nobody else is likely to use (exactly-once is keyed by it).
+pub fn fresh_client_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok()
+    {
+        return u64::from_le_bytes(bytes) | 1;
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 40)) | 1
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    reader: FrameReader,
+    enc: FrameEncoder,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    queued: BatchBuilder,
+    /// The replica's view: its id, N, shard count, this connection's shard.
+    pub server: HelloBody,
+    client: u64,
+    next_request: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+impl Connection {
+    /// Connects to `shard` of the replica whose base address is `base`
+    /// (shard s listens on port + s) and shakes hands. `timeout` bounds
+    /// the connect and every later wait for the replica.
+    pub fn connect(
+        base: SocketAddr,
+        shard: u8,
+        cluster_id: u64,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let mut addr = base;
+        addr.set_port(base.port() + u16::from(shard));
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut c = Connection {
+            stream,
+            reader: FrameReader::new(cluster_id),
+            enc: FrameEncoder {
+                cluster_id,
+                sender: 0,
+                shard,
+            },
+            rbuf: BytesMut::with_capacity(64 << 10),
+            wbuf: BytesMut::new(),
+            queued: BatchBuilder::new(),
+            server: HelloBody::default(),
+            client: fresh_client_id(),
+            next_request: 1,
+            outstanding: BTreeSet::new(),
+        };
+        let hello = HelloBody {
+            role: Role::Client as u8,
+            shard,
+            ..HelloBody::default()
+        };
+        c.send_frame(Kind::Hello, hello.as_bytes())?;
+        let frame = c.next_frame()?;
+        match frame.kind {
+            Kind::HelloOk => c.server = decode_hello(frame.kind, &frame.body)?,
+            Kind::Refused => {
+                return Err(ClientError::Refused(
+                    String::from_utf8_lossy(&frame.body).into_owned(),
+                ))
+            }
+            kind => {
+                return Err(ClientError::Frame(FrameError::Unexpected {
+                    kind,
+                    reason: "answer to a Hello",
+                }))
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Queues one command; returns its request number. Nothing is sent
+    /// before `flush` (or until enough is queued).
+    pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        if key.len() > KEY_BYTES_MAX || value.len() > VALUE_BYTES_MAX {
+            return Err(ClientError::Invalid(format!(
+                "key of {} bytes or value of {} (limits {KEY_BYTES_MAX}, {VALUE_BYTES_MAX})",
+                key.len(),
+                value.len()
+            )));
+        }
+        if op != Op::Put && !value.is_empty() {
+            return Err(ClientError::Invalid(format!("{op:?} takes no value")));
+        }
+        let request = self.next_request;
+        let first = self.outstanding.first().copied().unwrap_or(request);
+        if request - first >= CLIENT_WINDOW_REQUESTS_MAX {
+            return Err(ClientError::Invalid(format!(
+                "request {request} while {first} is unanswered: more than \
+                 {CLIENT_WINDOW_REQUESTS_MAX} apart"
+            )));
+        }
+        self.next_request += 1;
+        self.outstanding.insert(request);
+        self.queued.push(&CommandRef {
+            client: self.client,
+            request,
+            first_outstanding: first,
+            op,
+            key,
+            value,
+        });
+        if self.queued.bytes_len() >= QUEUED_BYTES_MAX {
+            self.flush()?;
+        }
+        Ok(request)
+    }
+
+    /// Sends every queued command in one frame.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let batch = self.queued.finish();
+        self.send_frame(Kind::Request, batch.bytes())
+    }
+
+    /// The next response (flushing first).
+    pub fn recv(&mut self) -> Result<Response, ClientError> {
+        self.flush()?;
+        loop {
+            let frame = self.next_frame()?;
+            if frame.kind != Kind::Response {
+                return Err(ClientError::Frame(FrameError::Unexpected {
+                    kind: frame.kind,
+                    reason: "waiting for a Response",
+                }));
+            }
+            let response = decode_response(&frame.body)?;
+            if self.outstanding.remove(&response.request) {
+                return Ok(response);
+            }
+            // An answer to a request answered already (a retry): skip it.
+        }
+    }
+
+    /// One command, answered.
+    pub fn call(&mut self, op: Op, key: &[u8], value: &[u8]) -> Result<Response, ClientError> {
+        let request = self.queue(op, key, value)?;
+        loop {
+            let r = self.recv()?;
+            if r.request == request {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// The shard's digest and counters.
+    pub fn admin(&mut self) -> Result<AdminInfo, ClientError> {
+        self.flush()?;
+        self.send_frame(Kind::Admin, &[])?;
+        loop {
+            let frame = self.next_frame()?;
+            if frame.kind == Kind::AdminInfo {
+                return AdminInfo::read_from_bytes(&frame.body).map_err(|_| {
+                    ClientError::Frame(FrameError::BadBody {
+                        kind: Kind::AdminInfo,
+                        reason: format!("{} bytes", frame.body.len()),
+                    })
+                });
+            }
+            if frame.kind == Kind::Response {
+                let r = decode_response(&frame.body)?;
+                self.outstanding.remove(&r.request);
+            }
+        }
+    }
+
+    /// Writes raw bytes (tests of malformed input).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Waits until the replica closes the connection; what it sent before.
+    pub fn wait_closed(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.next_frame() {
+                Err(ClientError::Closed) => return Ok(()),
+                Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn send_frame(&mut self, kind: Kind, body: &[u8]) -> Result<(), ClientError> {
+        self.wbuf.clear();
+        self.enc
+            .frame(&mut self.wbuf, kind, |b| b.extend_from_slice(body));
+        self.stream.write_all(&self.wbuf)?;
+        Ok(())
+    }
+
+    fn next_frame(&mut self) -> Result<crate::wire::Frame, ClientError> {
+        loop {
+            if let Some(f) = self.reader.next(&mut self.rbuf)? {
+                return Ok(f);
+            }
+            let len = self.rbuf.len();
+            self.rbuf.resize(len + (64 << 10), 0);
+            let n = self.stream.read(&mut self.rbuf[len..]);
+            let got = *n.as_ref().unwrap_or(&0);
+            self.rbuf.truncate(len + got);
+            if n? == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+}

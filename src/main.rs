@@ -1,0 +1,197 @@
+//! `epaxos-fast`: one replica of the cluster. Flags are checked first (a bad
+//! value is one line on stderr and exit status 2), then resolved into a
+//! `RuntimeConfig`; the runtime runs until SIGINT or SIGTERM.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use epaxos_fast::constants::{BATCH_COMMANDS_MAX, REPLICAS_MAX};
+use epaxos_fast::protocol::ReplicaId;
+use epaxos_fast::runtime::{self, RuntimeConfig};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "A replica of the epaxos-fast key-value store (EPaxos, thread-per-core)"
+)]
+struct Args {
+    /// This replica's index in --peers (0-based).
+    #[arg(long)]
+    id: u8,
+    /// Every replica's address, HOST:PORT, comma-separated, the same list in
+    /// the same order on every replica (1, 3, 5, 7 or 9 of them). Shard s of
+    /// a replica uses PORT + s. A single address runs one unreplicated replica.
+    #[arg(long, value_delimiter = ',', required = true)]
+    peers: Vec<String>,
+    /// Shards, one glommio executor each; must be the same on every replica.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    cores: u16,
+    /// Address to bind, if not this replica's own entry in --peers
+    /// (e.g. 0.0.0.0:7000 behind NAT).
+    #[arg(long)]
+    listen: Option<String>,
+    /// CPUs to pin shard executors to: "auto" (shard s on CPU s), "none"
+    /// (let the kernel place them; use this when several replicas share a
+    /// host), or a comma-separated list with one CPU per shard.
+    #[arg(long, default_value = "auto")]
+    cpus: String,
+    /// Cluster id; every frame carries it and a mismatch is refused, so two
+    /// clusters on one network cannot mix.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// Send PreAccepts to a fast quorum only instead of to every peer.
+    #[arg(long)]
+    thrifty: bool,
+    /// Most client commands in one instance (one batch).
+    #[arg(long, default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=BATCH_COMMANDS_MAX as i64))]
+    batch_max: u32,
+    /// Directory for the durable log. Not implemented yet: state is in
+    /// memory only, so the flag is refused rather than silently ignored.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
+fn usage_error(msg: String) -> ! {
+    Args::command()
+        .error(ErrorKind::ValueValidation, msg)
+        .exit()
+}
+
+fn resolve(addr: &str, what: &str) -> SocketAddr {
+    match addr.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => a,
+        Ok(None) => usage_error(format!("{what} {addr:?} resolves to no address")),
+        Err(e) => usage_error(format!("{what} {addr:?}: {e} (want HOST:PORT)")),
+    }
+}
+
+fn config(args: &Args) -> RuntimeConfig {
+    let n = args.peers.len();
+    if n > REPLICAS_MAX || n % 2 == 0 {
+        usage_error(format!(
+            "--peers lists {n} replicas; a cluster has 1, 3, 5, 7 or 9"
+        ));
+    }
+    if usize::from(args.id) >= n {
+        usage_error(format!(
+            "--id {} is not an index of --peers (0..{n})",
+            args.id
+        ));
+    }
+    if args.data_dir.is_some() {
+        usage_error(
+            "--data-dir: durable storage is not implemented yet; state is in memory \
+             only (run without --data-dir)"
+                .into(),
+        );
+    }
+    let peers: Vec<SocketAddr> = args
+        .peers
+        .iter()
+        .map(|p| resolve(p, "--peers entry"))
+        .collect();
+    let cores = usize::from(args.cores);
+    for (i, p) in peers.iter().enumerate() {
+        if usize::from(p.port()) + cores > 65536 || p.port() == 0 {
+            usage_error(format!(
+                "replica {i} at {p}: ports {}..{} do not all exist",
+                p.port(),
+                usize::from(p.port()) + cores
+            ));
+        }
+    }
+    let listen = match &args.listen {
+        Some(l) => resolve(l, "--listen"),
+        None => peers[usize::from(args.id)],
+    };
+    RuntimeConfig {
+        replica: ReplicaId(args.id),
+        peers,
+        listen,
+        cores,
+        cpus: cpus(&args.cpus, cores),
+        cluster_id: args.cluster_id,
+        thrifty: args.thrifty,
+        batch_max: args.batch_max as usize,
+    }
+}
+
+fn cpus(spec: &str, cores: usize) -> Option<Vec<usize>> {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match spec {
+        "none" => None,
+        "auto" => {
+            if cores > online {
+                usage_error(format!(
+                    "--cores {cores} with --cpus auto needs {cores} CPUs, this host has {online} \
+                     (use --cpus none to share them)"
+                ));
+            }
+            Some((0..cores).collect())
+        }
+        list => {
+            let cpus: Vec<usize> = list
+                .split(',')
+                .map(|c| {
+                    c.trim().parse().unwrap_or_else(|_| {
+                        usage_error(format!("--cpus: {c:?} is not a CPU number"))
+                    })
+                })
+                .collect();
+            if cpus.len() != cores {
+                usage_error(format!(
+                    "--cpus lists {} CPUs for {cores} shards",
+                    cpus.len()
+                ));
+            }
+            Some(cpus)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = config(&args);
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("epaxos-fast: cannot handle signal {signal}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    tracing::info!(
+        replica = args.id,
+        "starting: {} replicas, {} shards, listening on {} (state in memory only)",
+        cfg.peers.len(),
+        cfg.cores,
+        cfg.listen
+    );
+    match runtime::run(cfg, stop) {
+        Ok(()) => {
+            tracing::info!(replica = args.id, "stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("epaxos-fast: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

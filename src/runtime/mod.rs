@@ -1,0 +1,208 @@
+//! The thread-per-core runtime: one glommio executor per shard, TCP over
+//! glommio's io_uring sockets, timers that drive the core.
+//!
+//! `--cores C` starts C executors. Shard s owns the keys with
+//! `shard_of(key, C) == s` (see `wire::client::shard_of`) and is a complete
+//! EPaxos group with shard s of every peer: its own core, its own listener
+//! on base port + s, its own links. Shards of one process share nothing but
+//! the cross-core channels (glommio's channel mesh, created once at start),
+//! which carry commands a client sent to the wrong shard, and their answers.
+//!
+//! This module never decides anything about the protocol: it moves frames
+//! between sockets and the core, and turns time into `tick` calls.
+
+mod net;
+mod notify;
+mod shard;
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{error, info, info_span};
+
+use crate::constants::STOP_CHECK_MS;
+use crate::protocol::ReplicaId;
+use shard::Shard;
+pub use shard::{Cross, ShardConfig};
+
+/// Everything the binary resolved from its flags.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub replica: ReplicaId,
+    /// Advertised base address of every replica, this one's at `replica`.
+    pub peers: Vec<SocketAddr>,
+    /// Base address to bind (shard s binds port + s).
+    pub listen: SocketAddr,
+    pub cores: usize,
+    /// CPU of each shard's executor; `None` leaves placement to the kernel.
+    pub cpus: Option<Vec<usize>>,
+    pub cluster_id: u64,
+    pub thrifty: bool,
+    pub batch_max: usize,
+}
+
+/// Cross-core channel depth, per pair of shards.
+const CROSS_CHANNEL_DEPTH: usize = 4096;
+
+/// Runs the replica until `stop` is set. Binding errors come back before
+/// any shard starts.
+pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let mut fds = Vec::with_capacity(cfg.cores);
+    for s in 0..cfg.cores {
+        let mut addr = cfg.listen;
+        addr.set_port(cfg.listen.port() + s as u16);
+        // std's listener, not glommio's: glommio sets SO_REUSEPORT, with
+        // which a second replica on the same port would silently share it.
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr} (shard {s}): {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("listener on {addr}: {e}"))?;
+        fds.push(listener.into_raw_fd());
+    }
+    let mesh = MeshBuilder::<Cross, Full>::full(cfg.cores, CROSS_CHANNEL_DEPTH);
+    let mut handles = Vec::with_capacity(cfg.cores);
+    for (s, fd) in fds.into_iter().enumerate() {
+        let placement = match &cfg.cpus {
+            Some(cpus) => Placement::Fixed(cpus[s]),
+            None => Placement::Unbound,
+        };
+        let shard_cfg = ShardConfig {
+            replica: cfg.replica,
+            replicas: cfg.peers.len(),
+            shards: cfg.cores,
+            shard: s,
+            cluster_id: cfg.cluster_id,
+            thrifty: cfg.thrifty,
+            batch_max: cfg.batch_max,
+            peers: cfg.peers.clone(),
+        };
+        let (mesh, stop) = (mesh.clone(), stop.clone());
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{s}"))
+            .spawn(move || async move {
+                let _span = info_span!("shard", replica = shard_cfg.replica.0, shard = s).entered();
+                // SAFETY: `fd` is a listening socket this process owns and
+                // nothing else uses (into_raw_fd gave up std's ownership).
+                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                run_shard(shard_cfg, listener, mesh, stop).await
+            })
+            .map_err(|e| format!("cannot start the executor of shard {s}: {e}"))?;
+        handles.push(handle);
+    }
+    let mut failure = None;
+    for (s, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(format!("shard {s}: {e}")),
+            Err(e) => failure = Some(format!("shard {s} failed: {e}")),
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+async fn run_shard(
+    cfg: ShardConfig,
+    listener: glommio::net::TcpListener,
+    mesh: MeshBuilder<Cross, Full>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let s = cfg.shard;
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "could not join the cross-core channel mesh".to_string())?;
+    if senders.peer_id() != s {
+        return Err(format!(
+            "cross-core channel mesh gave shard {s} the index {}",
+            senders.peer_id()
+        ));
+    }
+    let seed = seed(cfg.replica, s);
+    let shard = Rc::new(Shard::new(cfg, seed));
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(%addr, "listening; {} replicas, {} shards", shard.cfg.replicas, shard.cfg.shards);
+    glommio::spawn_local(net::accept_loop(shard.clone(), listener)).detach();
+    for r in 0..shard.cfg.replicas {
+        let peer = ReplicaId(r as u8);
+        if peer != shard.cfg.replica {
+            glommio::spawn_local(net::peer_link(shard.clone(), peer)).detach();
+        }
+    }
+    start_cross(&shard, senders, receivers);
+    turns(&shard, &stop).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// The core's random seed (recovery back-off only): different per process
+/// and shard, so recoverers of one instance do not stay in step.
+fn seed(replica: ReplicaId, shard: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32) ^ (u64::from(replica.0) << 8) ^ shard as u64
+}
+
+/// One task per other shard sends what this shard queued for it; one per
+/// other shard hands what it sent to this shard.
+fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receivers<Cross>) {
+    let senders = Rc::new(senders);
+    for to in 0..shard.cfg.shards {
+        if to == shard.cfg.shard {
+            continue;
+        }
+        let (shard, senders) = (shard.clone(), senders.clone());
+        glommio::spawn_local(async move {
+            loop {
+                shard.cross_notify[to].wait().await;
+                let batch = std::mem::take(&mut *shard.cross_out[to].borrow_mut());
+                for msg in batch {
+                    if senders.send_to(to, msg).await.is_err() {
+                        error!("shard {to} closed its channel");
+                        return;
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+    for (_, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                shard.cross_in(msg);
+            }
+        })
+        .detach();
+    }
+}
+
+/// The shard's loop: wait for input or the core's next deadline, let every
+/// task with input ready queue it, then run one turn.
+async fn turns(shard: &Shard, stop: &AtomicBool) {
+    let stop_check = Duration::from_millis(STOP_CHECK_MS);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = shard.now();
+        let wait = match shard.next_deadline() {
+            Some(d) => Duration::from_nanos(d.saturating_sub(now)).min(stop_check),
+            None => stop_check,
+        };
+        if !wait.is_zero() {
+            futures_lite::future::or(shard.wake.wait(), glommio::timer::sleep(wait)).await;
+        }
+        // Readers woken in the same reactor pass run before this turn, so
+        // what arrived together is batched together; no fixed delay.
+        futures_lite::future::yield_now().await;
+        shard.turn();
+    }
+}

@@ -1,0 +1,402 @@
+//! One shard: the EPaxos core for the keys `shard_of(key) == s`, its turn
+//! loop, and the buffers its connections read from and write to.
+//!
+//! Everything here lives on one executor thread (`Rc`, `RefCell`, `Cell`);
+//! nothing is shared with another core but the cross-core channels, which
+//! carry owned values. A turn never awaits while it holds a borrow.
+//!
+//! One turn: every peer message queued since the last turn goes through the
+//! core, every client command queued becomes part of one instance (a batch
+//! closes at `--batch-max` commands or `BATCH_BYTES_MAX` bytes), due timers
+//! tick, and the outbox is flushed: records (in memory for now), then
+//! messages into each peer's send buffer, then replies to clients.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+
+use super::notify::Notify;
+use crate::constants::{BATCH_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX};
+use crate::protocol::{Config, Message, Outbox, Refused, Replica, ReplicaId, Reply};
+use crate::state_machine::{KvResult, KvStore};
+use crate::wire::client::{put_response, AdminInfo, Code};
+use crate::wire::command::COMMAND_HEADER_BYTES;
+use crate::wire::{peer, Batch, BatchBuilder, CommandRef, FrameEncoder, Kind};
+
+/// What one shard needs to know about the cluster and itself.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub replica: ReplicaId,
+    pub replicas: usize,
+    pub shards: usize,
+    pub shard: usize,
+    pub cluster_id: u64,
+    pub thrifty: bool,
+    /// Most commands per instance.
+    pub batch_max: usize,
+    /// Advertised base address of every replica (own one included).
+    pub peers: Vec<std::net::SocketAddr>,
+}
+
+impl ShardConfig {
+    /// Where shard `self.shard` of `replica` listens.
+    pub fn peer_addr(&self, replica: ReplicaId) -> std::net::SocketAddr {
+        let mut addr = self.peers[replica.index()];
+        addr.set_port(addr.port() + self.shard as u16);
+        addr
+    }
+
+    pub fn encoder(&self) -> FrameEncoder {
+        FrameEncoder {
+            cluster_id: self.cluster_id,
+            sender: self.replica.0,
+            shard: self.shard as u8,
+        }
+    }
+}
+
+/// Bytes waiting to be written to one connection, and its writer's wake-up.
+#[derive(Default)]
+pub struct SendQueue {
+    pub buf: RefCell<BytesMut>,
+    pub notify: Notify,
+    /// A writer is attached; while false, frames for it are dropped.
+    pub open: Cell<bool>,
+}
+
+impl SendQueue {
+    pub fn push_frame(&self, enc: &FrameEncoder, kind: Kind, body: impl FnOnce(&mut BytesMut)) {
+        enc.frame(&mut self.buf.borrow_mut(), kind, body);
+        self.notify.notify();
+    }
+}
+
+/// Who waits for a command's answer: a client connection of `origin`.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub origin: u8,
+    pub conn: u64,
+}
+
+/// An answer to one command, as it crosses to another shard.
+#[derive(Debug)]
+pub struct Answer {
+    pub client: u64,
+    pub request: u64,
+    pub code: Code,
+    pub value: Bytes,
+}
+
+/// What shards send each other over the cross-core channels.
+#[derive(Debug)]
+pub enum Cross {
+    /// Commands of a client connected to `origin`, for the receiving shard.
+    Commands {
+        origin: u8,
+        conn: u64,
+        batch: Batch,
+    },
+    Answer {
+        conn: u64,
+        answer: Answer,
+    },
+}
+
+/// Counters the admin frame reports, besides the core's own.
+#[derive(Default)]
+pub struct Counters {
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub frames_in: Cell<u64>,
+    pub frames_out: Cell<u64>,
+    pub bad_frames: Cell<u64>,
+    pub batched_commands: Cell<u64>,
+    pub forwarded_out: Cell<u64>,
+    pub forwarded_in: Cell<u64>,
+    /// Peer messages dropped because the link was down or backed up; the
+    /// core re-sends what matters.
+    pub dropped_messages: Cell<u64>,
+}
+
+pub fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get() + by);
+}
+
+#[derive(Default)]
+struct Inbox {
+    messages: Vec<(ReplicaId, Message)>,
+    open: BatchBuilder,
+    closed: Vec<Batch>,
+}
+
+pub struct Shard {
+    pub cfg: ShardConfig,
+    core: RefCell<Replica<KvStore>>,
+    outbox: RefCell<Outbox<KvResult>>,
+    inbox: RefCell<Inbox>,
+    /// Spare vector swapped with the inbox's each turn (keeps capacity).
+    spare_messages: RefCell<Vec<(ReplicaId, Message)>>,
+    /// Wakes the turn loop.
+    pub wake: Notify,
+    /// Send buffers of the outgoing link to each replica (own one unused).
+    pub links: Vec<SendQueue>,
+    clients: RefCell<FxHashMap<u64, Rc<SendQueue>>>,
+    next_conn: Cell<u64>,
+    pending: RefCell<FxHashMap<(u64, u64), Route>>,
+    /// Per destination shard: what to send it over the cross-core channel.
+    pub cross_out: Vec<RefCell<Vec<Cross>>>,
+    pub cross_notify: Vec<Notify>,
+    pub counters: Counters,
+    epoch: Instant,
+}
+
+impl Shard {
+    pub fn new(cfg: ShardConfig, rng_seed: u64) -> Shard {
+        let mut core_cfg = Config::new(cfg.replicas, cfg.replica).expect("validated replica count");
+        core_cfg.thrifty = cfg.thrifty;
+        core_cfg.rng_seed = rng_seed;
+        let replicas = cfg.replicas;
+        let shards = cfg.shards;
+        Shard {
+            core: RefCell::new(Replica::new(core_cfg, KvStore::new())),
+            outbox: RefCell::new(Outbox::new(replicas)),
+            inbox: RefCell::default(),
+            spare_messages: RefCell::default(),
+            wake: Notify::default(),
+            links: (0..replicas).map(|_| SendQueue::default()).collect(),
+            clients: RefCell::default(),
+            next_conn: Cell::new(1),
+            pending: RefCell::default(),
+            cross_out: (0..shards).map(|_| RefCell::default()).collect(),
+            cross_notify: (0..shards).map(|_| Notify::default()).collect(),
+            counters: Counters::default(),
+            epoch: Instant::now(),
+            cfg,
+        }
+    }
+
+    /// Nanoseconds since the shard started: the core's clock.
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.core.borrow().next_deadline()
+    }
+
+    pub fn peer_message(&self, from: ReplicaId, msg: Message) {
+        self.inbox.borrow_mut().messages.push((from, msg));
+        self.wake.notify();
+    }
+
+    pub fn register_client(&self) -> (u64, Rc<SendQueue>) {
+        let conn = self.next_conn.get();
+        self.next_conn.set(conn + 1);
+        let queue = Rc::new(SendQueue::default());
+        queue.open.set(true);
+        self.clients.borrow_mut().insert(conn, queue.clone());
+        (conn, queue)
+    }
+
+    pub fn unregister_client(&self, conn: u64) {
+        if let Some(q) = self.clients.borrow_mut().remove(&conn) {
+            q.open.set(false);
+            q.notify.notify();
+        }
+    }
+
+    /// Queues a command this shard owns for the next instance.
+    pub fn submit(&self, route: Route, cmd: &CommandRef<'_>) {
+        self.pending
+            .borrow_mut()
+            .insert((cmd.client, cmd.request), route);
+        let mut inbox = self.inbox.borrow_mut();
+        let size = COMMAND_HEADER_BYTES + cmd.key.len() + cmd.value.len();
+        let open = &inbox.open;
+        if !open.is_empty()
+            && (open.len() >= self.cfg.batch_max || open.bytes_len() + size > BATCH_BYTES_MAX)
+        {
+            let batch = inbox.open.finish();
+            inbox.closed.push(batch);
+        }
+        inbox.open.push(cmd);
+        drop(inbox);
+        self.wake.notify();
+    }
+
+    /// Sends commands another shard owns to it; its answers come back.
+    pub fn forward(&self, owner: usize, conn: u64, batch: Batch) {
+        bump(&self.counters.forwarded_out, batch.len() as u64);
+        self.cross_out[owner].borrow_mut().push(Cross::Commands {
+            origin: self.cfg.shard as u8,
+            conn,
+            batch,
+        });
+        self.cross_notify[owner].notify();
+    }
+
+    /// What arrived over a cross-core channel.
+    pub fn cross_in(&self, msg: Cross) {
+        match msg {
+            Cross::Commands {
+                origin,
+                conn,
+                batch,
+            } => {
+                bump(&self.counters.forwarded_in, batch.len() as u64);
+                for cmd in batch.iter() {
+                    self.submit(Route { origin, conn }, &cmd);
+                }
+            }
+            Cross::Answer { conn, answer } => self.respond(
+                conn,
+                answer.client,
+                answer.request,
+                answer.code,
+                &answer.value,
+            ),
+        }
+    }
+
+    /// Writes a response to a client connection of this shard, if it is
+    /// still there.
+    pub fn respond(&self, conn: u64, client: u64, request: u64, code: Code, value: &[u8]) {
+        let clients = self.clients.borrow();
+        if let Some(q) = clients.get(&conn) {
+            q.push_frame(&self.cfg.encoder(), Kind::Response, |b| {
+                put_response(b, client, request, code, value)
+            });
+        }
+    }
+
+    /// One turn: see the module docs.
+    pub fn turn(&self) {
+        let now = self.now();
+        let mut core = self.core.borrow_mut();
+        let mut out = self.outbox.borrow_mut();
+        let mut messages = self.spare_messages.take();
+        let closed = {
+            let mut inbox = self.inbox.borrow_mut();
+            std::mem::swap(&mut messages, &mut inbox.messages);
+            if !inbox.open.is_empty() {
+                let batch = inbox.open.finish();
+                inbox.closed.push(batch);
+            }
+            std::mem::take(&mut inbox.closed)
+        };
+        for (from, msg) in messages.drain(..) {
+            core.handle(now, from, msg, &mut out);
+        }
+        self.spare_messages.replace(messages);
+        for batch in closed {
+            bump(&self.counters.batched_commands, batch.len() as u64);
+            if let Err(e) = core.propose(now, batch.clone(), &mut out) {
+                let reason = e.to_string();
+                for cmd in batch.iter() {
+                    self.answer(cmd.client, cmd.request, Code::Overloaded, reason.as_bytes());
+                }
+            }
+        }
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            core.tick(now, &mut out);
+        }
+        drop(core);
+        self.flush(&mut out);
+        out.clear();
+    }
+
+    fn flush(&self, out: &mut Outbox<KvResult>) {
+        // State is in memory only (no --data-dir yet): nothing to make durable.
+        out.persist.clear();
+        let enc = self.cfg.encoder();
+        for (to, messages) in out.messages.iter().enumerate() {
+            if messages.is_empty() {
+                continue;
+            }
+            let link = &self.links[to];
+            let mut buf = link.buf.borrow_mut();
+            if !link.open.get() || buf.len() > PEER_SEND_BUFFER_BYTES_MAX {
+                bump(&self.counters.dropped_messages, messages.len() as u64);
+                continue;
+            }
+            for m in messages {
+                peer::encode(&enc, &mut buf, m);
+            }
+            bump(&self.counters.frames_out, messages.len() as u64);
+            drop(buf);
+            link.notify.notify();
+        }
+        for reply in out.replies.drain(..) {
+            self.reply(reply);
+        }
+    }
+
+    fn reply(&self, reply: Reply<KvResult>) {
+        let (code, value): (Code, &[u8]) = match &reply.result {
+            Ok(KvResult::Done) => (Code::Done, b""),
+            Ok(KvResult::Value(v)) => (Code::Value, v.as_slice()),
+            Ok(KvResult::NotFound) => (Code::NotFound, b""),
+            Err(Refused::BeyondClientWindow) => (Code::BeyondWindow, b""),
+        };
+        self.answer(reply.client, reply.request, code, value);
+    }
+
+    /// Routes the answer to a command this shard owns to whoever waits.
+    fn answer(&self, client: u64, request: u64, code: Code, value: &[u8]) {
+        let Some(route) = self.pending.borrow_mut().remove(&(client, request)) else {
+            return; // a duplicate, or answered already
+        };
+        if usize::from(route.origin) == self.cfg.shard {
+            self.respond(route.conn, client, request, code, value);
+            return;
+        }
+        let origin = usize::from(route.origin);
+        self.cross_out[origin].borrow_mut().push(Cross::Answer {
+            conn: route.conn,
+            answer: Answer {
+                client,
+                request,
+                code,
+                value: Bytes::copy_from_slice(value),
+            },
+        });
+        self.cross_notify[origin].notify();
+    }
+
+    pub fn admin_info(&self) -> AdminInfo {
+        let core = self.core.borrow();
+        let stats = core.stats();
+        let c = &self.counters;
+        let connected = self.links.iter().filter(|l| l.open.get()).count();
+        AdminInfo {
+            replica: self.cfg.replica.0,
+            shard: self.cfg.shard as u8,
+            replicas: self.cfg.replicas as u8,
+            shards: self.cfg.shards as u8,
+            peers_connected: connected as u8,
+            padding: [0; 3],
+            digest: core.state_machine().digest().into(),
+            keys: (core.state_machine().len() as u64).into(),
+            batches: stats.proposed.into(),
+            batched_commands: c.batched_commands.get().into(),
+            fast_commits: stats.fast_commits.into(),
+            slow_commits: stats.slow_commits.into(),
+            executed_instances: stats.executed_instances.into(),
+            executed_commands: stats.executed_commands.into(),
+            retransmits: stats.retransmits.into(),
+            recoveries: stats.recoveries.into(),
+            recovered_noops: stats.recovered_noops.into(),
+            bytes_in: c.bytes_in.get().into(),
+            bytes_out: c.bytes_out.get().into(),
+            frames_in: c.frames_in.get().into(),
+            frames_out: c.frames_out.get().into(),
+            bad_frames: c.bad_frames.get().into(),
+            forwarded_out: c.forwarded_out.get().into(),
+            forwarded_in: c.forwarded_in.get().into(),
+            instances_in_memory: (core.instances_in_memory() as u64).into(),
+        }
+    }
+}

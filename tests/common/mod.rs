@@ -1,0 +1,156 @@
+//! Starts real `epaxos-fast` processes on 127.0.0.1 for integration tests,
+//! and stops them when dropped (also when a test panics).
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use epaxos_fast::client::Connection;
+
+pub const CLUSTER_ID: u64 = 4242;
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Cluster {
+    pub peers: Vec<SocketAddr>,
+    pub cores: u8,
+    procs: Vec<Child>,
+}
+
+/// `cores` consecutive ports that are free now, below the kernel's ephemeral
+/// range (so outgoing connections do not take them meanwhile).
+/// Tests of one binary run in parallel: each cluster starts its search in
+/// a range of its own.
+fn free_ports(cores: u8, taken: &[SocketAddr]) -> SocketAddr {
+    static CLUSTERS: AtomicU16 = AtomicU16::new(0);
+    let nth = CLUSTERS.fetch_add(1, Ordering::Relaxed) % 8;
+    let start = 20_000 + ((std::process::id() % 8) as u16 * 8 + nth) * 150;
+    let mut base = start;
+    loop {
+        let clash = taken.iter().any(|a| a.port().abs_diff(base) < 16);
+        let all_free = !clash
+            && (0..u16::from(cores)).all(|s| TcpListener::bind(("127.0.0.1", base + s)).is_ok());
+        if all_free {
+            return SocketAddr::from(([127, 0, 0, 1], base));
+        }
+        base += 16;
+        assert!(base < 32_000, "no free ports from {start}");
+    }
+}
+
+impl Cluster {
+    pub fn start(replicas: usize, cores: u8) -> Cluster {
+        Cluster::start_with(replicas, cores, &[])
+    }
+
+    pub fn start_with(replicas: usize, cores: u8, extra: &[&str]) -> Cluster {
+        let mut peers = Vec::new();
+        for _ in 0..replicas {
+            let p = free_ports(cores, &peers);
+            peers.push(p);
+        }
+        let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        let procs = (0..replicas)
+            .map(|id| {
+                Command::new(env!("CARGO_BIN_EXE_epaxos-fast"))
+                    .args(["--id", &id.to_string(), "--peers", &list.join(",")])
+                    .args(["--cores", &cores.to_string(), "--cpus", "none"])
+                    .args([
+                        "--cluster-id",
+                        &CLUSTER_ID.to_string(),
+                        "--log-level",
+                        "warn",
+                    ])
+                    .args(extra)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("start epaxos-fast")
+            })
+            .collect();
+        let cluster = Cluster {
+            peers,
+            cores,
+            procs,
+        };
+        cluster.wait_ready();
+        cluster
+    }
+
+    pub fn connect(&self, replica: usize, shard: u8) -> Connection {
+        Connection::connect(self.peers[replica], shard, CLUSTER_ID, TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to replica {replica} shard {shard}: {e}"))
+    }
+
+    /// Every shard answers, with every peer link up.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + TIMEOUT;
+        for r in 0..self.peers.len() {
+            for s in 0..self.cores {
+                loop {
+                    let ready = Connection::connect(self.peers[r], s, CLUSTER_ID, TIMEOUT)
+                        .and_then(|mut c| c.admin())
+                        .map(|info| usize::from(info.peers_connected) + 1 == self.peers.len());
+                    if let Ok(true) = ready {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "replica {r} shard {s} not ready");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Digest of every shard of every replica: `[replica][shard]`.
+    pub fn digests(&self) -> Vec<Vec<(u64, u64)>> {
+        (0..self.peers.len())
+            .map(|r| {
+                (0..self.cores)
+                    .map(|s| {
+                        let info = self.connect(r, s).admin().expect("admin");
+                        (info.digest.get(), info.keys.get())
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until every replica reports the same digests.
+    pub fn converged_digests(&self) -> Vec<(u64, u64)> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let d = self.digests();
+            if d.iter().all(|x| *x == d[0]) {
+                return d[0].clone();
+            }
+            assert!(Instant::now() < deadline, "digests never agreed: {d:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether every process is still running.
+    pub fn all_alive(&mut self) -> bool {
+        self.procs
+            .iter_mut()
+            .all(|p| matches!(p.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            // SIGTERM first: the replica should stop cleanly on it.
+            let _ = Command::new("kill").arg(p.id().to_string()).status();
+        }
+        for p in &mut self.procs {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(p.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
