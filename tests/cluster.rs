@@ -118,3 +118,30 @@ fn five_replicas_two_cores_agree() {
 fn one_unreplicated_replica_serves() {
     write_read_everywhere(1, 2);
 }
+
+#[test]
+fn links_come_back_after_a_peer_restarts() {
+    let mut cluster = Cluster::start(3, 1);
+    let mut conn = cluster.connect(0, 0);
+    assert_eq!(
+        conn.call(Op::Put, b"before", b"1").unwrap().code,
+        Code::Done
+    );
+    // wait_ready inside checks that every shard of every replica sees all
+    // its peers connected again.
+    cluster.kill_and_restart(2);
+    assert_eq!(conn.call(Op::Put, b"after", b"2").unwrap().code, Code::Done);
+    let mut fresh = cluster.connect(2, 0);
+    assert_eq!(fresh.admin().unwrap().peers_connected, 2);
+}
+
+#[test]
+fn sigterm_stops_every_replica_cleanly() {
+    let mut cluster = Cluster::start(3, 2);
+    let mut conn = cluster.connect(1, 1);
+    assert_eq!(conn.call(Op::Put, b"k", b"v").unwrap().code, Code::Done);
+    for (id, status) in cluster.terminate().into_iter().enumerate() {
+        let status = status.unwrap_or_else(|| panic!("replica {id} ignored SIGTERM"));
+        assert!(status.success(), "replica {id}: {status}");
+    }
+}

@@ -17,6 +17,7 @@ pub struct Cluster {
     pub peers: Vec<SocketAddr>,
     pub cores: u8,
     procs: Vec<Child>,
+    extra: Vec<String>,
 }
 
 /// `cores` consecutive ports that are free now, below the kernel's ephemeral
@@ -51,32 +52,66 @@ impl Cluster {
             let p = free_ports(cores, &peers);
             peers.push(p);
         }
-        let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-        let procs = (0..replicas)
-            .map(|id| {
-                Command::new(env!("CARGO_BIN_EXE_epaxos-fast"))
-                    .args(["--id", &id.to_string(), "--peers", &list.join(",")])
-                    .args(["--cores", &cores.to_string(), "--cpus", "none"])
-                    .args([
-                        "--cluster-id",
-                        &CLUSTER_ID.to_string(),
-                        "--log-level",
-                        "warn",
-                    ])
-                    .args(extra)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .expect("start epaxos-fast")
-            })
-            .collect();
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             peers,
             cores,
-            procs,
+            procs: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        cluster.procs = (0..replicas).map(|id| cluster.spawn(id)).collect();
         cluster.wait_ready();
         cluster
+    }
+
+    fn spawn(&self, id: usize) -> Child {
+        let list: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
+        Command::new(env!("CARGO_BIN_EXE_epaxos-fast"))
+            .args(["--id", &id.to_string(), "--peers", &list.join(",")])
+            .args(["--cores", &self.cores.to_string(), "--cpus", "none"])
+            .args([
+                "--cluster-id",
+                &CLUSTER_ID.to_string(),
+                "--log-level",
+                "warn",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start epaxos-fast")
+    }
+
+    /// Kills replica `id` outright (SIGKILL) and starts it again.
+    pub fn kill_and_restart(&mut self, id: usize) {
+        self.procs[id].kill().expect("kill");
+        self.procs[id].wait().expect("reap");
+        self.procs[id] = self.spawn(id);
+        self.wait_ready();
+    }
+
+    /// SIGTERM to every replica; how each exited (bounded wait).
+    pub fn terminate(&mut self) -> Vec<Option<std::process::ExitStatus>> {
+        for p in &mut self.procs {
+            let _ = Command::new("kill")
+                .arg(p.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.procs
+            .iter_mut()
+            .map(|p| {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    if let Ok(Some(status)) = p.try_wait() {
+                        return Some(status);
+                    }
+                    if Instant::now() > deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+            .collect()
     }
 
     pub fn connect(&self, replica: usize, shard: u8) -> Connection {
@@ -85,7 +120,7 @@ impl Cluster {
     }
 
     /// Every shard answers, with every peer link up.
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + TIMEOUT;
         for r in 0..self.peers.len() {
             for s in 0..self.cores {
@@ -142,7 +177,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for p in &mut self.procs {
             // SIGTERM first: the replica should stop cleanly on it.
-            let _ = Command::new("kill").arg(p.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg(p.id().to_string())
+                .stderr(Stdio::null())
+                .status();
         }
         for p in &mut self.procs {
             let deadline = Instant::now() + Duration::from_secs(5);
