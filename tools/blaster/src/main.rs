@@ -1,10 +1,221 @@
 //! `blaster`: the load tool for epaxos-fast.
 //!
-//! Not built yet: it needs the replica's network runtime and client protocol
-//! (see the runtime and blaster issues). Until then it says so and exits non-zero,
-//! rather than pretending to measure anything.
+//! Connections are spread over the targets' replicas and shards (shard-aware:
+//! each connection uses keys its shard owns, but for the shared hot key of
+//! `--conflicts`). One glommio executor per `--cores`. A progress line each
+//! second; at the end a summary, and on request the HdrHistogram percentile
+//! table (`--hgrm`) and a JSON summary (`--json`).
 
-fn main() {
-    eprintln!("blaster: not implemented yet; the network runtime it drives has not landed");
-    std::process::exit(2);
+mod cluster;
+mod load;
+mod report;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use glommio::{LocalExecutorBuilder, Placement};
+use load::{Tally, Target, Workload};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug, Clone)]
+#[command(version, about = "Load generator for epaxos-fast, with HDR latency histograms")]
+pub struct Args {
+    /// Replicas to load, HOST:PORT (base port), comma-separated.
+    #[arg(long, value_delimiter = ',', required_unless_present = "local_cluster")]
+    targets: Vec<String>,
+    /// Start N local replicas on free loopback ports, load them, stop them.
+    #[arg(long, conflicts_with = "targets")]
+    local_cluster: Option<usize>,
+    /// Shards per local replica (--local-cluster).
+    #[arg(long, default_value_t = 1)]
+    replica_cores: u16,
+    /// Local replicas send PreAccepts to a fast quorum only.
+    #[arg(long)]
+    thrifty: bool,
+    /// Cluster id the replicas run with.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// Connections in all, spread over replicas, then shards.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests in flight per connection (closed loop).
+    #[arg(long, default_value_t = 64)]
+    outstanding: usize,
+    /// Open loop: requests per second in all, instead of --outstanding.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Distinct keys per connection.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// Percent of commands on one key every connection shares.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    conflicts: u32,
+    /// Percent of commands that are GETs.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    reads: u32,
+    /// Bytes per PUT value.
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Load executors (threads).
+    #[arg(long, default_value_t = 1)]
+    cores: usize,
+    /// Write HdrHistogram's percentile distribution (µs) here.
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write a JSON summary here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(s, stop.clone());
+    }
+    match run(&args, &stop) {
+        Ok(ok) if ok => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("blaster: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
+    if args.connections == 0 || args.cores == 0 || args.duration <= 0.0 {
+        return Err("--connections, --cores and --duration must be positive".into());
+    }
+    let local = match args.local_cluster {
+        Some(n) => Some(cluster::LocalCluster::start(n, args.replica_cores, args.cluster_id, args.thrifty)?),
+        None => None,
+    };
+    let targets: Vec<SocketAddr> = match &local {
+        Some(c) => c.peers.clone(),
+        None => args
+            .targets
+            .iter()
+            .map(|t| {
+                t.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| format!("--targets: cannot resolve {t:?}"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let shards = cluster::shards_of(targets[0], args.cluster_id)?;
+    let workload = Workload {
+        cluster_id: args.cluster_id,
+        outstanding: args.outstanding.max(1),
+        rate: args.rate.map(|r| r / args.connections as f64),
+        keys: args.keys,
+        conflicts_pct: args.conflicts,
+        reads_pct: args.reads,
+        value_bytes: args.value_size,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        drain: Duration::from_secs(2),
+        stop: stop.clone(),
+    };
+    let conns: Vec<Target> = (0..args.connections)
+        .map(|i| Target {
+            addr: targets[i % targets.len()],
+            shard: ((i / targets.len()) % usize::from(shards)) as u8,
+            index: i,
+        })
+        .collect();
+    let start = Instant::now() + Duration::from_millis(100);
+    let live: Vec<Arc<Mutex<Tally>>> = (0..args.cores).map(|_| Arc::new(Mutex::new(Tally::new()))).collect();
+    let mut per_core: Vec<Vec<Target>> = (0..args.cores).map(|_| Vec::new()).collect();
+    for (i, t) in conns.into_iter().enumerate() {
+        per_core[i % args.cores].push(t);
+    }
+    let mut handles = Vec::new();
+    for (core, targets) in per_core.into_iter().enumerate() {
+        let (w, seed, live) = (workload.clone(), args.seed, live[core].clone());
+        let h = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("blaster-{core}"))
+            .spawn(move || async move { drive(targets, w, seed, start, live).await })
+            .map_err(|e| format!("cannot start executor {core}: {e}"))?;
+        handles.push(h);
+    }
+    report::progress(&live, start, &workload, stop);
+    let mut tally = Tally::new();
+    let mut failures = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(t)) => tally.add(&t),
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if let Some(c) = local {
+        c.stop();
+    }
+    for f in &failures {
+        eprintln!("blaster: {f}");
+    }
+    report::summary(&tally, workload.duration, args)?;
+    Ok(failures.is_empty() && tally.errors == 0 && tally.timeouts == 0)
+}
+
+/// All connections of one executor; their tallies merged.
+async fn drive(
+    targets: Vec<Target>,
+    w: Workload,
+    seed: u64,
+    start: Instant,
+    shared: Arc<Mutex<Tally>>,
+) -> Result<Tally, String> {
+    let live = Rc::new(std::cell::RefCell::new(Tally::new()));
+    let tasks: Vec<_> = targets
+        .into_iter()
+        .map(|t| {
+            let seed = seed.wrapping_mul(1_000_003).wrapping_add(t.index as u64);
+            glommio::spawn_local(load::run(t, w.clone(), seed, start, live.clone()))
+        })
+        .collect();
+    // Hand the live tally to the progress reporter every 100 ms.
+    let publisher = {
+        let live = live.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                let mut l = live.borrow_mut();
+                shared.lock().expect("progress lock").add(&l);
+                *l = Tally::new();
+            }
+        })
+    };
+    let mut tally = Tally::new();
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(x) => tally.add(&x),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    drop(publisher);
+    first_error.map_or(Ok(tally), Err)
+}
+
+pub fn stop_requested(stop: &AtomicBool) -> bool {
+    stop.load(Ordering::Relaxed)
 }

@@ -1,0 +1,314 @@
+//! One load connection: a socket to one shard of one replica, driven closed
+//! loop (keep K requests outstanding) or open loop (requests due at fixed
+//! intervals, latency measured from the time each was due, so a stalled
+//! server shows in the histogram instead of slowing the load down).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use epaxos_fast::client::fresh_client_id;
+use epaxos_fast::constants::CLIENT_WINDOW_REQUESTS_MAX;
+use epaxos_fast::rng::Rng;
+use epaxos_fast::wire::client::{decode_hello, decode_response, shard_of, Code, HelloBody, Role};
+use epaxos_fast::wire::{BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use hdrhistogram::Histogram;
+use zerocopy::IntoBytes;
+
+/// What every connection of a run shares.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub cluster_id: u64,
+    /// Requests in flight per connection (closed loop).
+    pub outstanding: usize,
+    /// Requests per second for this connection (open loop), if any.
+    pub rate: Option<f64>,
+    pub keys: u64,
+    pub conflicts_pct: u32,
+    pub reads_pct: u32,
+    pub value_bytes: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Time allowed after the end for answers to outstanding requests.
+    pub drain: Duration,
+    /// Set on Ctrl-C: stop sending, as at the end of the run.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What one connection measured.
+pub struct Tally {
+    pub hist: Histogram<u64>,
+    pub ops: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+}
+
+impl Tally {
+    pub fn new() -> Tally {
+        Tally {
+            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
+            ops: 0,
+            errors: 0,
+            timeouts: 0,
+        }
+    }
+
+    pub fn add(&mut self, other: &Tally) {
+        self.hist.add(&other.hist).expect("same bounds");
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.timeouts += other.timeouts;
+    }
+}
+
+/// Shared with the progress reporter of this executor's thread.
+pub type Live = Rc<RefCell<Tally>>;
+
+pub struct Target {
+    pub addr: SocketAddr,
+    pub shard: u8,
+    /// Index of this connection among all of the run (key names).
+    pub index: usize,
+}
+
+const HOT_KEY: &[u8] = b"hot";
+
+/// Keys only this connection uses, owned by its shard (so no hop).
+fn own_keys(index: usize, count: u64, shard: u8, shards: usize) -> Vec<Vec<u8>> {
+    let mut keys = Vec::with_capacity(count as usize);
+    let mut i = 0u64;
+    while (keys.len() as u64) < count {
+        let key = format!("c{index}-k{i}").into_bytes();
+        if shard_of(&key, shards) == usize::from(shard) {
+            keys.push(key);
+        }
+        i += 1;
+    }
+    keys
+}
+
+pub async fn run(
+    target: Target,
+    w: Workload,
+    seed: u64,
+    start: Instant,
+    live: Live,
+) -> Result<Tally, String> {
+    let who = format!("{} shard {}", target.addr, target.shard);
+    let mut addr = target.addr;
+    addr.set_port(addr.port() + u16::from(target.shard));
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("{who}: connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let enc = FrameEncoder {
+        cluster_id: w.cluster_id,
+        sender: 0,
+        shard: target.shard,
+    };
+    let reader = FrameReader::new(w.cluster_id);
+    let mut out = BytesMut::new();
+    let hello = HelloBody {
+        role: Role::Client as u8,
+        shard: target.shard,
+        ..HelloBody::default()
+    };
+    enc.frame(&mut out, Kind::Hello, |b| b.extend_from_slice(hello.as_bytes()));
+    stream.write_all(&out).await.map_err(|e| format!("{who}: {e}"))?;
+    out.clear();
+    let mut inbuf = BytesMut::with_capacity(256 << 10);
+    let server = loop {
+        if let Some(f) = reader.next(&mut inbuf).map_err(|e| format!("{who}: {e}"))? {
+            if f.kind != Kind::HelloOk {
+                return Err(format!("{who}: refused: {}", String::from_utf8_lossy(&f.body)));
+            }
+            break decode_hello(f.kind, &f.body).map_err(|e| e.to_string())?;
+        }
+        read_more(&mut stream, &mut inbuf).await.map_err(|e| format!("{who}: {e}"))?;
+    };
+    let keys = own_keys(target.index, w.keys.max(1), target.shard, usize::from(server.shards));
+    let mut conn = Conn {
+        client: fresh_client_id(),
+        next_request: 1,
+        sent_at: vec![None; CLIENT_WINDOW_REQUESTS_MAX as usize],
+        inflight: 0,
+        oldest: 1,
+        rng: Rng::new(seed),
+        keys,
+        value: vec![b'v'; w.value_bytes],
+        batch: BatchBuilder::new(),
+    };
+    let mut tally = Tally::new();
+    let measure_from = start + w.warmup;
+    let mut end = measure_from + w.duration;
+    let mut due_sent = 0u64;
+    loop {
+        let now = Instant::now();
+        if now < end && w.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            end = now;
+        }
+        if now < end {
+            match w.rate {
+                None => {
+                    while conn.inflight < w.outstanding && conn.room() {
+                        conn.queue(&w, now);
+                    }
+                }
+                Some(rate) => {
+                    let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
+                    while due_sent < due && conn.room() {
+                        let intended = start + Duration::from_secs_f64(due_sent as f64 / rate);
+                        conn.queue(&w, intended);
+                        due_sent += 1;
+                    }
+                }
+            }
+        } else if conn.inflight == 0 || now > end + w.drain {
+            tally.timeouts += conn.inflight as u64;
+            live.borrow_mut().timeouts += conn.inflight as u64;
+            return Ok(tally);
+        }
+        if !conn.batch.is_empty() {
+            let batch = conn.batch.finish();
+            enc.frame(&mut out, Kind::Request, |b| b.extend_from_slice(batch.bytes()));
+            stream.write_all(&out).await.map_err(|e| format!("{who}: {e}"))?;
+            out.clear();
+        }
+        // Wait for answers, or until the next request is due (open loop),
+        // or for the end of the run.
+        let wake_at = match w.rate {
+            Some(rate) if now < end => {
+                (start + Duration::from_secs_f64((due_sent + 1) as f64 / rate)).min(end)
+            }
+            _ if now < end => end,
+            _ => end + w.drain,
+        };
+        let wait = wake_at.saturating_duration_since(Instant::now());
+        let read = futures_lite::future::or(
+            async { Some(read_more(&mut stream, &mut inbuf).await) },
+            async {
+                glommio::timer::sleep(wait).await;
+                None
+            },
+        )
+        .await;
+        if let Some(result) = read {
+            result.map_err(|e| format!("{who}: {e}"))?;
+        }
+        let now = Instant::now();
+        while let Some(f) = reader.next(&mut inbuf).map_err(|e| format!("{who}: {e}"))? {
+            if f.kind != Kind::Response {
+                return Err(format!("{who}: unexpected {:?}", f.kind));
+            }
+            let r = decode_response(&f.body).map_err(|e| format!("{who}: {e}"))?;
+            let Some(sent) = conn.answered(r.request) else {
+                continue;
+            };
+            let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
+            if sent >= measure_from && sent < end {
+                let ns = now.duration_since(sent).as_nanos() as u64;
+                tally.hist.saturating_record(ns.max(1));
+                tally.ops += 1;
+                tally.errors += u64::from(!ok);
+                let mut l = live.borrow_mut();
+                l.hist.saturating_record(ns.max(1));
+                l.ops += 1;
+                l.errors += u64::from(!ok);
+            }
+        }
+    }
+}
+
+/// Appends what the socket has to `buf`. Cancel-safe: the loop races it
+/// against a timer, and a cancelled read leaves `buf` as it found it.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+    const CHUNK: usize = 64 << 10;
+    let len = buf.len();
+    buf.resize(len + CHUNK, 0);
+    let mut guard = KeepOnDrop { buf, keep: len };
+    let n = stream.read(&mut guard.buf[len..]).await?;
+    guard.keep = len + n;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Truncates the buffer to `keep` bytes when dropped.
+struct KeepOnDrop<'a> {
+    buf: &'a mut BytesMut,
+    keep: usize,
+}
+
+impl Drop for KeepOnDrop<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.keep);
+    }
+}
+
+struct Conn {
+    client: u64,
+    next_request: u64,
+    /// Send (or due) time of each outstanding request, by number mod window.
+    sent_at: Vec<Option<Instant>>,
+    inflight: usize,
+    /// Lowest unanswered request number (`next_request` when none is).
+    oldest: u64,
+    rng: Rng,
+    keys: Vec<Vec<u8>>,
+    value: Vec<u8>,
+    batch: BatchBuilder,
+}
+
+impl Conn {
+    fn queue(&mut self, w: &Workload, at: Instant) {
+        let request = self.next_request;
+        self.next_request += 1;
+        let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
+        debug_assert!(self.sent_at[slot].is_none());
+        self.sent_at[slot] = Some(at);
+        if self.inflight == 0 {
+            self.oldest = request;
+        }
+        self.inflight += 1;
+        let key: &[u8] = if self.rng.chance(w.conflicts_pct) {
+            HOT_KEY
+        } else {
+            &self.keys[self.rng.below(self.keys.len() as u64) as usize]
+        };
+        let read = self.rng.chance(w.reads_pct);
+        self.batch.push(&CommandRef {
+            client: self.client,
+            request,
+            first_outstanding: self.oldest,
+            op: if read { Op::Get } else { Op::Put },
+            key,
+            value: if read { b"" } else { &self.value },
+        });
+    }
+
+    /// Marks `request` answered; when it was sent (or due).
+    fn answered(&mut self, request: u64) -> Option<Instant> {
+        if request >= self.next_request || request < self.oldest {
+            return None;
+        }
+        let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
+        let sent = self.sent_at[slot].take()?;
+        self.inflight -= 1;
+        while self.oldest < self.next_request
+            && self.sent_at[(self.oldest % CLIENT_WINDOW_REQUESTS_MAX) as usize].is_none()
+        {
+            self.oldest += 1;
+        }
+        Some(sent)
+    }
+
+    /// Whether one more request stays inside the client window.
+    fn room(&self) -> bool {
+        self.next_request - self.oldest < CLIENT_WINDOW_REQUESTS_MAX - 1
+    }
+}
