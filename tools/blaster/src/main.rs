@@ -166,6 +166,7 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    report::replica_counters(&targets, shards, args.cluster_id);
     if let Some(c) = local {
         c.stop();
     }

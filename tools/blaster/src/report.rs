@@ -100,3 +100,28 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
     let _ = writeln!(s, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), h.distinct_values());
     s
 }
+
+/// One line per shard of every target: how it batched and committed.
+pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id: u64) {
+    for (r, &addr) in targets.iter().enumerate() {
+        for s in 0..shards {
+            let info = epaxos_fast::client::Connection::connect(addr, s, cluster_id, Duration::from_secs(2))
+                .and_then(|mut c| c.admin());
+            match info {
+                Ok(i) => eprintln!(
+                    "replica {r} shard {s}: {} batches of {:.1} commands, {} fast / {} slow commits, \
+                     {} recoveries, {} bad frames, {} MB in / {} MB out",
+                    i.batches.get(),
+                    i.batched_commands.get() as f64 / i.batches.get().max(1) as f64,
+                    i.fast_commits.get(),
+                    i.slow_commits.get(),
+                    i.recoveries.get(),
+                    i.bad_frames.get(),
+                    i.bytes_in.get() >> 20,
+                    i.bytes_out.get() >> 20,
+                ),
+                Err(e) => eprintln!("replica {r} shard {s}: no counters: {e}"),
+            }
+        }
+    }
+}
