@@ -27,8 +27,26 @@ use crate::wire::client::{decode_hello, shard_of, HelloBody, Role, REFUSED_TEXT_
 use crate::wire::{peer, Batch, BatchBuilder, Frame, FrameError, FrameReader, Kind};
 use zerocopy::IntoBytes;
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Bytes asked of the socket per read: the read buffer is zeroed before
+/// each read (safe Rust reads only into initialized memory), so the size
+/// follows what the last read brought, between these bounds.
+const READ_CHUNK_BYTES_MIN: usize = 4 << 10;
+const READ_CHUNK_BYTES_MAX: usize = 256 << 10;
+
+/// A connection's receive buffer and its next read size.
+struct Inbound {
+    buf: BytesMut,
+    chunk: usize,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        Inbound {
+            buf: BytesMut::with_capacity(READ_CHUNK_BYTES_MIN),
+            chunk: READ_CHUNK_BYTES_MIN,
+        }
+    }
+}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -56,20 +74,26 @@ impl From<std::io::Error> for Closed {
 async fn next_frame(
     stream: &mut (impl AsyncRead + Unpin),
     reader: &FrameReader,
-    buf: &mut BytesMut,
+    inbound: &mut Inbound,
     shard: &Shard,
 ) -> Result<Option<Frame>, Closed> {
+    let buf = &mut inbound.buf;
     loop {
         if let Some(frame) = reader.next(buf)? {
             bump(&shard.counters.frames_in, 1);
             return Ok(Some(frame));
         }
         let len = buf.len();
-        buf.resize(len + READ_CHUNK_BYTES, 0);
+        buf.resize(len + inbound.chunk, 0);
         let read = stream.read(&mut buf[len..]).await;
         let n = *read.as_ref().unwrap_or(&0);
         buf.truncate(len + n);
         bump(&shard.counters.bytes_in, n as u64);
+        inbound.chunk = if n == inbound.chunk {
+            (n * 2).min(READ_CHUNK_BYTES_MAX)
+        } else {
+            (n * 2).clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES_MAX)
+        };
         if read? == 0 {
             reader.at_end(buf)?;
             return Ok(None);
@@ -122,7 +146,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
     let reader = FrameReader::new(shard.cfg.cluster_id);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut buf = Inbound::new();
     let hello = with_timeout(async {
         let frame = next_frame(&mut stream, &reader, &mut buf, &shard).await?;
         let frame = frame.ok_or(Closed::Timeout)?;
@@ -228,7 +252,7 @@ async fn read_peer(
     shard: &Shard,
     stream: &mut TcpStream,
     reader: &FrameReader,
-    buf: &mut BytesMut,
+    buf: &mut Inbound,
     from: ReplicaId,
 ) -> Result<(), Closed> {
     while let Some(frame) = next_frame(stream, reader, buf, shard).await? {
@@ -256,7 +280,7 @@ async fn client_session(
     shard: &Rc<Shard>,
     stream: TcpStream,
     reader: FrameReader,
-    mut buf: BytesMut,
+    mut buf: Inbound,
 ) -> Result<(), Closed> {
     let (conn, queue) = shard.register_client();
     let (mut rx, tx) = futures_lite::io::split(stream);
@@ -271,7 +295,7 @@ async fn read_client(
     shard: &Shard,
     rx: &mut (impl AsyncRead + Unpin),
     reader: &FrameReader,
-    buf: &mut BytesMut,
+    buf: &mut Inbound,
     conn: u64,
     queue: &SendQueue,
 ) -> Result<(), Closed> {
@@ -405,7 +429,7 @@ async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Clos
     });
     stream.write_all(&hello).await?;
     let reader = FrameReader::new(shard.cfg.cluster_id);
-    let mut buf = BytesMut::new();
+    let mut buf = Inbound::new();
     let frame = with_timeout(next_frame(&mut stream, &reader, &mut buf, shard)).await?;
     match frame {
         Some(f) if f.kind == Kind::HelloOk => {

@@ -225,13 +225,20 @@ pub async fn run(
 
 /// Appends what the socket has to `buf`. Cancel-safe: the loop races it
 /// against a timer, and a cancelled read leaves `buf` as it found it.
+/// The buffer is zeroed before each read, so the read size follows what
+/// the last one brought.
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
-    const CHUNK: usize = 64 << 10;
+    const CHUNK_MIN: usize = 4 << 10;
+    const CHUNK_MAX: usize = 256 << 10;
     let len = buf.len();
-    buf.resize(len + CHUNK, 0);
+    let chunk = (buf.capacity() - len).clamp(CHUNK_MIN, CHUNK_MAX);
+    buf.resize(len + chunk, 0);
     let mut guard = KeepOnDrop { buf, keep: len };
     let n = stream.read(&mut guard.buf[len..]).await?;
     guard.keep = len + n;
+    if n == chunk {
+        guard.buf.reserve(chunk * 2);
+    }
     if n == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
