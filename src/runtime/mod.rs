@@ -29,6 +29,7 @@ use tracing::{error, info, info_span};
 use crate::constants::STOP_CHECK_MS;
 use crate::protocol::ReplicaId;
 use shard::Shard;
+pub use notify::Notify;
 pub use shard::{Cross, ShardConfig};
 
 /// Everything the binary resolved from its flags.

@@ -14,7 +14,8 @@ use epaxos_fast::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use epaxos_fast::rng::Rng;
 use epaxos_fast::wire::client::{decode_hello, decode_response, shard_of, Code, HelloBody, Role};
 use epaxos_fast::wire::{BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use epaxos_fast::runtime::Notify;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 use zerocopy::IntoBytes;
@@ -131,7 +132,7 @@ pub async fn run(
         read_more(&mut stream, &mut inbuf).await.map_err(|e| format!("{who}: {e}"))?;
     };
     let keys = own_keys(target.index, w.keys.max(1), target.shard, usize::from(server.shards));
-    let mut conn = Conn {
+    let conn = Conn {
         client: fresh_client_id(),
         next_request: 1,
         sent_at: vec![None; CLIENT_WINDOW_REQUESTS_MAX as usize],
@@ -142,83 +143,151 @@ pub async fn run(
         value: vec![b'v'; w.value_bytes],
         batch: BatchBuilder::new(),
     };
-    let mut tally = Tally::new();
+    // Silence for this long wakes the reader, so it can see the run end.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
     let measure_from = start + w.warmup;
-    let mut end = measure_from + w.duration;
+    let state = Rc::new(RefCell::new(State {
+        conn,
+        end: measure_from + w.duration,
+    }));
+    let wake = Rc::new(Notify::default());
+    let (mut rx, mut tx) = futures_lite::io::split(stream);
+    let writer = {
+        let (state, wake, w) = (state.clone(), wake.clone(), w.clone());
+        glommio::spawn_local(async move { send_loop(&mut tx, enc, &state, &wake, &w, start).await })
+    };
+    let received = recv_loop(&mut rx, reader, inbuf, &state, &wake, &w, measure_from, live).await;
+    let sent = writer.await;
+    let tally = received.map_err(|e| format!("{who}: {e}"))?;
+    sent.map_err(|e| format!("{who}: {e}"))?;
+    Ok(tally)
+}
+
+struct State {
+    conn: Conn,
+    /// When sending stops (moved earlier on Ctrl-C).
+    end: Instant,
+}
+
+/// Queues requests as the mode says and writes them, one write per wake-up.
+async fn send_loop(
+    tx: &mut (impl AsyncWrite + Unpin),
+    enc: FrameEncoder,
+    state: &RefCell<State>,
+    wake: &Notify,
+    w: &Workload,
+    start: Instant,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
     let mut due_sent = 0u64;
     loop {
         let now = Instant::now();
-        if now < end && w.stop.load(std::sync::atomic::Ordering::Relaxed) {
-            end = now;
-        }
-        if now < end {
-            match w.rate {
+        let next = {
+            let mut s = state.borrow_mut();
+            if w.stop.load(std::sync::atomic::Ordering::Relaxed) && now < s.end {
+                s.end = now;
+            }
+            if now >= s.end {
+                return Ok(());
+            }
+            let conn = &mut s.conn;
+            let next = match w.rate {
                 None => {
                     while conn.inflight < w.outstanding && conn.room() {
-                        conn.queue(&w, now);
+                        conn.queue(w, now);
                     }
+                    s.end
                 }
                 Some(rate) => {
-                    let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
+                    // Request k is due at start + k / rate: those due by now.
+                    let elapsed = now.saturating_duration_since(start).as_secs_f64();
+                    let due = if now < start { 0 } else { (elapsed * rate) as u64 + 1 };
                     while due_sent < due && conn.room() {
+                        // Latency counts from when the request was due.
                         let intended = start + Duration::from_secs_f64(due_sent as f64 / rate);
-                        conn.queue(&w, intended);
+                        conn.queue(w, intended);
                         due_sent += 1;
                     }
+                    if conn.room() {
+                        (start + Duration::from_secs_f64(due_sent as f64 / rate)).min(s.end)
+                    } else {
+                        // The window is full: only an answer can make room.
+                        s.end
+                    }
                 }
+            };
+            let conn = &mut s.conn;
+            if !conn.batch.is_empty() {
+                let batch = conn.batch.finish();
+                enc.frame(&mut out, Kind::Request, |b| b.extend_from_slice(batch.bytes()));
             }
-        } else if conn.inflight == 0 || now > end + w.drain {
-            tally.timeouts += conn.inflight as u64;
-            live.borrow_mut().timeouts += conn.inflight as u64;
-            return Ok(tally);
-        }
-        if !conn.batch.is_empty() {
-            let batch = conn.batch.finish();
-            enc.frame(&mut out, Kind::Request, |b| b.extend_from_slice(batch.bytes()));
-            stream.write_all(&out).await.map_err(|e| format!("{who}: {e}"))?;
+            next
+        };
+        if !out.is_empty() {
+            tx.write_all(&out).await?;
             out.clear();
         }
-        // Wait for answers, or until the next request is due (open loop),
-        // or for the end of the run.
-        let wake_at = match w.rate {
-            Some(rate) if now < end => {
-                (start + Duration::from_secs_f64((due_sent + 1) as f64 / rate)).min(end)
-            }
-            _ if now < end => end,
-            _ => end + w.drain,
-        };
-        let wait = wake_at.saturating_duration_since(Instant::now());
-        let read = futures_lite::future::or(
-            async { Some(read_more(&mut stream, &mut inbuf).await) },
-            async {
-                glommio::timer::sleep(wait).await;
-                None
-            },
-        )
-        .await;
-        if let Some(result) = read {
-            result.map_err(|e| format!("{who}: {e}"))?;
+        let wait = next.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            // Let the reader run: a task that never waits starves the others.
+            futures_lite::future::yield_now().await;
+        } else {
+            futures_lite::future::or(wake.wait(), glommio::timer::sleep(wait)).await;
+        }
+    }
+}
+
+/// Reads responses and records their latency until the run has ended and
+/// every request is answered (or the drain time ran out).
+#[allow(clippy::too_many_arguments)]
+async fn recv_loop(
+    rx: &mut (impl AsyncRead + Unpin),
+    reader: FrameReader,
+    mut inbuf: BytesMut,
+    state: &RefCell<State>,
+    wake: &Notify,
+    w: &Workload,
+    measure_from: Instant,
+    live: Live,
+) -> Result<Tally, String> {
+    let mut tally = Tally::new();
+    loop {
+        match read_more(rx, &mut inbuf).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.to_string()),
         }
         let now = Instant::now();
-        while let Some(f) = reader.next(&mut inbuf).map_err(|e| format!("{who}: {e}"))? {
+        let mut s = state.borrow_mut();
+        let end = s.end;
+        while let Some(f) = reader.next(&mut inbuf).map_err(|e| e.to_string())? {
             if f.kind != Kind::Response {
-                return Err(format!("{who}: unexpected {:?}", f.kind));
+                return Err(format!("unexpected {:?}", f.kind));
             }
-            let r = decode_response(&f.body).map_err(|e| format!("{who}: {e}"))?;
-            let Some(sent) = conn.answered(r.request) else {
+            let r = decode_response(&f.body).map_err(|e| e.to_string())?;
+            let Some(sent) = s.conn.answered(r.request) else {
                 continue;
             };
             let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
             if sent >= measure_from && sent < end {
-                let ns = now.duration_since(sent).as_nanos() as u64;
-                tally.hist.saturating_record(ns.max(1));
+                let ns = now.duration_since(sent).as_nanos().max(1) as u64;
+                tally.hist.saturating_record(ns);
                 tally.ops += 1;
                 tally.errors += u64::from(!ok);
                 let mut l = live.borrow_mut();
-                l.hist.saturating_record(ns.max(1));
+                l.hist.saturating_record(ns);
                 l.ops += 1;
                 l.errors += u64::from(!ok);
             }
+        }
+        wake.notify();
+        let inflight = s.conn.inflight as u64;
+        if now >= end && (inflight == 0 || now > end + w.drain) {
+            tally.timeouts += inflight;
+            live.borrow_mut().timeouts += inflight;
+            return Ok(tally);
         }
     }
 }
@@ -227,7 +296,7 @@ pub async fn run(
 /// against a timer, and a cancelled read leaves `buf` as it found it.
 /// The buffer is zeroed before each read, so the read size follows what
 /// the last one brought.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+async fn read_more(stream: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std::io::Result<()> {
     const CHUNK_MIN: usize = 4 << 10;
     const CHUNK_MAX: usize = 256 << 10;
     let len = buf.len();
