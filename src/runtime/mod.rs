@@ -46,6 +46,8 @@ pub struct RuntimeConfig {
     pub cluster_id: u64,
     pub thrifty: bool,
     pub batch_max: usize,
+    /// How long an idle executor polls before it sleeps.
+    pub spin: Duration,
 }
 
 /// Cross-core channel depth, per pair of shards.
@@ -85,7 +87,11 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
             peers: cfg.peers.clone(),
         };
         let (mesh, stop) = (mesh.clone(), stop.clone());
-        let handle = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement);
+        if !cfg.spin.is_zero() {
+            builder = builder.spin_before_park(cfg.spin);
+        }
+        let handle = builder
             .name(&format!("shard-{s}"))
             .spawn(move || async move {
                 let _span = info_span!("shard", replica = shard_cfg.replica.0, shard = s).entered();

@@ -54,7 +54,8 @@ fn free_bases(n: usize, cores: u16) -> Result<Vec<SocketAddr>, String> {
 }
 
 impl LocalCluster {
-    pub fn start(n: usize, cores: u16, cluster_id: u64, thrifty: bool) -> Result<LocalCluster, String> {
+    pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
+        let (cores, cluster_id) = (args.replica_cores, args.cluster_id);
         let binary = replica_binary()?;
         let peers = free_bases(n, cores)?;
         let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
@@ -65,9 +66,10 @@ impl LocalCluster {
                 .args(["--cores", &cores.to_string(), "--cpus", "none"])
                 .args(["--cluster-id", &cluster_id.to_string(), "--log-level", "warn"])
                 .stdout(Stdio::null());
-            if thrifty {
+            if args.thrifty {
                 cmd.arg("--thrifty");
             }
+            cmd.args(&args.replica_arg);
             let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
             cluster.procs.push(child);
         }

@@ -36,13 +36,17 @@ pub struct Args {
     local_cluster: Option<usize>,
     /// Shards per local replica (--local-cluster).
     #[arg(long, default_value_t = 1)]
-    replica_cores: u16,
+    pub replica_cores: u16,
     /// Local replicas send PreAccepts to a fast quorum only.
     #[arg(long)]
-    thrifty: bool,
+    pub thrifty: bool,
+    /// Extra flag for every local replica (repeat it), e.g.
+    /// `--replica-arg=--batch-max=64`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub replica_arg: Vec<String>,
     /// Cluster id the replicas run with.
     #[arg(long, default_value_t = 1)]
-    cluster_id: u64,
+    pub cluster_id: u64,
     /// Connections in all, spread over replicas, then shards.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -104,7 +108,7 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         return Err("--connections, --cores and --duration must be positive".into());
     }
     let local = match args.local_cluster {
-        Some(n) => Some(cluster::LocalCluster::start(n, args.replica_cores, args.cluster_id, args.thrifty)?),
+        Some(n) => Some(cluster::LocalCluster::start(n, args)?),
         None => None,
     };
     let targets: Vec<SocketAddr> = match &local {
