@@ -54,6 +54,12 @@ struct Args {
     #[arg(long, default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=BATCH_COMMANDS_MAX as i64))]
     batch_max: u32,
+    /// Most instances a shard leads that may be uncommitted at once.
+    /// Commands that arrive meanwhile wait and join the next batch, so
+    /// batches grow with load instead of instances multiplying; a command
+    /// arriving when fewer are in flight leaves at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pipeline: u32,
     /// Microseconds an idle shard polls for work before it sleeps in the
     /// kernel: saves a sleep and a wake-up per message under load, at the
     /// price of CPU. 0 never polls (best when replicas share few cores).
@@ -130,6 +136,7 @@ fn config(args: &Args) -> RuntimeConfig {
         cluster_id: args.cluster_id,
         thrifty: args.thrifty,
         batch_max: args.batch_max as usize,
+        pipeline: args.pipeline as usize,
         spin: std::time::Duration::from_micros(u64::from(args.spin_us)),
     }
 }

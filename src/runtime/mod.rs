@@ -28,8 +28,8 @@ use tracing::{error, info, info_span};
 
 use crate::constants::STOP_CHECK_MS;
 use crate::protocol::ReplicaId;
-use shard::Shard;
 pub use notify::Notify;
+use shard::Shard;
 pub use shard::{Cross, ShardConfig};
 
 /// Everything the binary resolved from its flags.
@@ -46,6 +46,8 @@ pub struct RuntimeConfig {
     pub cluster_id: u64,
     pub thrifty: bool,
     pub batch_max: usize,
+    /// Most uncommitted instances a shard leads at once.
+    pub pipeline: usize,
     /// How long an idle executor polls before it sleeps.
     pub spin: Duration,
 }
@@ -84,6 +86,7 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
             cluster_id: cfg.cluster_id,
             thrifty: cfg.thrifty,
             batch_max: cfg.batch_max,
+            pipeline: cfg.pipeline,
             peers: cfg.peers.clone(),
         };
         let (mesh, stop) = (mesh.clone(), stop.clone());

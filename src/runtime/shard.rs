@@ -20,7 +20,9 @@ use rustc_hash::FxHashMap;
 
 use super::notify::Notify;
 use crate::constants::{BATCH_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX};
-use crate::protocol::{Config, Message, Outbox, Refused, Replica, ReplicaId, Reply};
+use crate::protocol::{
+    Config, InstanceId, Message, Outbox, Refused, Replica, ReplicaId, Reply, Status,
+};
 use crate::state_machine::{KvResult, KvStore};
 use crate::wire::client::{put_response, AdminInfo, Code};
 use crate::wire::command::COMMAND_HEADER_BYTES;
@@ -37,6 +39,9 @@ pub struct ShardConfig {
     pub thrifty: bool,
     /// Most commands per instance.
     pub batch_max: usize,
+    /// Most instances this shard leads that may be uncommitted at once;
+    /// commands arriving meanwhile wait and join the next batch.
+    pub pipeline: usize,
     /// Advertised base address of every replica (own one included).
     pub peers: Vec<std::net::SocketAddr>,
 }
@@ -129,7 +134,7 @@ pub fn bump(c: &Cell<u64>, by: u64) {
 struct Inbox {
     messages: Vec<(ReplicaId, Message)>,
     open: BatchBuilder,
-    closed: Vec<Batch>,
+    closed: std::collections::VecDeque<Batch>,
 }
 
 pub struct Shard {
@@ -146,6 +151,8 @@ pub struct Shard {
     clients: RefCell<FxHashMap<u64, Rc<SendQueue>>>,
     next_conn: Cell<u64>,
     pending: RefCell<FxHashMap<(u64, u64), Route>>,
+    /// Instances this shard leads that are not committed yet, oldest first.
+    in_flight: RefCell<std::collections::VecDeque<InstanceId>>,
     /// Per destination shard: what to send it over the cross-core channel.
     pub cross_out: Vec<RefCell<Vec<Cross>>>,
     pub cross_notify: Vec<Notify>,
@@ -170,6 +177,7 @@ impl Shard {
             clients: RefCell::default(),
             next_conn: Cell::new(1),
             pending: RefCell::default(),
+            in_flight: RefCell::default(),
             cross_out: (0..shards).map(|_| RefCell::default()).collect(),
             cross_notify: (0..shards).map(|_| Notify::default()).collect(),
             counters: Counters::default(),
@@ -220,7 +228,7 @@ impl Shard {
             && (open.len() >= self.cfg.batch_max || open.bytes_len() + size > BATCH_BYTES_MAX)
         {
             let batch = inbox.open.finish();
-            inbox.closed.push(batch);
+            inbox.closed.push_back(batch);
         }
         inbox.open.push(cmd);
         drop(inbox);
@@ -278,34 +286,49 @@ impl Shard {
         let mut core = self.core.borrow_mut();
         let mut out = self.outbox.borrow_mut();
         let mut messages = self.spare_messages.take();
-        let closed = {
-            let mut inbox = self.inbox.borrow_mut();
-            std::mem::swap(&mut messages, &mut inbox.messages);
-            if !inbox.open.is_empty() {
-                let batch = inbox.open.finish();
-                inbox.closed.push(batch);
-            }
-            std::mem::take(&mut inbox.closed)
-        };
+        std::mem::swap(&mut messages, &mut self.inbox.borrow_mut().messages);
         for (from, msg) in messages.drain(..) {
             core.handle(now, from, msg, &mut out);
         }
         self.spare_messages.replace(messages);
-        for batch in closed {
+        let mut in_flight = self.in_flight.borrow_mut();
+        while in_flight
+            .front()
+            .is_some_and(|&id| core.status(id) >= Status::Committed)
+        {
+            in_flight.pop_front();
+        }
+        while in_flight.len() < self.cfg.pipeline {
+            let Some(batch) = self.next_batch() else {
+                break;
+            };
             bump(&self.counters.batched_commands, batch.len() as u64);
-            if let Err(e) = core.propose(now, batch.clone(), &mut out) {
-                let reason = e.to_string();
-                for cmd in batch.iter() {
-                    self.answer(cmd.client, cmd.request, Code::Overloaded, reason.as_bytes());
+            match core.propose(now, batch.clone(), &mut out) {
+                Ok(id) => in_flight.push_back(id),
+                Err(e) => {
+                    let reason = e.to_string();
+                    for cmd in batch.iter() {
+                        self.answer(cmd.client, cmd.request, Code::Overloaded, reason.as_bytes());
+                    }
                 }
             }
         }
+        drop(in_flight);
         if core.next_deadline().is_some_and(|d| d <= now) {
             core.tick(now, &mut out);
         }
         drop(core);
         self.flush(&mut out);
         out.clear();
+    }
+
+    /// The oldest full batch, else what the open one holds.
+    fn next_batch(&self) -> Option<Batch> {
+        let mut inbox = self.inbox.borrow_mut();
+        if let Some(b) = inbox.closed.pop_front() {
+            return Some(b);
+        }
+        (!inbox.open.is_empty()).then(|| inbox.open.finish())
     }
 
     fn flush(&self, out: &mut Outbox<KvResult>) {

@@ -25,7 +25,13 @@ fn replica_binary() -> Result<PathBuf, String> {
     eprintln!("blaster: {} not found; building it", beside.display());
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let status = Command::new("cargo")
-        .args(["build", "--release", "--bin", "epaxos-fast", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "epaxos-fast",
+            "--manifest-path",
+        ])
         .arg(format!("{root}/Cargo.toml"))
         .status()
         .map_err(|e| format!("cannot run cargo to build epaxos-fast: {e}"))?;
@@ -59,18 +65,28 @@ impl LocalCluster {
         let binary = replica_binary()?;
         let peers = free_bases(n, cores)?;
         let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-        let mut cluster = LocalCluster { peers, procs: Vec::new() };
+        let mut cluster = LocalCluster {
+            peers,
+            procs: Vec::new(),
+        };
         for id in 0..n {
             let mut cmd = Command::new(&binary);
             cmd.args(["--id", &id.to_string(), "--peers", &list.join(",")])
                 .args(["--cores", &cores.to_string(), "--cpus", "none"])
-                .args(["--cluster-id", &cluster_id.to_string(), "--log-level", "warn"])
+                .args([
+                    "--cluster-id",
+                    &cluster_id.to_string(),
+                    "--log-level",
+                    "warn",
+                ])
                 .stdout(Stdio::null());
             if args.thrifty {
                 cmd.arg("--thrifty");
             }
             cmd.args(&args.replica_arg);
-            let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
             cluster.procs.push(child);
         }
         eprintln!("blaster: started {n} local replicas at {}", list.join(","));
@@ -83,16 +99,20 @@ impl LocalCluster {
         for (r, &addr) in self.peers.iter().enumerate() {
             for s in 0..cores {
                 loop {
-                    let info = Connection::connect(addr, s as u8, cluster_id, Duration::from_secs(2))
-                        .and_then(|mut c| c.admin());
-                    if matches!(&info, Ok(i) if usize::from(i.peers_connected) + 1 == self.peers.len()) {
+                    let info =
+                        Connection::connect(addr, s as u8, cluster_id, Duration::from_secs(2))
+                            .and_then(|mut c| c.admin());
+                    if matches!(&info, Ok(i) if usize::from(i.peers_connected) + 1 == self.peers.len())
+                    {
                         break;
                     }
                     if let Some(Ok(Some(status))) = self.procs.get_mut(r).map(|p| p.try_wait()) {
                         return Err(format!("replica {r} exited at start-up: {status}"));
                     }
                     if Instant::now() > deadline {
-                        return Err(format!("replica {r} shard {s} not ready after {READY_TIMEOUT:?}"));
+                        return Err(format!(
+                            "replica {r} shard {s} not ready after {READY_TIMEOUT:?}"
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -108,7 +128,10 @@ impl LocalCluster {
 
     fn terminate(&mut self) {
         for p in &self.procs {
-            let _ = Command::new("kill").arg(p.id().to_string()).stderr(Stdio::null()).status();
+            let _ = Command::new("kill")
+                .arg(p.id().to_string())
+                .stderr(Stdio::null())
+                .status();
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for p in &mut self.procs {

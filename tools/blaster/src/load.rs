@@ -12,9 +12,9 @@ use bytes::BytesMut;
 use epaxos_fast::client::fresh_client_id;
 use epaxos_fast::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use epaxos_fast::rng::Rng;
+use epaxos_fast::runtime::Notify;
 use epaxos_fast::wire::client::{decode_hello, decode_response, shard_of, Code, HelloBody, Role};
 use epaxos_fast::wire::{BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op};
-use epaxos_fast::runtime::Notify;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
@@ -118,20 +118,35 @@ pub async fn run(
         shard: target.shard,
         ..HelloBody::default()
     };
-    enc.frame(&mut out, Kind::Hello, |b| b.extend_from_slice(hello.as_bytes()));
-    stream.write_all(&out).await.map_err(|e| format!("{who}: {e}"))?;
+    enc.frame(&mut out, Kind::Hello, |b| {
+        b.extend_from_slice(hello.as_bytes())
+    });
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("{who}: {e}"))?;
     out.clear();
     let mut inbuf = BytesMut::with_capacity(256 << 10);
     let server = loop {
         if let Some(f) = reader.next(&mut inbuf).map_err(|e| format!("{who}: {e}"))? {
             if f.kind != Kind::HelloOk {
-                return Err(format!("{who}: refused: {}", String::from_utf8_lossy(&f.body)));
+                return Err(format!(
+                    "{who}: refused: {}",
+                    String::from_utf8_lossy(&f.body)
+                ));
             }
             break decode_hello(f.kind, &f.body).map_err(|e| e.to_string())?;
         }
-        read_more(&mut stream, &mut inbuf).await.map_err(|e| format!("{who}: {e}"))?;
+        read_more(&mut stream, &mut inbuf)
+            .await
+            .map_err(|e| format!("{who}: {e}"))?;
     };
-    let keys = own_keys(target.index, w.keys.max(1), target.shard, usize::from(server.shards));
+    let keys = own_keys(
+        target.index,
+        w.keys.max(1),
+        target.shard,
+        usize::from(server.shards),
+    );
     let conn = Conn {
         client: fresh_client_id(),
         next_request: 1,
@@ -158,7 +173,17 @@ pub async fn run(
         let (state, wake, w) = (state.clone(), wake.clone(), w.clone());
         glommio::spawn_local(async move { send_loop(&mut tx, enc, &state, &wake, &w, start).await })
     };
-    let received = recv_loop(&mut rx, reader, inbuf, &state, &wake, &w, measure_from, live).await;
+    let received = recv_loop(
+        &mut rx,
+        reader,
+        inbuf,
+        &state,
+        &wake,
+        &w,
+        measure_from,
+        live,
+    )
+    .await;
     let sent = writer.await;
     let tally = received.map_err(|e| format!("{who}: {e}"))?;
     sent.map_err(|e| format!("{who}: {e}"))?;
@@ -203,7 +228,11 @@ async fn send_loop(
                 Some(rate) => {
                     // Request k is due at start + k / rate: those due by now.
                     let elapsed = now.saturating_duration_since(start).as_secs_f64();
-                    let due = if now < start { 0 } else { (elapsed * rate) as u64 + 1 };
+                    let due = if now < start {
+                        0
+                    } else {
+                        (elapsed * rate) as u64 + 1
+                    };
                     while due_sent < due && conn.room() {
                         // Latency counts from when the request was due.
                         let intended = start + Duration::from_secs_f64(due_sent as f64 / rate);
@@ -221,7 +250,9 @@ async fn send_loop(
             let conn = &mut s.conn;
             if !conn.batch.is_empty() {
                 let batch = conn.batch.finish();
-                enc.frame(&mut out, Kind::Request, |b| b.extend_from_slice(batch.bytes()));
+                enc.frame(&mut out, Kind::Request, |b| {
+                    b.extend_from_slice(batch.bytes())
+                });
             }
             next
         };
@@ -296,7 +327,10 @@ async fn recv_loop(
 /// against a timer, and a cancelled read leaves `buf` as it found it.
 /// The buffer is zeroed before each read, so the read size follows what
 /// the last one brought.
-async fn read_more(stream: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std::io::Result<()> {
+async fn read_more(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> std::io::Result<()> {
     const CHUNK_MIN: usize = 4 << 10;
     const CHUNK_MAX: usize = 256 << 10;
     let len = buf.len();

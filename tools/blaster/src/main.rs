@@ -26,7 +26,10 @@ use load::{Tally, Target, Workload};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug, Clone)]
-#[command(version, about = "Load generator for epaxos-fast, with HDR latency histograms")]
+#[command(
+    version,
+    about = "Load generator for epaxos-fast, with HDR latency histograms"
+)]
 pub struct Args {
     /// Replicas to load, HOST:PORT (base port), comma-separated.
     #[arg(long, value_delimiter = ',', required_unless_present = "local_cluster")]
@@ -146,7 +149,9 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         })
         .collect();
     let start = Instant::now() + Duration::from_millis(100);
-    let live: Vec<Arc<Mutex<Tally>>> = (0..args.cores).map(|_| Arc::new(Mutex::new(Tally::new()))).collect();
+    let live: Vec<Arc<Mutex<Tally>>> = (0..args.cores)
+        .map(|_| Arc::new(Mutex::new(Tally::new())))
+        .collect();
     let mut per_core: Vec<Vec<Target>> = (0..args.cores).map(|_| Vec::new()).collect();
     for (i, t) in conns.into_iter().enumerate() {
         per_core[i % args.cores].push(t);

@@ -19,7 +19,10 @@ pub fn progress(live: &[Arc<Mutex<Tally>>], start: Instant, w: &Workload, stop: 
     let end = start + w.warmup + w.duration;
     let mut next = start + Duration::from_secs(1);
     while Instant::now() < end && !crate::stop_requested(stop) {
-        std::thread::sleep(next.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+        std::thread::sleep(
+            next.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100)),
+        );
         if Instant::now() < next {
             continue;
         }
@@ -30,7 +33,11 @@ pub fn progress(live: &[Arc<Mutex<Tally>>], start: Instant, w: &Workload, stop: 
             *l = Tally::new();
         }
         let elapsed = next.duration_since(start).as_secs_f64();
-        let phase = if next <= start + w.warmup { " (warm-up)" } else { "" };
+        let phase = if next <= start + w.warmup {
+            " (warm-up)"
+        } else {
+            ""
+        };
         eprintln!(
             "{elapsed:5.0}s {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  errors {}{phase}",
             second.ops as f64,
@@ -92,12 +99,37 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
     for v in h.iter_quantiles(5) {
         total += v.count_since_last_iteration();
         let p = v.quantile_iterated_to();
-        let inv = if p < 1.0 { format!("{:14.2}", 1.0 / (1.0 - p)) } else { String::new() };
-        let _ = writeln!(s, "{:12.3} {:14.12} {:10} {inv}", us(v.value_iterated_to()), p, total);
+        let inv = if p < 1.0 {
+            format!("{:14.2}", 1.0 / (1.0 - p))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "{:12.3} {:14.12} {:10} {inv}",
+            us(v.value_iterated_to()),
+            p,
+            total
+        );
     }
-    let _ = writeln!(s, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", h.mean() / 1000.0, h.stdev() / 1000.0);
-    let _ = writeln!(s, "#[Max     = {:12.3}, Total count    = {:12}]", us(h.max()), h.len());
-    let _ = writeln!(s, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), h.distinct_values());
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        us(h.max()),
+        h.len()
+    );
+    let _ = writeln!(
+        s,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
     s
 }
 
@@ -105,8 +137,13 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id: u64) {
     for (r, &addr) in targets.iter().enumerate() {
         for s in 0..shards {
-            let info = epaxos_fast::client::Connection::connect(addr, s, cluster_id, Duration::from_secs(2))
-                .and_then(|mut c| c.admin());
+            let info = epaxos_fast::client::Connection::connect(
+                addr,
+                s,
+                cluster_id,
+                Duration::from_secs(2),
+            )
+            .and_then(|mut c| c.admin());
             match info {
                 Ok(i) => eprintln!(
                     "replica {r} shard {s}: {} batches of {:.1} commands, {} fast / {} slow commits, \
