@@ -38,6 +38,9 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const PEER_RECONNECT_MS_MIN: u64 = 20;
 pub const PEER_RECONNECT_MS_MAX: u64 = 1_000;
 
+/// How long a starting replica retries a listening address that is in use.
+pub const BIND_RETRY_MS: u64 = 5_000;
+
 /// How often a shard's loop looks at the stop flag while idle.
 pub const STOP_CHECK_MS: u64 = 50;
 

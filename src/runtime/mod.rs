@@ -26,7 +26,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, info_span};
 
-use crate::constants::STOP_CHECK_MS;
+use crate::constants::{BIND_RETRY_MS, STOP_CHECK_MS};
 use crate::protocol::ReplicaId;
 pub use notify::Notify;
 use shard::Shard;
@@ -64,8 +64,8 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
         addr.set_port(cfg.listen.port() + s as u16);
         // std's listener, not glommio's: glommio sets SO_REUSEPORT, with
         // which a second replica on the same port would silently share it.
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("cannot listen on {addr} (shard {s}): {e}"))?;
+        let listener =
+            bind_retrying(addr).map_err(|e| format!("cannot listen on {addr} (shard {s}): {e}"))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("listener on {addr}: {e}"))?;
@@ -115,6 +115,30 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Binds `addr`, retrying for a while if it is in use: right after a
+/// replica dies, the kernel may hold its listening socket a little longer
+/// (io_uring tears a ring down asynchronously), and a restart should not
+/// fail on that.
+fn bind_retrying(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(BIND_RETRY_MS);
+    let mut warned = false;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(%addr, "address in use; retrying for {BIND_RETRY_MS} ms");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn run_shard(

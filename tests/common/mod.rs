@@ -20,25 +20,18 @@ pub struct Cluster {
     extra: Vec<String>,
 }
 
-/// `cores` consecutive ports that are free now, below the kernel's ephemeral
-/// range (so outgoing connections do not take them meanwhile).
-/// Tests of one binary run in parallel: each cluster starts its search in
-/// a range of its own.
-fn free_ports(cores: u8, taken: &[SocketAddr]) -> SocketAddr {
-    static CLUSTERS: AtomicU16 = AtomicU16::new(0);
-    let nth = CLUSTERS.fetch_add(1, Ordering::Relaxed) % 8;
-    let start = 20_000 + ((std::process::id() % 8) as u16 * 8 + nth) * 150;
-    let mut base = start;
-    loop {
-        let clash = taken.iter().any(|a| a.port().abs_diff(base) < 16);
-        let all_free = !clash
-            && (0..u16::from(cores)).all(|s| TcpListener::bind(("127.0.0.1", base + s)).is_ok());
-        if all_free {
-            return SocketAddr::from(([127, 0, 0, 1], base));
-        }
-        base += 16;
-        assert!(base < 32_000, "no free ports from {start}");
-    }
+/// Where replica `r` of this cluster listens. Every test process, and every
+/// cluster in it, gets a loopback address of its own (127.0.0.0/8 is all
+/// loopback on Linux), so clusters of tests running at the same time never
+/// compete for ports, even while a replica is down and its ports are free.
+fn address(nth: u16, r: usize) -> SocketAddr {
+    let pid = std::process::id();
+    let ip = [127, (pid >> 8) as u8, pid as u8, 1 + (nth % 250) as u8];
+    SocketAddr::from((ip, 7000 + 16 * r as u16))
+}
+
+fn free(addr: SocketAddr, cores: u8) -> bool {
+    (0..u16::from(cores)).all(|s| TcpListener::bind((addr.ip(), addr.port() + s)).is_ok())
 }
 
 impl Cluster {
@@ -47,10 +40,11 @@ impl Cluster {
     }
 
     pub fn start_with(replicas: usize, cores: u8, extra: &[&str]) -> Cluster {
-        let mut peers = Vec::new();
-        for _ in 0..replicas {
-            let p = free_ports(cores, &peers);
-            peers.push(p);
+        static CLUSTERS: AtomicU16 = AtomicU16::new(0);
+        let nth = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let peers: Vec<SocketAddr> = (0..replicas).map(|r| address(nth, r)).collect();
+        for p in &peers {
+            assert!(free(*p, cores), "{p} is taken");
         }
         let mut cluster = Cluster {
             peers,
