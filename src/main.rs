@@ -54,10 +54,11 @@ struct Args {
     #[arg(long, default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=BATCH_COMMANDS_MAX as i64))]
     batch_max: u32,
-    /// Most instances a shard leads that may be uncommitted at once.
-    /// Commands that arrive meanwhile wait and join the next batch, so
-    /// batches grow with load instead of instances multiplying; a command
-    /// arriving when fewer are in flight leaves at once.
+    /// Instances a shard leads that may be uncommitted before a partial
+    /// batch waits: commands arriving meanwhile join it, so batches grow
+    /// with load instead of instances multiplying. A full batch (--batch-max)
+    /// never waits, and a command arriving when fewer are in flight leaves
+    /// at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pipeline: u32,
     /// Microseconds an idle shard polls for work before it sleeps in the

@@ -292,14 +292,16 @@ impl Shard {
         }
         self.spare_messages.replace(messages);
         let mut in_flight = self.in_flight.borrow_mut();
-        while in_flight
-            .front()
-            .is_some_and(|&id| core.status(id) >= Status::Committed)
-        {
-            in_flight.pop_front();
-        }
-        while in_flight.len() < self.cfg.pipeline {
-            let Some(batch) = self.next_batch() else {
+        loop {
+            // A single replica commits in `propose` itself: retire before
+            // each proposal, not once per turn.
+            while in_flight
+                .front()
+                .is_some_and(|&id| core.status(id) >= Status::Committed)
+            {
+                in_flight.pop_front();
+            }
+            let Some(batch) = self.next_batch(in_flight.len() < self.cfg.pipeline) else {
                 break;
             };
             bump(&self.counters.batched_commands, batch.len() as u64);
@@ -322,13 +324,15 @@ impl Shard {
         out.clear();
     }
 
-    /// The oldest full batch, else what the open one holds.
-    fn next_batch(&self) -> Option<Batch> {
+    /// The oldest full batch; else, if `partial` allows, what the open one
+    /// holds. A full batch never waits: the pipeline limit only lets a
+    /// partial batch grow while earlier instances are in flight.
+    fn next_batch(&self, partial: bool) -> Option<Batch> {
         let mut inbox = self.inbox.borrow_mut();
         if let Some(b) = inbox.closed.pop_front() {
             return Some(b);
         }
-        (!inbox.open.is_empty()).then(|| inbox.open.finish())
+        (partial && !inbox.open.is_empty()).then(|| inbox.open.finish())
     }
 
     fn flush(&self, out: &mut Outbox<KvResult>) {
