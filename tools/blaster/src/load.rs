@@ -43,6 +43,9 @@ pub struct Workload {
 /// What one connection measured.
 pub struct Tally {
     pub hist: Histogram<u64>,
+    /// Open loop: how late blaster itself sent each request after it was
+    /// due (its own scheduling delay, included in `hist`).
+    pub lag: Histogram<u64>,
     pub ops: u64,
     pub errors: u64,
     pub timeouts: u64,
@@ -52,6 +55,7 @@ impl Tally {
     pub fn new() -> Tally {
         Tally {
             hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
+            lag: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
             ops: 0,
             errors: 0,
             timeouts: 0,
@@ -60,6 +64,7 @@ impl Tally {
 
     pub fn add(&mut self, other: &Tally) {
         self.hist.add(&other.hist).expect("same bounds");
+        self.lag.add(&other.lag).expect("same bounds");
         self.ops += other.ops;
         self.errors += other.errors;
         self.timeouts += other.timeouts;
@@ -185,8 +190,9 @@ pub async fn run(
     )
     .await;
     let sent = writer.await;
-    let tally = received.map_err(|e| format!("{who}: {e}"))?;
-    sent.map_err(|e| format!("{who}: {e}"))?;
+    let mut tally = received.map_err(|e| format!("{who}: {e}"))?;
+    let lag = sent.map_err(|e| format!("{who}: {e}"))?;
+    tally.lag.add(&lag).expect("same bounds");
     Ok(tally)
 }
 
@@ -204,9 +210,10 @@ async fn send_loop(
     wake: &Notify,
     w: &Workload,
     start: Instant,
-) -> std::io::Result<()> {
+) -> std::io::Result<Histogram<u64>> {
     let mut out = BytesMut::new();
     let mut due_sent = 0u64;
+    let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
     loop {
         let now = Instant::now();
         let next = {
@@ -215,7 +222,7 @@ async fn send_loop(
                 s.end = now;
             }
             if now >= s.end {
-                return Ok(());
+                return Ok(lag);
             }
             let conn = &mut s.conn;
             let next = match w.rate {
@@ -237,6 +244,8 @@ async fn send_loop(
                         // Latency counts from when the request was due.
                         let intended = start + Duration::from_secs_f64(due_sent as f64 / rate);
                         conn.queue(w, intended);
+                        let late = now.saturating_duration_since(intended).as_nanos() as u64;
+                        lag.saturating_record(late.max(1));
                         due_sent += 1;
                     }
                     if conn.room() {

@@ -58,7 +58,7 @@ pub struct Args {
     outstanding: usize,
     /// Open loop: requests per second in all, instead of --outstanding.
     #[arg(long)]
-    rate: Option<f64>,
+    pub rate: Option<f64>,
     /// Distinct keys per connection.
     #[arg(long, default_value_t = 1000)]
     keys: u64,

@@ -68,6 +68,15 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
         q(0.999),
         us(h.max())
     );
+    if args.rate.is_some() {
+        println!(
+            "send lag us (blaster's own delay after each request was due, included above): \
+             p50 {:.1}  p99 {:.1}  max {:.1}",
+            us(t.lag.value_at_quantile(0.5)),
+            us(t.lag.value_at_quantile(0.99)),
+            us(t.lag.max())
+        );
+    }
     if let Some(path) = &args.hgrm {
         std::fs::write(path, hgrm(h)).map_err(|e| format!("{}: {e}", path.display()))?;
     }
