@@ -213,7 +213,8 @@ async fn send_loop(
 ) -> std::io::Result<Histogram<u64>> {
     let mut out = BytesMut::new();
     let mut due_sent = 0u64;
-    let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
+    let mut lag =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
     loop {
         let now = Instant::now();
         let next = {
