@@ -72,6 +72,10 @@ struct Args {
     /// memory only, so the flag is refused rather than silently ignored.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// TEST ONLY: acknowledge each shard's Nth PUT without applying it (a
+    /// deliberately lost write, to show that `blaster --verify` finds it).
+    #[arg(long, default_value_t = 0, hide = true)]
+    test_lose_write: u64,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -141,6 +145,7 @@ fn config(args: &Args) -> RuntimeConfig {
         batch_max: args.batch_max as usize,
         pipeline: args.pipeline as usize,
         spin: std::time::Duration::from_micros(u64::from(args.spin_us)),
+        test_lose_write: args.test_lose_write,
     }
 }
 

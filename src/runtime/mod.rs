@@ -50,6 +50,8 @@ pub struct RuntimeConfig {
     pub pipeline: usize,
     /// How long an idle executor polls before it sleeps.
     pub spin: Duration,
+    /// Test only, see `ShardConfig::test_lose_write`.
+    pub test_lose_write: u64,
 }
 
 /// Cross-core channel depth, per pair of shards.
@@ -88,6 +90,7 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
             batch_max: cfg.batch_max,
             pipeline: cfg.pipeline,
             peers: cfg.peers.clone(),
+            test_lose_write: cfg.test_lose_write,
         };
         let (mesh, stop) = (mesh.clone(), stop.clone());
         let mut builder = LocalExecutorBuilder::new(placement);

@@ -26,7 +26,7 @@ use crate::protocol::{
 use crate::state_machine::{KvResult, KvStore};
 use crate::wire::client::{put_response, AdminInfo, Code};
 use crate::wire::command::COMMAND_HEADER_BYTES;
-use crate::wire::{peer, Batch, BatchBuilder, CommandRef, FrameEncoder, Kind};
+use crate::wire::{peer, Batch, BatchBuilder, CommandRef, FrameEncoder, Kind, Op};
 
 /// What one shard needs to know about the cluster and itself.
 #[derive(Clone, Debug)]
@@ -44,6 +44,9 @@ pub struct ShardConfig {
     pub pipeline: usize,
     /// Advertised base address of every replica (own one included).
     pub peers: Vec<std::net::SocketAddr>,
+    /// Test only: acknowledge this shard's Nth PUT (from 1) without
+    /// proposing it, so that tests can show a lost write is caught. 0: off.
+    pub test_lose_write: u64,
 }
 
 impl ShardConfig {
@@ -124,6 +127,8 @@ pub struct Counters {
     /// Peer messages dropped because the link was down or backed up; the
     /// core re-sends what matters.
     pub dropped_messages: Cell<u64>,
+    /// PUTs submitted (counted only with `test_lose_write`).
+    pub puts_seen: Cell<u64>,
 }
 
 pub fn bump(c: &Cell<u64>, by: u64) {
@@ -218,6 +223,14 @@ impl Shard {
 
     /// Queues a command this shard owns for the next instance.
     pub fn submit(&self, route: Route, cmd: &CommandRef<'_>) {
+        if self.cfg.test_lose_write != 0 && cmd.op == Op::Put {
+            bump(&self.counters.puts_seen, 1);
+            if self.counters.puts_seen.get() == self.cfg.test_lose_write {
+                tracing::warn!("--test-lose-write: acknowledging a PUT and dropping it");
+                self.respond(route.conn, cmd.client, cmd.request, Code::Done, b"");
+                return;
+            }
+        }
         self.pending
             .borrow_mut()
             .insert((cmd.client, cmd.request), route);

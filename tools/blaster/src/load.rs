@@ -4,6 +4,7 @@
 //! server shows in the histogram instead of slowing the load down).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,8 @@ pub struct Workload {
     pub duration: Duration,
     /// Time allowed after the end for answers to outstanding requests.
     pub drain: Duration,
+    /// Keep what `--verify` needs.
+    pub verify: bool,
     /// Set on Ctrl-C: stop sending, as at the end of the run.
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -49,6 +52,7 @@ pub struct Tally {
     pub ops: u64,
     pub errors: u64,
     pub timeouts: u64,
+    pub checks: Vec<KeyCheck>,
 }
 
 impl Tally {
@@ -59,6 +63,7 @@ impl Tally {
             ops: 0,
             errors: 0,
             timeouts: 0,
+            checks: Vec::new(),
         }
     }
 
@@ -68,6 +73,10 @@ impl Tally {
         self.ops += other.ops;
         self.errors += other.errors;
         self.timeouts += other.timeouts;
+    }
+
+    pub fn take_checks(&mut self, other: &mut Tally) {
+        self.checks.append(&mut other.checks);
     }
 }
 
@@ -162,6 +171,12 @@ pub async fn run(
         keys,
         value: vec![b'v'; w.value_bytes],
         batch: BatchBuilder::new(),
+        index: target.index,
+        shard: target.shard,
+        verify: w.verify.then(|| Verify {
+            sent: vec![None; CLIENT_WINDOW_REQUESTS_MAX as usize],
+            keys: HashMap::new(),
+        }),
     };
     // Silence for this long wakes the reader, so it can see the run end.
     stream
@@ -308,10 +323,13 @@ async fn recv_loop(
                 return Err(format!("unexpected {:?}", f.kind));
             }
             let r = decode_response(&f.body).map_err(|e| e.to_string())?;
+            let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
+            if s.conn.answered_pending(r.request) {
+                s.conn.verify_answer(r.request, ok);
+            }
             let Some(sent) = s.conn.answered(r.request) else {
                 continue;
             };
-            let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
             if sent >= measure_from && sent < end {
                 let ns = now.duration_since(sent).as_nanos().max(1) as u64;
                 tally.hist.saturating_record(ns);
@@ -328,6 +346,7 @@ async fn recv_loop(
         if now >= end && (inflight == 0 || now > end + w.drain) {
             tally.timeouts += inflight;
             live.borrow_mut().timeouts += inflight;
+            tally.checks = s.conn.checks(s.conn.shard, w.value_bytes);
             return Ok(tally);
         }
     }
@@ -382,6 +401,47 @@ struct Conn {
     keys: Vec<Vec<u8>>,
     value: Vec<u8>,
     batch: BatchBuilder,
+    /// This connection's index in the run (part of each verified value).
+    index: usize,
+    shard: u8,
+    /// With `--verify`: the key (own keys only) and PUT-ness of each
+    /// outstanding request, by number mod window, and per key what was
+    /// written.
+    verify: Option<Verify>,
+}
+
+struct Verify {
+    sent: Vec<Option<u32>>,
+    keys: HashMap<u32, KeyLog>,
+}
+
+/// The PUTs of one key: the highest acknowledged request, and the ones
+/// never answered (which may or may not have been applied).
+#[derive(Default)]
+struct KeyLog {
+    acked: u64,
+    unanswered: Vec<u64>,
+}
+
+/// What `--verify` must find for one key at every replica.
+pub struct KeyCheck {
+    pub shard: u8,
+    pub key: Vec<u8>,
+    /// Values the key may hold: the last acknowledged write's, and those of
+    /// later writes that were never answered.
+    pub acceptable: Vec<Vec<u8>>,
+    /// Whether some write of the key was acknowledged (else it may be absent).
+    pub acked: bool,
+}
+
+/// The value request `request` of connection `index` writes: unique per
+/// write, padded to `size` with '.' (longer if `size` is too small).
+pub fn value_of(index: usize, request: u64, size: usize) -> Vec<u8> {
+    let mut v = format!("{index}:{request}").into_bytes();
+    if v.len() < size {
+        v.resize(size, b'.');
+    }
+    v
 }
 
 impl Conn {
@@ -395,12 +455,21 @@ impl Conn {
             self.oldest = request;
         }
         self.inflight += 1;
-        let key: &[u8] = if self.rng.chance(w.conflicts_pct) {
-            HOT_KEY
+        let (key_index, key): (Option<u32>, &[u8]) = if self.rng.chance(w.conflicts_pct) {
+            (None, HOT_KEY)
         } else {
-            &self.keys[self.rng.below(self.keys.len() as u64) as usize]
+            let i = self.rng.below(self.keys.len() as u64) as usize;
+            (Some(i as u32), &self.keys[i])
         };
         let read = self.rng.chance(w.reads_pct);
+        if let Some(v) = &mut self.verify {
+            let own_put = key_index.filter(|_| !read);
+            v.sent[slot] = own_put;
+            if let Some(k) = own_put {
+                v.keys.entry(k).or_default().unanswered.push(request);
+            }
+            self.value = value_of(self.index, request, w.value_bytes);
+        }
         self.batch.push(&CommandRef {
             client: self.client,
             request,
@@ -409,6 +478,47 @@ impl Conn {
             key,
             value: if read { b"" } else { &self.value },
         });
+    }
+
+    /// Records the answer to an own-key PUT for `--verify`.
+    fn verify_answer(&mut self, request: u64, ok: bool) {
+        let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
+        let Some(v) = &mut self.verify else {
+            return;
+        };
+        let Some(k) = v.sent[slot].take() else {
+            return;
+        };
+        let log = v.keys.get_mut(&k).expect("logged when sent");
+        log.unanswered.retain(|&r| r != request);
+        if ok {
+            log.acked = log.acked.max(request);
+        }
+    }
+
+    /// What every replica must hold for this connection's keys.
+    fn checks(&self, shard: u8, value_bytes: usize) -> Vec<KeyCheck> {
+        let Some(v) = &self.verify else {
+            return Vec::new();
+        };
+        v.keys
+            .iter()
+            .map(|(&k, log)| {
+                let later = log.unanswered.iter().filter(|&&r| r > log.acked);
+                let mut acceptable: Vec<Vec<u8>> = later
+                    .map(|&r| value_of(self.index, r, value_bytes))
+                    .collect();
+                if log.acked > 0 {
+                    acceptable.push(value_of(self.index, log.acked, value_bytes));
+                }
+                KeyCheck {
+                    shard,
+                    key: self.keys[k as usize].clone(),
+                    acceptable,
+                    acked: log.acked > 0,
+                }
+            })
+            .collect()
     }
 
     /// Marks `request` answered; when it was sent (or due).
@@ -425,6 +535,13 @@ impl Conn {
             self.oldest += 1;
         }
         Some(sent)
+    }
+
+    /// Whether `request` is outstanding.
+    fn answered_pending(&self, request: u64) -> bool {
+        request < self.next_request
+            && request >= self.oldest
+            && self.sent_at[(request % CLIENT_WINDOW_REQUESTS_MAX) as usize].is_some()
     }
 
     /// Whether one more request stays inside the client window.

@@ -9,6 +9,7 @@
 mod cluster;
 mod load;
 mod report;
+mod verify;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -82,6 +83,11 @@ pub struct Args {
     /// Load executors (threads).
     #[arg(long, default_value_t = 1)]
     cores: usize,
+    /// At the end, read every key this run wrote back through every replica
+    /// and count lost (acknowledged, then missing) and mismatched values;
+    /// exit non-zero if either is not zero. Writes then carry unique values.
+    #[arg(long)]
+    verify: bool,
     /// Write HdrHistogram's percentile distribution (µs) here.
     #[arg(long)]
     hgrm: Option<PathBuf>,
@@ -140,6 +146,7 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         duration: Duration::from_secs_f64(args.duration),
         drain: Duration::from_secs(2),
         stop: stop.clone(),
+        verify: args.verify,
     };
     let conns: Vec<Target> = (0..args.connections)
         .map(|i| Target {
@@ -170,20 +177,29 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     let mut failures = Vec::new();
     for h in handles {
         match h.join() {
-            Ok(Ok(t)) => tally.add(&t),
+            Ok(Ok(mut t)) => {
+                tally.add(&t);
+                tally.take_checks(&mut t);
+            }
             Ok(Err(e)) => failures.push(e),
             Err(e) => failures.push(e.to_string()),
         }
     }
     report::replica_counters(&targets, shards, args.cluster_id);
-    if let Some(c) = local {
-        c.stop();
-    }
     for f in &failures {
         eprintln!("blaster: {f}");
     }
     report::summary(&tally, workload.duration, args)?;
-    Ok(failures.is_empty() && tally.errors == 0 && tally.timeouts == 0)
+    let verified = if args.verify {
+        let (lost, mismatched) = verify::read_back(&targets, args.cluster_id, &tally.checks)?;
+        lost == 0 && mismatched == 0
+    } else {
+        true
+    };
+    if let Some(c) = local {
+        c.stop();
+    }
+    Ok(verified && failures.is_empty() && tally.errors == 0 && tally.timeouts == 0)
 }
 
 /// All connections of one executor; their tallies merged.
@@ -218,7 +234,10 @@ async fn drive(
     let mut first_error = None;
     for t in tasks {
         match t.await {
-            Ok(x) => tally.add(&x),
+            Ok(mut x) => {
+                tally.add(&x);
+                tally.take_checks(&mut x);
+            }
             Err(e) => first_error = first_error.or(Some(e)),
         }
     }
