@@ -356,12 +356,14 @@ async fn write_loop(
         if !queue.open.get() {
             return Ok(());
         }
-        let data = queue.buf.borrow_mut().split();
+        let data = queue.take();
         if data.is_empty() {
+            queue.give_back(data);
             continue;
         }
         bump(&shard.counters.bytes_out, data.len() as u64);
         tx.write_all(&data).await?;
+        queue.give_back(data);
     }
 }
 
@@ -383,12 +385,15 @@ pub async fn peer_link(shard: Rc<Shard>, peer: ReplicaId) {
                 link.open.set(true);
                 let e = loop {
                     link.notify.wait().await;
-                    let data = link.buf.borrow_mut().split();
+                    let data = link.take();
                     if data.is_empty() {
+                        link.give_back(data);
                         continue;
                     }
                     bump(&shard.counters.bytes_out, data.len() as u64);
-                    if let Err(e) = stream.write_all(&data).await {
+                    let written = stream.write_all(&data).await;
+                    link.give_back(data);
+                    if let Err(e) = written {
                         break e;
                     }
                 };

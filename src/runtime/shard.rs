@@ -70,12 +70,30 @@ impl ShardConfig {
 #[derive(Default)]
 pub struct SendQueue {
     pub buf: RefCell<BytesMut>,
+    spare: RefCell<BytesMut>,
     pub notify: Notify,
     /// A writer is attached; while false, frames for it are dropped.
     pub open: Cell<bool>,
 }
 
 impl SendQueue {
+    /// What is queued, for the writer; the queue goes on with the buffer the
+    /// writer gave back last time, so buffers are reused instead of being
+    /// allocated (and their pages faulted in) for every write.
+    pub fn take(&self) -> BytesMut {
+        let spare = std::mem::take(&mut *self.spare.borrow_mut());
+        std::mem::replace(&mut *self.buf.borrow_mut(), spare)
+    }
+
+    /// The writer is done with `written`.
+    pub fn give_back(&self, mut written: BytesMut) {
+        written.clear();
+        let mut spare = self.spare.borrow_mut();
+        if written.capacity() > spare.capacity() {
+            *spare = written;
+        }
+    }
+
     pub fn push_frame(&self, enc: &FrameEncoder, kind: Kind, body: impl FnOnce(&mut BytesMut)) {
         enc.frame(&mut self.buf.borrow_mut(), kind, body);
         self.notify.notify();
