@@ -91,6 +91,9 @@ pub struct Args {
     /// Write HdrHistogram's percentile distribution (µs) here.
     #[arg(long)]
     hgrm: Option<PathBuf>,
+    /// Draw the latency-by-percentile chart here (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Write a JSON summary here.
     #[arg(long)]
     json: Option<PathBuf>,

@@ -80,6 +80,15 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
     if let Some(path) = &args.hgrm {
         std::fs::write(path, hgrm(h)).map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "latency by percentile: {} ops in {secs:.0} s, {:.0} ops/s",
+            t.ops,
+            t.ops as f64 / secs
+        );
+        std::fs::write(path, plot_svg(h, &title))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     if let Some(path) = &args.json {
         let json = format!(
             "{{\"ops\": {}, \"duration_s\": {secs}, \"throughput_ops_s\": {:.1}, \
@@ -170,4 +179,92 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
             }
         }
     }
+}
+
+/// A latency-by-percentile chart as a self-contained SVG: x is the
+/// percentile on HdrHistogram's usual log scale (1/(1-p): 0, 90, 99, 99.9,
+/// ...), y the latency in microseconds on a log scale.
+pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
+    let (w, ht, left, right, top, bottom) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
+    let points: Vec<(f64, f64)> = h
+        .iter_quantiles(5)
+        .filter(|v| v.quantile_iterated_to() < 1.0)
+        .map(|v| {
+            let x = (1.0 / (1.0 - v.quantile_iterated_to())).log10();
+            (x, us(v.value_iterated_to()).max(1.0).log10())
+        })
+        .collect();
+    let x_max = points
+        .iter()
+        .map(|p| p.0)
+        .fold(1.0f64, f64::max)
+        .ceil()
+        .max(1.0);
+    let y_min = points
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::MAX, f64::min)
+        .floor()
+        .min(2.0);
+    let y_max = points
+        .iter()
+        .map(|p| p.1)
+        .fold(0.0f64, f64::max)
+        .ceil()
+        .max(y_min + 1.0);
+    let sx = |x: f64| left + x / x_max * (w - left - right);
+    let sy = |y: f64| ht - bottom - (y - y_min) / (y_max - y_min) * (ht - top - bottom);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">{title}</text>\n",
+        w / 2.0
+    );
+    for d in 0..=(x_max as i32) {
+        let x = sx(f64::from(d));
+        let label = match d {
+            0 => "0%".to_string(),
+            d => format!("{}%", 100.0 - 100.0 / 10f64.powi(d)),
+        };
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x}\" y1=\"{top}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/>\
+             <text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            ht - bottom,
+            ht - bottom + 18.0
+        );
+    }
+    for e in (y_min as i32)..=(y_max as i32) {
+        let y = sy(f64::from(e));
+        let label = match e {
+            e if e < 3 => format!("{} us", 10u64.pow(e as u32)),
+            e if e < 6 => format!("{} ms", 10u64.pow(e as u32 - 3)),
+            e => format!("{} s", 10u64.pow(e as u32 - 6)),
+        };
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>",
+            w - right,
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    let path: Vec<String> = points
+        .iter()
+        .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text>\n\
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">latency</text>\n</svg>",
+        path.join(" "),
+        w / 2.0,
+        ht - 12.0,
+        ht / 2.0,
+        ht / 2.0
+    );
+    s
 }

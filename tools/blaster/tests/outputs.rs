@@ -1,0 +1,81 @@
+//! A short run against local clusters writes the JSON summary, the `.hgrm`
+//! table and the SVG chart, and the unreplicated baseline works too.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_blaster"))
+        .args(args)
+        .output()
+        .expect("run blaster");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "blaster failed:\n{text}");
+    text
+}
+
+#[test]
+fn json_hgrm_and_plot_are_written() {
+    let dir = std::env::temp_dir().join(format!("blaster-outputs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, hgrm, svg) = (
+        dir.join("out.json"),
+        dir.join("out.hgrm"),
+        dir.join("out.svg"),
+    );
+    run(&[
+        "--local-cluster",
+        "5",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--connections",
+        "5",
+        "--outstanding",
+        "8",
+        "--json",
+        json.to_str().unwrap(),
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let json = std::fs::read_to_string(json).unwrap();
+    for key in [
+        "ops",
+        "duration_s",
+        "throughput_ops_s",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "errors",
+        "timeouts",
+    ] {
+        assert!(
+            json.contains(&format!("\"{key}\":")),
+            "{key} missing from {json}"
+        );
+    }
+    assert!(
+        json.contains("\"errors\": 0,") && json.contains("\"timeouts\": 0}"),
+        "{json}"
+    );
+    let hgrm = std::fs::read_to_string(hgrm).unwrap();
+    assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+    assert!(hgrm.contains("#[Max     ="), "{hgrm}");
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn one_unreplicated_replica_is_the_baseline() {
+    let out = run(&["--local-cluster", "1", "--duration", "1", "--warmup", "0.2"]);
+    assert!(out.contains("errors 0  timeouts 0"), "{out}");
+}
