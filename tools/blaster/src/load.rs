@@ -39,6 +39,10 @@ pub struct Workload {
     pub drain: Duration,
     /// Keep what `--verify` needs.
     pub verify: bool,
+    /// Keep every operation for `--history`.
+    pub history: bool,
+    /// Zipf exponent of the key choice (`None`: uniform).
+    pub zipf: Option<f64>,
     /// Set on Ctrl-C: stop sending, as at the end of the run.
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -53,6 +57,8 @@ pub struct Tally {
     pub errors: u64,
     pub timeouts: u64,
     pub checks: Vec<KeyCheck>,
+    /// `--history` lines.
+    pub history: Vec<String>,
 }
 
 impl Tally {
@@ -64,6 +70,7 @@ impl Tally {
             errors: 0,
             timeouts: 0,
             checks: Vec::new(),
+            history: Vec::new(),
         }
     }
 
@@ -77,6 +84,7 @@ impl Tally {
 
     pub fn take_checks(&mut self, other: &mut Tally) {
         self.checks.append(&mut other.checks);
+        self.history.append(&mut other.history);
     }
 }
 
@@ -161,6 +169,7 @@ pub async fn run(
         target.shard,
         usize::from(server.shards),
     );
+    let keys_len = keys.len();
     let conn = Conn {
         client: fresh_client_id(),
         next_request: 1,
@@ -171,6 +180,12 @@ pub async fn run(
         keys,
         value: vec![b'v'; w.value_bytes],
         batch: BatchBuilder::new(),
+        zipf_cdf: w.zipf.map(|s| zipf_cdf(keys_len, s)),
+        history: w.history.then(|| History {
+            pending: (0..CLIENT_WINDOW_REQUESTS_MAX).map(|_| None).collect(),
+            lines: Vec::new(),
+        }),
+        epoch: start,
         index: target.index,
         shard: target.shard,
         verify: w.verify.then(|| Verify {
@@ -326,6 +341,7 @@ async fn recv_loop(
             let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
             if s.conn.answered_pending(r.request) {
                 s.conn.verify_answer(r.request, ok);
+                s.conn.history_answer(r.request, r.code, &r.value, now);
             }
             let Some(sent) = s.conn.answered(r.request) else {
                 continue;
@@ -347,6 +363,7 @@ async fn recv_loop(
             tally.timeouts += inflight;
             live.borrow_mut().timeouts += inflight;
             tally.checks = s.conn.checks(s.conn.shard, w.value_bytes);
+            tally.history = s.conn.history_unanswered();
             return Ok(tally);
         }
     }
@@ -401,6 +418,13 @@ struct Conn {
     keys: Vec<Vec<u8>>,
     value: Vec<u8>,
     batch: BatchBuilder,
+    /// Cumulative Zipf weights over `keys`, if `--zipf`.
+    zipf_cdf: Option<Vec<f64>>,
+    /// With `--history`: each outstanding request's operation, by number
+    /// mod window, and the finished lines.
+    history: Option<History>,
+    /// When the run started (history times count from it).
+    epoch: Instant,
     /// This connection's index in the run (part of each verified value).
     index: usize,
     shard: u8,
@@ -408,6 +432,66 @@ struct Conn {
     /// outstanding request, by number mod window, and per key what was
     /// written.
     verify: Option<Verify>,
+}
+
+struct History {
+    pending: Vec<Option<Invoked>>,
+    lines: Vec<String>,
+}
+
+struct Invoked {
+    put: bool,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    at: Instant,
+}
+
+/// One operation as a JSON line: times in ns since the run started; a GET's
+/// result is the value read, `null` when the key had none.
+fn history_line(
+    client: u64,
+    op: &Invoked,
+    epoch: Instant,
+    done: Option<Instant>,
+    result: &str,
+) -> String {
+    let invoke = op.at.saturating_duration_since(epoch).as_nanos();
+    let ret = done.map_or("null".to_string(), |d| {
+        d.saturating_duration_since(epoch).as_nanos().to_string()
+    });
+    format!(
+        "{{\"client\": {client}, \"op\": \"{}\", \"key\": {}, \"value\": {}, \"invoke_ns\": {invoke}, \"return_ns\": {ret}, \"result\": {result}}}",
+        if op.put { "put" } else { "get" },
+        json_str(&op.key),
+        if op.put { json_str(&op.value) } else { "null".to_string() },
+    )
+}
+
+/// Cumulative weights of ranks 1..=n under Zipf's law with exponent `s`.
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let mut total = 0.0;
+    let mut cdf: Vec<f64> = (1..=n)
+        .map(|k| {
+            total += 1.0 / (k as f64).powf(s);
+            total
+        })
+        .collect();
+    cdf.iter_mut().for_each(|c| *c /= total);
+    cdf
+}
+
+fn json_str(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for c in String::from_utf8_lossy(bytes).chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 struct Verify {
@@ -458,7 +542,13 @@ impl Conn {
         let (key_index, key): (Option<u32>, &[u8]) = if self.rng.chance(w.conflicts_pct) {
             (None, HOT_KEY)
         } else {
-            let i = self.rng.below(self.keys.len() as u64) as usize;
+            let i = match &self.zipf_cdf {
+                Some(cdf) => {
+                    let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                    cdf.partition_point(|&c| c < u).min(cdf.len() - 1)
+                }
+                None => self.rng.below(self.keys.len() as u64) as usize,
+            };
             (Some(i as u32), &self.keys[i])
         };
         let read = self.rng.chance(w.reads_pct);
@@ -468,7 +558,17 @@ impl Conn {
             if let Some(k) = own_put {
                 v.keys.entry(k).or_default().unanswered.push(request);
             }
+        }
+        if self.verify.is_some() || self.history.is_some() {
             self.value = value_of(self.index, request, w.value_bytes);
+        }
+        if let Some(h) = &mut self.history {
+            h.pending[slot] = Some(Invoked {
+                put: !read,
+                key: key.to_vec(),
+                value: if read { Vec::new() } else { self.value.clone() },
+                at: Instant::now(),
+            });
         }
         self.batch.push(&CommandRef {
             client: self.client,
@@ -478,6 +578,38 @@ impl Conn {
             key,
             value: if read { b"" } else { &self.value },
         });
+    }
+
+    /// Records the answer to `request` for `--history`.
+    fn history_answer(&mut self, request: u64, code: Code, value: &[u8], now: Instant) {
+        let (client, epoch) = (self.client, self.epoch);
+        let Some(h) = &mut self.history else {
+            return;
+        };
+        let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
+        if let Some(op) = h.pending[slot].take() {
+            let result = match code {
+                Code::Done => "\"ok\"".to_string(),
+                Code::Value => json_str(value),
+                Code::NotFound => "null".to_string(),
+                other => json_str(format!("error: {other:?}").as_bytes()),
+            };
+            h.lines
+                .push(history_line(client, &op, epoch, Some(now), &result));
+        }
+    }
+
+    /// History lines of requests never answered (result unknown).
+    fn history_unanswered(&mut self) -> Vec<String> {
+        let (client, epoch) = (self.client, self.epoch);
+        let Some(h) = &mut self.history else {
+            return Vec::new();
+        };
+        let mut lines = std::mem::take(&mut h.lines);
+        for op in h.pending.iter_mut().filter_map(Option::take) {
+            lines.push(history_line(client, &op, epoch, None, "\"timeout\""));
+        }
+        lines
     }
 
     /// Records the answer to an own-key PUT for `--verify`.

@@ -63,6 +63,10 @@ pub struct Args {
     /// Distinct keys per connection.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
+    /// Choose keys by Zipf's law with this exponent (e.g. 0.99) instead of
+    /// uniformly.
+    #[arg(long)]
+    zipf: Option<f64>,
     /// Percent of commands on one key every connection shares.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
     conflicts: u32,
@@ -88,6 +92,11 @@ pub struct Args {
     /// exit non-zero if either is not zero. Writes then carry unique values.
     #[arg(long)]
     verify: bool,
+    /// Write every operation here as one JSON line (client, op, key, value,
+    /// invoke_ns, return_ns, result) for offline linearizability checking.
+    /// Kept in memory until the end: for short or slow runs.
+    #[arg(long)]
+    history: Option<PathBuf>,
     /// Write HdrHistogram's percentile distribution (µs) here.
     #[arg(long)]
     hgrm: Option<PathBuf>,
@@ -118,6 +127,9 @@ fn main() -> ExitCode {
 fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     if args.connections == 0 || args.cores == 0 || args.duration <= 0.0 {
         return Err("--connections, --cores and --duration must be positive".into());
+    }
+    if args.zipf.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
+        return Err("--zipf must be a positive exponent".into());
     }
     let local = match args.local_cluster {
         Some(n) => Some(cluster::LocalCluster::start(n, args)?),
@@ -150,6 +162,8 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         drain: Duration::from_secs(2),
         stop: stop.clone(),
         verify: args.verify,
+        history: args.history.is_some(),
+        zipf: args.zipf,
     };
     let conns: Vec<Target> = (0..args.connections)
         .map(|i| Target {
@@ -193,6 +207,16 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         eprintln!("blaster: {f}");
     }
     report::summary(&tally, workload.duration, args)?;
+    if let Some(path) = &args.history {
+        let mut text = tally.history.join("\n");
+        text.push('\n');
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!(
+            "blaster: {} operations written to {}",
+            tally.history.len(),
+            path.display()
+        );
+    }
     let verified = if args.verify {
         let (lost, mismatched) = verify::read_back(&targets, args.cluster_id, &tally.checks)?;
         lost == 0 && mismatched == 0

@@ -79,3 +79,44 @@ fn one_unreplicated_replica_is_the_baseline() {
     let out = run(&["--local-cluster", "1", "--duration", "1", "--warmup", "0.2"]);
     assert!(out.contains("errors 0  timeouts 0"), "{out}");
 }
+
+/// `--history` writes one JSON object per operation, every one answered.
+#[test]
+fn history_has_one_line_per_operation() {
+    let path = std::env::temp_dir().join(format!("blaster-history-{}.jsonl", std::process::id()));
+    let out = run(&[
+        "--local-cluster",
+        "3",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--connections",
+        "2",
+        "--rate",
+        "300",
+        "--reads",
+        "50",
+        "--zipf",
+        "0.99",
+        "--keys",
+        "50",
+        "--history",
+        path.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 100, "{} lines\n{out}", lines.len());
+    for l in &lines {
+        assert!(l.starts_with("{\"client\": ") && l.ends_with('}'), "{l}");
+        assert!(
+            l.contains("\"invoke_ns\": ") && !l.contains("\"timeout\""),
+            "{l}"
+        );
+        assert!(
+            l.contains("\"op\": \"put\"") || l.contains("\"op\": \"get\""),
+            "{l}"
+        );
+    }
+    let _ = std::fs::remove_file(path);
+}
