@@ -43,17 +43,21 @@ fn replica_binary() -> Result<PathBuf, String> {
     }
 }
 
-/// Base ports with `cores` free ports each, below the ephemeral range.
+/// Base addresses with `cores` free ports each. Each blaster process takes a
+/// loopback address of its own (127.0.0.0/8 is all loopback on Linux), so
+/// local clusters of runs going on at the same time never meet.
 fn free_bases(n: usize, cores: u16) -> Result<Vec<SocketAddr>, String> {
+    let pid = std::process::id();
+    let ip = std::net::Ipv4Addr::new(127, (pid >> 8) as u8, pid as u8, 200);
     let mut bases = Vec::new();
-    let mut port = 21_000 + (std::process::id() % 200) as u16 * 50;
+    let mut port = 7000u16;
     while bases.len() < n {
-        if (0..cores).all(|s| TcpListener::bind(("127.0.0.1", port + s)).is_ok()) {
-            bases.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        if (0..cores).all(|s| TcpListener::bind((ip, port + s)).is_ok()) {
+            bases.push(SocketAddr::from((ip, port)));
         }
         port += cores.max(1) + 2;
         if port > 32_000 {
-            return Err("no free loopback ports below 32000".into());
+            return Err(format!("no free ports on {ip} below 32000"));
         }
     }
     Ok(bases)
