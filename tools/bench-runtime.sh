@@ -18,9 +18,10 @@ run() {
     printf '    command: blaster --duration %s %s\n' "$secs" "$*"
 }
 closed=(--connections 10 --outstanding 800 --keys 10)
-run "5 replicas, 0% conflicts, closed loop"      --local-cluster 5 "${closed[@]}"
-run "5 replicas, 100% conflicts, closed loop"    --local-cluster 5 "${closed[@]}" --conflicts 100
-run "1 replica, 0% conflicts, closed loop"       --local-cluster 1 "${closed[@]}"
+for c in 0 2 100; do
+    run "5 replicas, ${c}% conflicts, closed loop" --local-cluster 5 "${closed[@]}" --conflicts "$c"
+    run "1 replica, ${c}% conflicts, closed loop"  --local-cluster 1 "${closed[@]}" --conflicts "$c"
+done
 run "5 replicas, 0%, 1000 keys per connection"   --local-cluster 5 --connections 10 --outstanding 800 --keys 1000
 run "5 replicas, open loop 50k ops/s"            --local-cluster 5 --connections 10 --rate 50000
 run "1 replica, open loop 50k ops/s"             --local-cluster 1 --connections 10 --rate 50000
