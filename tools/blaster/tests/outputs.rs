@@ -1,16 +1,12 @@
 //! A short run against local clusters writes the JSON summary, the `.hgrm`
 //! table and the SVG chart, and the unreplicated baseline works too.
 
-use std::process::Command;
+mod common;
 
+/// Runs blaster and insists that it succeeds; what it printed.
 fn run(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_blaster"))
-        .args(args)
-        .output()
-        .expect("run blaster");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "blaster failed:\n{text}");
+    let (ok, text) = common::blaster(args);
+    assert!(ok, "blaster failed:\n{text}");
     text
 }
 

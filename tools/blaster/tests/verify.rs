@@ -1,17 +1,9 @@
 //! `blaster --verify` against real local clusters: a clean run verifies, and
 //! a replica that acknowledges a write it never applies is caught.
 
-use std::process::Command;
+mod common;
 
-fn blaster(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_blaster"))
-        .args(args)
-        .output()
-        .expect("run blaster");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
+use common::blaster;
 
 #[test]
 fn a_clean_run_verifies() {
