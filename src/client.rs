@@ -218,6 +218,12 @@ impl Connection {
                 }));
             }
             let response = decode_response(&frame.body)?;
+            if response.client != self.client {
+                return Err(ClientError::Frame(FrameError::Unexpected {
+                    kind: Kind::Response,
+                    reason: "an answer for another client",
+                }));
+            }
             if self.outstanding.remove(&response.request) {
                 return Ok(response);
             }

@@ -215,6 +215,9 @@ fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receiv
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 shard.cross_in(msg);
+                // A busy channel is always ready: let the turn loop and the
+                // sockets run too.
+                glommio::yield_if_needed().await;
             }
         })
         .detach();

@@ -245,7 +245,10 @@ impl Shard {
             bump(&self.counters.puts_seen, 1);
             if self.counters.puts_seen.get() == self.cfg.test_lose_write {
                 tracing::warn!("--test-lose-write: acknowledging a PUT and dropping it");
-                self.respond(route.conn, cmd.client, cmd.request, Code::Done, b"");
+                self.pending
+                    .borrow_mut()
+                    .insert((cmd.client, cmd.request), route);
+                self.answer(cmd.client, cmd.request, Code::Done, b"");
                 return;
             }
         }
@@ -322,6 +325,11 @@ impl Shard {
             core.handle(now, from, msg, &mut out);
         }
         self.spare_messages.replace(messages);
+        // Timers before proposals: a tick that commits an instance of ours
+        // lets a held batch go in this same turn.
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            core.tick(now, &mut out);
+        }
         let mut in_flight = self.in_flight.borrow_mut();
         loop {
             // A single replica commits in `propose` itself: retire before
@@ -347,9 +355,6 @@ impl Shard {
             }
         }
         drop(in_flight);
-        if core.next_deadline().is_some_and(|d| d <= now) {
-            core.tick(now, &mut out);
-        }
         drop(core);
         self.flush(&mut out);
         out.clear();

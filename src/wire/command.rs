@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::constants::{BATCH_COMMANDS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::constants::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// Fixed header of one command record. Little-endian, alignment 1, so it can
 /// be read in place at any offset of a receive buffer.
@@ -93,6 +93,11 @@ pub enum CommandError {
         offset: usize,
     },
     TooManyCommands,
+    /// More bytes than one instance may carry (`BATCH_BYTES_MAX`): such a
+    /// batch could not be sent on in a frame again (a PrepareOk, say).
+    TooManyBytes {
+        len: usize,
+    },
 }
 
 impl std::fmt::Display for CommandError {
@@ -126,6 +131,9 @@ impl std::fmt::Display for CommandError {
             }
             CommandError::TooManyCommands => {
                 write!(f, "more than {BATCH_COMMANDS_MAX} commands in one batch")
+            }
+            CommandError::TooManyBytes { len } => {
+                write!(f, "batch of {len} bytes (limit {BATCH_BYTES_MAX})")
             }
         }
     }
@@ -194,6 +202,9 @@ impl Batch {
 
     /// Validates untrusted bytes as a batch. Never panics.
     pub fn parse(buf: Bytes) -> Result<Batch, CommandError> {
+        if buf.len() > BATCH_BYTES_MAX {
+            return Err(CommandError::TooManyBytes { len: buf.len() });
+        }
         let mut offset = 0;
         let mut count = 0usize;
         while offset < buf.len() {
@@ -324,6 +335,18 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch too large to be re-sent inside a frame is refused up front.
+    #[test]
+    fn a_batch_over_the_byte_limit_is_refused() {
+        let big = Bytes::from(vec![0u8; BATCH_BYTES_MAX + 1]);
+        assert_eq!(
+            Batch::parse(big),
+            Err(CommandError::TooManyBytes {
+                len: BATCH_BYTES_MAX + 1
+            })
+        );
+    }
 
     fn cmd<'a>(op: Op, key: &'a [u8], value: &'a [u8]) -> CommandRef<'a> {
         CommandRef {

@@ -338,6 +338,12 @@ async fn recv_loop(
                 return Err(format!("unexpected {:?}", f.kind));
             }
             let r = decode_response(&f.body).map_err(|e| e.to_string())?;
+            if r.client != s.conn.client {
+                return Err(format!(
+                    "an answer for client {:#x}, not this one",
+                    r.client
+                ));
+            }
             let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
             if s.conn.answered_pending(r.request) {
                 s.conn.verify_answer(r.request, ok);
