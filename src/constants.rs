@@ -29,6 +29,10 @@ pub const FRAME_BODY_BYTES_MAX: usize = BATCH_BYTES_MAX + 4096;
 /// for it (the core re-sends what matters once the peer drains).
 pub const PEER_SEND_BUFFER_BYTES_MAX: usize = 64 << 20;
 
+/// Unread response bytes a client connection may pile up before the replica
+/// closes it.
+pub const CLIENT_SEND_BUFFER_BYTES_MAX: usize = 64 << 20;
+
 /// Time a new connection has to send its hello, and an outgoing one to
 /// be answered.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;

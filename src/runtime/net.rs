@@ -302,6 +302,9 @@ async fn read_client(
     let me = shard.cfg.shard;
     let mut others: Vec<BatchBuilder> = Vec::new();
     while let Some(frame) = next_frame(rx, reader, buf, shard).await? {
+        if !queue.open.get() {
+            return Ok(()); // closed for not reading its answers
+        }
         match frame.kind {
             Kind::Request => {
                 let batch = Batch::parse(frame.body).map_err(|e| FrameError::BadBody {
@@ -362,7 +365,13 @@ async fn write_loop(
             continue;
         }
         bump(&shard.counters.bytes_out, data.len() as u64);
-        tx.write_all(&data).await?;
+        // A client that does not read would block this write for ever:
+        // closing its connection must end it.
+        let closed = async {
+            queue.closed.wait().await;
+            Ok(())
+        };
+        futures_lite::future::or(tx.write_all(&data), closed).await?;
         queue.give_back(data);
     }
 }

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 
 use super::notify::Notify;
-use crate::constants::{BATCH_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX};
+use crate::constants::{BATCH_BYTES_MAX, CLIENT_SEND_BUFFER_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX};
 use crate::protocol::{
     Config, InstanceId, Message, Outbox, Refused, Replica, ReplicaId, Reply, Status,
 };
@@ -74,6 +74,8 @@ pub struct SendQueue {
     pub notify: Notify,
     /// A writer is attached; while false, frames for it are dropped.
     pub open: Cell<bool>,
+    /// Wakes a writer blocked on a socket when its connection is closed.
+    pub closed: Notify,
 }
 
 impl SendQueue {
@@ -236,6 +238,7 @@ impl Shard {
         if let Some(q) = self.clients.borrow_mut().remove(&conn) {
             q.open.set(false);
             q.notify.notify();
+            q.closed.notify();
         }
     }
 
@@ -307,11 +310,27 @@ impl Shard {
     /// still there.
     pub fn respond(&self, conn: u64, client: u64, request: u64, code: Code, value: &[u8]) {
         let clients = self.clients.borrow();
-        if let Some(q) = clients.get(&conn) {
-            q.push_frame(&self.cfg.encoder(), Kind::Response, |b| {
-                put_response(b, client, request, code, value)
-            });
+        let Some(q) = clients.get(&conn) else {
+            return;
+        };
+        if !q.open.get() {
+            return;
         }
+        if q.buf.borrow().len() > CLIENT_SEND_BUFFER_BYTES_MAX {
+            // The client does not read its answers: close it rather than
+            // hold them without bound.
+            tracing::warn!(
+                "client connection {conn}: over {CLIENT_SEND_BUFFER_BYTES_MAX} bytes of \
+                 unread responses; closing it"
+            );
+            q.open.set(false);
+            q.closed.notify();
+            q.notify.notify();
+            return;
+        }
+        q.push_frame(&self.cfg.encoder(), Kind::Response, |b| {
+            put_response(b, client, request, code, value)
+        });
     }
 
     /// One turn: see the module docs.
