@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use epaxos_fast::constants::VALUE_BYTES_MAX;
 use glommio::{LocalExecutorBuilder, Placement};
 use load::{Tally, Target, Workload};
 
@@ -130,6 +131,18 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     }
     if args.zipf.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
         return Err("--zipf must be a positive exponent".into());
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a positive number of requests per second".into());
+    }
+    if args.value_size > VALUE_BYTES_MAX {
+        return Err(format!(
+            "--value-size {} is over the replica's limit of {VALUE_BYTES_MAX} bytes",
+            args.value_size
+        ));
+    }
+    if args.warmup < 0.0 || !args.warmup.is_finite() || !args.duration.is_finite() {
+        return Err("--warmup and --duration must be finite, --warmup not negative".into());
     }
     let local = match args.local_cluster {
         Some(n) => Some(cluster::LocalCluster::start(n, args)?),
