@@ -111,6 +111,10 @@ pub struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = check(&args) {
+        eprintln!("blaster: error: {e}");
+        return ExitCode::from(2);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(s, stop.clone());
@@ -125,7 +129,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
+/// Flag values clap's types cannot rule out; a failure is a usage error.
+fn check(args: &Args) -> Result<(), String> {
     if args.connections == 0 || args.cores == 0 || args.duration <= 0.0 {
         return Err("--connections, --cores and --duration must be positive".into());
     }
@@ -144,6 +149,10 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     if args.warmup < 0.0 || !args.warmup.is_finite() || !args.duration.is_finite() {
         return Err("--warmup and --duration must be finite, --warmup not negative".into());
     }
+    Ok(())
+}
+
+fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     let local = match args.local_cluster {
         Some(n) => Some(cluster::LocalCluster::start(n, args)?),
         None => None,
