@@ -479,6 +479,7 @@ impl Shard {
             forwarded_out: c.forwarded_out.get().into(),
             forwarded_in: c.forwarded_in.get().into(),
             instances_in_memory: (core.instances_in_memory() as u64).into(),
+            dropped_messages: c.dropped_messages.get().into(),
         }
     }
 }

@@ -184,9 +184,12 @@ pub struct AdminInfo {
     pub forwarded_out: U64,
     pub forwarded_in: U64,
     pub instances_in_memory: U64,
+    /// Messages to peers dropped because their link was down or backed up
+    /// (the core re-sends what matters).
+    pub dropped_messages: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 19);
+const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 20);
 
 /// The shard that owns `key` among `shards`: FNV-1a, then a multiplicative
 /// mix so that keys differing only in their last byte spread. Clients and

@@ -21,7 +21,7 @@ use crate::constants::FRAME_BODY_BYTES_MAX;
 /// "EPXF" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
 /// Bumped on any change of a layout in `wire/`.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 pub const FRAME_HEADER_BYTES: usize = 32;
 

@@ -165,13 +165,14 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
             match info {
                 Ok(i) => eprintln!(
                     "replica {r} shard {s}: {} batches of {:.1} commands, {} fast / {} slow commits, \
-                     {} recoveries, {} bad frames, {} MB in / {} MB out",
+                     {} recoveries, {} bad frames, {} peer messages dropped, {} MB in / {} MB out",
                     i.batches.get(),
                     i.batched_commands.get() as f64 / i.batches.get().max(1) as f64,
                     i.fast_commits.get(),
                     i.slow_commits.get(),
                     i.recoveries.get(),
                     i.bad_frames.get(),
+                    i.dropped_messages.get(),
                     i.bytes_in.get() >> 20,
                     i.bytes_out.get() >> 20,
                 ),
