@@ -172,6 +172,8 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         };
         return log_close(&shard, who, remote, Err(Closed::Refused(why)));
     }
+    // The answer is this replica's own view (role peer: a replica), whoever
+    // asked; clients read the replica and shard counts from it.
     let mut ok = BytesMut::new();
     shard.cfg.encoder().frame(&mut ok, Kind::HelloOk, |b| {
         b.extend_from_slice(own_hello(&shard, Role::Peer).as_bytes())

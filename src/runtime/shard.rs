@@ -244,20 +244,17 @@ impl Shard {
 
     /// Queues a command this shard owns for the next instance.
     pub fn submit(&self, route: Route, cmd: &CommandRef<'_>) {
+        self.pending
+            .borrow_mut()
+            .insert((cmd.client, cmd.request), route);
         if self.cfg.test_lose_write != 0 && cmd.op == Op::Put {
             bump(&self.counters.puts_seen, 1);
             if self.counters.puts_seen.get() == self.cfg.test_lose_write {
                 tracing::warn!("--test-lose-write: acknowledging a PUT and dropping it");
-                self.pending
-                    .borrow_mut()
-                    .insert((cmd.client, cmd.request), route);
                 self.answer(cmd.client, cmd.request, Code::Done, b"");
                 return;
             }
         }
-        self.pending
-            .borrow_mut()
-            .insert((cmd.client, cmd.request), route);
         let mut inbox = self.inbox.borrow_mut();
         let size = COMMAND_HEADER_BYTES + cmd.key.len() + cmd.value.len();
         let open = &inbox.open;
