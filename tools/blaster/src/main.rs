@@ -175,6 +175,7 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         cluster_id: args.cluster_id,
         outstanding: args.outstanding.max(1),
         rate: args.rate.map(|r| r / args.connections as f64),
+        connections: args.connections,
         keys: args.keys,
         conflicts_pct: args.conflicts,
         reads_pct: args.reads,
