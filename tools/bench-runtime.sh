@@ -24,5 +24,6 @@ for c in 0 2 100; do
 done
 run "5 replicas, 0%, 1000 keys per connection"   --local-cluster 5 --connections 10 --outstanding 800 --keys 1000
 run "5 replicas, open loop 50k ops/s"            --local-cluster 5 --connections 10 --rate 50000
+run "5 replicas, open loop 5k ops/s"             --local-cluster 5 --connections 10 --rate 5000
 run "1 replica, open loop 50k ops/s"             --local-cluster 1 --connections 10 --rate 50000
 run "5 replicas, 1 request in flight"            --local-cluster 5 --connections 1 --outstanding 1
