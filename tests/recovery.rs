@@ -6,8 +6,8 @@
 //! every test shows it can fail.
 
 use epaxos_fast::protocol::{
-    Attrs, Config, InjectedBug, InstanceId, Message, Outbox, Record, Replica, ReplicaId, Status,
-    TraceEvent,
+    Attrs, Config, InjectedBug, InstanceId, Message, Outbox, Record, Refused, Replica, ReplicaId,
+    Status, TraceEvent,
 };
 use epaxos_fast::state_machine::{KvResult, KvStore};
 use epaxos_fast::wire::{Batch, BatchBuilder, CommandRef, Op};
@@ -34,6 +34,8 @@ struct Net {
     /// Per replica, current incarnation: the execution order.
     executed: Vec<Vec<InstanceId>>,
     replies: Vec<(u64, u64, KvResult)>,
+    /// Requests answered with a refusal instead of a result.
+    refused: Vec<(u64, u64, Refused)>,
     now: u64,
     client: u64,
 }
@@ -52,6 +54,7 @@ impl Net {
             committed: vec![Vec::new(); n],
             executed: vec![Vec::new(); n],
             replies: Vec::new(),
+            refused: Vec::new(),
             now: 0,
             client: 100,
         }
@@ -76,8 +79,10 @@ impl Net {
             }
         }
         for reply in out.replies.drain(..) {
-            let result = reply.result.expect("in window");
-            self.replies.push((reply.client, reply.request, result));
+            match reply.result {
+                Ok(result) => self.replies.push((reply.client, reply.request, result)),
+                Err(why) => self.refused.push((reply.client, reply.request, why)),
+            }
         }
         for event in out.trace.drain(..) {
             match event {
@@ -336,7 +341,8 @@ fn five_replicas_recover_a_fast_commit_before_a_later_conflict() {
         assert_eq!(net.value(r, "k").as_deref(), Some(expected), "replica {r}");
         let order = &net.executed[r];
         let at = |leader: usize| order.iter().position(|i| i.replica.index() == leader);
-        assert!(!op2_ran || at(0) < at(1), "replica {r} executed {order:?}");
+        let op1_first = matches!((at(0), at(1)), (Some(x), Some(y)) if x < y);
+        assert!(!op2_ran || op1_first, "replica {r} executed {order:?}");
     }
     // The read saw op1's write or a later one, never the initial state.
     assert!(
@@ -358,7 +364,7 @@ fn op2_not_ordered_after_op1(net: &Net) -> bool {
     let overtaken = (2..5).any(|r| {
         let order = &net.executed[r];
         let at = |leader: usize| order.iter().position(|i| i.replica.index() == leader);
-        at(1) < at(0)
+        matches!((at(0), at(1)), (Some(x), Some(y)) if y < x)
     });
     op2_ran && (independent || overtaken)
 }
@@ -526,4 +532,59 @@ fn an_executor_waiting_on_a_dead_leader_recovers_it() {
         Status::Committed,
         "op3 should stay blocked without recovery"
     );
+}
+
+/// A live command leader whose instance recovery replaced with a no-op: A
+/// proposes op1 and every PreAccept it sends is lost; B recovers the
+/// instance and commits a no-op. A still holds op1's batch, and its client
+/// must hear that op1 did not run (and may be sent again) instead of
+/// waiting for an answer that never comes.
+#[test]
+fn a_leader_answers_commands_that_recovery_replaced_with_a_noop() {
+    let (a, b) = (0, 1);
+    let mut net = Net::new(3, None);
+    let alpha = net.propose(a, Op::Put, "k", "op1");
+    let client = net.client;
+    net.drop_held(|f, _, m| f == a && pre_accept(m));
+    net.recover(b, alpha);
+    net.settle(5_000 * MS);
+    let decided = net.decisions(alpha);
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert!(
+        decided[0].batch.is_empty(),
+        "recovery kept op1: {decided:?}"
+    );
+    for r in 0..3 {
+        assert!(net.status(r, alpha) >= Status::Committed, "replica {r}");
+        assert_eq!(net.value(r, "k"), None, "replica {r}");
+    }
+    assert_eq!(net.refused, vec![(client, 1, Refused::Superseded)]);
+    assert!(net.replies.is_empty(), "{:?}", net.replies);
+}
+
+/// A recovery whose Validate is lost: A proposes op1, only C pre-accepts
+/// it, and A crashes. B recovers op1, finds it pre-accepted at C with the
+/// leader's attributes and validates it with C; that Validate is lost. B's
+/// retransmission timer must send it again, so op1 commits.
+#[test]
+fn a_lost_validate_is_sent_again() {
+    let (a, b, c) = (0, 1, 2);
+    let mut net = Net::new(3, None);
+    let alpha = net.propose(a, Op::Put, "k", "op1");
+    net.deliver(|f, t, m| f == a && t == c && pre_accept(m));
+    net.crash(a);
+    net.recover(b, alpha);
+    net.deliver(|_, _, m| !matches!(m, Message::Validate(_)));
+    let lost = net.held.len();
+    net.drop_held(|_, _, m| matches!(m, Message::Validate(_)));
+    assert!(lost > 0 && net.held.is_empty(), "no Validate to lose");
+    net.tick(b, 30 * MS);
+    assert!(
+        net.held
+            .iter()
+            .any(|(_, _, m)| matches!(m, Message::Validate(_))),
+        "the Validate was not sent again"
+    );
+    net.deliver(|_, _, _| true);
+    assert!(net.status(b, alpha) >= Status::Committed);
 }

@@ -176,26 +176,33 @@ impl<S: StateMachine> Replica<S> {
         inst.blocked_on = None;
         self.exec.ready.append(&mut inst.waiters);
         if inst.noop {
-            self.stats.executed_instances += 1;
-            if self.cfg.trace {
-                out.trace.push(TraceEvent::Executed { id });
+            // A no-op keeps the batch its proposer had: if that is this
+            // replica, its clients wait for these commands, which never ran.
+            if id.replica == me {
+                for cmd in inst.batch.iter() {
+                    out.replies.push(super::outbox::Reply {
+                        client: cmd.client,
+                        request: cmd.request,
+                        result: Err(super::outbox::Refused::Superseded),
+                    });
+                }
             }
-            return;
-        }
-        self.index.record_executed_keys(id, &inst.batch);
-        for cmd in inst.batch.iter() {
-            let session = self.index.session_executing(id, cmd.client);
-            let result = session.execute(&mut self.sm, &cmd);
-            if let (true, Some(result)) = (id.replica == me, result) {
-                out.replies.push(super::outbox::Reply {
-                    client: cmd.client,
-                    request: cmd.request,
-                    result,
-                });
+        } else {
+            self.index.record_executed_keys(id, &inst.batch);
+            for cmd in inst.batch.iter() {
+                let session = self.index.session_executing(id, cmd.client);
+                let result = session.execute(&mut self.sm, &cmd);
+                if let (true, Some(result)) = (id.replica == me, result) {
+                    out.replies.push(super::outbox::Reply {
+                        client: cmd.client,
+                        request: cmd.request,
+                        result,
+                    });
+                }
             }
+            self.stats.executed_commands += inst.batch.len() as u64;
         }
         self.stats.executed_instances += 1;
-        self.stats.executed_commands += inst.batch.len() as u64;
         if self.cfg.trace {
             out.trace.push(TraceEvent::Executed { id });
         }

@@ -332,7 +332,11 @@ impl<S: StateMachine> Replica<S> {
                     attrs,
                     batch,
                 });
-                send_to_mask(out, tally.quorum & silent, replicas, |_| msg.clone());
+                // `replied` still holds the Prepare replies: the quorum's
+                // silence in this phase is what `validated` lacks.
+                send_to_mask(out, tally.quorum & !tally.validated, replicas, |_| {
+                    msg.clone()
+                });
                 return true;
             }
             Phase::Waiting => {

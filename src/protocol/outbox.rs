@@ -52,13 +52,17 @@ pub struct Reply<O> {
     pub result: Result<O, Refused>,
 }
 
-/// Why a committed command was not applied. Decided in execution order, so
-/// every replica refuses the same commands.
+/// Why a command was not applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
     /// The request number ran more than `CLIENT_WINDOW_REQUESTS_MAX` ahead
-    /// of the client's oldest outstanding request.
+    /// of the client's oldest outstanding request. Decided in execution
+    /// order, so every replica refuses the same commands.
     BeyondClientWindow,
+    /// Recovery committed the instance this replica proposed the command in
+    /// as a no-op: the command never ran anywhere, and the client may send
+    /// it again under the same request number.
+    Superseded,
 }
 
 impl std::fmt::Display for Refused {
@@ -68,6 +72,10 @@ impl std::fmt::Display for Refused {
                 f,
                 "request number more than {} ahead of the oldest outstanding one",
                 crate::constants::CLIENT_WINDOW_REQUESTS_MAX
+            ),
+            Refused::Superseded => write!(
+                f,
+                "recovery replaced the command's instance with a no-op; it did not run, send it again"
             ),
         }
     }

@@ -79,7 +79,7 @@ pub(crate) struct Tally {
     /// Q, the Prepare quorum, as a mask of peers (this replica not included).
     pub quorum: u16,
     /// Validate replies so far, from peers in Q.
-    validated: u16,
+    pub validated: u16,
     /// The instances reported by Validate (EPaxos*'s I), with the status the
     /// reporter gave.
     conflicts: Vec<(InstanceId, Status)>,

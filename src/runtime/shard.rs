@@ -414,11 +414,17 @@ impl Shard {
     }
 
     fn reply(&self, reply: Reply<KvResult>) {
+        let reason;
         let (code, value): (Code, &[u8]) = match &reply.result {
             Ok(KvResult::Done) => (Code::Done, b""),
             Ok(KvResult::Value(v)) => (Code::Value, v.as_slice()),
             Ok(KvResult::NotFound) => (Code::NotFound, b""),
             Err(Refused::BeyondClientWindow) => (Code::BeyondWindow, b""),
+            // Retryable, with the reason as text, like a full window.
+            Err(e @ Refused::Superseded) => {
+                reason = e.to_string();
+                (Code::Overloaded, reason.as_bytes())
+            }
         };
         self.answer(reply.client, reply.request, code, value);
     }

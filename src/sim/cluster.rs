@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use super::check::{check_agreement, check_all_executed, check_execution_order, ReplicaLog};
 use super::linearizability::{check_history, HistoryOp, OpKind};
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
-use crate::protocol::{Config, Message, Outbox, Record, Replica, ReplicaId, TraceEvent};
+use crate::protocol::{Config, Message, Outbox, Record, Refused, Replica, ReplicaId, TraceEvent};
 use crate::rng::Rng;
 use crate::state_machine::{KvResult, KvStore};
 use crate::wire::{BatchBuilder, CommandRef, Op};
@@ -485,12 +485,17 @@ impl<'c> Sim<'c> {
         for reply in out.replies.drain(..) {
             let client = (reply.client - CLIENT_ID_BASE) as usize;
             let at = self.now + MESSAGE_DELAY_NS;
+            let result = match reply.result {
+                Ok(result) => result,
+                // The command never ran: the client sends it again when its
+                // timer fires, as if no answer had come.
+                Err(Refused::Superseded) => continue,
+                Err(e) => panic!("simulated clients stay in their window: {e}"),
+            };
             let kind = EventKind::Reply {
                 client,
                 request: reply.request,
-                result: reply
-                    .result
-                    .expect("simulated clients stay in their window"),
+                result,
             };
             self.schedule(at, kind);
         }

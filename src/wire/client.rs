@@ -58,8 +58,9 @@ pub enum Code {
     NotFound = 2,
     /// The request number ran beyond the client's window.
     BeyondWindow = 3,
-    /// The shard could not take the command now (try again later); the
-    /// value holds the reason as text.
+    /// The command did not run and may be sent again under the same request
+    /// number: the shard could not take it now, or recovery replaced its
+    /// instance with a no-op. The value holds the reason as text.
     Overloaded = 4,
     /// The command was refused; the value holds the reason as text.
     Error = 5,
