@@ -9,7 +9,7 @@
 //! Every connection gets its own random client id, and numbers its requests
 //! from 1: the replica's exactly-once table is keyed by both.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -19,7 +19,9 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::{CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::wire::client::{decode_hello, decode_response, AdminInfo, HelloBody, Response, Role};
-use crate::wire::{BatchBuilder, CommandRef, FrameEncoder, FrameError, FrameReader, Kind, Op};
+use crate::wire::{
+    BatchBuilder, CommandRef, FrameEncoder, FrameError, FrameReader, Kind, Op, ReadBuffer,
+};
 
 /// Request bytes queued before `queue` flushes on its own.
 const QUEUED_BYTES_MAX: usize = 256 << 10;
@@ -85,7 +87,7 @@ pub struct Connection {
     stream: TcpStream,
     reader: FrameReader,
     enc: FrameEncoder,
-    rbuf: BytesMut,
+    rbuf: ReadBuffer,
     wbuf: BytesMut,
     queued: BatchBuilder,
     /// The replica's view: its id, N, shard count, this connection's shard.
@@ -93,6 +95,12 @@ pub struct Connection {
     client: u64,
     next_request: u64,
     outstanding: BTreeSet<u64>,
+    /// Answers read while waiting for another one (by `call` or `admin`),
+    /// handed out by `recv` first.
+    ready: VecDeque<Response>,
+    /// A write failed: part of a frame may have left, so nothing more can be
+    /// sent on this connection.
+    broken: bool,
 }
 
 impl Connection {
@@ -119,13 +127,15 @@ impl Connection {
                 sender: 0,
                 shard,
             },
-            rbuf: BytesMut::with_capacity(64 << 10),
+            rbuf: ReadBuffer::default(),
             wbuf: BytesMut::new(),
             queued: BatchBuilder::new(),
             server: HelloBody::default(),
             client: fresh_client_id(),
             next_request: 1,
             outstanding: BTreeSet::new(),
+            ready: VecDeque::new(),
+            broken: false,
         };
         let hello = HelloBody {
             role: Role::Client as u8,
@@ -209,40 +219,33 @@ impl Connection {
     /// The next response (flushing first).
     pub fn recv(&mut self) -> Result<Response, ClientError> {
         self.flush()?;
-        loop {
-            let frame = self.next_frame()?;
-            if frame.kind != Kind::Response {
-                return Err(ClientError::Frame(FrameError::Unexpected {
-                    kind: frame.kind,
-                    reason: "waiting for a Response",
-                }));
-            }
-            let response = decode_response(&frame.body)?;
-            if response.client != self.client {
-                return Err(ClientError::Frame(FrameError::Unexpected {
-                    kind: Kind::Response,
-                    reason: "an answer for another client",
-                }));
-            }
-            if self.outstanding.remove(&response.request) {
-                return Ok(response);
-            }
-            // An answer to a request answered already (a retry): skip it.
+        if let Some(r) = self.ready.pop_front() {
+            return Ok(r);
         }
+        if self.outstanding.is_empty() {
+            return Err(ClientError::Invalid(
+                "no request is waiting for an answer".into(),
+            ));
+        }
+        self.read_response()
     }
 
-    /// One command, answered.
+    /// One command, answered. Answers to other requests that arrive first
+    /// are kept for `recv`.
     pub fn call(&mut self, op: Op, key: &[u8], value: &[u8]) -> Result<Response, ClientError> {
         let request = self.queue(op, key, value)?;
+        self.flush()?;
         loop {
-            let r = self.recv()?;
+            let r = self.read_response()?;
             if r.request == request {
                 return Ok(r);
             }
+            self.ready.push_back(r);
         }
     }
 
-    /// The shard's digest and counters.
+    /// The shard's digest and counters. Answers that arrive first are kept
+    /// for `recv`.
     pub fn admin(&mut self) -> Result<AdminInfo, ClientError> {
         self.flush()?;
         self.send_frame(Kind::Admin, &[])?;
@@ -256,51 +259,65 @@ impl Connection {
                     })
                 });
             }
-            if frame.kind == Kind::Response {
-                let r = decode_response(&frame.body)?;
-                self.outstanding.remove(&r.request);
+            if let Some(r) = self.response(frame)? {
+                self.ready.push_back(r);
             }
         }
     }
 
-    /// Writes raw bytes (tests of malformed input).
-    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream.write_all(bytes)?;
-        Ok(())
-    }
-
-    /// Waits until the replica closes the connection; what it sent before.
-    pub fn wait_closed(&mut self) -> Result<(), ClientError> {
+    /// The next answer to an outstanding request, read from the socket.
+    fn read_response(&mut self) -> Result<Response, ClientError> {
         loop {
-            match self.next_frame() {
-                Err(ClientError::Closed) => return Ok(()),
-                Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Ok(())
-                }
-                Err(e) => return Err(e),
-                Ok(_) => {}
+            let frame = self.next_frame()?;
+            if let Some(r) = self.response(frame)? {
+                return Ok(r);
             }
         }
+    }
+
+    /// A Response frame for this client, checked; `None` for an answer to a
+    /// request answered already (a retry).
+    fn response(&mut self, frame: crate::wire::Frame) -> Result<Option<Response>, ClientError> {
+        if frame.kind != Kind::Response {
+            return Err(ClientError::Frame(FrameError::Unexpected {
+                kind: frame.kind,
+                reason: "waiting for a Response",
+            }));
+        }
+        let response = decode_response(&frame.body)?;
+        if response.client != self.client {
+            return Err(ClientError::Frame(FrameError::Unexpected {
+                kind: Kind::Response,
+                reason: "an answer for another client",
+            }));
+        }
+        Ok(self
+            .outstanding
+            .remove(&response.request)
+            .then_some(response))
     }
 
     fn send_frame(&mut self, kind: Kind, body: &[u8]) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Invalid(
+                "an earlier write to the replica failed: reconnect".into(),
+            ));
+        }
         self.wbuf.clear();
         self.enc
             .frame(&mut self.wbuf, kind, |b| b.extend_from_slice(body));
-        self.stream.write_all(&self.wbuf)?;
-        Ok(())
+        let written = self.stream.write_all(&self.wbuf);
+        self.broken = written.is_err();
+        Ok(written?)
     }
 
     fn next_frame(&mut self) -> Result<crate::wire::Frame, ClientError> {
         loop {
-            if let Some(f) = self.reader.next(&mut self.rbuf)? {
+            if let Some(f) = self.reader.next(self.rbuf.received())? {
                 return Ok(f);
             }
-            let len = self.rbuf.len();
-            self.rbuf.resize(len + (64 << 10), 0);
-            let n = self.stream.read(&mut self.rbuf[len..]);
-            let got = *n.as_ref().unwrap_or(&0);
-            self.rbuf.truncate(len + got);
+            let n = self.stream.read(self.rbuf.room());
+            self.rbuf.filled(*n.as_ref().unwrap_or(&0));
             if n? == 0 {
                 return Err(ClientError::Closed);
             }

@@ -24,29 +24,8 @@ use crate::constants::{
 };
 use crate::protocol::ReplicaId;
 use crate::wire::client::{decode_hello, shard_of, HelloBody, Role, REFUSED_TEXT_BYTES_MAX};
-use crate::wire::{peer, Batch, BatchBuilder, Frame, FrameError, FrameReader, Kind};
+use crate::wire::{peer, Batch, BatchBuilder, Frame, FrameError, FrameReader, Kind, ReadBuffer};
 use zerocopy::IntoBytes;
-
-/// Bytes asked of the socket per read: the read buffer is zeroed before
-/// each read (safe Rust reads only into initialized memory), so the size
-/// follows what the last read brought, between these bounds.
-const READ_CHUNK_BYTES_MIN: usize = 4 << 10;
-const READ_CHUNK_BYTES_MAX: usize = 256 << 10;
-
-/// A connection's receive buffer and its next read size.
-struct Inbound {
-    buf: BytesMut,
-    chunk: usize,
-}
-
-impl Inbound {
-    fn new() -> Inbound {
-        Inbound {
-            buf: BytesMut::with_capacity(READ_CHUNK_BYTES_MIN),
-            chunk: READ_CHUNK_BYTES_MIN,
-        }
-    }
-}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -74,28 +53,20 @@ impl From<std::io::Error> for Closed {
 async fn next_frame(
     stream: &mut (impl AsyncRead + Unpin),
     reader: &FrameReader,
-    inbound: &mut Inbound,
+    inbound: &mut ReadBuffer,
     shard: &Shard,
 ) -> Result<Option<Frame>, Closed> {
-    let buf = &mut inbound.buf;
     loop {
-        if let Some(frame) = reader.next(buf)? {
+        if let Some(frame) = reader.next(inbound.received())? {
             bump(&shard.counters.frames_in, 1);
             return Ok(Some(frame));
         }
-        let len = buf.len();
-        buf.resize(len + inbound.chunk, 0);
-        let read = stream.read(&mut buf[len..]).await;
+        let read = stream.read(inbound.room()).await;
         let n = *read.as_ref().unwrap_or(&0);
-        buf.truncate(len + n);
+        inbound.filled(n);
         bump(&shard.counters.bytes_in, n as u64);
-        inbound.chunk = if n == inbound.chunk {
-            (n * 2).min(READ_CHUNK_BYTES_MAX)
-        } else {
-            (n * 2).clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES_MAX)
-        };
         if read? == 0 {
-            reader.at_end(buf)?;
+            reader.at_end(inbound.received())?;
             return Ok(None);
         }
     }
@@ -146,7 +117,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
     let reader = FrameReader::new(shard.cfg.cluster_id);
-    let mut buf = Inbound::new();
+    let mut buf = ReadBuffer::default();
     let hello = with_timeout(async {
         let frame = next_frame(&mut stream, &reader, &mut buf, &shard).await?;
         let frame = frame.ok_or(Closed::Timeout)?;
@@ -254,7 +225,7 @@ async fn read_peer(
     shard: &Shard,
     stream: &mut TcpStream,
     reader: &FrameReader,
-    buf: &mut Inbound,
+    buf: &mut ReadBuffer,
     from: ReplicaId,
 ) -> Result<(), Closed> {
     while let Some(frame) = next_frame(stream, reader, buf, shard).await? {
@@ -282,7 +253,7 @@ async fn client_session(
     shard: &Rc<Shard>,
     stream: TcpStream,
     reader: FrameReader,
-    mut buf: Inbound,
+    mut buf: ReadBuffer,
 ) -> Result<(), Closed> {
     let (conn, queue) = shard.register_client();
     let (mut rx, tx) = futures_lite::io::split(stream);
@@ -297,7 +268,7 @@ async fn read_client(
     shard: &Shard,
     rx: &mut (impl AsyncRead + Unpin),
     reader: &FrameReader,
-    buf: &mut Inbound,
+    buf: &mut ReadBuffer,
     conn: u64,
     queue: &SendQueue,
 ) -> Result<(), Closed> {
@@ -445,7 +416,7 @@ async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Clos
     });
     stream.write_all(&hello).await?;
     let reader = FrameReader::new(shard.cfg.cluster_id);
-    let mut buf = Inbound::new();
+    let mut buf = ReadBuffer::default();
     let frame = with_timeout(next_frame(&mut stream, &reader, &mut buf, shard)).await?;
     match frame {
         Some(f) if f.kind == Kind::HelloOk => {

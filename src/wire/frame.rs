@@ -185,6 +185,70 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// Room a receive buffer opens for one read, at least and at most.
+const READ_ROOM_BYTES_MIN: usize = 4 << 10;
+const READ_ROOM_BYTES_MAX: usize = 256 << 10;
+
+/// A receive buffer for one connection, shared by every reader of the wire
+/// (replica, client library, blaster). Safe Rust reads only into
+/// initialised memory, so the room opened for each read is zeroed; its size
+/// follows what the reads bring (twice the last one, 4 KiB to 256 KiB),
+/// because a fixed large room costs a large memset for every small answer.
+#[derive(Debug)]
+pub struct ReadBuffer {
+    buf: BytesMut,
+    room: usize,
+    /// Where the room opened by `room` starts, until `filled` says how much
+    /// of it the read used.
+    open_at: Option<usize>,
+}
+
+impl Default for ReadBuffer {
+    fn default() -> ReadBuffer {
+        ReadBuffer {
+            buf: BytesMut::new(),
+            room: READ_ROOM_BYTES_MIN,
+            open_at: None,
+        }
+    }
+}
+
+impl ReadBuffer {
+    /// What has been received and not yet cut into frames (for
+    /// `FrameReader::next`). Room left open by a read that never finished
+    /// (its future was dropped) is discarded here.
+    pub fn received(&mut self) -> &mut BytesMut {
+        self.close_room();
+        &mut self.buf
+    }
+
+    /// Zeroed room at the end of the buffer for the next read.
+    pub fn room(&mut self) -> &mut [u8] {
+        self.close_room();
+        let at = self.buf.len();
+        self.buf.resize(at + self.room, 0);
+        self.open_at = Some(at);
+        &mut self.buf[at..]
+    }
+
+    /// Keeps the `n` bytes the read put at the start of the room.
+    pub fn filled(&mut self, n: usize) {
+        let at = self
+            .open_at
+            .take()
+            .expect("a read fills the room it opened");
+        debug_assert!(n <= self.room, "read {n} bytes into {}", self.room);
+        self.buf.truncate(at + n);
+        self.room = (n * 2).clamp(READ_ROOM_BYTES_MIN, READ_ROOM_BYTES_MAX);
+    }
+
+    fn close_room(&mut self) {
+        if let Some(at) = self.open_at.take() {
+            self.buf.truncate(at);
+        }
+    }
+}
+
 /// Cuts frames off the front of a receive buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct FrameReader {
@@ -312,6 +376,23 @@ impl FrameEncoder {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn read_buffer_room_follows_the_reads_and_drops_unfinished_ones() {
+        let mut rb = ReadBuffer::default();
+        assert_eq!(rb.room().len(), READ_ROOM_BYTES_MIN);
+        rb.filled(0);
+        let room = rb.room();
+        room[..3].copy_from_slice(b"abc");
+        rb.filled(3);
+        assert_eq!(&rb.received()[..], b"abc");
+        let n = rb.room().len();
+        rb.filled(n);
+        assert_eq!(rb.room().len(), 2 * n, "a full read doubles the room");
+        // A read whose future was dropped leaves nothing behind.
+        assert_eq!(rb.received().len(), 3 + n);
+    }
+
     use super::*;
 
     const ENC: FrameEncoder = FrameEncoder {

@@ -16,7 +16,7 @@ pub mod frame;
 pub mod peer;
 
 pub use command::{Batch, BatchBuilder, CommandError, CommandHeader, CommandRef, Op};
-pub use frame::{Frame, FrameEncoder, FrameError, FrameReader, Kind};
+pub use frame::{Frame, FrameEncoder, FrameError, FrameReader, Kind, ReadBuffer};
 
 /// Runs every decoder this crate has over untrusted bytes, as a replica
 /// would meet them: split into frames, each body decoded as its kind.

@@ -15,7 +15,9 @@ use epaxos_fast::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use epaxos_fast::rng::Rng;
 use epaxos_fast::runtime::Notify;
 use epaxos_fast::wire::client::{decode_hello, decode_response, shard_of, Code, HelloBody, Role};
-use epaxos_fast::wire::{BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op};
+use epaxos_fast::wire::{
+    BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op, ReadBuffer,
+};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
@@ -150,10 +152,12 @@ pub async fn run(
         .await
         .map_err(|e| format!("{who}: {e}"))?;
     out.clear();
-    let mut inbuf = BytesMut::new();
-    let mut chunk = 0;
+    let mut inbuf = ReadBuffer::default();
     let server = loop {
-        if let Some(f) = reader.next(&mut inbuf).map_err(|e| format!("{who}: {e}"))? {
+        if let Some(f) = reader
+            .next(inbuf.received())
+            .map_err(|e| format!("{who}: {e}"))?
+        {
             if f.kind != Kind::HelloOk {
                 return Err(format!(
                     "{who}: refused: {}",
@@ -162,7 +166,7 @@ pub async fn run(
             }
             break decode_hello(f.kind, &f.body).map_err(|e| e.to_string())?;
         }
-        read_more(&mut stream, &mut inbuf, &mut chunk)
+        read_more(&mut stream, &mut inbuf)
             .await
             .map_err(|e| format!("{who}: {e}"))?;
     };
@@ -336,7 +340,7 @@ async fn send_loop(
 async fn recv_loop(
     rx: &mut (impl AsyncRead + Unpin),
     reader: FrameReader,
-    mut inbuf: BytesMut,
+    mut inbuf: ReadBuffer,
     state: &RefCell<State>,
     wake: &Notify,
     w: &Workload,
@@ -344,9 +348,8 @@ async fn recv_loop(
     live: Live,
 ) -> Result<Tally, String> {
     let mut tally = Tally::new();
-    let mut chunk = 0;
     loop {
-        match read_more(rx, &mut inbuf, &mut chunk).await {
+        match read_more(rx, &mut inbuf).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => return Err(e.to_string()),
@@ -354,7 +357,7 @@ async fn recv_loop(
         let now = Instant::now();
         let mut s = state.borrow_mut();
         let end = s.end;
-        while let Some(f) = reader.next(&mut inbuf).map_err(|e| e.to_string())? {
+        while let Some(f) = reader.next(inbuf.received()).map_err(|e| e.to_string())? {
             if f.kind != Kind::Response {
                 return Err(format!("unexpected {:?}", f.kind));
             }
@@ -396,42 +399,17 @@ async fn recv_loop(
     }
 }
 
-/// Appends what the socket has to `buf`. Cancel-safe: the loop races it
-/// against a timer, and a cancelled read leaves `buf` as it found it.
-/// The space read into is zeroed first, so its size `chunk` follows what the
-/// last read brought: it doubles when a read fills it and falls back to twice
-/// the last read otherwise (zeroing 256 KiB for every 56-byte answer was
-/// blaster's largest cost at low rates).
+/// Appends what the socket has to `buf`.
 async fn read_more(
     stream: &mut (impl AsyncRead + Unpin),
-    buf: &mut BytesMut,
-    chunk: &mut usize,
+    buf: &mut ReadBuffer,
 ) -> std::io::Result<()> {
-    const CHUNK_MIN: usize = 4 << 10;
-    const CHUNK_MAX: usize = 256 << 10;
-    let len = buf.len();
-    let size = (*chunk).clamp(CHUNK_MIN, CHUNK_MAX);
-    buf.resize(len + size, 0);
-    let mut guard = KeepOnDrop { buf, keep: len };
-    let n = stream.read(&mut guard.buf[len..]).await?;
-    guard.keep = len + n;
-    *chunk = if n == size { size * 2 } else { n * 2 };
-    if n == 0 {
+    let n = stream.read(buf.room()).await;
+    buf.filled(*n.as_ref().unwrap_or(&0));
+    if n? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     Ok(())
-}
-
-/// Truncates the buffer to `keep` bytes when dropped.
-struct KeepOnDrop<'a> {
-    buf: &'a mut BytesMut,
-    keep: usize,
-}
-
-impl Drop for KeepOnDrop<'_> {
-    fn drop(&mut self) {
-        self.buf.truncate(self.keep);
-    }
 }
 
 struct Conn {
