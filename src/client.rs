@@ -18,7 +18,9 @@ use bytes::BytesMut;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::{CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use crate::wire::client::{decode_hello, decode_response, AdminInfo, HelloBody, Response, Role};
+use crate::wire::client::{
+    decode_hello, decode_response, shard_addr, AdminInfo, HelloBody, Response, Role,
+};
 use crate::wire::{
     BatchBuilder, CommandRef, FrameEncoder, FrameError, FrameReader, Kind, Op, ReadBuffer,
 };
@@ -113,8 +115,8 @@ impl Connection {
         cluster_id: u64,
         timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        let mut addr = base;
-        addr.set_port(base.port() + u16::from(shard));
+        let addr = shard_addr(base, usize::from(shard))
+            .ok_or_else(|| ClientError::Invalid(format!("{base}: no port for shard {shard}")))?;
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;

@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser};
 use epaxos_fast::constants::{BATCH_COMMANDS_MAX, REPLICAS_MAX};
 use epaxos_fast::protocol::ReplicaId;
 use epaxos_fast::runtime::{self, RuntimeConfig};
+use epaxos_fast::wire::client::shard_addr;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -121,8 +122,10 @@ fn config(args: &Args) -> RuntimeConfig {
         .map(|p| resolve(p, "--peers entry"))
         .collect();
     let cores = usize::from(args.cores);
+    // Shard s uses port + s: every replica's ports, and the listening ones.
+    let ports_exist = |a: &SocketAddr| a.port() != 0 && shard_addr(*a, cores - 1).is_some();
     for (i, p) in peers.iter().enumerate() {
-        if usize::from(p.port()) + cores > 65536 || p.port() == 0 {
+        if !ports_exist(p) {
             usage_error(format!(
                 "replica {i} at {p}: ports {}..{} do not all exist",
                 p.port(),
@@ -134,6 +137,13 @@ fn config(args: &Args) -> RuntimeConfig {
         Some(l) => resolve(l, "--listen"),
         None => peers[usize::from(args.id)],
     };
+    if !ports_exist(&listen) {
+        usage_error(format!(
+            "--listen {listen}: ports {}..{} do not all exist",
+            listen.port(),
+            usize::from(listen.port()) + cores
+        ));
+    }
     RuntimeConfig {
         replica: ReplicaId(args.id),
         peers,

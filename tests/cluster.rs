@@ -145,3 +145,53 @@ fn sigterm_stops_every_replica_cleanly() {
         assert!(status.success(), "replica {id}: {status}");
     }
 }
+
+/// Bad flag values are refused before anything starts: one error naming the
+/// value, exit status 2.
+#[test]
+fn bad_flag_values_exit_2_with_the_reason() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "--id",
+                "0",
+                "--peers",
+                "127.0.0.1:7000",
+                "--cores",
+                "2",
+                "--listen",
+                "127.0.0.1:65535",
+            ],
+            "--listen 127.0.0.1:65535: ports 65535..65537 do not all exist",
+        ),
+        (
+            &[
+                "--id",
+                "3",
+                "--peers",
+                "127.0.0.1:7000,127.0.0.1:7010,127.0.0.1:7020",
+            ],
+            "--id",
+        ),
+        (
+            &[
+                "--id",
+                "0",
+                "--peers",
+                "127.0.0.1:7000",
+                "--data-dir",
+                "/tmp",
+            ],
+            "--data-dir",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_epaxos-fast"))
+            .args(args)
+            .output()
+            .expect("run epaxos-fast");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -28,6 +28,7 @@ use tracing::{error, info, info_span};
 
 use crate::constants::{BIND_RETRY_MS, STOP_CHECK_MS};
 use crate::protocol::ReplicaId;
+use crate::wire::client::shard_addr;
 pub use notify::Notify;
 use shard::Shard;
 pub use shard::{Cross, ShardConfig};
@@ -62,8 +63,7 @@ const CROSS_CHANNEL_DEPTH: usize = 4096;
 pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut fds = Vec::with_capacity(cfg.cores);
     for s in 0..cfg.cores {
-        let mut addr = cfg.listen;
-        addr.set_port(cfg.listen.port() + s as u16);
+        let addr = shard_addr(cfg.listen, s).expect("ports checked at start-up");
         // std's listener, not glommio's: glommio sets SO_REUSEPORT, with
         // which a second replica on the same port would silently share it.
         let listener =

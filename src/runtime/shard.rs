@@ -24,7 +24,7 @@ use crate::protocol::{
     Config, InstanceId, Message, Outbox, Refused, Replica, ReplicaId, Reply, Status,
 };
 use crate::state_machine::{KvResult, KvStore};
-use crate::wire::client::{put_response, AdminInfo, Code};
+use crate::wire::client::{put_response, shard_addr, AdminInfo, Code};
 use crate::wire::command::COMMAND_HEADER_BYTES;
 use crate::wire::{peer, Batch, BatchBuilder, CommandRef, FrameEncoder, Kind, Op};
 
@@ -52,9 +52,7 @@ pub struct ShardConfig {
 impl ShardConfig {
     /// Where shard `self.shard` of `replica` listens.
     pub fn peer_addr(&self, replica: ReplicaId) -> std::net::SocketAddr {
-        let mut addr = self.peers[replica.index()];
-        addr.set_port(addr.port() + self.shard as u16);
-        addr
+        shard_addr(self.peers[replica.index()], self.shard).expect("ports checked at start-up")
     }
 
     pub fn encoder(&self) -> FrameEncoder {

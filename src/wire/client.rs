@@ -192,6 +192,15 @@ pub struct AdminInfo {
 
 const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 20);
 
+/// Where shard `shard` of a replica whose base address is `base` listens:
+/// port + shard. `None` where that port does not exist.
+pub fn shard_addr(base: std::net::SocketAddr, shard: usize) -> Option<std::net::SocketAddr> {
+    let port = u16::try_from(usize::from(base.port()) + shard).ok()?;
+    let mut addr = base;
+    addr.set_port(port);
+    Some(addr)
+}
+
 /// The shard that owns `key` among `shards`: FNV-1a, then a multiplicative
 /// mix so that keys differing only in their last byte spread. Clients and
 /// servers must agree on it, so it is part of the wire format.

@@ -14,7 +14,9 @@ use epaxos_fast::client::fresh_client_id;
 use epaxos_fast::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use epaxos_fast::rng::Rng;
 use epaxos_fast::runtime::Notify;
-use epaxos_fast::wire::client::{decode_hello, decode_response, shard_of, Code, HelloBody, Role};
+use epaxos_fast::wire::client::{
+    decode_hello, decode_response, shard_addr, shard_of, Code, HelloBody, Role,
+};
 use epaxos_fast::wire::{
     BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op, ReadBuffer,
 };
@@ -126,8 +128,8 @@ pub async fn run(
     live: Live,
 ) -> Result<Tally, String> {
     let who = format!("{} shard {}", target.addr, target.shard);
-    let mut addr = target.addr;
-    addr.set_port(addr.port() + u16::from(target.shard));
+    let addr = shard_addr(target.addr, usize::from(target.shard))
+        .ok_or_else(|| format!("{who}: no port for that shard"))?;
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("{who}: connect: {e}"))?;
