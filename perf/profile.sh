@@ -27,7 +27,8 @@ RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release -p blaster >&2
 echo "== recording ${secs}s of a 5-replica cluster under load" >&2
 timeout $((secs + 120)) perf record -e cpu-clock -F 999 -g -a -o "$out/perf.data" -- \
     target/perf/release/blaster --local-cluster 5 --duration "$secs" \
-    --connections 10 --outstanding 400 --keys 10 "$@" | tee "$out/blaster.txt"
+    --connections 10 --outstanding 400 --keys 10 "$@" | tee "$out/blaster.txt" ||
+    echo "== blaster or perf exited non-zero (see above); profiling what was recorded" >&2
 
 echo "== flamegraph and top symbols" >&2
 perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf > "$out/stacks.folded"

@@ -12,9 +12,11 @@ cargo build --release -p blaster >&2
 b=target/release/blaster
 run() {
     local name="$1"; shift
-    local out
-    out=$(timeout $((secs + 60)) "$b" --duration "$secs" "$@" 2>/dev/null | tr '\n' ' ')
-    printf '%-44s %s\n' "$name" "$out"
+    local out rc=0
+    # blaster exits 1 on errors or timeouts: report that row, go on.
+    out=$(timeout $((secs + 60)) "$b" --duration "$secs" "$@" 2>/dev/null) || rc=$?
+    printf '%-44s %s\n' "$name" "$(echo "$out" | tr '\n' ' ')"
+    [[ $rc -eq 0 ]] || printf '    (blaster exited %s: errors, timeouts or a failure; rerun the command to see)\n' "$rc"
     printf '    command: blaster --duration %s %s\n' "$secs" "$*"
 }
 closed=(--connections 10 --outstanding 800 --keys 10)

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use epaxos_fast::client::fresh_client_id;
-use epaxos_fast::constants::CLIENT_WINDOW_REQUESTS_MAX;
+use epaxos_fast::constants::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, CLIENT_WINDOW_REQUESTS_MAX};
 use epaxos_fast::rng::Rng;
 use epaxos_fast::runtime::Notify;
 use epaxos_fast::wire::client::{
     decode_hello, decode_response, shard_addr, shard_of, Code, HelloBody, Role,
 };
+use epaxos_fast::wire::command::COMMAND_HEADER_BYTES;
 use epaxos_fast::wire::{
-    BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op, ReadBuffer,
+    Batch, BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op, ReadBuffer,
 };
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -61,6 +62,8 @@ pub struct Tally {
     pub lag: Histogram<u64>,
     pub ops: u64,
     pub errors: u64,
+    /// Requests unanswered when the drain ended, and (open loop) requests
+    /// that fell due but could not be sent because the window was full.
     pub timeouts: u64,
     pub checks: Vec<KeyCheck>,
     /// `--history` lines.
@@ -189,6 +192,7 @@ pub async fn run(
         keys,
         value: vec![b'v'; w.value_bytes],
         batch: BatchBuilder::new(),
+        full: Vec::new(),
         zipf_cdf: w.zipf.map(|s| zipf_cdf(keys_len, s)),
         history: w.history.then(|| History {
             pending: (0..CLIENT_WINDOW_REQUESTS_MAX).map(|_| None).collect(),
@@ -236,8 +240,9 @@ pub async fn run(
     .await;
     let sent = writer.await;
     let mut tally = received.map_err(|e| format!("{who}: {e}"))?;
-    let lag = sent.map_err(|e| format!("{who}: {e}"))?;
+    let (lag, unsent) = sent.map_err(|e| format!("{who}: {e}"))?;
     tally.lag.add(&lag).expect("same bounds");
+    tally.timeouts += unsent;
     Ok(tally)
 }
 
@@ -266,7 +271,7 @@ async fn send_loop(
     wake: &Notify,
     w: &Workload,
     start: Instant,
-) -> std::io::Result<Histogram<u64>> {
+) -> std::io::Result<(Histogram<u64>, u64)> {
     let mut out = BytesMut::new();
     let mut due_sent = 0u64;
     let mut lag =
@@ -279,7 +284,19 @@ async fn send_loop(
                 s.end = now;
             }
             if now >= s.end {
-                return Ok(lag);
+                // Requests that fell due while the window was full and never
+                // went out: the server's stall, which must not vanish from
+                // the figures. (With room left, what is unsent at the end
+                // was due in the instant the loop took to notice the end.)
+                let unsent = match w.rate {
+                    Some(rate) if !s.conn.room() => {
+                        let due = (s.end.saturating_duration_since(start).as_secs_f64() * rate)
+                            .ceil() as u64;
+                        due.saturating_sub(due_sent)
+                    }
+                    _ => 0,
+                };
+                return Ok((lag, unsent));
             }
             let conn = &mut s.conn;
             let next = match w.rate {
@@ -316,6 +333,9 @@ async fn send_loop(
             let conn = &mut s.conn;
             if !conn.batch.is_empty() {
                 let batch = conn.batch.finish();
+                conn.full.push(batch);
+            }
+            for batch in conn.full.drain(..) {
                 enc.frame(&mut out, Kind::Request, |b| {
                     b.extend_from_slice(batch.bytes())
                 });
@@ -378,15 +398,16 @@ async fn recv_loop(
             let Some(sent) = s.conn.answered(r.request) else {
                 continue;
             };
+            let ns = now.duration_since(sent).as_nanos().max(1) as u64;
+            // The progress lines show the warm-up too (marked as such).
+            let mut l = live.borrow_mut();
+            l.hist.saturating_record(ns);
+            l.ops += 1;
+            l.errors += u64::from(!ok);
             if sent >= measure_from && sent < end {
-                let ns = now.duration_since(sent).as_nanos().max(1) as u64;
                 tally.hist.saturating_record(ns);
                 tally.ops += 1;
                 tally.errors += u64::from(!ok);
-                let mut l = live.borrow_mut();
-                l.hist.saturating_record(ns);
-                l.ops += 1;
-                l.errors += u64::from(!ok);
             }
         }
         wake.notify();
@@ -426,6 +447,9 @@ struct Conn {
     keys: Vec<Vec<u8>>,
     value: Vec<u8>,
     batch: BatchBuilder,
+    /// Batches closed because one more command would not fit, to go out
+    /// before `batch` in the next write.
+    full: Vec<Batch>,
     /// Cumulative Zipf weights over `keys`, if `--zipf`.
     zipf_cdf: Option<Vec<f64>>,
     /// With `--history`: each outstanding request's operation, by number
@@ -578,13 +602,23 @@ impl Conn {
                 at: Instant::now(),
             });
         }
+        let value: &[u8] = if read { b"" } else { &self.value };
+        // One request frame carries at most what the replica takes in one
+        // batch; more goes in the next frame of the same write.
+        let size = COMMAND_HEADER_BYTES + key.len() + value.len();
+        if !self.batch.is_empty()
+            && (self.batch.bytes_len() + size > BATCH_BYTES_MAX
+                || self.batch.len() >= BATCH_COMMANDS_MAX)
+        {
+            self.full.push(self.batch.finish());
+        }
         self.batch.push(&CommandRef {
             client: self.client,
             request,
             first_outstanding: self.oldest,
             op: if read { Op::Get } else { Op::Put },
             key,
-            value: if read { b"" } else { &self.value },
+            value,
         });
     }
 

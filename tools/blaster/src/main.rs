@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use epaxos_fast::constants::VALUE_BYTES_MAX;
+use epaxos_fast::constants::{CLIENT_WINDOW_REQUESTS_MAX, REPLICAS_MAX, VALUE_BYTES_MAX};
 use glommio::{LocalExecutorBuilder, Placement};
 use load::{Tally, Target, Workload};
 
@@ -134,6 +134,21 @@ fn check(args: &Args) -> Result<(), String> {
     if args.connections == 0 || args.cores == 0 || args.duration <= 0.0 {
         return Err("--connections, --cores and --duration must be positive".into());
     }
+    if args
+        .local_cluster
+        .is_some_and(|n| n == 0 || n > REPLICAS_MAX)
+    {
+        return Err(format!(
+            "--local-cluster takes 1 to {REPLICAS_MAX} replicas"
+        ));
+    }
+    // A connection's requests in flight stay within the replica's window.
+    let window = CLIENT_WINDOW_REQUESTS_MAX as usize - 1;
+    if args.outstanding == 0 || args.outstanding > window {
+        return Err(format!(
+            "--outstanding takes 1 to {window} requests per connection"
+        ));
+    }
     if args.zipf.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
         return Err("--zipf must be a positive exponent".into());
     }
@@ -173,7 +188,7 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     let shards = cluster::shards_of(targets[0], args.cluster_id)?;
     let workload = Workload {
         cluster_id: args.cluster_id,
-        outstanding: args.outstanding.max(1),
+        outstanding: args.outstanding,
         rate: args.rate.map(|r| r / args.connections as f64),
         connections: args.connections,
         keys: args.keys,
@@ -213,15 +228,23 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         handles.push(h);
     }
     report::progress(&live, start, &workload, stop);
+    // Ctrl-C ends the measured window early: throughput is over what ran.
+    let measured = if stop_requested(stop) {
+        Instant::now()
+            .saturating_duration_since(start + workload.warmup)
+            .clamp(Duration::from_millis(1), workload.duration)
+    } else {
+        workload.duration
+    };
     let mut tally = Tally::new();
     let mut failures = Vec::new();
     for h in handles {
         match h.join() {
-            Ok(Ok(mut t)) => {
+            Ok((mut t, errors)) => {
                 tally.add(&t);
                 tally.take_checks(&mut t);
+                failures.extend(errors);
             }
-            Ok(Err(e)) => failures.push(e),
             Err(e) => failures.push(e.to_string()),
         }
     }
@@ -229,7 +252,7 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     for f in &failures {
         eprintln!("blaster: {f}");
     }
-    report::summary(&tally, workload.duration, args)?;
+    report::summary(&tally, measured, args)?;
     if let Some(path) = &args.history {
         let mut text = tally.history.join("\n");
         text.push('\n');
@@ -252,14 +275,16 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     Ok(verified && failures.is_empty() && tally.errors == 0 && tally.timeouts == 0)
 }
 
-/// All connections of one executor; their tallies merged.
+/// All connections of one executor: the tallies of those that finished,
+/// merged, and why each other one failed (a failed connection does not
+/// take the others' figures with it).
 async fn drive(
     targets: Vec<Target>,
     w: Workload,
     seed: u64,
     start: Instant,
     shared: Arc<Mutex<Tally>>,
-) -> Result<Tally, String> {
+) -> (Tally, Vec<String>) {
     let live = Rc::new(std::cell::RefCell::new(Tally::new()));
     let tasks: Vec<_> = targets
         .into_iter()
@@ -281,18 +306,18 @@ async fn drive(
         })
     };
     let mut tally = Tally::new();
-    let mut first_error = None;
+    let mut errors = Vec::new();
     for t in tasks {
         match t.await {
             Ok(mut x) => {
                 tally.add(&x);
                 tally.take_checks(&mut x);
             }
-            Err(e) => first_error = first_error.or(Some(e)),
+            Err(e) => errors.push(e),
         }
     }
     drop(publisher);
-    first_error.map_or(Ok(tally), Err)
+    (tally, errors)
 }
 
 pub fn stop_requested(stop: &AtomicBool) -> bool {

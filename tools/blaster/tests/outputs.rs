@@ -116,3 +116,44 @@ fn history_has_one_line_per_operation() {
     }
     let _ = std::fs::remove_file(path);
 }
+
+/// A connection's window of large values is more than one request frame may
+/// carry: blaster splits it over several frames (it used to panic).
+#[test]
+fn large_values_are_split_over_request_frames() {
+    let out = run(&[
+        "--local-cluster",
+        "1",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--connections",
+        "1",
+        "--outstanding",
+        "64",
+        "--value-size",
+        "200000",
+    ]);
+    assert!(out.contains("errors 0  timeouts 0"), "{out}");
+}
+
+/// Flag values blaster cannot honour are refused before anything starts.
+#[test]
+fn impossible_flag_values_exit_2() {
+    for (args, says) in [
+        (&["--local-cluster", "0"][..], "--local-cluster takes 1 to"),
+        (
+            &["--local-cluster", "1", "--outstanding", "5000"][..],
+            "--outstanding takes 1 to",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blaster"))
+            .args(args)
+            .output()
+            .expect("run blaster");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
