@@ -195,3 +195,33 @@ fn bad_flag_values_exit_2_with_the_reason() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// A client that stops reading is closed once its unread answers pass the
+/// replica's limit (64 MiB), and sees the connection end instead of waiting
+/// on a socket nobody writes to any more.
+#[test]
+fn a_client_that_does_not_read_is_disconnected() {
+    let cluster = Cluster::start(1, 1);
+    let mut conn = cluster.connect(0, 0);
+    let big = vec![b'v'; epaxos_fast::constants::VALUE_BYTES_MAX];
+    let r = conn.call(Op::Put, b"big", &big).expect("put");
+    assert_eq!(r.code, Code::Done);
+    // 100 answers of 1 MiB, and nothing read while they pile up.
+    for _ in 0..100 {
+        conn.queue(Op::Get, b"big", b"").expect("queue");
+    }
+    conn.flush().expect("flush");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let ended = loop {
+        match conn.recv() {
+            Ok(r) => assert_eq!(r.code, Code::Value),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&ended, epaxos_fast::client::ClientError::Closed)
+            || matches!(&ended, epaxos_fast::client::ClientError::Io(e)
+                if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection did not end: {ended}"
+    );
+}

@@ -257,7 +257,15 @@ async fn client_session(
 ) -> Result<(), Closed> {
     let (conn, queue) = shard.register_client();
     let (mut rx, tx) = futures_lite::io::split(stream);
-    let writer = glommio::spawn_local(write_loop(shard.clone(), queue.clone(), tx)).detach();
+    let writer = {
+        let (shard, queue) = (shard.clone(), queue.clone());
+        glommio::spawn_local(async move {
+            let written = write_loop(shard, queue.clone(), tx).await;
+            queue.writer_gone.notify();
+            written
+        })
+        .detach()
+    };
     let result = read_client(shard, &mut rx, &reader, &mut buf, conn, &queue).await;
     shard.unregister_client(conn);
     let _ = writer.await;
@@ -274,10 +282,16 @@ async fn read_client(
 ) -> Result<(), Closed> {
     let me = shard.cfg.shard;
     let mut others: Vec<BatchBuilder> = Vec::new();
-    while let Some(frame) = next_frame(rx, reader, buf, shard).await? {
-        if !queue.open.get() {
-            return Ok(()); // closed for not reading its answers
-        }
+    loop {
+        let writer_gone = async {
+            queue.writer_gone.wait().await;
+            Ok(None)
+        };
+        let Some(frame) =
+            futures_lite::future::or(next_frame(rx, reader, buf, shard), writer_gone).await?
+        else {
+            return Ok(()); // the client left, or was closed for not reading
+        };
         match frame.kind {
             Kind::Request => {
                 let batch = Batch::parse(frame.body).map_err(|e| FrameError::BadBody {
@@ -318,7 +332,6 @@ async fn read_client(
             }
         }
     }
-    Ok(())
 }
 
 /// Writes whatever piled up in `queue` since the last write, in one write.

@@ -74,6 +74,10 @@ pub struct SendQueue {
     pub open: Cell<bool>,
     /// Wakes a writer blocked on a socket when its connection is closed.
     pub closed: Notify,
+    /// The writer has ended (closed, or its socket failed): a client
+    /// connection's reader stops too, so the socket is closed and the
+    /// client sees it, instead of waiting for answers that will not come.
+    pub writer_gone: Notify,
 }
 
 impl SendQueue {
@@ -92,6 +96,14 @@ impl SendQueue {
         if written.capacity() > spare.capacity() {
             *spare = written;
         }
+    }
+
+    /// Stops the connection: what is queued is dropped, and a writer blocked
+    /// on the socket gives up.
+    pub fn close(&self) {
+        self.open.set(false);
+        self.notify.notify();
+        self.closed.notify();
     }
 
     pub fn push_frame(&self, enc: &FrameEncoder, kind: Kind, body: impl FnOnce(&mut BytesMut)) {
@@ -234,9 +246,7 @@ impl Shard {
 
     pub fn unregister_client(&self, conn: u64) {
         if let Some(q) = self.clients.borrow_mut().remove(&conn) {
-            q.open.set(false);
-            q.notify.notify();
-            q.closed.notify();
+            q.close();
         }
     }
 
@@ -318,9 +328,7 @@ impl Shard {
                 "client connection {conn}: over {CLIENT_SEND_BUFFER_BYTES_MAX} bytes of \
                  unread responses; closing it"
             );
-            q.open.set(false);
-            q.closed.notify();
-            q.notify.notify();
+            q.close();
             return;
         }
         q.push_frame(&self.cfg.encoder(), Kind::Response, |b| {
