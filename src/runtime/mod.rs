@@ -100,6 +100,10 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
         let handle = builder
             .name(&format!("shard-{s}"))
             .spawn(move || async move {
+                // If this shard ends with an error, the others stop too: a
+                // replica with a dead shard must not keep half running. (A
+                // panic aborts the whole process: panic = "abort".)
+                let _stop_all = StopOnDrop(stop.clone());
                 let _span = info_span!("shard", replica = shard_cfg.replica.0, shard = s).entered();
                 // SAFETY: `fd` is a listening socket this process owns and
                 // nothing else uses (into_raw_fd gave up std's ownership).
@@ -118,6 +122,15 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Sets the stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Binds `addr`, retrying for a while if it is in use: right after a
