@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::frame::{FrameError, Kind};
+use super::frame::{FrameError, Kind, SMALL_BODY_BYTES_MAX};
 
 /// Who opens a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +121,10 @@ pub fn decode_response(body: &Bytes) -> Result<Response, FrameError> {
     let (f, rest) =
         ResponseBody::ref_from_prefix(body).map_err(|_| bad(format!("{} bytes", body.len())))?;
     let code = Code::from_u8(f.code).ok_or_else(|| bad(format!("code {}", f.code)))?;
-    if rest.len() != f.value_len.get() as usize || f.padding != [0; 3] {
+    if f.padding != [0; 3] {
+        return Err(bad("padding not zero".into()));
+    }
+    if rest.len() != f.value_len.get() as usize {
         return Err(bad(format!(
             "value of {} bytes announced, {} present",
             f.value_len.get(),
@@ -191,6 +194,9 @@ pub struct AdminInfo {
 }
 
 const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 20);
+const _: () = assert!(core::mem::size_of::<AdminInfo>() <= SMALL_BODY_BYTES_MAX);
+const _: () = assert!(REFUSED_TEXT_BYTES_MAX <= SMALL_BODY_BYTES_MAX);
+const _: () = assert!(core::mem::size_of::<ResponseBody>() <= SMALL_BODY_BYTES_MAX);
 
 /// Where shard `shard` of a replica whose base address is `base` listens:
 /// port + shard. `None` where that port does not exist.

@@ -16,7 +16,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::constants::FRAME_BODY_BYTES_MAX;
+use crate::constants::{FRAME_BODY_BYTES_MAX, VALUE_BYTES_MAX};
+
+/// Body limit of the kinds with a fixed body or a short text
+/// (`Kind::body_bytes_max`); each such body is checked against it where it
+/// is laid out.
+pub const SMALL_BODY_BYTES_MAX: usize = 4096;
 
 /// "EPXF" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
@@ -106,6 +111,22 @@ impl Kind {
     pub fn is_peer_message(self) -> bool {
         (self as u8) < 20
     }
+
+    /// Longest body a frame of this kind may announce. A header alone makes
+    /// a reader reserve room for its whole body, so kinds with a fixed body
+    /// or a short text get a small limit: a connection that has not even
+    /// finished its handshake cannot make a replica hold megabytes.
+    pub fn body_bytes_max(self) -> usize {
+        use Kind::*;
+        match self {
+            PreAccept | Accept | Commit | PrepareOk | Validate | ValidateOk | Request => {
+                FRAME_BODY_BYTES_MAX
+            }
+            Response => SMALL_BODY_BYTES_MAX + VALUE_BYTES_MAX,
+            PreAcceptOk | AcceptOk | CommitOk | Prepare | Nack | Waiting | Hello | HelloOk
+            | Refused | Admin | AdminInfo => SMALL_BODY_BYTES_MAX,
+        }
+    }
 }
 
 /// Why a frame (or a body) was refused. Every variant closes the connection.
@@ -115,6 +136,7 @@ pub enum FrameError {
     BadVersion(u8),
     UnknownKind(u8),
     TooLong {
+        kind: Kind,
         len: usize,
     },
     WrongCluster {
@@ -152,9 +174,11 @@ impl std::fmt::Display for FrameError {
                 write!(f, "wire version {v}, this build speaks {WIRE_VERSION}")
             }
             FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
-            FrameError::TooLong { len } => {
-                write!(f, "body of {len} bytes (limit {FRAME_BODY_BYTES_MAX})")
-            }
+            FrameError::TooLong { kind, len } => write!(
+                f,
+                "{kind:?} body of {len} bytes (limit {})",
+                kind.body_bytes_max()
+            ),
             FrameError::WrongCluster { expected, got } => {
                 write!(f, "cluster id {got}, this cluster is {expected}")
             }
@@ -317,8 +341,8 @@ impl FrameReader {
         }
         let kind = Kind::from_code(h.kind).ok_or(FrameError::UnknownKind(h.kind))?;
         let len = h.body_len.get() as usize;
-        if len > FRAME_BODY_BYTES_MAX {
-            return Err(FrameError::TooLong { len });
+        if len > kind.body_bytes_max() {
+            return Err(FrameError::TooLong { kind, len });
         }
         if h.cluster_id.get() != self.cluster_id {
             return Err(FrameError::WrongCluster {
@@ -355,7 +379,7 @@ impl FrameEncoder {
         buf.put_bytes(0, FRAME_HEADER_BYTES);
         body(buf);
         let len = buf.len() - start - FRAME_HEADER_BYTES;
-        assert!(len <= FRAME_BODY_BYTES_MAX, "{kind:?} body of {len} bytes");
+        assert!(len <= kind.body_bytes_max(), "{kind:?} body of {len} bytes");
         let header = FrameHeader {
             magic: FRAME_MAGIC.into(),
             version: WIRE_VERSION,
@@ -453,6 +477,16 @@ mod tests {
         let mut b = one_frame(Kind::Request, b"x");
         b[8..12].copy_from_slice(&(FRAME_BODY_BYTES_MAX as u32 + 1).to_le_bytes());
         assert!(matches!(refused(b), FrameError::TooLong { .. }));
+        // A kind with a small fixed body may not announce a large one.
+        let mut b = one_frame(Kind::Hello, &[0; 16]);
+        b[8..12].copy_from_slice(&(SMALL_BODY_BYTES_MAX as u32 + 1).to_le_bytes());
+        assert_eq!(
+            refused(b),
+            FrameError::TooLong {
+                kind: Kind::Hello,
+                len: SMALL_BODY_BYTES_MAX + 1
+            }
+        );
         let b = one_frame(Kind::Request, b"x");
         let err = FrameReader::new(8).next(&mut b.clone()).unwrap_err();
         assert_eq!(

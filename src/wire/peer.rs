@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::frame::{FrameEncoder, FrameError, Kind};
+use super::frame::{FrameEncoder, FrameError, Kind, SMALL_BODY_BYTES_MAX};
 use crate::constants::REPLICAS_MAX;
 use crate::protocol::{
     Accept, AcceptOk, Attrs, Ballot, Commit, CommitOk, Deps, InstanceId, Message, Nack, PreAccept,
@@ -110,6 +110,14 @@ const _: () = assert!(core::mem::size_of::<ValueBody>() == 32 + 80);
 const _: () = assert!(core::mem::size_of::<PrepareOkBody>() == 44 + 80);
 const _: () = assert!(core::mem::size_of::<ValidateOkBody>() == 32);
 const _: () = assert!(core::mem::size_of::<WireConflict>() == 24);
+// The fixed bodies of the small kinds (`Kind::body_bytes_max`), and the
+// largest fixed part before a batch.
+const _: () = assert!(core::mem::size_of::<ValueBody>() <= SMALL_BODY_BYTES_MAX);
+const _: () = assert!(core::mem::size_of::<IdBallotBody>() <= SMALL_BODY_BYTES_MAX);
+const _: () = assert!(
+    core::mem::size_of::<PrepareOkBody>() + crate::constants::BATCH_BYTES_MAX
+        <= crate::constants::FRAME_BODY_BYTES_MAX
+);
 
 fn id_out(id: InstanceId) -> WireId {
     WireId {
@@ -309,7 +317,11 @@ impl Check {
 
     fn attrs(&self, w: &WireAttrs) -> Result<Attrs, FrameError> {
         let deps = w.deps.map(|d| d.get());
-        if deps[self.replicas..].iter().any(|&d| d != 0) {
+        // (`get`: a caller's replica count past the array is no reason to panic.)
+        if deps
+            .get(self.replicas..)
+            .is_some_and(|beyond| beyond.iter().any(|&d| d != 0))
+        {
             return Err(self.bad("dependency on a replica beyond the cluster"));
         }
         Ok(Attrs {
