@@ -5,8 +5,9 @@
 //! after which the server closes the connection.
 //!
 //! A `Request` body is one or more command records, the batch format of
-//! [`crate::wire::command`], so a shard appends them to its open batch
-//! without re-encoding. Each command is answered by one `Response`.
+//! [`crate::wire::command`], checked by the same parser; a shard copies
+//! each command it owns into the batch it is building (one copy per
+//! command), and forwards the others to their shards. Each command is answered by one `Response`.
 //! `Admin` (empty body) is answered by `AdminInfo`: the shard's state digest
 //! and counters.
 
