@@ -35,6 +35,8 @@ enum Closed {
     /// Refused in the handshake; the text was sent to the other side.
     Refused(String),
     Timeout,
+    /// Closed before sending anything (a port probe, a health check).
+    EndBeforeHello,
 }
 
 impl From<FrameError> for Closed {
@@ -92,6 +94,7 @@ fn log_close(shard: &Shard, what: &str, remote: SocketAddr, result: Result<(), C
         }
         Err(Closed::Refused(why)) => warn!(%remote, "{what} refused: {why}"),
         Err(Closed::Timeout) => warn!(%remote, "{what}: handshake timed out"),
+        Err(Closed::EndBeforeHello) => debug!(%remote, "{what} closed before its hello"),
         Err(Closed::Io(e)) => debug!(%remote, "{what}: connection lost: {e}"),
     }
 }
@@ -120,7 +123,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut buf = ReadBuffer::default();
     let hello = with_timeout(async {
         let frame = next_frame(&mut stream, &reader, &mut buf, &shard).await?;
-        let frame = frame.ok_or(Closed::Timeout)?;
+        let frame = frame.ok_or(Closed::EndBeforeHello)?;
         if frame.kind != Kind::Hello {
             return Err(Closed::Frame(FrameError::Unexpected {
                 kind: frame.kind,
@@ -376,7 +379,8 @@ pub async fn peer_link(shard: Rc<Shard>, peer: ReplicaId) {
                 info!(%addr, "link to replica {} up", peer.0);
                 backoff = PEER_RECONNECT_MS_MIN;
                 logged_down = false;
-                link.buf.borrow_mut().clear();
+                // Empty: cleared when the link went down, and nothing is
+                // queued while it is down.
                 link.open.set(true);
                 let e = loop {
                     link.notify.wait().await;
@@ -393,6 +397,8 @@ pub async fn peer_link(shard: Rc<Shard>, peer: ReplicaId) {
                     }
                 };
                 link.open.set(false);
+                // What was queued and not written is dropped: the core
+                // re-sends whatever is still unacknowledged.
                 link.buf.borrow_mut().clear();
                 warn!(%addr, "link to replica {} lost: {e}", peer.0);
             }

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use super::{Access, InlineKey, StateMachine};
+use crate::wire::client::{fnv1a, FNV_OFFSET_BASIS};
 use crate::wire::{CommandRef, Op};
 
 /// The result of one KV command.
@@ -124,17 +125,9 @@ impl KvStore {
     pub fn digest(&self) -> u64 {
         self.map
             .iter()
-            .map(|(k, v)| mix(fnv1a(fnv1a(0xcbf2_9ce4_8422_2325, k) ^ 0xff, v)))
+            .map(|(k, v)| mix(fnv1a(fnv1a(FNV_OFFSET_BASIS, k) ^ 0xff, v)))
             .fold(0u64, u64::wrapping_add)
     }
-}
-
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// splitmix64's finaliser: spreads FNV's weak low bits before the sum.

@@ -213,13 +213,24 @@ pub fn shard_addr(base: std::net::SocketAddr, shard: usize) -> Option<std::net::
 /// servers must agree on it, so it is part of the wire format.
 pub fn shard_of(key: &[u8], shards: usize) -> usize {
     debug_assert!(shards > 0);
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
+    if shards == 1 {
+        return 0;
+    }
+    let h = fnv1a(FNV_OFFSET_BASIS, key);
+    let mixed = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    ((mixed >> 32) % shards as u64) as usize
+}
+
+/// FNV-1a's starting value.
+pub const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of `bytes`, continuing from `h` (`FNV_OFFSET_BASIS` to start).
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let mixed = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    ((mixed >> 32) % shards as u64) as usize
+    h
 }
 
 #[cfg(test)]
