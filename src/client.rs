@@ -19,7 +19,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::{CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::wire::client::{
-    decode_hello, decode_response, shard_addr, AdminInfo, HelloBody, Response, Role,
+    decode_hello_answer, decode_response, shard_addr, AdminInfo, HelloBody, Response, Role,
 };
 use crate::wire::{
     BatchBuilder, CommandRef, FrameEncoder, FrameError, FrameReader, Kind, Op, ReadBuffer,
@@ -146,20 +146,7 @@ impl Connection {
         };
         c.send_frame(Kind::Hello, hello.as_bytes())?;
         let frame = c.next_frame()?;
-        match frame.kind {
-            Kind::HelloOk => c.server = decode_hello(frame.kind, &frame.body)?,
-            Kind::Refused => {
-                return Err(ClientError::Refused(
-                    String::from_utf8_lossy(&frame.body).into_owned(),
-                ))
-            }
-            kind => {
-                return Err(ClientError::Frame(FrameError::Unexpected {
-                    kind,
-                    reason: "answer to a Hello",
-                }))
-            }
-        }
+        c.server = decode_hello_answer(frame.kind, &frame.body)?.map_err(ClientError::Refused)?;
         Ok(c)
     }
 

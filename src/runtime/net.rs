@@ -23,7 +23,9 @@ use crate::constants::{
     HANDSHAKE_TIMEOUT_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, REPLICAS_MAX,
 };
 use crate::protocol::ReplicaId;
-use crate::wire::client::{decode_hello, shard_of, HelloBody, Role, REFUSED_TEXT_BYTES_MAX};
+use crate::wire::client::{
+    decode_hello, decode_hello_answer, shard_of, HelloBody, Role, REFUSED_TEXT_BYTES_MAX,
+};
 use crate::wire::{peer, Batch, BatchBuilder, Frame, FrameError, FrameReader, Kind, ReadBuffer};
 use zerocopy::IntoBytes;
 
@@ -437,19 +439,7 @@ async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Clos
     let reader = FrameReader::new(shard.cfg.cluster_id);
     let mut buf = ReadBuffer::default();
     let frame = with_timeout(next_frame(&mut stream, &reader, &mut buf, shard)).await?;
-    match frame {
-        Some(f) if f.kind == Kind::HelloOk => {
-            decode_hello(f.kind, &f.body)?;
-            Ok(stream)
-        }
-        Some(f) if f.kind == Kind::Refused => Err(Closed::Refused(
-            String::from_utf8_lossy(&f.body).into_owned(),
-        )),
-        Some(f) => Err(FrameError::Unexpected {
-            kind: f.kind,
-            reason: "answer to a Hello",
-        }
-        .into()),
-        None => Err(Closed::Io(std::io::ErrorKind::UnexpectedEof.into())),
-    }
+    let f = frame.ok_or(Closed::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
+    decode_hello_answer(f.kind, &f.body)?.map_err(Closed::Refused)?;
+    Ok(stream)
 }

@@ -155,6 +155,22 @@ pub fn decode_hello(kind: Kind, body: &[u8]) -> Result<HelloBody, FrameError> {
     Ok(hello)
 }
 
+/// The answer to a Hello: the replica's view (`HelloOk`), or `Err` with the
+/// text of its `Refused`. Any other frame is a protocol error.
+pub fn decode_hello_answer(
+    kind: Kind,
+    body: &[u8],
+) -> Result<Result<HelloBody, String>, FrameError> {
+    match kind {
+        Kind::HelloOk => decode_hello(kind, body).map(Ok),
+        Kind::Refused => Ok(Err(String::from_utf8_lossy(body).into_owned())),
+        kind => Err(FrameError::Unexpected {
+            kind,
+            reason: "answer to a Hello",
+        }),
+    }
+}
+
 /// A shard's digest and counters, answering `Admin`.
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]

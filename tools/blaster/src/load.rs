@@ -15,7 +15,7 @@ use epaxos_fast::constants::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, CLIENT_WINDOW_
 use epaxos_fast::rng::Rng;
 use epaxos_fast::runtime::Notify;
 use epaxos_fast::wire::client::{
-    decode_hello, decode_response, shard_addr, shard_of, Code, HelloBody, Role,
+    decode_hello_answer, decode_response, shard_addr, shard_of, Code, HelloBody, Role,
 };
 use epaxos_fast::wire::command::COMMAND_HEADER_BYTES;
 use epaxos_fast::wire::{
@@ -163,13 +163,9 @@ pub async fn run(
             .next(inbuf.received())
             .map_err(|e| format!("{who}: {e}"))?
         {
-            if f.kind != Kind::HelloOk {
-                return Err(format!(
-                    "{who}: refused: {}",
-                    String::from_utf8_lossy(&f.body)
-                ));
-            }
-            break decode_hello(f.kind, &f.body).map_err(|e| e.to_string())?;
+            break decode_hello_answer(f.kind, &f.body)
+                .map_err(|e| format!("{who}: {e}"))?
+                .map_err(|why| format!("{who}: refused: {why}"))?;
         }
         read_more(&mut stream, &mut inbuf)
             .await
