@@ -387,13 +387,11 @@ async fn recv_loop(
                 ));
             }
             let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
-            if s.conn.answered_pending(r.request) {
-                s.conn.verify_answer(r.request, ok);
-                s.conn.history_answer(r.request, r.code, &r.value, now);
-            }
             let Some(sent) = s.conn.answered(r.request) else {
-                continue;
+                continue; // a duplicate, or not ours
             };
+            s.conn.verify_answer(r.request, ok);
+            s.conn.history_answer(r.request, r.code, &r.value, now);
             let ns = now.duration_since(sent).as_nanos().max(1) as u64;
             // The progress lines show the warm-up too (marked as such).
             let mut l = live.borrow_mut();
@@ -705,13 +703,6 @@ impl Conn {
             self.oldest += 1;
         }
         Some(sent)
-    }
-
-    /// Whether `request` is outstanding.
-    fn answered_pending(&self, request: u64) -> bool {
-        request < self.next_request
-            && request >= self.oldest
-            && self.sent_at[(request % CLIENT_WINDOW_REQUESTS_MAX) as usize].is_some()
     }
 
     /// Whether one more request stays inside the client window.
