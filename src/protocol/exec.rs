@@ -192,7 +192,7 @@ impl<S: StateMachine> Replica<S> {
             for cmd in inst.batch.iter() {
                 let session = self.index.session_executing(id, cmd.client);
                 let result = session.execute(&mut self.sm, &cmd);
-                if let (true, Some(result)) = (id.replica == me, result) {
+                if id.replica == me {
                     out.replies.push(super::outbox::Reply {
                         client: cmd.client,
                         request: cmd.request,

@@ -63,6 +63,11 @@ pub enum Refused {
     /// as a no-op: the command never ran anywhere, and the client may send
     /// it again under the same request number.
     Superseded,
+    /// The client had acknowledged this request before this copy of it
+    /// executed (a retry that lost the race to an earlier copy): it was not
+    /// applied again, and its result is forgotten. Nobody waits for it, so
+    /// the runtime answers nobody; it only drops the copy's route.
+    Acknowledged,
 }
 
 impl std::fmt::Display for Refused {
@@ -76,6 +81,10 @@ impl std::fmt::Display for Refused {
             Refused::Superseded => write!(
                 f,
                 "recovery replaced the command's instance with a no-op; it did not run, send it again"
+            ),
+            Refused::Acknowledged => write!(
+                f,
+                "the client had acknowledged this request before this copy of it executed"
             ),
         }
     }

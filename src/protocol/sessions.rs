@@ -34,9 +34,12 @@ impl<O: Clone> Session<O> {
         }
     }
 
-    /// Applies `cmd` unless it already ran; returns the result to answer with,
-    /// or `None` when no answer is due (the client acknowledged it already).
-    pub fn execute<S>(&mut self, sm: &mut S, cmd: &CommandRef<'_>) -> Option<Result<O, Refused>>
+    /// Applies `cmd` unless it already ran; returns the result to answer
+    /// with, or why it was not applied. A copy the client acknowledged
+    /// already (a retry that lost the race to an earlier copy) is
+    /// `Refused::Acknowledged`: nobody waits for its answer, but whoever
+    /// holds its route must hear that it is done with.
+    pub fn execute<S>(&mut self, sm: &mut S, cmd: &CommandRef<'_>) -> Result<O, Refused>
     where
         S: StateMachine<Output = O>,
     {
@@ -51,23 +54,19 @@ impl<O: Clone> Session<O> {
             self.results[0] = None;
             0
         } else {
-            match self.make_room(cmd) {
-                Ok(offset) => offset,
-                Err(answer) => return answer,
-            }
+            self.make_room(cmd)?
         };
         if let Some(first) = &self.results[offset] {
-            return Some(Ok(first.clone()));
+            return Ok(first.clone());
         }
         let result = sm.apply(cmd);
         self.results[offset] = Some(result.clone());
-        Some(Ok(result))
+        Ok(result)
     }
 
     /// Forgets what the client acknowledged and finds the slot of `cmd`'s
-    /// result, or the answer to give at once (none for an acknowledged
-    /// request, a refusal beyond the window).
-    fn make_room(&mut self, cmd: &CommandRef<'_>) -> Result<usize, Option<Result<O, Refused>>> {
+    /// result, or why `cmd` is not to be applied.
+    fn make_room(&mut self, cmd: &CommandRef<'_>) -> Result<usize, Refused> {
         if cmd.first_outstanding > self.floor {
             let forget = cmd.first_outstanding - self.floor;
             if forget >= self.results.len() as u64 {
@@ -78,11 +77,11 @@ impl<O: Clone> Session<O> {
             self.floor = cmd.first_outstanding;
         }
         if cmd.request < self.floor {
-            return Err(None);
+            return Err(Refused::Acknowledged);
         }
         let offset = cmd.request - self.floor;
         if offset >= CLIENT_WINDOW_REQUESTS_MAX {
-            return Err(Some(Err(Refused::BeyondClientWindow)));
+            return Err(Refused::BeyondClientWindow);
         }
         let offset = offset as usize;
         if offset >= self.results.len() {
@@ -112,36 +111,21 @@ mod tests {
     #[test]
     fn duplicate_is_answered_with_first_result_and_not_reapplied() {
         let (mut kv, mut s) = (KvStore::new(), Session::new());
-        assert_eq!(
-            s.execute(&mut kv, &put(1, 1, b"a")),
-            Some(Ok(KvResult::Done))
-        );
-        assert_eq!(
-            s.execute(&mut kv, &put(2, 1, b"b")),
-            Some(Ok(KvResult::Done))
-        );
+        assert_eq!(s.execute(&mut kv, &put(1, 1, b"a")), Ok(KvResult::Done));
+        assert_eq!(s.execute(&mut kv, &put(2, 1, b"b")), Ok(KvResult::Done));
         // Request 1 again, after 2 ran: must not overwrite "b".
-        assert_eq!(
-            s.execute(&mut kv, &put(1, 1, b"a")),
-            Some(Ok(KvResult::Done))
-        );
+        assert_eq!(s.execute(&mut kv, &put(1, 1, b"a")), Ok(KvResult::Done));
         assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"b"[..]));
         // Out-of-order execution of pipelined requests: 4 before 3.
-        assert_eq!(
-            s.execute(&mut kv, &put(4, 3, b"d")),
-            Some(Ok(KvResult::Done))
-        );
-        assert_eq!(
-            s.execute(&mut kv, &put(3, 3, b"c")),
-            Some(Ok(KvResult::Done))
-        );
+        assert_eq!(s.execute(&mut kv, &put(4, 3, b"d")), Ok(KvResult::Done));
+        assert_eq!(s.execute(&mut kv, &put(3, 3, b"c")), Ok(KvResult::Done));
         assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"c"[..]));
         // The client acknowledged everything below 5: a stale copy of 3 is dropped.
+        assert_eq!(s.execute(&mut kv, &put(5, 5, b"e")), Ok(KvResult::Done));
         assert_eq!(
-            s.execute(&mut kv, &put(5, 5, b"e")),
-            Some(Ok(KvResult::Done))
+            s.execute(&mut kv, &put(3, 3, b"c")),
+            Err(Refused::Acknowledged)
         );
-        assert_eq!(s.execute(&mut kv, &put(3, 3, b"c")), None);
         assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"e"[..]));
     }
 
@@ -151,7 +135,7 @@ mod tests {
         let far = 1 + CLIENT_WINDOW_REQUESTS_MAX;
         assert_eq!(
             s.execute(&mut kv, &put(far, 1, b"x")),
-            Some(Err(Refused::BeyondClientWindow))
+            Err(Refused::BeyondClientWindow)
         );
         assert!(kv.is_empty());
     }

@@ -185,6 +185,8 @@ pub struct Shard {
     pub links: Vec<SendQueue>,
     clients: RefCell<FxHashMap<u64, Rc<SendQueue>>>,
     next_conn: Cell<u64>,
+    /// Where the answer to each (client, request) this shard owns goes;
+    /// removed when it is answered (or found acknowledged already).
     pending: RefCell<FxHashMap<(u64, u64), Route>>,
     /// Instances this shard leads that are not committed yet, oldest first.
     in_flight: RefCell<std::collections::VecDeque<InstanceId>>,
@@ -431,6 +433,14 @@ impl Shard {
                 reason = e.to_string();
                 (Code::Overloaded, reason.as_bytes())
             }
+            // The client is past this request: forget the copy's route (it
+            // would otherwise stay for the life of the shard), answer nobody.
+            Err(Refused::Acknowledged) => {
+                self.pending
+                    .borrow_mut()
+                    .remove(&(reply.client, reply.request));
+                return;
+            }
         };
         self.answer(reply.client, reply.request, code, value);
     }
@@ -489,6 +499,7 @@ impl Shard {
             forwarded_in: c.forwarded_in.get().into(),
             instances_in_memory: (core.instances_in_memory() as u64).into(),
             dropped_messages: c.dropped_messages.get().into(),
+            awaiting_answers: (self.pending.borrow().len() as u64).into(),
         }
     }
 }

@@ -490,6 +490,8 @@ impl<'c> Sim<'c> {
                 // The command never ran: the client sends it again when its
                 // timer fires, as if no answer had come.
                 Err(Refused::Superseded) => continue,
+                // A stale copy of a request the client had acknowledged.
+                Err(Refused::Acknowledged) => continue,
                 Err(e) => panic!("simulated clients stay in their window: {e}"),
             };
             let kind = EventKind::Reply {

@@ -208,9 +208,12 @@ pub struct AdminInfo {
     /// Messages to peers dropped because their link was down or backed up
     /// (the core re-sends what matters).
     pub dropped_messages: U64,
+    /// Commands this shard owns whose answer is still due to a client: in
+    /// flight, or waiting to execute. Zero on an idle shard.
+    pub awaiting_answers: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 20);
+const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 21);
 const _: () = assert!(core::mem::size_of::<AdminInfo>() <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(REFUSED_TEXT_BYTES_MAX <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(core::mem::size_of::<ResponseBody>() <= SMALL_BODY_BYTES_MAX);
