@@ -67,6 +67,8 @@ struct Args {
     /// Microseconds an idle shard polls for work before it sleeps in the
     /// kernel: saves a sleep and a wake-up per message under load, at the
     /// price of CPU. 0 never polls (best when replicas share few cores).
+    /// Needs pinned executors (not --cpus none): glommio polls only on a
+    /// bound executor.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     spin_us: u32,
     /// Directory for the durable log. Not implemented yet: state is in
@@ -144,12 +146,22 @@ fn config(args: &Args) -> RuntimeConfig {
             usize::from(listen.port()) + cores
         ));
     }
+    let cpus = cpus(&args.cpus, cores);
+    if args.spin_us > 0 && cpus.is_none() {
+        // Glommio ignores spin_before_park on an unbound executor: the flag
+        // would do nothing.
+        usage_error(
+            "--spin-us needs pinned executors (--cpus auto or a list); with --cpus none \
+             glommio never polls before sleeping"
+                .into(),
+        );
+    }
     RuntimeConfig {
         replica: ReplicaId(args.id),
         peers,
         listen,
         cores,
-        cpus: cpus(&args.cpus, cores),
+        cpus,
         cluster_id: args.cluster_id,
         thrifty: args.thrifty,
         batch_max: args.batch_max as usize,

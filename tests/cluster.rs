@@ -150,7 +150,7 @@ fn sigterm_stops_every_replica_cleanly() {
 /// value, exit status 2.
 #[test]
 fn bad_flag_values_exit_2_with_the_reason() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &[
                 "--id",
@@ -183,6 +183,19 @@ fn bad_flag_values_exit_2_with_the_reason() {
                 "/tmp",
             ],
             "--data-dir",
+        ),
+        (
+            &[
+                "--id",
+                "0",
+                "--peers",
+                "127.0.0.1:7000",
+                "--cpus",
+                "none",
+                "--spin-us",
+                "30",
+            ],
+            "--spin-us needs pinned executors",
         ),
     ];
     for (args, says) in cases {
