@@ -51,7 +51,8 @@ pub struct RuntimeConfig {
     pub pipeline: usize,
     /// How long an idle executor polls before it sleeps.
     pub spin: Duration,
-    /// Test only, see `ShardConfig::test_lose_write`.
+    /// Test only: acknowledge each shard's Nth PUT (from 1) without
+    /// proposing it, so that tests can show a lost write is caught. 0: off.
     pub test_lose_write: u64,
 }
 
@@ -61,6 +62,7 @@ const CROSS_CHANNEL_DEPTH: usize = 4096;
 /// Runs the replica until `stop` is set. Binding errors come back before
 /// any shard starts.
 pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let cfg = Arc::new(cfg);
     let mut fds = Vec::with_capacity(cfg.cores);
     for s in 0..cfg.cores {
         let addr = shard_addr(cfg.listen, s).expect("ports checked at start-up");
@@ -81,16 +83,8 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
             None => Placement::Unbound,
         };
         let shard_cfg = ShardConfig {
-            replica: cfg.replica,
-            replicas: cfg.peers.len(),
-            shards: cfg.cores,
             shard: s,
-            cluster_id: cfg.cluster_id,
-            thrifty: cfg.thrifty,
-            batch_max: cfg.batch_max,
-            pipeline: cfg.pipeline,
-            peers: cfg.peers.clone(),
-            test_lose_write: cfg.test_lose_write,
+            node: cfg.clone(),
         };
         let (mesh, stop) = (mesh.clone(), stop.clone());
         let mut builder = LocalExecutorBuilder::new(placement);
@@ -104,7 +98,8 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
                 // replica with a dead shard must not keep half running. (A
                 // panic aborts the whole process: panic = "abort".)
                 let _stop_all = StopOnDrop(stop.clone());
-                let _span = info_span!("shard", replica = shard_cfg.replica.0, shard = s).entered();
+                let _span =
+                    info_span!("shard", replica = shard_cfg.node.replica.0, shard = s).entered();
                 // SAFETY: `fd` is a listening socket this process owns and
                 // nothing else uses (into_raw_fd gave up std's ownership).
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
@@ -174,14 +169,14 @@ async fn run_shard(
             senders.peer_id()
         ));
     }
-    let seed = seed(cfg.replica, s);
+    let seed = seed(cfg.node.replica, s);
     let shard = Rc::new(Shard::new(cfg, seed));
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    info!(%addr, "listening; {} replicas, {} shards", shard.cfg.replicas, shard.cfg.shards);
+    info!(%addr, "listening; {} replicas, {} shards", shard.cfg.replicas(), shard.cfg.shards());
     glommio::spawn_local(net::accept_loop(shard.clone(), listener)).detach();
-    for r in 0..shard.cfg.replicas {
+    for r in 0..shard.cfg.replicas() {
         let peer = ReplicaId(r as u8);
-        if peer != shard.cfg.replica {
+        if peer != shard.cfg.node.replica {
             glommio::spawn_local(net::peer_link(shard.clone(), peer)).detach();
         }
     }
@@ -204,7 +199,7 @@ fn seed(replica: ReplicaId, shard: usize) -> u64 {
 /// other shard hands what it sent to this shard.
 fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receivers<Cross>) {
     let senders = Rc::new(senders);
-    for to in 0..shard.cfg.shards {
+    for to in 0..shard.cfg.shards() {
         if to == shard.cfg.shard {
             continue;
         }

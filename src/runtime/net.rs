@@ -121,7 +121,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
-    let reader = FrameReader::new(shard.cfg.cluster_id);
+    let reader = FrameReader::new(shard.cfg.node.cluster_id);
     let mut buf = ReadBuffer::default();
     let hello = with_timeout(async {
         let frame = next_frame(&mut stream, &reader, &mut buf, &shard).await?;
@@ -172,9 +172,9 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
 pub fn own_hello(shard: &Shard, role: Role) -> HelloBody {
     HelloBody {
         role: role as u8,
-        replica: shard.cfg.replica.0,
-        replicas: shard.cfg.replicas as u8,
-        shards: shard.cfg.shards as u8,
+        replica: shard.cfg.node.replica.0,
+        replicas: shard.cfg.replicas() as u8,
+        shards: shard.cfg.shards() as u8,
         shard: shard.cfg.shard as u8,
         ..HelloBody::default()
     }
@@ -189,16 +189,18 @@ fn check_hello(shard: &Shard, h: &HelloBody) -> Result<(), String> {
     } else {
         "the client".to_string()
     };
-    if (peer || h.replicas != 0) && usize::from(h.replicas) != cfg.replicas {
+    if (peer || h.replicas != 0) && usize::from(h.replicas) != cfg.replicas() {
         return Err(format!(
             "replica count mismatch: this replica runs {} replicas, {who} says {}",
-            cfg.replicas, h.replicas
+            cfg.replicas(),
+            h.replicas
         ));
     }
-    if (peer || h.shards != 0) && usize::from(h.shards) != cfg.shards {
+    if (peer || h.shards != 0) && usize::from(h.shards) != cfg.shards() {
         return Err(format!(
             "shard count mismatch: this replica runs {} shards (--cores), {who} says {}",
-            cfg.shards, h.shards
+            cfg.shards(),
+            h.shards
         ));
     }
     if usize::from(h.shard) != cfg.shard {
@@ -207,10 +209,12 @@ fn check_hello(shard: &Shard, h: &HelloBody) -> Result<(), String> {
             cfg.shard, h.shard
         ));
     }
-    if peer && (usize::from(h.replica) >= cfg.replicas || h.replica == cfg.replica.0) {
+    if peer && (usize::from(h.replica) >= cfg.replicas() || h.replica == cfg.node.replica.0) {
         return Err(format!(
             "replica id {} is not a peer of replica {} (ids 0..{})",
-            h.replica, cfg.replica.0, cfg.replicas
+            h.replica,
+            cfg.node.replica.0,
+            cfg.replicas()
         ));
     }
     Ok(())
@@ -248,7 +252,7 @@ async fn read_peer(
             }
             .into());
         }
-        let msg = peer::decode(frame.kind, &frame.body, shard.cfg.replicas)?;
+        let msg = peer::decode(frame.kind, &frame.body, shard.cfg.replicas())?;
         shard.peer_message(from, msg);
     }
     Ok(())
@@ -308,11 +312,11 @@ async fn read_client(
                     conn,
                 };
                 for cmd in batch.iter() {
-                    let owner = shard_of(cmd.key, shard.cfg.shards);
+                    let owner = shard_of(cmd.key, shard.cfg.shards());
                     if owner == me {
                         shard.submit(route, &cmd);
                     } else {
-                        others.resize_with(shard.cfg.shards, BatchBuilder::new);
+                        others.resize_with(shard.cfg.shards(), BatchBuilder::new);
                         others[owner].push(&cmd);
                     }
                 }
@@ -370,7 +374,7 @@ async fn write_loop(
 /// Keeps the link to shard s of `peer` up: connect, handshake, write what
 /// the shard queues; on failure, back off and start again.
 pub async fn peer_link(shard: Rc<Shard>, peer: ReplicaId) {
-    assert!(peer.index() < REPLICAS_MAX && peer != shard.cfg.replica);
+    assert!(peer.index() < REPLICAS_MAX && peer != shard.cfg.node.replica);
     let addr = shard.cfg.peer_addr(peer);
     let link = &shard.links[peer.index()];
     let mut backoff = PEER_RECONNECT_MS_MIN;
@@ -436,7 +440,7 @@ async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Clos
         b.extend_from_slice(body.as_bytes())
     });
     stream.write_all(&hello).await?;
-    let reader = FrameReader::new(shard.cfg.cluster_id);
+    let reader = FrameReader::new(shard.cfg.node.cluster_id);
     let mut buf = ReadBuffer::default();
     let frame = with_timeout(next_frame(&mut stream, &reader, &mut buf, shard)).await?;
     let f = frame.ok_or(Closed::Io(std::io::ErrorKind::UnexpectedEof.into()))?;

@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 
 use super::notify::Notify;
+use super::RuntimeConfig;
 use crate::constants::{BATCH_BYTES_MAX, CLIENT_SEND_BUFFER_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX};
 use crate::protocol::{
     Config, InstanceId, Message, Outbox, Refused, Replica, ReplicaId, Reply, Status,
@@ -31,34 +32,32 @@ use crate::wire::{peer, Batch, BatchBuilder, CommandRef, FrameEncoder, Kind, Op}
 /// What one shard needs to know about the cluster and itself.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
-    pub replica: ReplicaId,
-    pub replicas: usize,
-    pub shards: usize,
+    /// This shard's index, 0..`shards()`.
     pub shard: usize,
-    pub cluster_id: u64,
-    pub thrifty: bool,
-    /// Most commands per instance.
-    pub batch_max: usize,
-    /// Most instances this shard leads that may be uncommitted at once;
-    /// commands arriving meanwhile wait and join the next batch.
-    pub pipeline: usize,
-    /// Advertised base address of every replica (own one included).
-    pub peers: Vec<std::net::SocketAddr>,
-    /// Test only: acknowledge this shard's Nth PUT (from 1) without
-    /// proposing it, so that tests can show a lost write is caught. 0: off.
-    pub test_lose_write: u64,
+    /// What the replica was started with, shared by its shards.
+    pub node: std::sync::Arc<RuntimeConfig>,
 }
 
 impl ShardConfig {
+    /// Replicas in the cluster.
+    pub fn replicas(&self) -> usize {
+        self.node.peers.len()
+    }
+
+    /// Shards of each replica.
+    pub fn shards(&self) -> usize {
+        self.node.cores
+    }
+
     /// Where shard `self.shard` of `replica` listens.
     pub fn peer_addr(&self, replica: ReplicaId) -> std::net::SocketAddr {
-        shard_addr(self.peers[replica.index()], self.shard).expect("ports checked at start-up")
+        shard_addr(self.node.peers[replica.index()], self.shard).expect("ports checked at start-up")
     }
 
     pub fn encoder(&self) -> FrameEncoder {
         FrameEncoder {
-            cluster_id: self.cluster_id,
-            sender: self.replica.0,
+            cluster_id: self.node.cluster_id,
+            sender: self.node.replica.0,
             shard: self.shard as u8,
         }
     }
@@ -199,11 +198,12 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(cfg: ShardConfig, rng_seed: u64) -> Shard {
-        let mut core_cfg = Config::new(cfg.replicas, cfg.replica).expect("validated replica count");
-        core_cfg.thrifty = cfg.thrifty;
+        let mut core_cfg =
+            Config::new(cfg.replicas(), cfg.node.replica).expect("validated replica count");
+        core_cfg.thrifty = cfg.node.thrifty;
         core_cfg.rng_seed = rng_seed;
-        let replicas = cfg.replicas;
-        let shards = cfg.shards;
+        let replicas = cfg.replicas();
+        let shards = cfg.shards();
         Shard {
             core: RefCell::new(Replica::new(core_cfg, KvStore::new())),
             outbox: RefCell::new(Outbox::new(replicas)),
@@ -257,9 +257,9 @@ impl Shard {
         self.pending
             .borrow_mut()
             .insert((cmd.client, cmd.request), route);
-        if self.cfg.test_lose_write != 0 && cmd.op == Op::Put {
+        if self.cfg.node.test_lose_write != 0 && cmd.op == Op::Put {
             bump(&self.counters.puts_seen, 1);
-            if self.counters.puts_seen.get() == self.cfg.test_lose_write {
+            if self.counters.puts_seen.get() == self.cfg.node.test_lose_write {
                 tracing::warn!("--test-lose-write: acknowledging a PUT and dropping it");
                 self.answer(cmd.client, cmd.request, Code::Done, b"");
                 return;
@@ -269,7 +269,7 @@ impl Shard {
         let size = COMMAND_HEADER_BYTES + cmd.key.len() + cmd.value.len();
         let open = &inbox.open;
         if !open.is_empty()
-            && (open.len() >= self.cfg.batch_max || open.bytes_len() + size > BATCH_BYTES_MAX)
+            && (open.len() >= self.cfg.node.batch_max || open.bytes_len() + size > BATCH_BYTES_MAX)
         {
             let batch = inbox.open.finish();
             inbox.closed.push_back(batch);
@@ -364,7 +364,7 @@ impl Shard {
             {
                 in_flight.pop_front();
             }
-            let Some(batch) = self.next_batch(in_flight.len() < self.cfg.pipeline) else {
+            let Some(batch) = self.next_batch(in_flight.len() < self.cfg.node.pipeline) else {
                 break;
             };
             bump(&self.counters.batched_commands, batch.len() as u64);
@@ -473,10 +473,10 @@ impl Shard {
         let c = &self.counters;
         let connected = self.links.iter().filter(|l| l.open.get()).count();
         AdminInfo {
-            replica: self.cfg.replica.0,
+            replica: self.cfg.node.replica.0,
             shard: self.cfg.shard as u8,
-            replicas: self.cfg.replicas as u8,
-            shards: self.cfg.shards as u8,
+            replicas: self.cfg.replicas() as u8,
+            shards: self.cfg.shards() as u8,
             peers_connected: connected as u8,
             padding: [0; 3],
             digest: core.state_machine().digest().into(),
