@@ -9,7 +9,7 @@ use super::message::{
     Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Waiting,
 };
 use super::outbox::Outbox;
-use super::replica::{record, reindex, Replica};
+use super::replica::{accept, record, Replica};
 use super::space::{Lead, Phase};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
@@ -192,19 +192,14 @@ impl<S: StateMachine> Replica<S> {
         lead.sent = peers;
         lead.replied = 0;
         lead.recovery = None;
-        inst.status = Status::Accepted;
-        inst.voted = inst.promised;
-        inst.set_attrs(attrs);
-        inst.noop = noop;
         if noop {
             self.stats.recovered_noops += 1;
         } else {
             self.stats.recovered_commands += 1;
-            if !batch.is_empty() {
-                inst.batch = batch;
-            }
-            reindex(&mut self.index, id, inst);
         }
+        let batch = (!batch.is_empty()).then_some(batch);
+        let ballot = inst.promised;
+        accept(&mut self.index, id, inst, ballot, attrs, noop, batch);
         out.persist.push(record(id, inst));
         let msg = Message::Accept(Accept {
             id,

@@ -16,9 +16,10 @@ use super::message::{
 };
 use super::outbox::{Outbox, Record};
 use super::space::{Instance, Lead, Lookup, Phase, Spaces};
-use super::types::{Ballot, Initial, InstanceId, ReplicaId, Status};
+use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::rng::Rng;
 use crate::state_machine::StateMachine;
+use crate::wire::Batch;
 
 /// One replica of one EPaxos group.
 pub struct Replica<S: StateMachine> {
@@ -301,7 +302,15 @@ impl<S: StateMachine> Replica<S> {
         }
         let repeat = inst.status == Status::Accepted && inst.voted == m.ballot;
         if !repeat {
-            accept(&mut self.index, m.id, inst, &m);
+            accept(
+                &mut self.index,
+                m.id,
+                inst,
+                m.ballot,
+                m.attrs,
+                m.noop,
+                Some(m.batch.clone()),
+            );
             drop_superseded_lead(inst);
             out.persist.push(record(m.id, inst));
         }
@@ -417,12 +426,7 @@ impl<S: StateMachine> Replica<S> {
     /// recovered command and its initial attributes, and orders its own
     /// later commands after it. Never touches a vote. Returns whether
     /// anything changed (and must be persisted).
-    pub(super) fn validate(
-        &mut self,
-        id: InstanceId,
-        attrs: &super::types::Attrs,
-        batch: &crate::wire::Batch,
-    ) -> bool {
+    pub(super) fn validate(&mut self, id: InstanceId, attrs: &Attrs, batch: &Batch) -> bool {
         let inst = self
             .spaces
             .get_mut(id)
@@ -519,20 +523,28 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
-/// The acceptor's side of Accept: vote for the value at the ballot.
-fn accept<S: StateMachine>(
+/// A vote for a value at `ballot`: the acceptor's side of Accept, and the
+/// recoverer's own vote before it sends one. `batch` replaces the
+/// instance's commands unless it is `None` (a recoverer that already holds
+/// them) or the value is a no-op (which keeps them for the leader's answers).
+pub(super) fn accept<S: StateMachine>(
     index: &mut ConflictIndex<S>,
     id: InstanceId,
     inst: &mut Instance,
-    m: &Accept,
+    ballot: Ballot,
+    attrs: Attrs,
+    noop: bool,
+    batch: Option<Batch>,
 ) {
     inst.status = Status::Accepted;
-    inst.promised = m.ballot;
-    inst.voted = m.ballot;
-    inst.set_attrs(m.attrs);
-    inst.noop = m.noop;
-    if !m.noop {
-        inst.batch = m.batch.clone();
+    inst.promised = ballot;
+    inst.voted = ballot;
+    inst.set_attrs(attrs);
+    inst.noop = noop;
+    if !noop {
+        if let Some(batch) = batch {
+            inst.batch = batch;
+        }
         reindex(index, id, inst);
     }
 }
