@@ -14,6 +14,7 @@
 mod net;
 mod notify;
 mod shard;
+mod sockopt;
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};

@@ -10,6 +10,7 @@
 //! the remote address, and its connection closed: it never reaches the core.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,8 +20,10 @@ use glommio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use super::shard::{bump, Route, SendQueue, Shard};
+use super::sockopt;
 use crate::constants::{
-    HANDSHAKE_TIMEOUT_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, REPLICAS_MAX,
+    HANDSHAKE_TIMEOUT_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, PEER_UNACKED_MS_MAX,
+    REPLICAS_MAX,
 };
 use crate::protocol::ReplicaId;
 use crate::wire::client::{
@@ -121,6 +124,11 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
+    // A peer or client host that vanishes must not hold this connection
+    // (and its task) for ever.
+    if let Err(e) = sockopt::keepalive(stream.as_raw_fd()) {
+        warn!(%remote, "cannot enable TCP keepalive: {e}");
+    }
     let reader = FrameReader::new(shard.cfg.node.cluster_id);
     let mut buf = ReadBuffer::default();
     let hello = with_timeout(async {
@@ -434,6 +442,14 @@ async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Clos
         .await
         .map_err(|e| Closed::Io(std::io::Error::other(e.to_string())))?;
     let _ = stream.set_nodelay(true);
+    // A peer host that vanishes fails the link (which then reconnects with
+    // back-off) instead of leaving it up with writes that never complete.
+    let fd = stream.as_raw_fd();
+    if let Err(e) =
+        sockopt::keepalive(fd).and_then(|()| sockopt::unacked_timeout(fd, PEER_UNACKED_MS_MAX))
+    {
+        warn!(%addr, "cannot set TCP keepalive and user timeout: {e}");
+    }
     let mut hello = BytesMut::new();
     let body = own_hello(shard, Role::Peer);
     shard.cfg.encoder().frame(&mut hello, Kind::Hello, |b| {
