@@ -238,3 +238,58 @@ fn a_client_that_does_not_read_is_disconnected() {
         "the connection did not end: {ended}"
     );
 }
+
+/// The socket inodes a process holds (`socket:[N]` links under /proc/PID/fd).
+fn socket_inodes(pid: u32) -> std::collections::HashSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the replica's descriptors")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect()
+}
+
+/// Every established TCP connection of every replica, accepted or opened,
+/// peer link or client, has TCP keepalive armed: /proc/net/tcp shows timer
+/// 2 (keepalive) on each once it is idle (timer 1, retransmission, while
+/// data is unacknowledged; so this looks again until the links are idle).
+#[test]
+fn every_connection_of_a_replica_has_keepalive() {
+    let cluster = Cluster::start(3, 1);
+    let mut client = cluster.connect(0, 0);
+    assert_eq!(client.call(Op::Put, b"k", b"v").unwrap().code, Code::Done);
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+        let mut problems = Vec::new();
+        for r in 0..3 {
+            let inodes = socket_inodes(cluster.pid(r));
+            // Fields: sl, local, remote, state, queues, timer:when,
+            // retransmits, uid, timeout, inode, ...
+            let established: Vec<Vec<&str>> = table
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| f.len() > 9 && f[3] == "01" && inodes.contains(f[9]))
+                .collect();
+            // Links to and from both peers; replica 0 also has the client.
+            let expected = if r == 0 { 5 } else { 4 };
+            if established.len() != expected {
+                problems.push(format!(
+                    "replica {r}: {} connections, not {expected}",
+                    established.len()
+                ));
+            }
+            for f in established.iter().filter(|f| !f[5].starts_with("02:")) {
+                problems.push(format!("replica {r}, no keepalive timer: {f:?}"));
+            }
+        }
+        if problems.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{problems:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -108,6 +108,11 @@ impl Cluster {
             .collect()
     }
 
+    /// The process id of replica `r`.
+    pub fn pid(&self, r: usize) -> u32 {
+        self.procs[r].id()
+    }
+
     pub fn connect(&self, replica: usize, shard: u8) -> Connection {
         Connection::connect(self.peers[replica], shard, CLUSTER_ID, TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to replica {replica} shard {shard}: {e}"))
