@@ -198,3 +198,53 @@ fn memory_stays_bounded_over_a_long_run() {
     let d = digests(&c);
     assert!(d.iter().all(|&x| x == d[0]));
 }
+
+#[test]
+fn commits_wait_for_an_unreachable_peer_instead_of_being_re_sent() {
+    // Replica 2 of 3 is down: whatever is sent to it is lost. Replica 0
+    // leads ten commands and commits them with replica 1.
+    let two = ReplicaId(2);
+    let commits_to_two = std::cell::Cell::new(0);
+    let down = |_: ReplicaId, to: ReplicaId, m: &Message| {
+        if to == two && matches!(m, Message::Commit(_)) {
+            commits_to_two.set(commits_to_two.get() + 1);
+        }
+        to == two
+    };
+    let mut c = WiredCluster::new(3, |_| {});
+    let timeout = c.replicas[0].config().retransmit_timeout_ns;
+    for i in 0..10u64 {
+        let key = format!("k{i}");
+        c.propose(0, batch(&[(i + 1, 1, Op::Put, &key, "v")]));
+    }
+    c.run_until_quiet_losing(down);
+    assert_eq!(c.replies_total, 10);
+    assert_eq!(commits_to_two.get(), 10);
+    // Unacknowledged commits are re-sent on the timer...
+    c.advance(timeout);
+    c.run_until_quiet_losing(down);
+    assert_eq!(commits_to_two.get(), 20);
+    // ...until the runtime says replica 2 is unreachable: then none is,
+    // however long it stays down, and none is forgotten either.
+    c.replicas[0].set_reachable(two, false);
+    for _ in 0..50 {
+        c.advance(timeout);
+        c.run_until_quiet_losing(down);
+    }
+    assert_eq!(commits_to_two.get(), 20);
+    assert_eq!(c.replicas[0].parked_commits(), 10);
+    assert_eq!(
+        c.replicas[0].instances_in_memory(),
+        10,
+        "kept for replica 2"
+    );
+    // Back: every commit is re-sent at once, acknowledged, and dropped.
+    c.replicas[0].set_reachable(two, true);
+    assert_eq!(c.replicas[0].parked_commits(), 0);
+    c.advance(1);
+    c.run_until_quiet();
+    assert_eq!(c.replicas[0].instances_in_memory(), 0);
+    assert_eq!(c.replicas[2].stats().executed_commands, 10);
+    let d = digests(&c);
+    assert!(d.iter().all(|&x| x == d[0]));
+}

@@ -301,6 +301,7 @@ impl<S: StateMachine> Replica<S> {
     fn retransmit(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) -> bool {
         let replicas = self.cfg.replicas;
         let peers = self.cfg.peers_mask();
+        let unreachable = self.unreachable;
         let f = self.cfg.f();
         let Some(inst) = self.spaces.get_mut(id) else {
             return false;
@@ -364,7 +365,16 @@ impl<S: StateMachine> Replica<S> {
                     noop: inst.noop,
                 })
             }
-            Phase::Commit => inst.commit_message(id),
+            Phase::Commit => {
+                let reachable = silent & !unreachable;
+                if reachable == 0 {
+                    self.parked.push(id);
+                    return false;
+                }
+                let msg = inst.commit_message(id);
+                send_to_mask(out, reachable, replicas, |_| msg.clone());
+                return true;
+            }
         };
         send_to_mask(out, silent, replicas, |_| msg.clone());
         true

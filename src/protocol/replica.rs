@@ -34,6 +34,13 @@ pub struct Replica<S: StateMachine> {
     /// pushed `retransmit_timeout_ns` after a non-decreasing `now`, so a FIFO
     /// is already sorted.
     pub(super) retry: VecDeque<(u64, InstanceId)>,
+    /// Peers the runtime reports unreachable (their link is down): commits
+    /// are not re-sent to them.
+    pub(super) unreachable: u16,
+    /// Committed instances of ours whose only unacknowledged peers are
+    /// unreachable: off the retry queue (re-sending to a peer that is down
+    /// would cost more the longer it stays down) until one comes back.
+    pub(super) parked: Vec<InstanceId>,
     /// Recovery checks, by deadline (randomised, hence a heap). An entry is
     /// live only while it matches its instance's `watch_at`.
     pub(super) watches: BinaryHeap<Reverse<(u64, InstanceId)>>,
@@ -76,6 +83,8 @@ impl<S: StateMachine> Replica<S> {
             exec: ExecScratch::default(),
             next_slot: 1,
             retry: VecDeque::new(),
+            unreachable: 0,
+            parked: Vec::new(),
             watches: BinaryHeap::new(),
             waiting: Vec::new(),
             waiting_dirty: false,
@@ -182,6 +191,37 @@ impl<S: StateMachine> Replica<S> {
             Lookup::Missing => Status::None,
             Lookup::Found(inst) => inst.status,
         }
+    }
+
+    /// Whether `peer` can be reached, as the runtime sees its link. While
+    /// it cannot, commits of ours it has not acknowledged are not re-sent
+    /// to it; when it can again, every one of them is re-sent at the next
+    /// `tick`. Peers start reachable. Only commits wait: every other
+    /// message is still re-sent on its timer.
+    pub fn set_reachable(&mut self, peer: ReplicaId, reachable: bool) {
+        assert!(
+            peer.index() < self.cfg.replicas && peer != self.cfg.me,
+            "peer {}",
+            peer.0
+        );
+        let was = self.unreachable & peer.bit() == 0;
+        if reachable {
+            self.unreachable &= !peer.bit();
+            if !was {
+                // Due at once: ahead of everything queued, so the queue
+                // stays sorted.
+                for id in self.parked.drain(..) {
+                    self.retry.push_front((0, id));
+                }
+            }
+        } else {
+            self.unreachable |= peer.bit();
+        }
+    }
+
+    /// Commits waiting for an unreachable peer to come back.
+    pub fn parked_commits(&self) -> usize {
+        self.parked.len()
     }
 
     /// When `tick` next has work, if ever.

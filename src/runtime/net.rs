@@ -396,6 +396,7 @@ pub async fn peer_link(shard: Rc<Shard>, peer: ReplicaId) {
                 // Empty: cleared when the link went down, and nothing is
                 // queued while it is down.
                 link.open.set(true);
+                shard.peer_reachable(peer, true);
                 let e = loop {
                     link.notify.wait().await;
                     let data = link.take();
@@ -411,12 +412,14 @@ pub async fn peer_link(shard: Rc<Shard>, peer: ReplicaId) {
                     }
                 };
                 link.open.set(false);
+                shard.peer_reachable(peer, false);
                 // What was queued and not written is dropped: the core
                 // re-sends whatever is still unacknowledged.
                 link.buf.borrow_mut().clear();
                 warn!(%addr, "link to replica {} lost: {e}", peer.0);
             }
             Err(e) => {
+                shard.peer_reachable(peer, false);
                 if !logged_down {
                     match &e {
                         Closed::Refused(why) => {

@@ -232,6 +232,16 @@ impl Shard {
         self.core.borrow().next_deadline()
     }
 
+    /// The link to `peer` came up or went down. While it is down, the core
+    /// holds its commits for that peer instead of re-sending them every
+    /// timeout; when it is back they are due at once, so wake the turn loop.
+    pub fn peer_reachable(&self, peer: ReplicaId, reachable: bool) {
+        self.core.borrow_mut().set_reachable(peer, reachable);
+        if reachable {
+            self.wake.notify();
+        }
+    }
+
     pub fn peer_message(&self, from: ReplicaId, msg: Message) {
         self.inbox.borrow_mut().messages.push((from, msg));
         self.wake.notify();
