@@ -65,6 +65,10 @@ pub struct Tally {
     /// Requests unanswered when the drain ended, and (open loop) requests
     /// that fell due but could not be sent because the window was full.
     pub timeouts: u64,
+    /// Connections that failed (their error is reported on its own), and
+    /// the requests that were in flight on them when they did.
+    pub failed: u64,
+    pub lost: u64,
     pub checks: Vec<KeyCheck>,
     /// `--history` lines.
     pub history: Vec<String>,
@@ -78,6 +82,8 @@ impl Tally {
             ops: 0,
             errors: 0,
             timeouts: 0,
+            failed: 0,
+            lost: 0,
             checks: Vec::new(),
             history: Vec::new(),
         }
@@ -89,6 +95,8 @@ impl Tally {
         self.ops += other.ops;
         self.errors += other.errors;
         self.timeouts += other.timeouts;
+        self.failed += other.failed;
+        self.lost += other.lost;
     }
 
     pub fn take_checks(&mut self, other: &mut Tally) {
@@ -123,13 +131,33 @@ fn own_keys(index: usize, count: u64, shard: u8, shards: usize) -> Vec<Vec<u8>> 
     keys
 }
 
+/// Drives one connection for the whole run. A connection that fails keeps
+/// what it measured until then; its requests still in flight count as lost.
 pub async fn run(
     target: Target,
     w: Workload,
     seed: u64,
     start: Instant,
     live: Live,
-) -> Result<Tally, String> {
+) -> (Tally, Option<String>) {
+    match connect_and_run(target, w, seed, start, live).await {
+        Ok((tally, failure)) => (tally, failure),
+        Err(e) => {
+            let mut tally = Tally::new();
+            tally.failed = 1;
+            (tally, Some(e))
+        }
+    }
+}
+
+/// `run`, with the failures before any request was sent as errors.
+async fn connect_and_run(
+    target: Target,
+    w: Workload,
+    seed: u64,
+    start: Instant,
+    live: Live,
+) -> Result<(Tally, Option<String>), String> {
     let who = format!("{} shard {}", target.addr, target.shard);
     let addr = shard_addr(target.addr, usize::from(target.shard))
         .ok_or_else(|| format!("{who}: no port for that shard"))?;
@@ -235,11 +263,21 @@ pub async fn run(
     )
     .await;
     let sent = writer.await;
-    let mut tally = received.map_err(|e| format!("{who}: {e}"))?;
-    let (lag, unsent) = sent.map_err(|e| format!("{who}: {e}"))?;
-    tally.lag.add(&lag).expect("same bounds");
-    tally.timeouts += unsent;
-    Ok(tally)
+    let (mut tally, failure) = received;
+    let mut failure = failure.map(|e| format!("{who}: {e}"));
+    match sent {
+        Ok((lag, unsent)) => {
+            tally.lag.add(&lag).expect("same bounds");
+            tally.timeouts += unsent;
+        }
+        Err(e) if failure.is_none() => failure = Some(format!("{who}: {e}")),
+        Err(_) => {} // the reader's error says why
+    }
+    if failure.is_some() && tally.failed == 0 {
+        tally.failed = 1;
+        tally.lost += state.borrow().conn.inflight as u64;
+    }
+    Ok((tally, failure))
 }
 
 struct State {
@@ -358,14 +396,49 @@ async fn send_loop(
 async fn recv_loop(
     rx: &mut (impl AsyncRead + Unpin),
     reader: FrameReader,
+    inbuf: ReadBuffer,
+    state: &RefCell<State>,
+    wake: &Notify,
+    w: &Workload,
+    measure_from: Instant,
+    live: Live,
+) -> (Tally, Option<String>) {
+    let mut tally = Tally::new();
+    let failure = receive(
+        rx,
+        reader,
+        inbuf,
+        state,
+        wake,
+        w,
+        measure_from,
+        live,
+        &mut tally,
+    )
+    .await
+    .err();
+    if failure.is_some() {
+        // What was answered before the failure still counts, and its
+        // writes are still checked by --verify.
+        let mut s = state.borrow_mut();
+        tally.checks = s.conn.checks(s.conn.shard, w.value_bytes);
+        tally.history = s.conn.history_unanswered();
+    }
+    (tally, failure)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    rx: &mut (impl AsyncRead + Unpin),
+    reader: FrameReader,
     mut inbuf: ReadBuffer,
     state: &RefCell<State>,
     wake: &Notify,
     w: &Workload,
     measure_from: Instant,
     live: Live,
-) -> Result<Tally, String> {
-    let mut tally = Tally::new();
+    tally: &mut Tally,
+) -> Result<(), String> {
     loop {
         match read_more(rx, &mut inbuf).await {
             Ok(()) => {}
@@ -411,7 +484,7 @@ async fn recv_loop(
             live.borrow_mut().timeouts += inflight;
             tally.checks = s.conn.checks(s.conn.shard, w.value_bytes);
             tally.history = s.conn.history_unanswered();
-            return Ok(tally);
+            return Ok(());
         }
     }
 }

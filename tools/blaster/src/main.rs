@@ -308,13 +308,10 @@ async fn drive(
     let mut tally = Tally::new();
     let mut errors = Vec::new();
     for t in tasks {
-        match t.await {
-            Ok(mut x) => {
-                tally.add(&x);
-                tally.take_checks(&mut x);
-            }
-            Err(e) => errors.push(e),
-        }
+        let (mut x, failure) = t.await;
+        tally.add(&x);
+        tally.take_checks(&mut x);
+        errors.extend(failure);
     }
     drop(publisher);
     (tally, errors)

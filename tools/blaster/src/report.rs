@@ -60,6 +60,13 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
         t.errors,
         t.timeouts
     );
+    if t.failed > 0 {
+        println!(
+            "failed connections {} (their errors are above; {} requests were in flight on them, \
+             not counted as ops, errors or timeouts)",
+            t.failed, t.lost
+        );
+    }
     println!(
         "latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
         q(0.5),
@@ -93,7 +100,8 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
         let json = format!(
             "{{\"ops\": {}, \"duration_s\": {secs}, \"throughput_ops_s\": {:.1}, \
              \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}, \
-             \"max_us\": {:.1}, \"errors\": {}, \"timeouts\": {}}}\n",
+             \"max_us\": {:.1}, \"errors\": {}, \"timeouts\": {}, \
+             \"failed_connections\": {}, \"lost\": {}}}\n",
             t.ops,
             t.ops as f64 / secs,
             q(0.5),
@@ -102,7 +110,9 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
             q(0.999),
             us(h.max()),
             t.errors,
-            t.timeouts
+            t.timeouts,
+            t.failed,
+            t.lost
         );
         std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }

@@ -49,6 +49,8 @@ fn json_hgrm_and_plot_are_written() {
         "max_us",
         "errors",
         "timeouts",
+        "failed_connections",
+        "lost",
     ] {
         assert!(
             json.contains(&format!("\"{key}\":")),
@@ -56,7 +58,10 @@ fn json_hgrm_and_plot_are_written() {
         );
     }
     assert!(
-        json.contains("\"errors\": 0,") && json.contains("\"timeouts\": 0}"),
+        json.contains("\"errors\": 0,")
+            && json.contains("\"timeouts\": 0,")
+            && json.contains("\"failed_connections\": 0,")
+            && json.contains("\"lost\": 0}"),
         "{json}"
     );
     let hgrm = std::fs::read_to_string(hgrm).unwrap();
