@@ -263,12 +263,8 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
             path.display()
         );
     }
-    let verified = if args.verify {
-        let (lost, mismatched) = verify::read_back(&targets, args.cluster_id, &tally.checks)?;
-        lost == 0 && mismatched == 0
-    } else {
-        true
-    };
+    let verified =
+        !args.verify || verify::read_back(&targets, args.cluster_id, &tally.checks).passed();
     if let Some(c) = local {
         c.stop();
     }
