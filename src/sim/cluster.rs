@@ -153,6 +153,9 @@ struct Sim<'c> {
     down: Vec<bool>,
     /// A crash waiting for the replica's next call (or commit decision).
     crash_armed: Vec<Option<CrashPoint>>,
+    /// Per replica, the peers it was last told are unreachable (as the
+    /// runtime tells the core when a link goes down or comes back).
+    told_unreachable: Vec<u16>,
     crashes: u64,
     /// Logs of incarnations that crashed: still checked for agreement and
     /// execution order.
@@ -211,6 +214,7 @@ impl<'c> Sim<'c> {
             stores: vec![Vec::new(); n],
             down: vec![false; n],
             crash_armed: vec![None; n],
+            told_unreachable: vec![0; n],
             crashes: 0,
             dead_logs: Vec::new(),
             outbox: Outbox::new(n),
@@ -332,10 +336,12 @@ impl<'c> Sim<'c> {
                     self.partition = Some(side);
                     let heal = self.now + self.rng.between(5_000_000, 80_000_000);
                     self.schedule(heal, EventKind::PartitionHeal);
+                    self.report_links();
                 }
             }
             EventKind::PartitionHeal => {
                 self.partition = None;
+                self.report_links();
                 if self.faults_on {
                     let next = self.now + self.rng.between(5_000_000, 50_000_000);
                     self.schedule(next, EventKind::PartitionStart);
@@ -349,10 +355,12 @@ impl<'c> Sim<'c> {
                     self.one_way = Some((ReplicaId(from as u8), ReplicaId(to as u8)));
                     let heal = self.now + self.rng.between(5_000_000, 80_000_000);
                     self.schedule(heal, EventKind::OneWayHeal);
+                    self.report_links();
                 }
             }
             EventKind::OneWayHeal => {
                 self.one_way = None;
+                self.report_links();
                 if self.faults_on {
                     let next = self.now + self.rng.between(5_000_000, 50_000_000);
                     self.schedule(next, EventKind::OneWayStart);
@@ -370,6 +378,7 @@ impl<'c> Sim<'c> {
                         self.restart(r);
                     }
                 }
+                self.report_links();
             }
         }
     }
@@ -409,6 +418,7 @@ impl<'c> Sim<'c> {
         self.tick_at[r] = None;
         let back = self.now + self.rng.between(DOWN_NS_MIN, DOWN_NS_MAX);
         self.schedule(back, EventKind::Restart { replica: r });
+        self.report_links();
     }
 
     /// The replica comes back from what it persisted, as a new incarnation.
@@ -424,7 +434,56 @@ impl<'c> Sim<'c> {
         self.replicas[r] =
             Replica::restore(cfg, KvStore::new(), self.now, &self.stores[r], &mut out);
         self.outbox = out;
+        // A new incarnation starts with every peer reachable.
+        self.told_unreachable[r] = 0;
         self.call(r, |_, _, _| {});
+        self.report_links();
+    }
+
+    /// What each live replica's runtime would see of its links: a peer
+    /// that is down, or cut off from it, is unreachable. Tells each replica
+    /// what changed since it was last told.
+    fn report_links(&mut self) {
+        let n = self.cfg.replicas;
+        for a in 0..n {
+            if self.down[a] {
+                continue;
+            }
+            let from = ReplicaId(a as u8);
+            let unreachable = (0..n)
+                .filter(|&b| b != a && (self.down[b] || self.cut(from, ReplicaId(b as u8))))
+                .fold(0u16, |m, b| m | (1 << b));
+            let changed = unreachable ^ self.told_unreachable[a];
+            if changed == 0 {
+                continue;
+            }
+            for b in (0..n).filter(|&b| changed & (1 << b) != 0) {
+                let reachable = unreachable & (1 << b) == 0;
+                self.replicas[a].set_reachable(ReplicaId(b as u8), reachable);
+            }
+            self.told_unreachable[a] = unreachable;
+            self.arm_tick(a);
+        }
+    }
+
+    /// Whether the network cuts messages from `from` to `to` now.
+    fn cut(&self, from: ReplicaId, to: ReplicaId) -> bool {
+        self.faults_on
+            && (self
+                .partition
+                .is_some_and(|side| (side & from.bit() != 0) != (side & to.bit() != 0))
+                || self.one_way == Some((from, to)))
+    }
+
+    /// Schedules replica `r`'s next tick if its deadline moved earlier.
+    fn arm_tick(&mut self, r: usize) {
+        if let Some(deadline) = self.replicas[r].next_deadline() {
+            let deadline = deadline.max(self.now);
+            if self.tick_at[r].is_none_or(|t| deadline < t) {
+                self.tick_at[r] = Some(deadline);
+                self.schedule(deadline, EventKind::Tick { replica: r });
+            }
+        }
     }
 
     /// The commands that arrived during one turn become one proposal.
@@ -504,13 +563,7 @@ impl<'c> Sim<'c> {
         self.collect_trace(r, &mut out);
         out.clear();
         self.outbox = out;
-        if let Some(deadline) = self.replicas[r].next_deadline() {
-            let deadline = deadline.max(self.now);
-            if self.tick_at[r].is_none_or(|t| deadline < t) {
-                self.tick_at[r] = Some(deadline);
-                self.schedule(deadline, EventKind::Tick { replica: r });
-            }
-        }
+        self.arm_tick(r);
     }
 
     fn collect_trace(&mut self, r: usize, out: &mut Outbox<KvResult>) {
@@ -530,10 +583,7 @@ impl<'c> Sim<'c> {
     fn send(&mut self, from: ReplicaId, to: ReplicaId, msg: Message) {
         self.messages_sent += 1;
         if self.faults_on {
-            let cut = self
-                .partition
-                .is_some_and(|side| (side & from.bit() != 0) != (side & to.bit() != 0))
-                || self.one_way == Some((from, to));
+            let cut = self.cut(from, to);
             if cut || (self.cfg.faults.loses() && self.rng.chance(LOSS_PCT)) {
                 self.messages_dropped += 1;
                 return;
