@@ -5,7 +5,15 @@ mod common;
 
 /// Runs blaster and insists that it succeeds; what it printed.
 fn run(args: &[&str]) -> String {
-    let (ok, text) = common::blaster(args);
+    succeeded(common::blaster(args))
+}
+
+/// `common::short_local_run`, insisting that it succeeds.
+fn short_run(replicas: &str, extra: &[&str]) -> String {
+    succeeded(common::short_local_run(replicas, extra))
+}
+
+fn succeeded((ok, text): (bool, String)) -> String {
     assert!(ok, "blaster failed:\n{text}");
     text
 }
@@ -85,26 +93,23 @@ fn one_unreplicated_replica_is_the_baseline() {
 #[test]
 fn history_has_one_line_per_operation() {
     let path = std::env::temp_dir().join(format!("blaster-history-{}.jsonl", std::process::id()));
-    let out = run(&[
-        "--local-cluster",
+    let out = short_run(
         "3",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--connections",
-        "2",
-        "--rate",
-        "300",
-        "--reads",
-        "50",
-        "--zipf",
-        "0.99",
-        "--keys",
-        "50",
-        "--history",
-        path.to_str().unwrap(),
-    ]);
+        &[
+            "--connections",
+            "2",
+            "--rate",
+            "300",
+            "--reads",
+            "50",
+            "--zipf",
+            "0.99",
+            "--keys",
+            "50",
+            "--history",
+            path.to_str().unwrap(),
+        ],
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 100, "{} lines\n{out}", lines.len());
@@ -126,20 +131,17 @@ fn history_has_one_line_per_operation() {
 /// carry: blaster splits it over several frames (it used to panic).
 #[test]
 fn large_values_are_split_over_request_frames() {
-    let out = run(&[
-        "--local-cluster",
+    let out = short_run(
         "1",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--connections",
-        "1",
-        "--outstanding",
-        "64",
-        "--value-size",
-        "200000",
-    ]);
+        &[
+            "--connections",
+            "1",
+            "--outstanding",
+            "64",
+            "--value-size",
+            "200000",
+        ],
+    );
     assert!(out.contains("errors 0  timeouts 0"), "{out}");
 }
 
@@ -153,12 +155,8 @@ fn impossible_flag_values_exit_2() {
             "--outstanding takes 1 to",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blaster"))
-            .args(args)
-            .output()
-            .expect("run blaster");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let (code, err) = common::blaster_exit(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }

@@ -3,25 +3,22 @@
 
 mod common;
 
-use common::blaster;
+use common::short_local_run;
 
 #[test]
 fn a_clean_run_verifies() {
-    let (ok, out) = blaster(&[
-        "--local-cluster",
+    let (ok, out) = short_local_run(
         "3",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--verify",
-        "--connections",
-        "4",
-        "--outstanding",
-        "16",
-        "--keys",
-        "200",
-    ]);
+        &[
+            "--verify",
+            "--connections",
+            "4",
+            "--outstanding",
+            "16",
+            "--keys",
+            "200",
+        ],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("0 lost, 0 mismatched"), "{out}");
 }
@@ -32,24 +29,21 @@ fn a_clean_run_verifies() {
 /// (with seed 7, for one, it is, and the later write hides the loss).
 #[test]
 fn verify_catches_a_lost_write() {
-    let (ok, out) = blaster(&[
-        "--local-cluster",
+    let (ok, out) = short_local_run(
         "3",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--verify",
-        "--connections",
-        "1",
-        "--outstanding",
-        "1",
-        "--keys",
-        "100000",
-        "--seed",
-        "1",
-        "--replica-arg=--test-lose-write=5",
-    ]);
+        &[
+            "--verify",
+            "--connections",
+            "1",
+            "--outstanding",
+            "1",
+            "--keys",
+            "100000",
+            "--seed",
+            "1",
+            "--replica-arg=--test-lose-write=5",
+        ],
+    );
     assert!(!ok, "blaster exited 0 despite a lost write:\n{out}");
     assert!(out.contains(" 3 lost, 0 mismatched"), "{out}");
 }
