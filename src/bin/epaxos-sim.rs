@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut worst_recovery_ns = 0;
-    let (mut crashes, mut recoveries, mut noops) = (0u64, 0u64, 0u64);
+    let (mut crashes, mut recoveries, mut noops, mut unparked) = (0u64, 0u64, 0u64, 0u64);
     let mut last_progress = Instant::now();
     for (i, &seed) in seeds.iter().enumerate() {
         let mut cfg = SimConfig::new(seed, args.replicas);
@@ -94,6 +94,7 @@ fn main() -> ExitCode {
         crashes += report.crashes;
         recoveries += report.recoveries;
         noops += report.recovered_noops;
+        unparked += report.commits_unparked;
         if args.seed.is_some() {
             say!(
                 "seed {seed}: {} requests ({} completed during faults), {} instances ({} fast, {} slow), \
@@ -129,8 +130,8 @@ fn main() -> ExitCode {
         }
     }
     say!(
-        "{} seeds in {:.1}s; {crashes} crashes, {recoveries} recoveries ({noops} no-ops); \
-         liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
+        "{} seeds in {:.1}s; {crashes} crashes, {recoveries} recoveries ({noops} no-ops), \
+         {unparked} commits released from parking; liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         worst_recovery_ns as f64 / 1e6,

@@ -177,6 +177,8 @@ struct Sim<'c> {
     one_way: Option<(ReplicaId, ReplicaId)>,
     messages_sent: u64,
     messages_dropped: u64,
+    /// Commits released from parking when a peer became reachable again.
+    commits_unparked: u64,
     ops_during_faults: usize,
 }
 
@@ -232,6 +234,7 @@ impl<'c> Sim<'c> {
             one_way: None,
             messages_sent: 0,
             messages_dropped: 0,
+            commits_unparked: 0,
             ops_during_faults: 0,
         }
     }
@@ -457,10 +460,12 @@ impl<'c> Sim<'c> {
             if changed == 0 {
                 continue;
             }
+            let parked = self.replicas[a].parked_commits();
             for b in (0..n).filter(|&b| changed & (1 << b) != 0) {
                 let reachable = unreachable & (1 << b) == 0;
                 self.replicas[a].set_reachable(ReplicaId(b as u8), reachable);
             }
+            self.commits_unparked += (parked - self.replicas[a].parked_commits()) as u64;
             self.told_unreachable[a] = unreachable;
             self.arm_tick(a);
         }
@@ -791,6 +796,7 @@ impl<'c> Sim<'c> {
             recovered_noops: stats.iter().map(|s| s.recovered_noops).sum(),
             messages_sent: self.messages_sent,
             messages_dropped: self.messages_dropped,
+            commits_unparked: self.commits_unparked,
             recovery_ns: self.last_completion_ns.saturating_sub(fault_end),
             end_ns: self.now,
         }

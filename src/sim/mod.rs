@@ -165,6 +165,9 @@ pub struct SimReport {
     pub recovered_noops: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
+    /// Commits a replica held for an unreachable peer and released when it
+    /// became reachable again.
+    pub commits_unparked: u64,
     /// How long after the last fault the last client request completed.
     pub recovery_ns: u64,
     pub end_ns: u64,
