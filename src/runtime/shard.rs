@@ -20,13 +20,12 @@ use rustc_hash::FxHashMap;
 
 use super::notify::Notify;
 use super::RuntimeConfig;
-use crate::constants::{BATCH_BYTES_MAX, CLIENT_SEND_BUFFER_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX};
+use crate::constants::{CLIENT_SEND_BUFFER_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX};
 use crate::protocol::{
     Config, InstanceId, Message, Outbox, Refused, Replica, ReplicaId, Reply, Status,
 };
 use crate::state_machine::{KvResult, KvStore};
 use crate::wire::client::{put_response, shard_addr, AdminInfo, Code};
-use crate::wire::command::COMMAND_HEADER_BYTES;
 use crate::wire::{peer, Batch, BatchBuilder, CommandRef, FrameEncoder, Kind, Op};
 
 /// What one shard needs to know about the cluster and itself.
@@ -276,11 +275,7 @@ impl Shard {
             }
         }
         let mut inbox = self.inbox.borrow_mut();
-        let size = COMMAND_HEADER_BYTES + cmd.key.len() + cmd.value.len();
-        let open = &inbox.open;
-        if !open.is_empty()
-            && (open.len() >= self.cfg.node.batch_max || open.bytes_len() + size > BATCH_BYTES_MAX)
-        {
+        if !inbox.open.is_empty() && !inbox.open.fits(cmd, self.cfg.node.batch_max) {
             let batch = inbox.open.finish();
             inbox.closed.push_back(batch);
         }

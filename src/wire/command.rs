@@ -297,6 +297,15 @@ impl BatchBuilder {
         self.buf.len()
     }
 
+    /// Whether `cmd` still fits: fewer than `commands_max` commands so far,
+    /// and the records stay within `BATCH_BYTES_MAX`. A caller closes the
+    /// batch and starts the next when it does not (an empty batch takes any
+    /// command `push` accepts).
+    pub fn fits(&self, cmd: &CommandRef<'_>, commands_max: usize) -> bool {
+        let size = COMMAND_HEADER_BYTES + cmd.key.len() + cmd.value.len();
+        self.count < commands_max && self.buf.len() + size <= BATCH_BYTES_MAX
+    }
+
     /// Appends one command. Panics on a command `Batch::parse` would refuse:
     /// callers build commands themselves and must respect the limits.
     pub fn push(&mut self, cmd: &CommandRef<'_>) {
