@@ -12,7 +12,7 @@
 #   without CONFIG_NET_SCH_NETEM, which the script detects and reports).
 # --wan [FILE]: per-pair delay of half the RTT in FILE (default
 #   tools/wan-5-regions.rtt, five regions: needs --replicas 5); the client
-#   sits next to replica 0.
+#   sits next to replica 0 and sends to it only.
 # Bounded: blaster runs --duration seconds (default 10); the whole script is
 # killed after duration + 120 s.
 set -euo pipefail
@@ -118,6 +118,10 @@ else
 fi
 
 list=$(IFS=,; echo "${peers[*]}")
+# In WAN mode the client is in replica 0's region (0.1 ms from everything,
+# as on a LAN), so it loads replica 0 only; elsewhere it loads them all.
+targets=$list
+[[ $mode == wan ]] && targets=${peers[0]}
 for ((i = 0; i < replicas; i++)); do
     ip netns exec "${prefix}r$i" target/release/epaxos-fast --id "$i" --peers "$list" \
         --cpus none --log-level warn &
@@ -126,4 +130,4 @@ done
 echo "== $replicas replicas ($mode) at $list" >&2
 sleep 1
 timeout $((duration + 120)) ip netns exec "${prefix}cl" target/release/blaster \
-    --targets "$list" --duration "$duration" "$@"
+    --targets "$targets" --duration "$duration" "$@"
