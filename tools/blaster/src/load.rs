@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use epaxos_fast::client::fresh_client_id;
-use epaxos_fast::constants::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, CLIENT_WINDOW_REQUESTS_MAX};
+use epaxos_fast::constants::{BATCH_COMMANDS_MAX, CLIENT_WINDOW_REQUESTS_MAX};
 use epaxos_fast::rng::Rng;
 use epaxos_fast::runtime::Notify;
 use epaxos_fast::wire::client::{
     decode_hello_answer, decode_response, shard_addr, shard_of, Code, HelloBody, Role,
 };
-use epaxos_fast::wire::command::COMMAND_HEADER_BYTES;
 use epaxos_fast::wire::{
     Batch, BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op, ReadBuffer,
 };
@@ -68,7 +67,7 @@ pub struct Tally {
     /// Connections that failed (their error is reported on its own), and
     /// the requests that were in flight on them when they did.
     pub failed: u64,
-    pub lost: u64,
+    pub lost_in_flight: u64,
     pub checks: Vec<KeyCheck>,
     /// `--history` lines.
     pub history: Vec<String>,
@@ -77,13 +76,13 @@ pub struct Tally {
 impl Tally {
     pub fn new() -> Tally {
         Tally {
-            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
-            lag: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
+            hist: latency_histogram(),
+            lag: latency_histogram(),
             ops: 0,
             errors: 0,
             timeouts: 0,
             failed: 0,
-            lost: 0,
+            lost_in_flight: 0,
             checks: Vec::new(),
             history: Vec::new(),
         }
@@ -96,13 +95,34 @@ impl Tally {
         self.errors += other.errors;
         self.timeouts += other.timeouts;
         self.failed += other.failed;
-        self.lost += other.lost;
+        self.lost_in_flight += other.lost_in_flight;
     }
 
-    pub fn take_checks(&mut self, other: &mut Tally) {
+    /// `add`, and takes `other`'s checks and history lines too.
+    pub fn absorb(&mut self, mut other: Tally) {
+        self.add(&other);
         self.checks.append(&mut other.checks);
         self.history.append(&mut other.history);
     }
+
+    /// Back to empty, keeping the histograms' memory (the progress
+    /// reporter empties the live tallies ten times a second).
+    pub fn clear(&mut self) {
+        self.hist.reset();
+        self.lag.reset();
+        self.ops = 0;
+        self.errors = 0;
+        self.timeouts = 0;
+        self.failed = 0;
+        self.lost_in_flight = 0;
+        self.checks.clear();
+        self.history.clear();
+    }
+}
+
+/// Latencies in ns, 1 ns to 60 s, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
 
 /// Shared with the progress reporter of this executor's thread.
@@ -164,7 +184,9 @@ async fn connect_and_run(
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("{who}: connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("{who}: {e}"))?;
     let enc = FrameEncoder {
         cluster_id: w.cluster_id,
         sender: 0,
@@ -233,7 +255,7 @@ async fn connect_and_run(
     // Silence for this long wakes the reader, so it can see the run end.
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{who}: {e}"))?;
     let measure_from = start + w.warmup;
     let state = Rc::new(RefCell::new(State {
         conn,
@@ -247,9 +269,9 @@ async fn connect_and_run(
         });
     let writer = {
         let (state, wake, w) = (state.clone(), wake.clone(), w.clone());
-        glommio::spawn_local(
-            async move { send_loop(&mut tx, enc, &state, &wake, &w, schedule).await },
-        )
+        glommio::spawn_local(async move {
+            send_loop(&mut tx, enc, &state, &wake, &w, schedule, measure_from).await
+        })
     };
     let received = recv_loop(
         &mut rx,
@@ -268,15 +290,16 @@ async fn connect_and_run(
     match sent {
         Ok((lag, unsent)) => {
             tally.lag.add(&lag).expect("same bounds");
-            tally.timeouts += unsent;
+            // After a failure the writer stopped early: what it did not
+            // send was not the server's stall.
+            if failure.is_none() {
+                tally.timeouts += unsent;
+            }
         }
         Err(e) if failure.is_none() => failure = Some(format!("{who}: {e}")),
         Err(_) => {} // the reader's error says why
     }
-    if failure.is_some() && tally.failed == 0 {
-        tally.failed = 1;
-        tally.lost += state.borrow().conn.inflight as u64;
-    }
+    tally.failed = u64::from(failure.is_some());
     Ok((tally, failure))
 }
 
@@ -297,7 +320,8 @@ fn phase(index: usize, rate: f64, connections: usize) -> Duration {
 }
 
 /// Queues requests as the mode says and writes them, one write per wake-up.
-/// Open loop: request k is due at `start + k / rate`.
+/// Open loop: request k is due at `start + k / rate`; how late each one
+/// due in the measured time (from `measure_from`) went out is recorded.
 async fn send_loop(
     tx: &mut (impl AsyncWrite + Unpin),
     enc: FrameEncoder,
@@ -305,11 +329,11 @@ async fn send_loop(
     wake: &Notify,
     w: &Workload,
     start: Instant,
+    measure_from: Instant,
 ) -> std::io::Result<(Histogram<u64>, u64)> {
     let mut out = BytesMut::new();
     let mut due_sent = 0u64;
-    let mut lag =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
+    let mut lag = latency_histogram();
     loop {
         let now = Instant::now();
         let next = {
@@ -332,6 +356,7 @@ async fn send_loop(
                 };
                 return Ok((lag, unsent));
             }
+            let end = s.end;
             let conn = &mut s.conn;
             let next = match w.rate {
                 None => {
@@ -352,8 +377,10 @@ async fn send_loop(
                         // Latency counts from when the request was due.
                         let intended = start + Duration::from_secs_f64(due_sent as f64 / rate);
                         conn.queue(w, intended);
-                        let late = now.saturating_duration_since(intended).as_nanos() as u64;
-                        lag.saturating_record(late.max(1));
+                        if intended >= measure_from && intended < end {
+                            let late = now.saturating_duration_since(intended).as_nanos() as u64;
+                            lag.saturating_record(late.max(1));
+                        }
                         due_sent += 1;
                     }
                     if conn.room() {
@@ -419,10 +446,15 @@ async fn recv_loop(
     .err();
     if failure.is_some() {
         // What was answered before the failure still counts, and its
-        // writes are still checked by --verify.
+        // writes are still checked by --verify. What is in flight now is
+        // lost; stop the writer, so that it does not send more into a
+        // connection nobody reads.
         let mut s = state.borrow_mut();
-        tally.checks = s.conn.checks(s.conn.shard, w.value_bytes);
+        tally.lost_in_flight = s.conn.inflight as u64;
+        s.end = s.end.min(Instant::now());
+        tally.checks = s.conn.checks(w.value_bytes);
         tally.history = s.conn.history_unanswered();
+        wake.notify();
     }
     (tally, failure)
 }
@@ -482,7 +514,7 @@ async fn receive(
         if now >= end && (inflight == 0 || now > end + w.drain) {
             tally.timeouts += inflight;
             live.borrow_mut().timeouts += inflight;
-            tally.checks = s.conn.checks(s.conn.shard, w.value_bytes);
+            tally.checks = s.conn.checks(w.value_bytes);
             tally.history = s.conn.history_unanswered();
             return Ok(());
         }
@@ -524,7 +556,9 @@ struct Conn {
     history: Option<History>,
     /// When the run started (history times count from it).
     epoch: Instant,
-    /// This connection's index in the run (part of each verified value).
+    /// This connection's index in the run: the `client` of its history
+    /// lines (a small number any JSON reader takes exactly, unlike the
+    /// random 64-bit client id).
     index: usize,
     shard: u8,
     /// With `--verify`: the key (own keys only) and PUT-ness of each
@@ -617,13 +651,23 @@ pub struct KeyCheck {
     pub acked: bool,
 }
 
-/// The value request `request` of connection `index` writes: unique per
-/// write, padded to `size` with '.' (longer if `size` is too small).
-pub fn value_of(index: usize, request: u64, size: usize) -> Vec<u8> {
-    let mut v = format!("{index}:{request}").into_bytes();
+/// Writes into `v` the value request `request` of client `client` puts:
+/// unique per write and per run (client ids are drawn afresh for every
+/// connection), so neither an earlier run's data nor another connection's
+/// can pass for it; padded to `size` with '.' (longer if `size` is too
+/// small).
+fn write_value(v: &mut Vec<u8>, client: u64, request: u64, size: usize) {
+    use std::io::Write;
+    v.clear();
+    write!(v, "{client:x}:{request}").expect("writing to a Vec");
     if v.len() < size {
         v.resize(size, b'.');
     }
+}
+
+fn value_of(client: u64, request: u64, size: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_value(&mut v, client, request, size);
     v
 }
 
@@ -658,8 +702,8 @@ impl Conn {
                 v.keys.entry(k).or_default().unanswered.push(request);
             }
         }
-        if self.verify.is_some() || self.history.is_some() {
-            self.value = value_of(self.index, request, w.value_bytes);
+        if !read && (self.verify.is_some() || self.history.is_some()) {
+            write_value(&mut self.value, self.client, request, w.value_bytes);
         }
         if let Some(h) = &mut self.history {
             h.pending[slot] = Some(Invoked {
@@ -670,28 +714,25 @@ impl Conn {
             });
         }
         let value: &[u8] = if read { b"" } else { &self.value };
-        // One request frame carries at most what the replica takes in one
-        // batch; more goes in the next frame of the same write.
-        let size = COMMAND_HEADER_BYTES + key.len() + value.len();
-        if !self.batch.is_empty()
-            && (self.batch.bytes_len() + size > BATCH_BYTES_MAX
-                || self.batch.len() >= BATCH_COMMANDS_MAX)
-        {
-            self.full.push(self.batch.finish());
-        }
-        self.batch.push(&CommandRef {
+        let cmd = CommandRef {
             client: self.client,
             request,
             first_outstanding: self.oldest,
             op: if read { Op::Get } else { Op::Put },
             key,
             value,
-        });
+        };
+        // One request frame carries at most what the replica takes in one
+        // batch; more goes in the next frame of the same write.
+        if !self.batch.is_empty() && !self.batch.fits(&cmd, BATCH_COMMANDS_MAX) {
+            self.full.push(self.batch.finish());
+        }
+        self.batch.push(&cmd);
     }
 
     /// Records the answer to `request` for `--history`.
     fn history_answer(&mut self, request: u64, code: Code, value: &[u8], now: Instant) {
-        let (client, epoch) = (self.client, self.epoch);
+        let (client, epoch) = (self.index as u64, self.epoch);
         let Some(h) = &mut self.history else {
             return;
         };
@@ -710,7 +751,7 @@ impl Conn {
 
     /// History lines of requests never answered (result unknown).
     fn history_unanswered(&mut self) -> Vec<String> {
-        let (client, epoch) = (self.client, self.epoch);
+        let (client, epoch) = (self.index as u64, self.epoch);
         let Some(h) = &mut self.history else {
             return Vec::new();
         };
@@ -738,7 +779,7 @@ impl Conn {
     }
 
     /// What every replica must hold for this connection's keys.
-    fn checks(&self, shard: u8, value_bytes: usize) -> Vec<KeyCheck> {
+    fn checks(&self, value_bytes: usize) -> Vec<KeyCheck> {
         let Some(v) = &self.verify else {
             return Vec::new();
         };
@@ -747,13 +788,13 @@ impl Conn {
             .map(|(&k, log)| {
                 let later = log.unanswered.iter().filter(|&&r| r > log.acked);
                 let mut acceptable: Vec<Vec<u8>> = later
-                    .map(|&r| value_of(self.index, r, value_bytes))
+                    .map(|&r| value_of(self.client, r, value_bytes))
                     .collect();
                 if log.acked > 0 {
-                    acceptable.push(value_of(self.index, log.acked, value_bytes));
+                    acceptable.push(value_of(self.client, log.acked, value_bytes));
                 }
                 KeyCheck {
-                    shard,
+                    shard: self.shard,
                     key: self.keys[k as usize].clone(),
                     acceptable,
                     acked: log.acked > 0,

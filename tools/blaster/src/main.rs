@@ -240,9 +240,8 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     let mut failures = Vec::new();
     for h in handles {
         match h.join() {
-            Ok((mut t, errors)) => {
-                tally.add(&t);
-                tally.take_checks(&mut t);
+            Ok((t, errors)) => {
+                tally.absorb(t);
                 failures.extend(errors);
             }
             Err(e) => failures.push(e.to_string()),
@@ -297,16 +296,15 @@ async fn drive(
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 let mut l = live.borrow_mut();
                 shared.lock().expect("progress lock").add(&l);
-                *l = Tally::new();
+                l.clear();
             }
         })
     };
     let mut tally = Tally::new();
     let mut errors = Vec::new();
     for t in tasks {
-        let (mut x, failure) = t.await;
-        tally.add(&x);
-        tally.take_checks(&mut x);
+        let (x, failure) = t.await;
+        tally.absorb(x);
         errors.extend(failure);
     }
     drop(publisher);

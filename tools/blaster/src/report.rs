@@ -30,7 +30,7 @@ pub fn progress(live: &[Arc<Mutex<Tally>>], start: Instant, w: &Workload, stop: 
         for l in live {
             let mut l = l.lock().expect("progress lock");
             second.add(&l);
-            *l = Tally::new();
+            l.clear();
         }
         let elapsed = next.duration_since(start).as_secs_f64();
         let phase = if next <= start + w.warmup {
@@ -64,7 +64,7 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
         println!(
             "failed connections {} (their errors are above; {} requests were in flight on them, \
              not counted as ops, errors or timeouts)",
-            t.failed, t.lost
+            t.failed, t.lost_in_flight
         );
     }
     println!(
@@ -101,7 +101,7 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
             "{{\"ops\": {}, \"duration_s\": {secs}, \"throughput_ops_s\": {:.1}, \
              \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}, \
              \"max_us\": {:.1}, \"errors\": {}, \"timeouts\": {}, \
-             \"failed_connections\": {}, \"lost\": {}}}\n",
+             \"failed_connections\": {}, \"lost_in_flight\": {}}}\n",
             t.ops,
             t.ops as f64 / secs,
             q(0.5),
@@ -112,7 +112,7 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
             t.errors,
             t.timeouts,
             t.failed,
-            t.lost
+            t.lost_in_flight
         );
         std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }

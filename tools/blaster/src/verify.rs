@@ -15,17 +15,21 @@ use crate::load::KeyCheck;
 const PIPELINE: usize = 256;
 
 /// What `read_back` found, summed over replicas.
+#[derive(Default)]
 pub struct Verdict {
     pub lost: u64,
     pub mismatched: u64,
-    /// Replicas that could not be read (down, or lost mid-way): their keys
-    /// were not checked, the others' were.
+    /// GETs the replica refused (overloaded, or an error): those keys were
+    /// not checked there.
+    pub refused: u64,
+    /// Replicas that could not be read to the end (down, or lost mid-way):
+    /// their remaining keys were not checked, the others' were.
     pub unread: usize,
 }
 
 impl Verdict {
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.mismatched == 0 && self.unread == 0
+        self.lost == 0 && self.mismatched == 0 && self.refused == 0 && self.unread == 0
     }
 }
 
@@ -33,47 +37,39 @@ impl Verdict {
 /// found. A replica that cannot be read is reported and skipped, so a run
 /// that killed one still checks the others.
 pub fn read_back(targets: &[SocketAddr], cluster_id: u64, checks: &[KeyCheck]) -> Verdict {
-    let mut v = Verdict {
-        lost: 0,
-        mismatched: 0,
-        unread: 0,
-    };
+    let mut v = Verdict::default();
     for (r, &addr) in targets.iter().enumerate() {
-        match read_replica(r, addr, cluster_id, checks) {
-            Ok((lost, mismatched)) => {
-                v.lost += lost;
-                v.mismatched += mismatched;
-            }
-            Err(e) => {
-                eprintln!("verify: replica {r} ({addr}) not read: {e}");
-                v.unread += 1;
-            }
+        if let Err(e) = read_replica(r, addr, cluster_id, checks, &mut v) {
+            eprintln!("verify: replica {r} ({addr}) not read to the end: {e}");
+            v.unread += 1;
         }
     }
+    let mut also = String::new();
+    if v.refused > 0 {
+        also += &format!(", {} reads refused", v.refused);
+    }
+    if v.unread > 0 {
+        also += &format!(", {} replicas not read to the end", v.unread);
+    }
     println!(
-        "verify: {} keys read back through {} of {} replicas: {} lost, {} mismatched{}",
+        "verify: {} keys read back through {} replicas: {} lost, {} mismatched{also}",
         checks.len(),
-        targets.len() - v.unread,
         targets.len(),
         v.lost,
         v.mismatched,
-        if v.unread > 0 {
-            format!(", {} not read", v.unread)
-        } else {
-            String::new()
-        }
     );
     v
 }
 
-/// (lost, mismatched) at replica `r`.
+/// Checks replica `r`, adding what it finds to `v` as it goes (so a replica
+/// lost mid-way keeps what was found before).
 fn read_replica(
     r: usize,
     addr: SocketAddr,
     cluster_id: u64,
     checks: &[KeyCheck],
-) -> Result<(u64, u64), String> {
-    let (mut lost, mut mismatched) = (0u64, 0u64);
+    v: &mut Verdict,
+) -> Result<(), String> {
     let mut shards: Vec<u8> = checks.iter().map(|c| c.shard).collect();
     shards.sort_unstable();
     shards.dedup();
@@ -82,32 +78,43 @@ fn read_replica(
             .map_err(|e| format!("shard {shard}: {e}"))?;
         let mine: Vec<&KeyCheck> = checks.iter().filter(|c| c.shard == shard).collect();
         for chunk in mine.chunks(PIPELINE) {
-            let mut by_request = std::collections::HashMap::new();
+            let mut first = None;
             for c in chunk {
                 let request = conn
                     .queue(Op::Get, &c.key, b"")
                     .map_err(|e| format!("shard {shard}: {e}"))?;
-                by_request.insert(request, *c);
+                first.get_or_insert(request);
             }
+            let first = first.expect("chunks are not empty");
             for _ in chunk {
                 let resp = conn.recv().map_err(|e| format!("shard {shard}: {e}"))?;
-                let c = by_request[&resp.request];
+                // A connection's request numbers are consecutive.
+                let c = chunk[(resp.request - first) as usize];
                 match resp.code {
-                    Code::Value if c.acceptable.iter().any(|v| v[..] == resp.value[..]) => {}
+                    Code::Value if c.acceptable.iter().any(|a| a[..] == resp.value[..]) => {}
                     Code::NotFound if !c.acked => {}
                     Code::NotFound => {
-                        lost += 1;
+                        v.lost += 1;
                         report(r, c, "lost", &resp.value);
                     }
-                    _ => {
-                        mismatched += 1;
+                    Code::Value => {
+                        v.mismatched += 1;
                         report(r, c, "mismatched", &resp.value);
+                    }
+                    Code::Done | Code::BeyondWindow | Code::Overloaded | Code::Error => {
+                        v.refused += 1;
+                        eprintln!(
+                            "verify: replica {r}: key {:?} not read: {:?} {}",
+                            String::from_utf8_lossy(&c.key),
+                            resp.code,
+                            String::from_utf8_lossy(&resp.value)
+                        );
                     }
                 }
             }
         }
     }
-    Ok((lost, mismatched))
+    Ok(())
 }
 
 fn report(replica: usize, c: &KeyCheck, what: &str, got: &[u8]) {

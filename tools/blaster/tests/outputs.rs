@@ -58,7 +58,7 @@ fn json_hgrm_and_plot_are_written() {
         "errors",
         "timeouts",
         "failed_connections",
-        "lost",
+        "lost_in_flight",
     ] {
         assert!(
             json.contains(&format!("\"{key}\":")),
@@ -69,7 +69,7 @@ fn json_hgrm_and_plot_are_written() {
         json.contains("\"errors\": 0,")
             && json.contains("\"timeouts\": 0,")
             && json.contains("\"failed_connections\": 0,")
-            && json.contains("\"lost\": 0}"),
+            && json.contains("\"lost_in_flight\": 0}"),
         "{json}"
     );
     let hgrm = std::fs::read_to_string(hgrm).unwrap();
