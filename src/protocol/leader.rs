@@ -312,8 +312,13 @@ impl<S: StateMachine> Replica<S> {
         let Some(lead) = inst.lead.as_deref_mut() else {
             return false;
         };
-        self.stats.retransmits += 1;
         let silent = peers & !lead.replied;
+        if lead.phase == Phase::Commit && silent & !unreachable == 0 {
+            // Only unreachable peers lack it: wait for one to come back.
+            self.parked.push(id);
+            return false;
+        }
+        self.stats.retransmits += 1;
         let msg = match lead.phase {
             Phase::Prepare => Message::Prepare(Prepare {
                 id,
@@ -366,13 +371,8 @@ impl<S: StateMachine> Replica<S> {
                 })
             }
             Phase::Commit => {
-                let reachable = silent & !unreachable;
-                if reachable == 0 {
-                    self.parked.push(id);
-                    return false;
-                }
                 let msg = inst.commit_message(id);
-                send_to_mask(out, reachable, replicas, |_| msg.clone());
+                send_to_mask(out, silent & !unreachable, replicas, |_| msg.clone());
                 return true;
             }
         };

@@ -273,11 +273,7 @@ impl<S: StateMachine> Replica<S> {
             inst.lead = None;
             return;
         }
-        inst.set_attrs(attrs);
-        inst.noop = noop;
-        if !noop && !batch.is_empty() {
-            inst.batch = batch;
-        }
+        inst.set_value(attrs, noop, (!batch.is_empty()).then_some(batch));
         self.commit_led(id, out);
     }
 

@@ -349,7 +349,7 @@ impl<S: StateMachine> Replica<S> {
                 m.ballot,
                 m.attrs,
                 m.noop,
-                Some(m.batch.clone()),
+                Some(m.batch),
             );
             drop_superseded_lead(inst);
             out.persist.push(record(m.id, inst));
@@ -367,11 +367,7 @@ impl<S: StateMachine> Replica<S> {
             Some(inst) => {
                 if !inst.is_committed() {
                     inst.voted = m.ballot;
-                    inst.set_attrs(m.attrs);
-                    inst.noop = m.noop;
-                    if !m.noop {
-                        inst.batch = m.batch;
-                    }
+                    inst.set_value(m.attrs, m.noop, Some(m.batch));
                     // Somebody else decided it: whatever this replica was
                     // doing to decide it is moot.
                     inst.lead = None;
@@ -579,12 +575,8 @@ pub(super) fn accept<S: StateMachine>(
     inst.status = Status::Accepted;
     inst.promised = ballot;
     inst.voted = ballot;
-    inst.set_attrs(attrs);
-    inst.noop = noop;
+    inst.set_value(attrs, noop, batch);
     if !noop {
-        if let Some(batch) = batch {
-            inst.batch = batch;
-        }
         reindex(index, id, inst);
     }
 }

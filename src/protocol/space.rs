@@ -115,6 +115,17 @@ impl Instance {
         self.attrs = attrs;
     }
 
+    /// Takes a decided or voted value: attributes, no-op-ness, and `batch`
+    /// unless it is `None` (the commands are known here already) or the
+    /// value is a no-op (which keeps them, for the leader's answers).
+    pub fn set_value(&mut self, attrs: Attrs, noop: bool, batch: Option<Batch>) {
+        self.set_attrs(attrs);
+        self.noop = noop;
+        if let (false, Some(batch)) = (noop, batch) {
+            self.batch = batch;
+        }
+    }
+
     /// The command leader's initial attributes, if known here.
     pub fn initial_attrs(&self) -> Option<&Attrs> {
         match &self.initial {
