@@ -154,9 +154,11 @@ impl Connection {
         self.client
     }
 
-    /// Requests sent and not answered yet.
+    /// Requests whose answer `recv` has not returned yet (including answers
+    /// `call` or `admin` read past and keep for it): drain with
+    /// `while c.outstanding() > 0 { c.recv()?; }`.
     pub fn outstanding(&self) -> usize {
-        self.outstanding.len()
+        self.outstanding.len() + self.ready.len()
     }
 
     /// Queues one command; returns its request number. Nothing is sent

@@ -42,19 +42,26 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const PEER_RECONNECT_MS_MIN: u64 = 20;
 pub const PEER_RECONNECT_MS_MAX: u64 = 1_000;
 
-/// TCP keepalive on every accepted connection (peers' links to us and
-/// clients): probes start after this many idle seconds, repeat every
-/// `KEEPALIVE_INTERVAL_S`, and `KEEPALIVE_PROBES` unanswered ones close
-/// the connection. A host that vanished without closing (power loss, a
-/// partition) is noticed within about 16 s instead of never.
+/// TCP keepalive on every connection (links both ways and clients): probes
+/// start after this many idle seconds, repeat every `KEEPALIVE_INTERVAL_S`,
+/// and `KEEPALIVE_PROBES` unanswered ones close the connection. A host that
+/// vanished without closing (power loss, a partition) while the connection
+/// was idle is noticed within about 16 s instead of never. (Linux probes
+/// only idle connections; see `UNACKED_MS_MAX` for the others.)
 pub const KEEPALIVE_IDLE_S: u32 = 10;
 pub const KEEPALIVE_INTERVAL_S: u32 = 2;
 pub const KEEPALIVE_PROBES: u32 = 3;
 
-/// A link to a peer whose sent data stays unacknowledged this long is
-/// closed and reconnected (TCP_USER_TIMEOUT); without it, a vanished peer
-/// host keeps the link "up" for the kernel's ~15 minutes of retransmissions.
-pub const PEER_UNACKED_MS_MAX: u32 = 10_000;
+/// A connection whose sent data stays unacknowledged this long is closed
+/// (TCP_USER_TIMEOUT; a link to a peer then reconnects). Without it, a host
+/// that vanished while data was on its way keeps the connection, and a
+/// blocked writer, for the kernel's ~15 minutes of retransmissions.
+pub const UNACKED_MS_MAX: u32 = 10_000;
+
+/// Capacity of a written send buffer kept for reuse, at most: reuse saves
+/// faulting pages in for every write, but a burst must not pin its peak
+/// (up to the 64 MiB limits below, twice) for the connection's life.
+pub const SEND_BUFFER_KEPT_BYTES_MAX: usize = 4 << 20;
 
 /// How long a starting replica retries a listening address that is in use.
 pub const BIND_RETRY_MS: u64 = 5_000;

@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 use super::shard::{bump, Route, SendQueue, Shard};
 use super::sockopt;
 use crate::constants::{
-    HANDSHAKE_TIMEOUT_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, PEER_UNACKED_MS_MAX,
-    REPLICAS_MAX,
+    HANDSHAKE_TIMEOUT_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, REPLICAS_MAX,
+    UNACKED_MS_MAX,
 };
 use crate::protocol::ReplicaId;
 use crate::wire::client::{
@@ -125,9 +125,12 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
     // A peer or client host that vanishes must not hold this connection
-    // (and its task) for ever.
-    if let Err(e) = sockopt::keepalive(stream.as_raw_fd()) {
-        warn!(%remote, "cannot enable TCP keepalive: {e}");
+    // (and its tasks) for ever, idle or with answers on their way.
+    let fd = stream.as_raw_fd();
+    if let Err(e) =
+        sockopt::keepalive(fd).and_then(|()| sockopt::unacked_timeout(fd, UNACKED_MS_MAX))
+    {
+        warn!(%remote, "cannot set TCP keepalive and user timeout: {e}");
     }
     let reader = FrameReader::new(shard.cfg.node.cluster_id);
     let mut buf = ReadBuffer::default();
@@ -449,7 +452,7 @@ async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Clos
     // back-off) instead of leaving it up with writes that never complete.
     let fd = stream.as_raw_fd();
     if let Err(e) =
-        sockopt::keepalive(fd).and_then(|()| sockopt::unacked_timeout(fd, PEER_UNACKED_MS_MAX))
+        sockopt::keepalive(fd).and_then(|()| sockopt::unacked_timeout(fd, UNACKED_MS_MAX))
     {
         warn!(%addr, "cannot set TCP keepalive and user timeout: {e}");
     }

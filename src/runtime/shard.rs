@@ -20,7 +20,9 @@ use rustc_hash::FxHashMap;
 
 use super::notify::Notify;
 use super::RuntimeConfig;
-use crate::constants::{CLIENT_SEND_BUFFER_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX};
+use crate::constants::{
+    CLIENT_SEND_BUFFER_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX, SEND_BUFFER_KEPT_BYTES_MAX,
+};
 use crate::protocol::{
     Config, InstanceId, Message, Outbox, Refused, Replica, ReplicaId, Reply, Status,
 };
@@ -87,11 +89,13 @@ impl SendQueue {
         std::mem::replace(&mut *self.buf.borrow_mut(), spare)
     }
 
-    /// The writer is done with `written`.
+    /// The writer is done with `written`: kept for the next write unless a
+    /// burst made it larger than `SEND_BUFFER_KEPT_BYTES_MAX`.
     pub fn give_back(&self, mut written: BytesMut) {
         written.clear();
         let mut spare = self.spare.borrow_mut();
-        if written.capacity() > spare.capacity() {
+        if written.capacity() > spare.capacity() && written.capacity() <= SEND_BUFFER_KEPT_BYTES_MAX
+        {
             *spare = written;
         }
     }
