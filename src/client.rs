@@ -4,7 +4,7 @@
 //!
 //! A connection is to one shard of one replica; the replica forwards a
 //! command for a key another shard owns, so any shard will do, but a
-//! shard-aware caller saves the hop (`wire::client::shard_of`).
+//! shard-aware caller saves the hop (`command::shard_of`).
 //!
 //! Every connection gets its own random client id, and numbers its requests
 //! from 1: the replica's exactly-once table is keyed by both.
@@ -17,13 +17,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::command::{BatchBuilder, CommandRef, Op};
 use crate::constants::{CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::wire::client::{
     decode_hello_answer, decode_response, shard_addr, AdminInfo, HelloBody, Response, Role,
 };
-use crate::wire::{
-    BatchBuilder, CommandRef, FrameEncoder, FrameError, FrameReader, Kind, Op, ReadBuffer,
-};
+use crate::wire::{FrameEncoder, FrameError, FrameReader, Kind, ReadBuffer};
 
 /// Request bytes queued before `queue` flushes on its own.
 const QUEUED_BYTES_MAX: usize = 256 << 10;

@@ -1,5 +1,6 @@
 //! epaxos-fast: a replicated key-value store ordered by EPaxos.
 //!
+//! - [`command`]: the command and batch format and `shard_of`, shared by all.
 //! - [`protocol`]: the EPaxos core, pure and deterministic (no IO, clock or RNG).
 //! - [`state_machine`]: the conflict relation and `apply`; the KV store.
 //! - [`wire`]: fixed-layout records read in place from receive buffers.
@@ -10,6 +11,7 @@
 //! The core's call contract is in [`protocol`]'s documentation.
 
 pub mod client;
+pub mod command;
 pub mod constants;
 pub mod protocol;
 pub mod rng;

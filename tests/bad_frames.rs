@@ -10,9 +10,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::{Cluster, CLUSTER_ID, TIMEOUT};
 use epaxos_fast::client::{ClientError, Connection};
+use epaxos_fast::command::{BatchBuilder, CommandRef, Op};
 use epaxos_fast::constants::FRAME_BODY_BYTES_MAX;
 use epaxos_fast::wire::client::{Code, HelloBody, Role};
-use epaxos_fast::wire::{BatchBuilder, CommandRef, FrameEncoder, Kind, Op};
+use epaxos_fast::wire::{FrameEncoder, Kind};
 use zerocopy::IntoBytes;
 
 const ENC: FrameEncoder = FrameEncoder {

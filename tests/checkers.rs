@@ -1,13 +1,13 @@
 //! The simulator's checkers catch bugs: each is handed a broken input and
 //! must report it. A checker that passes everything proves nothing.
 
+use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
 use epaxos_fast::protocol::{Attrs, Deps, InjectedBug, InstanceId, ReplicaId};
 use epaxos_fast::sim::check::{
     check_agreement, check_all_executed, check_execution_order, ReplicaLog,
 };
 use epaxos_fast::sim::linearizability::{check_history, HistoryOp, OpKind};
 use epaxos_fast::sim::{self, FaultMix, SimConfig};
-use epaxos_fast::wire::{Batch, BatchBuilder, CommandRef, Op};
 
 fn op(client: u64, kind: OpKind, invoke: u64, ret: u64, read: Option<&[u8]>) -> HistoryOp {
     HistoryOp {

@@ -5,8 +5,9 @@ mod common;
 
 use common::Cluster;
 use epaxos_fast::client::Connection;
-use epaxos_fast::wire::client::{shard_of, Code};
-use epaxos_fast::wire::Op;
+use epaxos_fast::command::shard_of;
+use epaxos_fast::command::Op;
+use epaxos_fast::wire::client::Code;
 
 const KEYS: usize = 10_000;
 /// Requests in flight per connection (well inside the client window).

@@ -2,12 +2,12 @@
 //! instance chain and a 10,000 instance cycle, executed on a thread with a
 //! small stack, which a recursive walk would overflow.
 
+use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
 use epaxos_fast::protocol::{
     Attrs, Ballot, Commit, Config, Deps, InstanceId, Message, Outbox, Replica, ReplicaId,
     TraceEvent,
 };
 use epaxos_fast::state_machine::{KvResult, KvStore};
-use epaxos_fast::wire::{Batch, BatchBuilder, CommandRef, Op};
 
 const SMALL_STACK_BYTES: usize = 256 * 1024;
 

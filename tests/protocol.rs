@@ -1,9 +1,9 @@
 //! Scripted runs of the core on replicas wired in memory.
 
+use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
 use epaxos_fast::protocol::{Config, Message, Outbox, Replica, ReplicaId};
 use epaxos_fast::sim::wired::WiredCluster;
 use epaxos_fast::state_machine::{KvResult, KvStore};
-use epaxos_fast::wire::{Batch, BatchBuilder, CommandRef, Op};
 
 fn batch(cmds: &[(u64, u64, Op, &str, &str)]) -> Batch {
     let mut b = BatchBuilder::new();

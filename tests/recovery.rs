@@ -5,12 +5,12 @@
 //! the same script must end in the failure the bug report describes. So
 //! every test shows it can fail.
 
+use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
 use epaxos_fast::protocol::{
     Attrs, Config, InjectedBug, InstanceId, Message, Outbox, Record, Refused, Replica, ReplicaId,
     Status, TraceEvent,
 };
 use epaxos_fast::state_machine::{KvResult, KvStore};
-use epaxos_fast::wire::{Batch, BatchBuilder, CommandRef, Op};
 
 const MS: u64 = 1_000_000;
 

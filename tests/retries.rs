@@ -8,10 +8,9 @@ use std::net::TcpStream;
 
 use bytes::BytesMut;
 use common::{Cluster, CLUSTER_ID, TIMEOUT};
+use epaxos_fast::command::{BatchBuilder, CommandRef, Op};
 use epaxos_fast::wire::client::{decode_response, Code, HelloBody, Response, Role};
-use epaxos_fast::wire::{
-    BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op, ReadBuffer,
-};
+use epaxos_fast::wire::{FrameEncoder, FrameReader, Kind, ReadBuffer};
 use zerocopy::IntoBytes;
 
 const ENC: FrameEncoder = FrameEncoder {

@@ -32,9 +32,9 @@ use rustc_hash::FxHashMap;
 use super::hash::IdMap;
 use super::sessions::Session;
 use super::types::{Attrs, InstanceId};
+use crate::command::Batch;
 use crate::constants::REPLICAS_MAX;
 use crate::state_machine::{Access, InlineKey, StateMachine};
-use crate::wire::Batch;
 
 /// Rows of `[seq, slots..]`, one per key or client, in a flat vector, and
 /// rows of executed slots beside them.

@@ -12,9 +12,9 @@ use super::outbox::Outbox;
 use super::replica::{accept, record, Replica};
 use super::space::{Lead, Phase};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
+use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
 use crate::state_machine::StateMachine;
-use crate::wire::Batch;
 
 impl<S: StateMachine> Replica<S> {
     /// Starts one instance for every command in `batch` (the commands that
@@ -37,6 +37,7 @@ impl<S: StateMachine> Replica<S> {
         }
         let id = InstanceId::new(self.cfg.me, self.next_slot);
         self.next_slot += 1;
+        self.own_uncommitted += 1;
         self.stats.proposed += 1;
         let mut attrs = Attrs::default();
         self.index.add_conflicts_and_record(id, &batch, &mut attrs);
@@ -178,7 +179,7 @@ impl<S: StateMachine> Replica<S> {
         &mut self,
         id: InstanceId,
         attrs: Attrs,
-        batch: crate::wire::Batch,
+        batch: crate::command::Batch,
         noop: bool,
         out: &mut Outbox<S::Output>,
     ) {

@@ -5,7 +5,7 @@
 //! Gotsman, Sutra, OPODIS 2025, Figure 5), see `recovery.rs`.
 
 use super::types::{Attrs, Ballot, InstanceId, Status};
-use crate::wire::Batch;
+use crate::command::Batch;
 
 /// One protocol message. The dispatch in `Replica::handle` is a single match.
 #[derive(Clone, Debug, PartialEq, Eq)]

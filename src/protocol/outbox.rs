@@ -25,7 +25,7 @@
 
 use super::message::Message;
 use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
-use crate::wire::Batch;
+use crate::command::Batch;
 
 /// An instance's state as it must be found after a crash.
 /// A replica restarted from the records it persisted, in order (a later record

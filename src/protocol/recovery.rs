@@ -59,8 +59,8 @@ use super::outbox::Outbox;
 use super::replica::{prepare_ok, record, Replica};
 use super::space::{Lead, Lookup, Phase};
 use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
+use crate::command::Batch;
 use crate::state_machine::{Access, StateMachine};
-use crate::wire::Batch;
 
 /// What a recoverer learned from Prepare and Validate replies.
 #[derive(Debug, Default)]

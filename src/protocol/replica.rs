@@ -17,9 +17,9 @@ use super::message::{
 use super::outbox::{Outbox, Record};
 use super::space::{Instance, Lead, Lookup, Phase, Spaces};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
+use crate::command::Batch;
 use crate::rng::Rng;
 use crate::state_machine::StateMachine;
-use crate::wire::Batch;
 
 /// One replica of one EPaxos group.
 pub struct Replica<S: StateMachine> {
@@ -30,6 +30,9 @@ pub struct Replica<S: StateMachine> {
     pub(super) exec: ExecScratch,
     /// The slot this replica's next own instance takes.
     pub(super) next_slot: u64,
+    /// Own instances proposed (or found in the log at restart) and not
+    /// committed here yet: what the driver's pipeline limit counts.
+    pub(super) own_uncommitted: usize,
     /// Led instances with a pending re-send, by deadline. Every entry is
     /// pushed `retransmit_timeout_ns` after a non-decreasing `now`, so a FIFO
     /// is already sorted.
@@ -82,6 +85,7 @@ impl<S: StateMachine> Replica<S> {
             sm,
             exec: ExecScratch::default(),
             next_slot: 1,
+            own_uncommitted: 0,
             retry: VecDeque::new(),
             unreachable: 0,
             parked: Vec::new(),
@@ -146,6 +150,9 @@ impl<S: StateMachine> Replica<S> {
                     r.lead_commit(id, out);
                 }
             } else if inst.status >= Status::PreAccepted {
+                if id.replica == me {
+                    r.own_uncommitted += 1;
+                }
                 r.watch(id);
             }
         }
@@ -182,6 +189,13 @@ impl<S: StateMachine> Replica<S> {
     /// Client sessions in the exactly-once table.
     pub fn client_sessions(&self) -> usize {
         self.index.clients()
+    }
+
+    /// Instances this replica proposed that are not committed here yet. A
+    /// driver that limits how many proposals it keeps in flight (the
+    /// pipeline) reads it before each `propose`.
+    pub fn proposals_in_flight(&self) -> usize {
+        self.own_uncommitted
     }
 
     /// The instance's status here (`Executed` for one executed and dropped).
@@ -496,6 +510,13 @@ impl<S: StateMachine> Replica<S> {
             .get_mut(id)
             .expect("committing a known instance");
         assert!(!inst.is_committed(), "instance {id} committed twice");
+        if id.replica == self.cfg.me {
+            // Counted when proposed or restored. An own slot this replica
+            // forgot in a crash (its record never became durable, so its
+            // PreAccept never left) cannot reach here; saturating all the
+            // same, so that a count can only err low, never wrap.
+            self.own_uncommitted = self.own_uncommitted.saturating_sub(1);
+        }
         inst.status = Status::Committed;
         if !inst.noop {
             reindex(&mut self.index, id, inst);

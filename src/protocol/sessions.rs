@@ -13,9 +13,9 @@
 use smallvec::SmallVec;
 
 use super::outbox::Refused;
+use crate::command::CommandRef;
 use crate::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use crate::state_machine::StateMachine;
-use crate::wire::CommandRef;
 
 pub(crate) struct Session<O> {
     /// Requests below this were answered and acknowledged by the client.
@@ -94,8 +94,8 @@ impl<O: Clone> Session<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Op;
     use crate::state_machine::{KvResult, KvStore};
-    use crate::wire::Op;
 
     fn put(request: u64, first: u64, value: &[u8]) -> CommandRef<'_> {
         CommandRef {

@@ -10,8 +10,8 @@ use rustc_hash::FxHashSet;
 
 use super::message::Message;
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
+use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
-use crate::wire::Batch;
 
 /// Where an instance this replica leads (as command leader or recoverer)
 /// stands.

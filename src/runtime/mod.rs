@@ -2,7 +2,7 @@
 //! glommio's io_uring sockets, timers that drive the core.
 //!
 //! `--cores C` starts C executors. Shard s owns the keys with
-//! `shard_of(key, C) == s` (see `wire::client::shard_of`) and is a complete
+//! `shard_of(key, C) == s` (see `command::shard_of`) and is a complete
 //! EPaxos group with shard s of every peer: its own core, its own listener
 //! on base port + s, its own links. Shards of one process share nothing but
 //! the cross-core channels (glommio's channel mesh, created once at start),

@@ -21,15 +21,17 @@ use tracing::{debug, info, warn};
 
 use super::shard::{bump, Route, SendQueue, Shard};
 use super::sockopt;
+use crate::command::shard_of;
+use crate::command::{Batch, BatchBuilder};
 use crate::constants::{
     HANDSHAKE_TIMEOUT_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, REPLICAS_MAX,
     UNACKED_MS_MAX,
 };
 use crate::protocol::ReplicaId;
 use crate::wire::client::{
-    decode_hello, decode_hello_answer, shard_of, HelloBody, Role, REFUSED_TEXT_BYTES_MAX,
+    decode_hello, decode_hello_answer, HelloBody, Role, REFUSED_TEXT_BYTES_MAX,
 };
-use crate::wire::{peer, Batch, BatchBuilder, Frame, FrameError, FrameReader, Kind, ReadBuffer};
+use crate::wire::{peer, Frame, FrameError, FrameReader, Kind, ReadBuffer};
 use zerocopy::IntoBytes;
 
 /// Why a connection ended.

@@ -20,6 +20,7 @@ use rustc_hash::FxHashMap;
 
 use super::notify::Notify;
 use super::RuntimeConfig;
+use crate::command::{Batch, BatchBuilder, CommandRef, Op};
 use crate::constants::{
     CLIENT_SEND_BUFFER_BYTES_MAX, PEER_SEND_BUFFER_BYTES_MAX, SEND_BUFFER_KEPT_BYTES_MAX,
 };
@@ -28,7 +29,7 @@ use crate::protocol::{
 };
 use crate::state_machine::{KvResult, KvStore};
 use crate::wire::client::{put_response, shard_addr, AdminInfo, Code};
-use crate::wire::{peer, Batch, BatchBuilder, CommandRef, FrameEncoder, Kind, Op};
+use crate::wire::{peer, FrameEncoder, Kind};
 
 /// What one shard needs to know about the cluster and itself.
 #[derive(Clone, Debug)]

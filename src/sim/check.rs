@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::command::Batch;
 use crate::protocol::{Attrs, InstanceId};
 use crate::state_machine::{Access, KvStore, StateMachine};
-use crate::wire::Batch;
 
 /// What one replica reported, in the order it reported it.
 #[derive(Clone, Debug, Default)]

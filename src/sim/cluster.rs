@@ -6,10 +6,10 @@ use std::collections::BinaryHeap;
 use super::check::{check_agreement, check_all_executed, check_execution_order, ReplicaLog};
 use super::linearizability::{check_history, HistoryOp, OpKind};
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
+use crate::command::{BatchBuilder, CommandRef, Op};
 use crate::protocol::{Config, Message, Outbox, Record, Refused, Replica, ReplicaId, TraceEvent};
 use crate::rng::Rng;
 use crate::state_machine::{KvResult, KvStore};
-use crate::wire::{BatchBuilder, CommandRef, Op};
 
 const MESSAGE_DELAY_NS: u64 = 100_000;
 const JITTER_SMALL_NS: u64 = 50_000;

@@ -4,9 +4,9 @@
 
 use std::collections::VecDeque;
 
+use crate::command::{Batch, BatchBuilder, CommandRef, Op};
 use crate::protocol::{Config, Message, Outbox, Replica, ReplicaId, Reply};
 use crate::state_machine::{KvResult, KvStore};
-use crate::wire::{Batch, BatchBuilder, CommandRef, Op};
 
 pub struct WiredCluster {
     pub replicas: Vec<Replica<KvStore>>,

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use super::{Access, InlineKey, StateMachine};
-use crate::wire::client::{fnv1a, FNV_OFFSET_BASIS};
-use crate::wire::{CommandRef, Op};
+use crate::command::{fnv1a, FNV_OFFSET_BASIS};
+use crate::command::{CommandRef, Op};
 
 /// The result of one KV command.
 #[derive(Clone, Debug, PartialEq, Eq)]

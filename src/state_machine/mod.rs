@@ -14,7 +14,7 @@ pub use kv::{KvResult, KvStore, Value};
 /// miss; longer keys spill to the heap.
 pub type InlineKey = smallvec::SmallVec<[u8; 24]>;
 
-use crate::wire::CommandRef;
+use crate::command::CommandRef;
 
 /// How a command uses its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! after which the server closes the connection.
 //!
 //! A `Request` body is one or more command records, the batch format of
-//! [`crate::wire::command`], checked by the same parser; a shard copies
+//! [`crate::command`], checked by the same parser; a shard copies
 //! each command it owns into the batch it is building (one copy per
 //! command), and forwards the others to their shards. Each command is answered by one `Response`.
 //! `Admin` (empty body) is answered by `AdminInfo`: the shard's state digest
@@ -227,31 +227,6 @@ pub fn shard_addr(base: std::net::SocketAddr, shard: usize) -> Option<std::net::
     Some(addr)
 }
 
-/// The shard that owns `key` among `shards`: FNV-1a, then a multiplicative
-/// mix so that keys differing only in their last byte spread. Clients and
-/// servers must agree on it, so it is part of the wire format.
-pub fn shard_of(key: &[u8], shards: usize) -> usize {
-    debug_assert!(shards > 0);
-    if shards == 1 {
-        return 0;
-    }
-    let h = fnv1a(FNV_OFFSET_BASIS, key);
-    let mixed = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    ((mixed >> 32) % shards as u64) as usize
-}
-
-/// FNV-1a's starting value.
-pub const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// FNV-1a of `bytes`, continuing from `h` (`FNV_OFFSET_BASIS` to start).
-pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,15 +248,5 @@ mod tests {
         put_response(&mut buf, 5, 9, Code::Value, b"abc");
         buf.truncate(buf.len() - 1);
         assert!(decode_response(&buf.freeze()).is_err());
-    }
-
-    #[test]
-    fn keys_spread_over_shards() {
-        let mut count = [0usize; 4];
-        for i in 0..4000u32 {
-            count[shard_of(format!("key{i}").as_bytes(), 4)] += 1;
-        }
-        assert!(count.iter().all(|&c| c > 800), "{count:?}");
-        assert_eq!(shard_of(b"anything", 1), 0);
     }
 }

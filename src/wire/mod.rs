@@ -3,19 +3,16 @@
 //! Everything that crosses a process boundary is laid out here as `#[repr(C)]`
 //! structs with explicit little-endian integers, read in place from a received
 //! buffer through zerocopy:
-//! - [`command`]: the command record; the core stores batches in this format,
-//!   so a batch received from the network becomes an instance without copying
-//!   a key or a value;
+//! - commands and batches are in [`crate::command`] (below the protocol,
+//!   which keeps batches in that byte format; `wire` carries them as bodies);
 //! - [`frame`]: the header in front of every frame, and frame splitting;
 //! - [`peer`]: the protocol messages between replicas;
 //! - [`client`]: the handshake, client requests and responses, admin.
 
 pub mod client;
-pub mod command;
 pub mod frame;
 pub mod peer;
 
-pub use command::{Batch, BatchBuilder, CommandError, CommandHeader, CommandRef, Op};
 pub use frame::{Frame, FrameEncoder, FrameError, FrameReader, Kind, ReadBuffer};
 
 /// Runs every decoder this crate has over untrusted bytes, as a replica
@@ -40,7 +37,7 @@ pub fn decode_body(kind: Kind, body: bytes::Bytes, replicas: usize) -> bool {
         k if k.is_peer_message() => peer::decode(k, &body, replicas).is_ok(),
         Kind::Hello | Kind::HelloOk => client::decode_hello(kind, &body).is_ok(),
         Kind::Response => client::decode_response(&body).is_ok(),
-        Kind::Request => Batch::parse(body).is_ok(),
+        Kind::Request => crate::command::Batch::parse(body).is_ok(),
         Kind::AdminInfo => {
             <client::AdminInfo as zerocopy::FromBytes>::read_from_bytes(&body).is_ok()
         }
@@ -62,12 +59,12 @@ mod untrusted_tests {
             shard: 0,
         };
         let mut buf = bytes::BytesMut::new();
-        let mut b = BatchBuilder::new();
-        b.push(&CommandRef {
+        let mut b = crate::command::BatchBuilder::new();
+        b.push(&crate::command::CommandRef {
             client: 1,
             request: 2,
             first_outstanding: 1,
-            op: Op::Put,
+            op: crate::command::Op::Put,
             key: b"k",
             value: b"v",
         });

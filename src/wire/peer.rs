@@ -17,12 +17,12 @@ use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::frame::{FrameEncoder, FrameError, Kind, SMALL_BODY_BYTES_MAX};
+use crate::command::Batch;
 use crate::constants::REPLICAS_MAX;
 use crate::protocol::{
     Accept, AcceptOk, Attrs, Ballot, Commit, CommitOk, Deps, InstanceId, Message, Nack, PreAccept,
     PreAcceptOk, Prepare, PrepareOk, ReplicaId, Slot, Status, Validate, ValidateOk, Waiting,
 };
-use crate::wire::Batch;
 
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
@@ -480,8 +480,8 @@ fn decode_value(c: &Check, body: &Bytes) -> Result<Message, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{BatchBuilder, CommandRef, Op};
     use crate::wire::frame::FrameReader;
-    use crate::wire::{BatchBuilder, CommandRef, Op};
 
     fn batch() -> Batch {
         let mut b = BatchBuilder::new();

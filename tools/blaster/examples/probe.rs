@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use epaxos_fast::client::Connection;
-use epaxos_fast::wire::Op;
+use epaxos_fast::command::Op;
 use hdrhistogram::Histogram;
 
 fn arg<T: std::str::FromStr>(i: usize, name: &str) -> T {

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use epaxos_fast::client::fresh_client_id;
+use epaxos_fast::command::shard_of;
+use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
 use epaxos_fast::constants::{BATCH_COMMANDS_MAX, CLIENT_WINDOW_REQUESTS_MAX};
 use epaxos_fast::rng::Rng;
 use epaxos_fast::runtime::Notify;
 use epaxos_fast::wire::client::{
-    decode_hello_answer, decode_response, shard_addr, shard_of, Code, HelloBody, Role,
+    decode_hello_answer, decode_response, shard_addr, Code, HelloBody, Role,
 };
-use epaxos_fast::wire::{
-    Batch, BatchBuilder, CommandRef, FrameEncoder, FrameReader, Kind, Op, ReadBuffer,
-};
+use epaxos_fast::wire::{FrameEncoder, FrameReader, Kind, ReadBuffer};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use epaxos_fast::client::Connection;
+use epaxos_fast::command::Op;
 use epaxos_fast::wire::client::Code;
-use epaxos_fast::wire::Op;
 
 use crate::load::KeyCheck;
 
