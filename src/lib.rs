@@ -4,7 +4,10 @@
 //! - [`protocol`]: the EPaxos core, pure and deterministic (no IO, clock or RNG).
 //! - [`state_machine`]: the conflict relation and `apply`; the KV store.
 //! - [`wire`]: fixed-layout records read in place from receive buffers.
-//! - [`runtime`]: glommio shards, peer links and client sessions over io_uring.
+//! - [`node`]: one shard above the sockets, pure: handshakes, batching,
+//!   routing, forwarding, and the order persist, then send, then reply.
+//! - [`storage`]: what must survive a crash (the trait, in-memory impl).
+//! - [`runtime`]: the glommio driver of the nodes: sockets, timers, channels.
 //! - [`client`]: a blocking client of the binary protocol (tests, tools).
 //! - [`sim`]: a deterministic cluster simulator and the correctness checkers.
 //!
@@ -13,9 +16,11 @@
 pub mod client;
 pub mod command;
 pub mod constants;
+pub mod node;
 pub mod protocol;
 pub mod rng;
 pub mod runtime;
 pub mod sim;
 pub mod state_machine;
+pub mod storage;
 pub mod wire;

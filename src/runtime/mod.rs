@@ -8,8 +8,10 @@
 //! the cross-core channels (glommio's channel mesh, created once at start),
 //! which carry commands a client sent to the wrong shard, and their answers.
 //!
-//! This module never decides anything about the protocol: it moves frames
-//! between sockets and the core, and turns time into `tick` calls.
+//! This module never decides anything: it moves frames between sockets and
+//! the node (`crate::node`), carries the node's cross-shard messages, makes
+//! its records durable (in memory for now), and calls `turn` when input
+//! arrived or a deadline passed. The simulator drives the same node.
 
 mod net;
 mod notify;
@@ -28,11 +30,12 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, info_span};
 
 use crate::constants::{BIND_RETRY_MS, STOP_CHECK_MS};
+use crate::node::Cross;
 use crate::protocol::ReplicaId;
 use crate::wire::client::shard_addr;
 pub use notify::Notify;
 use shard::Shard;
-pub use shard::{Cross, ShardConfig};
+pub use shard::ShardConfig;
 
 /// Everything the binary resolved from its flags.
 #[derive(Clone, Debug)]
@@ -196,8 +199,8 @@ fn seed(replica: ReplicaId, shard: usize) -> u64 {
     t ^ (u64::from(std::process::id()) << 32) ^ (u64::from(replica.0) << 8) ^ shard as u64
 }
 
-/// One task per other shard sends what this shard queued for it; one per
-/// other shard hands what it sent to this shard.
+/// One task per other shard sends what the node queued for it; one per
+/// other shard hands what it sent to the node.
 fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receivers<Cross>) {
     let senders = Rc::new(senders);
     for to in 0..shard.cfg.shards() {
@@ -207,9 +210,8 @@ fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receiv
         let (shard, senders) = (shard.clone(), senders.clone());
         glommio::spawn_local(async move {
             loop {
-                shard.cross_notify[to].wait().await;
-                let batch = std::mem::take(&mut *shard.cross_out[to].borrow_mut());
-                for msg in batch {
+                shard.cross_ready[to].wait().await;
+                for msg in shard.take_cross(to) {
                     if senders.send_to(to, msg).await.is_err() {
                         error!("shard {to} closed its channel");
                         return;
@@ -223,7 +225,8 @@ fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receiv
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
-                shard.cross_in(msg);
+                shard.call(|node, _| node.on_cross(msg));
+                shard.wake.notify();
                 // A busy channel is always ready: let the turn loop and the
                 // sockets run too.
                 glommio::yield_if_needed().await;

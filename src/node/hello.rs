@@ -1,0 +1,103 @@
+//! The handshake: every connection opens with a Hello saying who calls.
+//! A peer's shard s, which then sends protocol messages on it, or a client.
+//! A mismatch (replica or shard count, shard, id) is refused with a text
+//! naming both values, and the connection closes.
+
+use super::{ConnError, ConnId, Node, Output, Peer};
+use crate::protocol::ReplicaId;
+use crate::storage::Storage;
+use crate::wire::client::{decode_hello, HelloBody, Role, REFUSED_TEXT_BYTES_MAX};
+use crate::wire::{Frame, FrameError, Kind};
+
+impl<S: Storage> Node<S> {
+    pub(super) fn on_hello(&mut self, conn: ConnId, frame: Frame) -> Result<(), ConnError> {
+        if frame.kind != Kind::Hello {
+            return Err(FrameError::Unexpected {
+                kind: frame.kind,
+                reason: "the first frame must be a Hello",
+            }
+            .into());
+        }
+        let hello = decode_hello(Kind::Hello, &frame.body)?;
+        if let Err(why) = self.check_hello(&hello) {
+            let text = &why.as_bytes()[..why.len().min(REFUSED_TEXT_BYTES_MAX)];
+            self.queue_conn(conn, Kind::Refused, text);
+            self.close_conn(conn);
+            return Err(ConnError::Refused(why));
+        }
+        // The answer is this replica's own view (role peer: a replica),
+        // whoever asked; clients read the replica and shard counts from it.
+        let body = self.own_hello(Role::Peer);
+        self.queue_conn(conn, Kind::HelloOk, zerocopy::IntoBytes::as_bytes(&body));
+        let who = if hello.role == Role::Peer as u8 {
+            Peer::Replica(ReplicaId(hello.replica))
+        } else {
+            Peer::Client
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.who = who;
+        }
+        Ok(())
+    }
+
+    /// No more bytes are queued for `conn`; the driver writes what is and
+    /// closes it.
+    pub(super) fn close_conn(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.closing {
+                c.closing = true;
+                self.outputs.push(Output::Close(conn));
+            }
+        }
+    }
+
+    pub(super) fn own_hello(&self, role: Role) -> HelloBody {
+        HelloBody {
+            role: role as u8,
+            replica: self.cfg.replica.0,
+            replicas: self.cfg.replicas as u8,
+            shards: self.cfg.shards as u8,
+            shard: self.cfg.shard as u8,
+            ..HelloBody::default()
+        }
+    }
+
+    /// A mismatch, described with both values.
+    fn check_hello(&self, h: &HelloBody) -> Result<(), String> {
+        let cfg = &self.cfg;
+        let peer = h.role == Role::Peer as u8;
+        if !peer && h.role != Role::Client as u8 {
+            return Err(format!("unknown role {} in the hello", h.role));
+        }
+        let who = if peer {
+            format!("replica {}", h.replica)
+        } else {
+            "the client".to_string()
+        };
+        if (peer || h.replicas != 0) && usize::from(h.replicas) != cfg.replicas {
+            return Err(format!(
+                "replica count mismatch: this replica runs {} replicas, {who} says {}",
+                cfg.replicas, h.replicas
+            ));
+        }
+        if (peer || h.shards != 0) && usize::from(h.shards) != cfg.shards {
+            return Err(format!(
+                "shard count mismatch: this replica runs {} shards (--cores), {who} says {}",
+                cfg.shards, h.shards
+            ));
+        }
+        if usize::from(h.shard) != cfg.shard {
+            return Err(format!(
+                "shard mismatch: this port serves shard {}, {who} asked for shard {}",
+                cfg.shard, h.shard
+            ));
+        }
+        if peer && (usize::from(h.replica) >= cfg.replicas || h.replica == cfg.replica.0) {
+            return Err(format!(
+                "replica id {} is not a peer of replica {} (ids 0..{})",
+                h.replica, cfg.replica.0, cfg.replicas
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,571 @@
+//! One shard of a replica above the sockets: pure, deterministic, no IO.
+//!
+//! A [`Node`] is everything a shard does between the bytes its connections
+//! carry and the EPaxos core: handshakes, decoding frames, folding the client
+//! commands of one turn into one instance, the pipeline limit, routing each
+//! answer to the connection (or the shard) that waits for it, forwarding
+//! commands another shard owns, the state of the links to peers, and the
+//! order "persist, then send, then reply". The glommio runtime drives it
+//! with real sockets and the simulator drives it with a seeded network; both
+//! see the same behaviour, because it is all here.
+//!
+//! Inputs, each taking the current time where it matters:
+//! - [`Node::accept`] / [`Node::on_frame`] / [`Node::closed`]: a connection
+//!   was accepted, one whole frame arrived on it, it ended;
+//! - [`Node::link_up`] / [`Node::link_down`]: the outgoing link to a peer;
+//! - [`Node::on_cross`]: a message from another shard of this replica;
+//! - [`Node::durable`]: the records up to a token are durable;
+//! - [`Node::turn`]: end of one loop turn: timers, proposals, then the
+//!   turn's output is sealed behind its records.
+//!
+//! Outputs, in buffers the node owns and the driver drains:
+//! - [`Node::poll_output`] names what has something new: bytes for a peer's
+//!   link or a connection, a connection to close, messages for another shard;
+//! - [`Node::take_link_bytes`], [`Node::take_conn_bytes`],
+//!   [`Node::take_cross`] hand them over;
+//! - [`Node::sync_wanted`] names the token the driver must make durable,
+//!   after which it calls [`Node::durable`].
+//!
+//! The contract (see `protocol::outbox`): nothing that depends on a record
+//! (a vote, a commit, a reply) leaves before the driver reports that record
+//! durable. The node holds each turn's messages and replies behind the token
+//! of the records that turn appended, and releases turns in order.
+//!
+//! This module must never import glommio, `std::net`, `std::time`, or a
+//! random number generator, nor use `Rc`/`RefCell` wake-ups: time comes in
+//! as a number, and the driver decides when to call.
+
+mod hello;
+mod release;
+mod routes;
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+use rustc_hash::FxHashMap;
+
+use crate::command::{Batch, BatchBuilder};
+use crate::protocol::{Config, InjectedBug, Outbox, Replica, ReplicaId, TraceEvent};
+use crate::state_machine::{KvResult, KvStore};
+use crate::storage::{Storage, Token};
+use crate::wire::client::{AdminInfo, Role};
+use crate::wire::{peer, Frame, FrameEncoder, FrameError, Kind};
+
+pub use routes::{Answer, Cross};
+
+/// What one shard needs to know about the cluster and itself.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub replica: ReplicaId,
+    /// N, the replicas of the cluster.
+    pub replicas: usize,
+    /// This shard's index, 0..`shards`.
+    pub shard: usize,
+    /// Shards of every replica (`--cores`).
+    pub shards: usize,
+    pub cluster_id: u64,
+    pub thrifty: bool,
+    /// Most commands in one instance.
+    pub batch_max: usize,
+    /// Most uncommitted instances this shard leads at once.
+    pub pipeline: usize,
+    /// The core's random seed (recovery back-off only).
+    pub rng_seed: u64,
+    /// Keep the core's trace events for the simulator's checkers.
+    pub trace: bool,
+    /// Test only: a defect of the core.
+    pub injected_bug: Option<InjectedBug>,
+    /// Test only: a defect of the node.
+    pub node_bug: Option<NodeBug>,
+    /// Test only: acknowledge the shard's Nth PUT (from 1) without
+    /// proposing it, so that tests can show a lost write is caught. 0: off.
+    pub test_lose_write: u64,
+}
+
+/// A deliberate defect of the node, for proving that the simulator catches
+/// it. Never set outside tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeBug {
+    /// Each turn's messages and replies leave at once, without waiting for
+    /// the turn's records to be durable.
+    ReleaseBeforeDurable,
+    /// An answer to a command forwarded from another shard is sent back
+    /// twice.
+    AnswerForwardedTwice,
+}
+
+/// A connection the node was told about, by the number it gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Something the driver should act on after a call into the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Bytes are waiting for the outgoing link to this peer.
+    Link(ReplicaId),
+    /// Bytes are waiting for this connection.
+    Conn(ConnId),
+    /// Write what is queued for this connection, then close it.
+    Close(ConnId),
+    /// Messages are waiting for this other shard.
+    Cross(usize),
+}
+
+/// Why a connection must end, from the node's side.
+#[derive(Debug)]
+pub enum ConnError {
+    /// A frame failed a check; it never reached the core.
+    Frame(FrameError),
+    /// The handshake was refused; a `Refused` frame saying why is queued.
+    Refused(String),
+}
+
+impl From<FrameError> for ConnError {
+    fn from(e: FrameError) -> ConnError {
+        ConnError::Frame(e)
+    }
+}
+
+/// Counters the admin frame reports, besides the core's own. The driver adds
+/// the byte counts; the node counts the rest.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bad_frames: u64,
+    pub batched_commands: u64,
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
+    /// Peer messages dropped because the link was down or backed up; the
+    /// core re-sends what matters.
+    pub dropped_messages: u64,
+    /// PUTs submitted (counted only with `test_lose_write`).
+    pub puts_seen: u64,
+}
+
+/// Who a connection turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// No Hello yet.
+    Unknown,
+    /// Shard s of this replica, which sends protocol messages on it.
+    Replica(ReplicaId),
+    Client,
+}
+
+struct Conn {
+    who: Peer,
+    out: BytesMut,
+    /// Named in `outputs` since the last take.
+    listed: bool,
+    /// Closed by the node (refused, or not reading its answers): no more
+    /// bytes are queued for it.
+    closing: bool,
+}
+
+/// The outgoing link to one peer.
+#[derive(Default)]
+struct Link {
+    up: bool,
+    out: BytesMut,
+    listed: bool,
+}
+
+/// One shard's logic above the sockets; see the module docs.
+pub struct Node<S: Storage> {
+    cfg: NodeConfig,
+    enc: FrameEncoder,
+    core: Replica<KvStore>,
+    storage: S,
+    /// Where the core writes during the current turn.
+    out: Outbox<KvResult>,
+    /// Sealed turns waiting for their records, oldest first.
+    held: VecDeque<(Token, Outbox<KvResult>)>,
+    /// Cleared outboxes kept for reuse (their capacity stays).
+    spare: Vec<Outbox<KvResult>>,
+    /// Covers every record appended so far.
+    appended: Token,
+    /// The driver reported this durable.
+    durable: Token,
+    /// The token last named by `sync_wanted`.
+    sync_asked: Token,
+    /// Client commands of this turn not yet in an instance.
+    open: BatchBuilder,
+    /// Full batches waiting for the pipeline.
+    closed: VecDeque<Batch>,
+    /// Where the answer to each (client, request) this shard owns goes;
+    /// removed when it is answered (or found acknowledged already).
+    pending: FxHashMap<(u64, u64), routes::Route>,
+    conns: FxHashMap<ConnId, Conn>,
+    next_conn: u64,
+    links: Vec<Link>,
+    /// Per destination shard: what to send it.
+    cross: Vec<Vec<Cross>>,
+    cross_listed: Vec<bool>,
+    outputs: Vec<Output>,
+    trace: Vec<TraceEvent>,
+    counters: Counters,
+}
+
+impl<S: Storage> Node<S> {
+    /// A shard started on `storage`: empty, or rebuilt from the durable
+    /// records a previous run left there. `now` is the driver's clock.
+    pub fn start(cfg: NodeConfig, storage: S, now: u64) -> Node<S> {
+        assert!(cfg.shard < cfg.shards && cfg.pipeline > 0 && cfg.batch_max > 0);
+        let mut core_cfg = Config::new(cfg.replicas, cfg.replica).expect("validated replica count");
+        core_cfg.thrifty = cfg.thrifty;
+        core_cfg.rng_seed = cfg.rng_seed;
+        core_cfg.trace = cfg.trace;
+        core_cfg.injected_bug = cfg.injected_bug;
+        let mut out = Outbox::new(cfg.replicas);
+        let records = storage.load();
+        let core = if records.is_empty() {
+            Replica::new(core_cfg, KvStore::new())
+        } else {
+            Replica::restore(core_cfg, KvStore::new(), now, &records, &mut out)
+        };
+        let appended = Token(records.len() as u64);
+        Node {
+            enc: FrameEncoder {
+                cluster_id: cfg.cluster_id,
+                sender: cfg.replica.0,
+                shard: cfg.shard as u8,
+            },
+            core,
+            storage,
+            out,
+            held: VecDeque::new(),
+            spare: Vec::new(),
+            appended,
+            durable: appended,
+            sync_asked: appended,
+            open: BatchBuilder::new(),
+            closed: VecDeque::new(),
+            pending: FxHashMap::default(),
+            conns: FxHashMap::default(),
+            next_conn: 1,
+            links: (0..cfg.replicas).map(|_| Link::default()).collect(),
+            cross: (0..cfg.shards).map(|_| Vec::new()).collect(),
+            cross_listed: vec![false; cfg.shards],
+            outputs: Vec::new(),
+            trace: Vec::new(),
+            counters: Counters::default(),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn encoder(&self) -> FrameEncoder {
+        self.enc
+    }
+
+    /// The core, for its counters and state (read only).
+    pub fn core(&self) -> &Replica<KvStore> {
+        &self.core
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// The storage, for a restart (the node is gone).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    /// When `turn` next has timer work, if ever.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.core.next_deadline()
+    }
+
+    /// Commands whose answer is still due (routes held).
+    pub fn awaiting_answers(&self) -> usize {
+        self.pending.len()
+    }
+
+    // ---- connections ----
+
+    /// A connection was accepted; frames on it go to `on_frame` under the
+    /// returned id, and its first must be a Hello.
+    pub fn accept(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let conn = Conn {
+            who: Peer::Unknown,
+            out: BytesMut::new(),
+            listed: false,
+            closing: false,
+        };
+        self.conns.insert(id, conn);
+        id
+    }
+
+    /// The connection ended (either side closed it): what was queued for it
+    /// is dropped.
+    pub fn closed(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    /// Who the connection's Hello said it is.
+    pub fn who(&self, conn: ConnId) -> Peer {
+        self.conns.get(&conn).map_or(Peer::Unknown, |c| c.who)
+    }
+
+    /// One whole frame arrived on `conn`. An error means the driver must
+    /// close the connection (after writing what is queued for it, which
+    /// holds the refusal of a handshake); the frame never reached the core.
+    pub fn on_frame(&mut self, now: u64, conn: ConnId, frame: Frame) -> Result<(), ConnError> {
+        self.counters.frames_in += 1;
+        let result = self.dispatch(now, conn, frame);
+        if let Err(ConnError::Frame(_)) = &result {
+            self.counters.bad_frames += 1;
+        }
+        result
+    }
+
+    fn dispatch(&mut self, now: u64, conn: ConnId, frame: Frame) -> Result<(), ConnError> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(()); // closed already: what it still sent is moot
+        };
+        match c.who {
+            Peer::Unknown => self.on_hello(conn, frame),
+            Peer::Replica(from) => self.on_peer_frame(now, from, frame),
+            Peer::Client => self.on_client_frame(conn, frame),
+        }
+    }
+
+    fn on_peer_frame(&mut self, now: u64, from: ReplicaId, frame: Frame) -> Result<(), ConnError> {
+        if !frame.kind.is_peer_message() {
+            return Err(FrameError::Unexpected {
+                kind: frame.kind,
+                reason: "not a protocol message on a peer link",
+            }
+            .into());
+        }
+        if frame.sender != from.0 || usize::from(frame.shard) != self.cfg.shard {
+            return Err(FrameError::Unexpected {
+                kind: frame.kind,
+                reason: "sender or shard differs from the handshake's",
+            }
+            .into());
+        }
+        let msg = peer::decode(frame.kind, &frame.body, self.cfg.replicas)?;
+        self.core.handle(now, from, msg, &mut self.out);
+        Ok(())
+    }
+
+    fn on_client_frame(&mut self, conn: ConnId, frame: Frame) -> Result<(), ConnError> {
+        match frame.kind {
+            Kind::Request => {
+                let batch = Batch::parse(frame.body).map_err(|e| FrameError::BadBody {
+                    kind: Kind::Request,
+                    reason: e.to_string(),
+                })?;
+                self.on_request(conn, &batch);
+                Ok(())
+            }
+            Kind::Admin => {
+                let info = self.admin_info();
+                self.queue_conn(conn, Kind::AdminInfo, zerocopy::IntoBytes::as_bytes(&info));
+                Ok(())
+            }
+            kind => Err(FrameError::Unexpected {
+                kind,
+                reason: "not a client request",
+            }
+            .into()),
+        }
+    }
+
+    // ---- links ----
+
+    /// The outgoing link to `peer` is up (connected, handshake done).
+    pub fn link_up(&mut self, peer: ReplicaId) {
+        let link = &mut self.links[peer.index()];
+        link.up = true;
+        link.out.clear();
+        self.core.set_reachable(peer, true);
+    }
+
+    /// The outgoing link to `peer` is down. What was queued for it and not
+    /// written is dropped: the core re-sends whatever is unacknowledged, and
+    /// holds its commits for that peer until the link is up again.
+    pub fn link_down(&mut self, peer: ReplicaId) {
+        let link = &mut self.links[peer.index()];
+        link.up = false;
+        link.out.clear();
+        self.core.set_reachable(peer, false);
+    }
+
+    /// Outgoing links up, not counting this replica.
+    pub fn links_up(&self) -> usize {
+        self.links.iter().filter(|l| l.up).count()
+    }
+
+    // ---- the turn ----
+
+    /// Ends one turn of the driver's loop: due timers fire, the commands
+    /// queued become instances (one per batch, within the pipeline limit),
+    /// and everything the turn produced is sealed: its records go to
+    /// storage, and its messages and replies wait for them to be durable.
+    pub fn turn(&mut self, now: u64) {
+        // Timers before proposals: a tick that commits an instance of ours
+        // lets a held batch go in this same turn.
+        if self.core.next_deadline().is_some_and(|d| d <= now) {
+            self.core.tick(now, &mut self.out);
+        }
+        self.propose_batches(now);
+        self.seal();
+    }
+
+    fn propose_batches(&mut self, now: u64) {
+        loop {
+            // A single replica commits in `propose` itself, so the count
+            // is read before each proposal.
+            let room = self.core.proposals_in_flight() < self.cfg.pipeline;
+            let Some(batch) = self.next_batch(room) else {
+                return;
+            };
+            self.counters.batched_commands += batch.len() as u64;
+            if let Err(e) = self.core.propose(now, batch.clone(), &mut self.out) {
+                let reason = e.to_string();
+                for cmd in batch.iter() {
+                    let (c, r) = (cmd.client, cmd.request);
+                    self.answer(
+                        c,
+                        r,
+                        crate::wire::client::Code::Overloaded,
+                        reason.as_bytes(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The oldest full batch; else, if `partial` allows, what the open one
+    /// holds. A full batch never waits: the pipeline limit only lets a
+    /// partial batch grow while earlier instances are in flight.
+    fn next_batch(&mut self, partial: bool) -> Option<Batch> {
+        if let Some(b) = self.closed.pop_front() {
+            return Some(b);
+        }
+        (partial && !self.open.is_empty()).then(|| self.open.finish())
+    }
+
+    /// The token the driver should make durable now, if any: everything
+    /// appended since it was last asked. Then it calls `durable` with it.
+    pub fn sync_wanted(&mut self) -> Option<Token> {
+        (self.appended > self.sync_asked).then(|| {
+            self.sync_asked = self.appended;
+            self.appended
+        })
+    }
+
+    // ---- outputs ----
+
+    /// The next thing the driver should act on, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop()
+    }
+
+    /// What is queued for the link to `peer`; `spare` (cleared) takes its
+    /// place, so buffers go round instead of being allocated.
+    pub fn take_link_bytes(&mut self, peer: ReplicaId, spare: BytesMut) -> BytesMut {
+        let link = &mut self.links[peer.index()];
+        link.listed = false;
+        std::mem::replace(&mut link.out, spare)
+    }
+
+    /// What is queued for `conn` (empty if it is gone), `spare` in its place.
+    pub fn take_conn_bytes(&mut self, conn: ConnId, spare: BytesMut) -> BytesMut {
+        match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.listed = false;
+                std::mem::replace(&mut c.out, spare)
+            }
+            None => spare,
+        }
+    }
+
+    /// What is queued for shard `to`, swapped with `spare` (cleared).
+    pub fn take_cross(&mut self, to: usize, spare: Vec<Cross>) -> Vec<Cross> {
+        self.cross_listed[to] = false;
+        std::mem::replace(&mut self.cross[to], spare)
+    }
+
+    /// The core's trace events so far (only with `NodeConfig::trace`).
+    pub fn take_trace(&mut self) -> std::vec::Drain<'_, TraceEvent> {
+        self.trace.drain(..)
+    }
+
+    /// Queues one frame for `conn`, unless it is gone or closing.
+    fn queue_conn(&mut self, conn: ConnId, kind: Kind, body: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        self.enc
+            .frame(&mut c.out, kind, |b| b.extend_from_slice(body));
+        if !c.listed {
+            c.listed = true;
+            self.outputs.push(Output::Conn(conn));
+        }
+    }
+
+    /// This shard's own Hello, as a replica, for the links it opens.
+    pub fn encode_hello(&self, buf: &mut BytesMut) {
+        let body = self.own_hello(Role::Peer);
+        self.enc.frame(buf, Kind::Hello, |b| {
+            b.extend_from_slice(zerocopy::IntoBytes::as_bytes(&body))
+        });
+    }
+
+    pub fn admin_info(&self) -> AdminInfo {
+        let stats = self.core.stats();
+        let c = &self.counters;
+        AdminInfo {
+            replica: self.cfg.replica.0,
+            shard: self.cfg.shard as u8,
+            replicas: self.cfg.replicas as u8,
+            shards: self.cfg.shards as u8,
+            peers_connected: self.links_up() as u8,
+            padding: [0; 3],
+            digest: self.core.state_machine().digest().into(),
+            keys: (self.core.state_machine().len() as u64).into(),
+            batches: stats.proposed.into(),
+            batched_commands: c.batched_commands.into(),
+            fast_commits: stats.fast_commits.into(),
+            slow_commits: stats.slow_commits.into(),
+            executed_instances: stats.executed_instances.into(),
+            executed_commands: stats.executed_commands.into(),
+            retransmits: stats.retransmits.into(),
+            recoveries: stats.recoveries.into(),
+            recovered_noops: stats.recovered_noops.into(),
+            bytes_in: c.bytes_in.into(),
+            bytes_out: c.bytes_out.into(),
+            frames_in: c.frames_in.into(),
+            frames_out: c.frames_out.into(),
+            bad_frames: c.bad_frames.into(),
+            forwarded_out: c.forwarded_out.into(),
+            forwarded_in: c.forwarded_in.into(),
+            instances_in_memory: (self.core.instances_in_memory() as u64).into(),
+            dropped_messages: c.dropped_messages.into(),
+            awaiting_answers: (self.pending.len() as u64).into(),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The outbox contract: a turn's messages and replies leave only once the
+//! records the same turn appended are durable, and turns leave in order.
+//!
+//! At the end of a turn the core's outbox is sealed: its records go to
+//! storage (one append, one token), and the outbox, with its messages and
+//! replies, waits behind that token, unless nothing is waiting at all and
+//! the turn appended nothing, in which case it leaves at once. Holding later
+//! turns behind earlier ones even when they appended nothing keeps every
+//! message behind the records of the state it reflects (a re-send in turn
+//! t+1 of what turn t recorded must not overtake turn t's record).
+
+use super::{Node, NodeBug, Output};
+use crate::constants::PEER_SEND_BUFFER_BYTES_MAX;
+use crate::protocol::Outbox;
+use crate::state_machine::KvResult;
+use crate::storage::{Storage, Token};
+use crate::wire::peer;
+
+impl<S: Storage> Node<S> {
+    /// Seals the current turn's outbox (see the module docs).
+    pub(super) fn seal(&mut self) {
+        if !self.out.persist.is_empty() {
+            self.appended = self.storage.append(&self.out.persist);
+            self.out.persist.clear();
+        }
+        if self.cfg.trace {
+            self.trace.append(&mut self.out.trace);
+        } else {
+            self.out.trace.clear();
+        }
+        let at_once = self.held.is_empty() && self.durable >= self.appended;
+        if at_once || self.cfg.node_bug == Some(NodeBug::ReleaseBeforeDurable) {
+            let mut out = std::mem::replace(&mut self.out, Outbox::new(0));
+            self.release(&mut out);
+            self.out = out;
+            return;
+        }
+        if self.out.is_empty() {
+            return;
+        }
+        let fresh = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Outbox::new(self.cfg.replicas));
+        let sealed = std::mem::replace(&mut self.out, fresh);
+        self.held.push_back((self.appended, sealed));
+    }
+
+    /// The driver made every record up to `token` durable: the turns that
+    /// waited for them leave, in order.
+    pub fn durable(&mut self, token: Token) {
+        assert!(
+            token <= self.appended,
+            "durable {token:?} beyond {:?}",
+            self.appended
+        );
+        self.durable = self.durable.max(token);
+        while self.held.front().is_some_and(|(t, _)| *t <= self.durable) {
+            let (_, mut out) = self.held.pop_front().expect("checked");
+            self.release(&mut out);
+            self.spare.push(out);
+        }
+    }
+
+    /// Turns sealed and waiting for their records.
+    pub fn turns_held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Encodes the messages into their links' buffers and routes the
+    /// replies; clears `out` for reuse.
+    fn release(&mut self, out: &mut Outbox<KvResult>) {
+        for (to, messages) in out.messages.iter_mut().enumerate() {
+            if messages.is_empty() {
+                continue;
+            }
+            let link = &mut self.links[to];
+            if !link.up || link.out.len() > PEER_SEND_BUFFER_BYTES_MAX {
+                self.counters.dropped_messages += messages.len() as u64;
+                messages.clear();
+                continue;
+            }
+            for m in messages.iter() {
+                peer::encode(&self.enc, &mut link.out, m);
+            }
+            self.counters.frames_out += messages.len() as u64;
+            messages.clear();
+            if !link.listed {
+                link.listed = true;
+                self.outputs
+                    .push(Output::Link(crate::protocol::ReplicaId(to as u8)));
+            }
+        }
+        let mut replies = std::mem::take(&mut out.replies);
+        for reply in replies.drain(..) {
+            self.reply(reply);
+        }
+        out.replies = replies;
+        out.clear();
+    }
+}

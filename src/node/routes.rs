@@ -1,0 +1,213 @@
+//! Client commands in, answers out: which shard owns a command, where its
+//! answer goes, and the messages shards of one replica send each other.
+//!
+//! A command for a key this shard owns joins the turn's batch, and its
+//! route (the connection, on this shard or another, that waits) is kept
+//! until it is answered. A command another shard owns is forwarded to it
+//! with this shard's connection as the route; the answer comes back as a
+//! [`Cross::Answer`].
+
+use bytes::Bytes;
+
+use super::{ConnId, Node, NodeBug, Output};
+use crate::command::{shard_of, Batch, BatchBuilder, CommandRef, Op};
+use crate::constants::CLIENT_SEND_BUFFER_BYTES_MAX;
+use crate::protocol::{Refused, Reply};
+use crate::state_machine::KvResult;
+use crate::storage::Storage;
+use crate::wire::client::{put_response, Code};
+use crate::wire::Kind;
+
+/// Who waits for a command's answer: connection `conn` of shard `origin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Route {
+    pub origin: u8,
+    pub conn: ConnId,
+}
+
+/// An answer to one command, as it crosses to another shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub client: u64,
+    pub request: u64,
+    pub code: Code,
+    pub value: Bytes,
+}
+
+/// What shards of one replica send each other.
+#[derive(Clone, Debug)]
+pub enum Cross {
+    /// Commands of a client connected to shard `origin`, for the receiving
+    /// shard, which owns their keys.
+    Commands {
+        origin: u8,
+        conn: ConnId,
+        batch: Batch,
+    },
+    /// The answer to a command forwarded by the receiving shard.
+    Answer { conn: ConnId, answer: Answer },
+}
+
+impl<S: Storage> Node<S> {
+    /// A client's Request: the commands this shard owns join the open batch,
+    /// the others go to their shards, one batch per shard.
+    pub(super) fn on_request(&mut self, conn: ConnId, batch: &Batch) {
+        let me = self.cfg.shard;
+        let route = Route {
+            origin: me as u8,
+            conn,
+        };
+        let mut others: Vec<BatchBuilder> = Vec::new();
+        for cmd in batch.iter() {
+            let owner = shard_of(cmd.key, self.cfg.shards);
+            if owner == me {
+                self.submit(route, &cmd);
+            } else {
+                others.resize_with(self.cfg.shards, BatchBuilder::new);
+                others[owner].push(&cmd);
+            }
+        }
+        for (owner, builder) in others.iter_mut().enumerate() {
+            if !builder.is_empty() {
+                let batch = builder.finish();
+                self.counters.forwarded_out += batch.len() as u64;
+                self.push_cross(
+                    owner,
+                    Cross::Commands {
+                        origin: me as u8,
+                        conn,
+                        batch,
+                    },
+                );
+            }
+        }
+    }
+
+    /// What another shard of this replica sent.
+    pub fn on_cross(&mut self, msg: Cross) {
+        match msg {
+            Cross::Commands {
+                origin,
+                conn,
+                batch,
+            } => {
+                self.counters.forwarded_in += batch.len() as u64;
+                for cmd in batch.iter() {
+                    self.submit(Route { origin, conn }, &cmd);
+                }
+            }
+            Cross::Answer { conn, answer } => self.respond(
+                conn,
+                answer.client,
+                answer.request,
+                answer.code,
+                &answer.value,
+            ),
+        }
+    }
+
+    /// Queues a command this shard owns for the next instance.
+    fn submit(&mut self, route: Route, cmd: &CommandRef<'_>) {
+        self.pending.insert((cmd.client, cmd.request), route);
+        if self.cfg.test_lose_write != 0 && cmd.op == Op::Put {
+            self.counters.puts_seen += 1;
+            if self.counters.puts_seen == self.cfg.test_lose_write {
+                tracing::warn!("--test-lose-write: acknowledging a PUT and dropping it");
+                self.answer(cmd.client, cmd.request, Code::Done, b"");
+                return;
+            }
+        }
+        if !self.open.is_empty() && !self.open.fits(cmd, self.cfg.batch_max) {
+            let batch = self.open.finish();
+            self.closed.push_back(batch);
+        }
+        self.open.push(cmd);
+    }
+
+    fn push_cross(&mut self, to: usize, msg: Cross) {
+        self.cross[to].push(msg);
+        if !self.cross_listed[to] {
+            self.cross_listed[to] = true;
+            self.outputs.push(Output::Cross(to));
+        }
+    }
+
+    /// A reply of the core, released after its records are durable.
+    pub(super) fn reply(&mut self, reply: Reply<KvResult>) {
+        let reason;
+        let (code, value): (Code, &[u8]) = match &reply.result {
+            Ok(KvResult::Done) => (Code::Done, b""),
+            Ok(KvResult::Value(v)) => (Code::Value, v.as_slice()),
+            Ok(KvResult::NotFound) => (Code::NotFound, b""),
+            Err(Refused::BeyondClientWindow) => (Code::BeyondWindow, b""),
+            // Retryable, with the reason as text, like a full window.
+            Err(e @ Refused::Superseded) => {
+                reason = e.to_string();
+                (Code::Overloaded, reason.as_bytes())
+            }
+            // The client is past this request: forget the copy's route (it
+            // would otherwise stay for the life of the shard), answer nobody.
+            Err(Refused::Acknowledged) => {
+                self.pending.remove(&(reply.client, reply.request));
+                return;
+            }
+        };
+        self.answer(reply.client, reply.request, code, value);
+    }
+
+    /// Routes the answer to a command this shard owns to whoever waits.
+    pub(super) fn answer(&mut self, client: u64, request: u64, code: Code, value: &[u8]) {
+        let Some(route) = self.pending.remove(&(client, request)) else {
+            return; // a duplicate, or answered already
+        };
+        if usize::from(route.origin) == self.cfg.shard {
+            self.respond(route.conn, client, request, code, value);
+            return;
+        }
+        let answer = Answer {
+            client,
+            request,
+            code,
+            value: Bytes::copy_from_slice(value),
+        };
+        let origin = usize::from(route.origin);
+        if self.cfg.node_bug == Some(NodeBug::AnswerForwardedTwice) {
+            let copy = Cross::Answer {
+                conn: route.conn,
+                answer: answer.clone(),
+            };
+            self.push_cross(origin, copy);
+        }
+        let conn = route.conn;
+        self.push_cross(origin, Cross::Answer { conn, answer });
+    }
+
+    /// Writes a response to a client connection of this shard, if it is
+    /// still there.
+    fn respond(&mut self, conn: ConnId, client: u64, request: u64, code: Code, value: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        if c.out.len() > CLIENT_SEND_BUFFER_BYTES_MAX {
+            // The client does not read its answers: close it rather than
+            // hold them without bound.
+            tracing::warn!(
+                "client connection {}: over {CLIENT_SEND_BUFFER_BYTES_MAX} bytes of \
+                 unread responses; closing it",
+                conn.0
+            );
+            self.close_conn(conn);
+            return;
+        }
+        self.enc.frame(&mut c.out, Kind::Response, |b| {
+            put_response(b, client, request, code, value)
+        });
+        if !c.listed {
+            c.listed = true;
+            self.outputs.push(Output::Conn(conn));
+        }
+    }
+}

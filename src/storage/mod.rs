@@ -1,0 +1,130 @@
+//! What must survive a crash: the instance records a shard appends, and the
+//! point up to which they are durable.
+//!
+//! The node appends each turn's records in one call and gets back a
+//! [`Token`] that names "everything appended so far". The driver makes
+//! them durable however its medium does (nothing to do in memory; an
+//! fdatasync on a file) and then tells the node that token is durable; only
+//! then does the node release what waited on those records (see
+//! `node::Node::durable`). At start, a shard rebuilds its state from
+//! [`Storage::load`]: the durable records, in the order appended.
+//!
+//! This module never decides what to persist (the core does) nor when to
+//! send (the node does).
+
+use crate::protocol::Record;
+
+/// Names a prefix of a storage's records: all those appended up to a call
+/// of [`Storage::append`]. Tokens grow with every append that adds records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Token(pub u64);
+
+/// A shard's log of instance records.
+pub trait Storage {
+    /// Appends `records` after everything appended before. Returns the token
+    /// that covers them and all earlier records.
+    fn append(&mut self, records: &[Record]) -> Token;
+
+    /// The durable records, in the order they were appended: what a shard
+    /// restarted on this storage rebuilds itself from.
+    fn load(&self) -> Vec<Record>;
+}
+
+/// Records kept in memory. Appends become durable when the owner says so
+/// ([`MemStorage::make_durable`]); a simulated crash ([`MemStorage::crash`])
+/// keeps exactly the records made durable before it.
+///
+/// The replica binary uses it with every append durable at once (state is in
+/// memory only until the durability issue adds a file); the simulator makes
+/// appends durable after a simulated fdatasync delay, so a crash in between
+/// loses them.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    records: Vec<Record>,
+    /// How many of `records` (from the start) are durable.
+    durable: usize,
+}
+
+impl MemStorage {
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// Everything appended up to `token` is durable now.
+    pub fn make_durable(&mut self, token: Token) {
+        let upto = usize::try_from(token.0).expect("token fits memory");
+        assert!(
+            upto <= self.records.len(),
+            "token {token:?} beyond the appends"
+        );
+        self.durable = self.durable.max(upto);
+    }
+
+    /// The token covering everything appended so far.
+    pub fn appended(&self) -> Token {
+        Token(self.records.len() as u64)
+    }
+
+    /// The token covering everything durable so far.
+    pub fn durable_token(&self) -> Token {
+        Token(self.durable as u64)
+    }
+
+    /// The durable records, without copying them.
+    pub fn durable_records(&self) -> &[Record] {
+        &self.records[..self.durable]
+    }
+
+    /// A crash: what was appended but not made durable is gone.
+    pub fn crash(&mut self) {
+        self.records.truncate(self.durable);
+    }
+}
+
+impl Storage for MemStorage {
+    fn append(&mut self, records: &[Record]) -> Token {
+        self.records.extend_from_slice(records);
+        self.appended()
+    }
+
+    fn load(&self) -> Vec<Record> {
+        self.durable_records().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Batch;
+    use crate::protocol::{Attrs, Ballot, InstanceId, ReplicaId, Status};
+
+    fn record(slot: u64) -> Record {
+        let id = InstanceId::new(ReplicaId(0), slot);
+        Record {
+            id,
+            promised: Ballot::initial(id.replica),
+            voted: Ballot::initial(id.replica),
+            status: Status::PreAccepted,
+            attrs: Attrs::default(),
+            initial: None,
+            batch: Batch::empty(),
+            noop: false,
+        }
+    }
+
+    #[test]
+    fn a_crash_keeps_exactly_what_was_made_durable() {
+        let mut s = MemStorage::new();
+        let t1 = s.append(&[record(1), record(2)]);
+        let t2 = s.append(&[record(3)]);
+        assert!(t1 < t2);
+        s.make_durable(t1);
+        assert_eq!(s.load().len(), 2);
+        s.crash();
+        assert_eq!(s.appended(), t1);
+        assert_eq!(s.load(), vec![record(1), record(2)]);
+        // Durability never moves back.
+        s.make_durable(Token(1));
+        assert_eq!(s.durable_token(), t1);
+    }
+}
