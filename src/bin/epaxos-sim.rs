@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use epaxos_fast::node::NodeBug;
 use epaxos_fast::sim::{self, FaultMix, SimConfig, LIVENESS_BOUND_NS};
 
 #[derive(Parser, Debug)]
@@ -48,6 +49,17 @@ struct Args {
     /// Send PreAccept to a fast quorum only.
     #[arg(long)]
     thrifty: bool,
+    /// Shards per replica, each its own EPaxos group; clients send to any
+    /// shard, which forwards commands for keys another shard owns.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+    shards: u64,
+    /// Each shard's pipeline limit: uncommitted instances it leads at once.
+    #[arg(long, default_value_t = sim::NODE_PIPELINE_DEFAULT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    node_pipeline: u64,
+    /// Test only: give every node this defect, to see the checkers catch it.
+    #[arg(long, value_enum, hide = true)]
+    node_bug: Option<NodeBug>,
 }
 
 /// Prints a line to stdout. When the reader has gone away (`| head`), stops
@@ -79,6 +91,7 @@ fn main() -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut worst_recovery_ns = 0;
     let (mut crashes, mut recoveries, mut noops, mut unparked) = (0u64, 0u64, 0u64, 0u64);
+    let mut forwarded = 0u64;
     let mut last_progress = Instant::now();
     for (i, &seed) in seeds.iter().enumerate() {
         let mut cfg = SimConfig::new(seed, args.replicas);
@@ -89,12 +102,16 @@ fn main() -> ExitCode {
         cfg.ops_per_client = args.ops as usize;
         cfg.pipeline = args.pipeline as usize;
         cfg.thrifty = args.thrifty;
+        cfg.shards = args.shards as usize;
+        cfg.node_pipeline = args.node_pipeline as usize;
+        cfg.node_bug = args.node_bug;
         let report = sim::run(&cfg);
         worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);
         crashes += report.crashes;
         recoveries += report.recoveries;
         noops += report.recovered_noops;
         unparked += report.commits_unparked;
+        forwarded += report.forwarded;
         if args.seed.is_some() {
             say!(
                 "seed {seed}: {} requests ({} completed during faults), {} instances ({} fast, {} slow), \
@@ -131,7 +148,7 @@ fn main() -> ExitCode {
     }
     say!(
         "{} seeds in {:.1}s; {crashes} crashes, {recoveries} recoveries ({noops} no-ops), \
-         {unparked} commits released from parking; liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
+         {unparked} commits released from parking, {forwarded} commands forwarded between shards; liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         worst_recovery_ns as f64 / 1e6,

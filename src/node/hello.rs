@@ -3,11 +3,45 @@
 //! A mismatch (replica or shard count, shard, id) is refused with a text
 //! naming both values, and the connection closes.
 
-use super::{ConnError, ConnId, Node, Output, Peer};
+use bytes::BytesMut;
+
+use super::{ConnError, ConnId, Node, NodeConfig, Output, Peer};
 use crate::protocol::ReplicaId;
 use crate::storage::Storage;
 use crate::wire::client::{decode_hello, HelloBody, Role, REFUSED_TEXT_BYTES_MAX};
-use crate::wire::{Frame, FrameError, Kind};
+use crate::wire::{Frame, FrameEncoder, FrameError, Kind};
+
+impl NodeConfig {
+    /// This shard's Hello, as a replica: what its links open with, and what
+    /// it answers every accepted Hello with.
+    pub fn hello(&self) -> HelloBody {
+        HelloBody {
+            role: Role::Peer as u8,
+            replica: self.replica.0,
+            replicas: self.replicas as u8,
+            shards: self.shards as u8,
+            shard: self.shard as u8,
+            ..HelloBody::default()
+        }
+    }
+
+    /// The header fields of every frame this shard sends.
+    pub fn encoder(&self) -> FrameEncoder {
+        FrameEncoder {
+            cluster_id: self.cluster_id,
+            sender: self.replica.0,
+            shard: self.shard as u8,
+        }
+    }
+
+    /// This shard's Hello frame, appended to `buf`.
+    pub fn encode_hello(&self, buf: &mut BytesMut) {
+        let body = self.hello();
+        self.encoder().frame(buf, Kind::Hello, |b| {
+            b.extend_from_slice(zerocopy::IntoBytes::as_bytes(&body))
+        });
+    }
+}
 
 impl<S: Storage> Node<S> {
     pub(super) fn on_hello(&mut self, conn: ConnId, frame: Frame) -> Result<(), ConnError> {
@@ -27,7 +61,7 @@ impl<S: Storage> Node<S> {
         }
         // The answer is this replica's own view (role peer: a replica),
         // whoever asked; clients read the replica and shard counts from it.
-        let body = self.own_hello(Role::Peer);
+        let body = self.cfg.hello();
         self.queue_conn(conn, Kind::HelloOk, zerocopy::IntoBytes::as_bytes(&body));
         let who = if hello.role == Role::Peer as u8 {
             Peer::Replica(ReplicaId(hello.replica))
@@ -51,16 +85,6 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    pub(super) fn own_hello(&self, role: Role) -> HelloBody {
-        HelloBody {
-            role: role as u8,
-            replica: self.cfg.replica.0,
-            replicas: self.cfg.replicas as u8,
-            shards: self.cfg.shards as u8,
-            shard: self.cfg.shard as u8,
-            ..HelloBody::default()
-        }
-    }
 
     /// A mismatch, described with both values.
     fn check_hello(&self, h: &HelloBody) -> Result<(), String> {

@@ -48,7 +48,7 @@ use crate::command::{Batch, BatchBuilder};
 use crate::protocol::{Config, InjectedBug, Outbox, Replica, ReplicaId, TraceEvent};
 use crate::state_machine::{KvResult, KvStore};
 use crate::storage::{Storage, Token};
-use crate::wire::client::{AdminInfo, Role};
+use crate::wire::client::AdminInfo;
 use crate::wire::{peer, Frame, FrameEncoder, FrameError, Kind};
 
 pub use routes::{Answer, Cross};
@@ -228,11 +228,7 @@ impl<S: Storage> Node<S> {
         };
         let appended = Token(records.len() as u64);
         Node {
-            enc: FrameEncoder {
-                cluster_id: cfg.cluster_id,
-                sender: cfg.replica.0,
-                shard: cfg.shard as u8,
-            },
+            enc: cfg.encoder(),
             core,
             storage,
             out,
@@ -529,10 +525,7 @@ impl<S: Storage> Node<S> {
 
     /// This shard's own Hello, as a replica, for the links it opens.
     pub fn encode_hello(&self, buf: &mut BytesMut) {
-        let body = self.own_hello(Role::Peer);
-        self.enc.frame(buf, Kind::Hello, |b| {
-            b.extend_from_slice(zerocopy::IntoBytes::as_bytes(&body))
-        });
+        self.cfg.encode_hello(buf);
     }
 
     pub fn admin_info(&self) -> AdminInfo {

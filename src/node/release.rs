@@ -23,11 +23,6 @@ impl<S: Storage> Node<S> {
             self.appended = self.storage.append(&self.out.persist);
             self.out.persist.clear();
         }
-        if self.cfg.trace {
-            self.trace.append(&mut self.out.trace);
-        } else {
-            self.out.trace.clear();
-        }
         let at_once = self.held.is_empty() && self.durable >= self.appended;
         if at_once || self.cfg.node_bug == Some(NodeBug::ReleaseBeforeDurable) {
             let mut out = std::mem::replace(&mut self.out, Outbox::new(0));
@@ -90,6 +85,12 @@ impl<S: Storage> Node<S> {
                 self.outputs
                     .push(Output::Link(crate::protocol::ReplicaId(to as u8)));
             }
+        }
+        // What the checkers see committed or executed here is what became
+        // durable and visible, as the rest of the world sees it: a commit
+        // lost in a crash before its record was durable was never decided.
+        if self.cfg.trace {
+            self.trace.append(&mut out.trace);
         }
         let mut replies = std::mem::take(&mut out.replies);
         for reply in replies.drain(..) {

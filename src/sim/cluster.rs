@@ -1,32 +1,50 @@
-//! The simulated cluster: event loop, network, clients.
+//! The simulated cluster: event loop, network, storage, crashes.
+//!
+//! Every replica is `shards` nodes (`crate::node::Node`), exactly what the
+//! runtime drives, each on an in-memory storage whose appends become durable
+//! after a simulated fdatasync. Peer messages travel as the real encoded
+//! frames, one frame an event (so the network can delay, reorder, duplicate
+//! or lose each), and are decoded by the receiving node; clients (in
+//! `clients.rs`) speak the real client frames over simulated connections;
+//! shards of one replica pass forwarded commands and answers to each other.
+//! A crash keeps exactly what each shard's storage had made durable.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use super::check::{check_agreement, check_all_executed, check_execution_order, ReplicaLog};
-use super::linearizability::{check_history, HistoryOp, OpKind};
-use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
-use crate::command::{BatchBuilder, CommandRef, Op};
-use crate::protocol::{Config, Message, Outbox, Record, Refused, Replica, ReplicaId, TraceEvent};
-use crate::rng::Rng;
-use crate::state_machine::{KvResult, KvStore};
+use bytes::BytesMut;
+use rustc_hash::FxHashSet;
 
-const MESSAGE_DELAY_NS: u64 = 100_000;
+use super::check::{check_agreement, check_all_executed, check_execution_order, ReplicaLog};
+use super::clients::{Client, ClientEvent};
+use super::contract::{AnswerCount, DurableView};
+use super::linearizability::{check_history, HistoryOp};
+use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
+use crate::node::{ConnId, Cross, Node, NodeConfig, Output};
+use crate::protocol::{ReplicaId, TraceEvent};
+use crate::rng::Rng;
+use crate::storage::{MemStorage, Token};
+use crate::wire::{peer, Frame, FrameReader, Kind};
+
+pub(super) const MESSAGE_DELAY_NS: u64 = 100_000;
 const JITTER_SMALL_NS: u64 = 50_000;
 const JITTER_REORDER_NS: u64 = 3_000_000;
 const LOSS_PCT: u32 = 5;
 const DUPLICATE_PCT: u32 = 5;
 /// A replica's event-loop turn: requests arriving within it form one batch.
 const TURN_NS: u64 = 2_000;
-const CLIENT_TIMEOUT_NS: u64 = 60_000_000;
-const THINK_NS_MAX: u64 = 1_000_000;
+/// A hop between two shards of one replica (a cross-core channel).
+const CROSS_NS: u64 = 1_000;
+/// How long an fdatasync takes: appends become durable this long after.
+const SYNC_NS_MIN: u64 = 20_000;
+const SYNC_NS_MAX: u64 = 400_000;
 /// After the last client finishes, time for commits to reach every replica.
 const DRAIN_NS: u64 = 1_000_000_000;
 const EVENTS_MAX: u64 = 20_000_000;
-const SHARED_KEYS: u64 = 3;
-const PRIVATE_KEYS: u64 = 4;
-const CLIENT_ID_BASE: u64 = 1000;
+pub(super) const CLUSTER_ID: u64 = 0x5157;
 const LIN_SEARCH_STEPS_MAX: u64 = 50_000_000;
+/// Contract violations named in a report (the rest are counted).
+const VIOLATIONS_SHOWN: usize = 3;
 /// How long a crashed replica stays down, and the gap between crashes.
 const DOWN_NS_MIN: u64 = 5_000_000;
 const DOWN_NS_MAX: u64 = 80_000_000;
@@ -35,57 +53,51 @@ const CRASH_GAP_NS_MAX: u64 = 60_000_000;
 /// Where a scheduled crash strikes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CrashPoint {
-    /// At once, between two calls: everything persisted survives.
+    /// At once, between two events: everything durable survives.
     Now,
-    /// In the replica's next call, after its records are durable and before
-    /// any of its messages or replies leave.
-    BeforeSend,
-    /// In the next call that decides a commit this replica leads (a command
-    /// leader in the middle of its fast path), after persisting, before the
-    /// Commit leaves.
+    /// At the replica's next fdatasync, before it completes: what that sync
+    /// covered is lost (and nothing that waited on it left).
+    DuringSync,
+    /// At the replica's next fdatasync, once it completed and before
+    /// anything it released leaves.
+    AfterSync,
+    /// At the first fdatasync whose release holds a Commit this replica
+    /// sends (a command leader in the middle of its fast path): durable,
+    /// and the Commit never leaves.
     BeforeSendingCommit,
 }
 
-/// A client command on its way to, or waiting at, a replica.
-#[derive(Clone, Debug)]
-struct Request {
-    client: u64,
-    request: u64,
-    first_outstanding: u64,
-    op: Op,
-    key: Vec<u8>,
-    value: Vec<u8>,
-}
-
-enum EventKind {
+pub(super) enum EventKind {
+    /// A peer frame, from shard `shard` of `from` to the same shard of `to`.
     Deliver {
         from: ReplicaId,
         to: ReplicaId,
-        msg: Message,
+        shard: usize,
+        frame: Frame,
     },
-    Arrive {
+    /// Between two shards of one replica (of incarnation `incarnation`).
+    Cross {
         replica: usize,
-        request: Request,
+        to: usize,
+        incarnation: u64,
+        msg: Cross,
     },
-    Flush {
+    Turn {
         replica: usize,
+        shard: usize,
     },
     Tick {
         replica: usize,
+        shard: usize,
     },
-    Reply {
-        client: usize,
-        request: u64,
-        result: KvResult,
+    /// A simulated fdatasync of one shard's storage completed.
+    Synced {
+        replica: usize,
+        shard: usize,
+        incarnation: u64,
+        token: Token,
     },
-    ClientTimeout {
-        client: usize,
-        request: u64,
-        attempt: u32,
-    },
-    ClientNext {
-        client: usize,
-    },
+    Client(ClientEvent),
     PartitionStart,
     PartitionHeal,
     OneWayStart,
@@ -120,57 +132,47 @@ impl Ord for Event {
     }
 }
 
-struct InFlight {
-    request: u64,
-    op: Op,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    invoke_ns: u64,
-    attempt: u32,
+/// One shard of one replica, with what the simulator tracks beside it.
+pub(super) struct Shard {
+    /// `None` while the replica is down; its storage is then in `parked`.
+    pub node: Option<Node<MemStorage>>,
+    parked: Option<MemStorage>,
+    /// The connection each peer's frames arrive on, by sender.
+    peer_conns: Vec<Option<ConnId>>,
+    turn_pending: bool,
+    tick_at: Option<u64>,
+    log: ReplicaLog,
+    durable: DurableView,
 }
 
-struct Client {
-    id: u64,
-    /// Requests not yet completed.
-    ops_left: usize,
-    /// Requests not yet scheduled to be issued.
-    unscheduled: usize,
-    next_request: u64,
-    /// Up to `SimConfig::pipeline` requests at once.
-    in_flight: Vec<InFlight>,
-}
-
-struct Sim<'c> {
-    cfg: &'c SimConfig,
-    rng: Rng,
-    now: u64,
+pub(super) struct Sim<'c> {
+    pub cfg: &'c SimConfig,
+    pub rng: Rng,
+    pub now: u64,
     seq: u64,
     events: u64,
     queue: BinaryHeap<Reverse<Event>>,
-    replicas: Vec<Replica<KvStore>>,
-    /// What each replica persisted, in order: all a restart gets back.
-    stores: Vec<Vec<Record>>,
-    down: Vec<bool>,
-    /// A crash waiting for the replica's next call (or commit decision).
+    /// `[replica][shard]`.
+    pub shards: Vec<Vec<Shard>>,
+    pub down: Vec<bool>,
+    /// Bumped at every restart: events of an earlier incarnation are void.
+    pub incarnation: Vec<u64>,
+    /// A crash waiting for the replica's next fdatasync.
     crash_armed: Vec<Option<CrashPoint>>,
-    /// Per replica, the peers it was last told are unreachable (as the
-    /// runtime tells the core when a link goes down or comes back).
+    /// Per replica, the peers its shards were last told are unreachable.
     told_unreachable: Vec<u16>,
     crashes: u64,
-    /// Logs of incarnations that crashed: still checked for agreement and
-    /// execution order.
-    dead_logs: Vec<ReplicaLog>,
-    outbox: Outbox<KvResult>,
-    arrived: Vec<Vec<Request>>,
-    flush_pending: Vec<bool>,
-    tick_at: Vec<Option<u64>>,
-    builder: BatchBuilder,
-    logs: Vec<ReplicaLog>,
-    clients: Vec<Client>,
-    clients_done: usize,
-    last_completion_ns: u64,
-    history: Vec<HistoryOp>,
-    faults_on: bool,
+    /// Logs of incarnations that crashed, per shard: still checked for
+    /// agreement and execution order.
+    dead_logs: Vec<Vec<ReplicaLog>>,
+    /// Per replica: (client, request) of every command in a durable commit.
+    pub durable_commands: Vec<FxHashSet<(u64, u64)>>,
+    pub answers: AnswerCount,
+    pub clients: Vec<Client>,
+    pub clients_done: usize,
+    pub last_completion_ns: u64,
+    pub history: Vec<HistoryOp>,
+    pub faults_on: bool,
     /// Replicas on one side of the current partition, if any.
     partition: Option<u16>,
     /// A link that drops everything sent from the first to the second.
@@ -179,7 +181,10 @@ struct Sim<'c> {
     messages_dropped: u64,
     /// Commits released from parking when a peer became reachable again.
     commits_unparked: u64,
-    ops_during_faults: usize,
+    pub ops_during_faults: usize,
+    /// Contract violations seen as frames left (see `contract.rs`).
+    pub violations: Vec<String>,
+    reader: FrameReader,
 }
 
 /// Runs one simulation and checks it.
@@ -192,40 +197,33 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 impl<'c> Sim<'c> {
     fn new(cfg: &'c SimConfig) -> Sim<'c> {
         let n = cfg.replicas;
-        let mut rng = Rng::new(cfg.seed);
-        let replicas = (0..n)
-            .map(|r| Replica::new(replica_config(cfg, r, rng.next_u64()), KvStore::new()))
-            .collect();
-        let clients = (0..cfg.clients)
-            .map(|i| Client {
-                id: CLIENT_ID_BASE + i as u64,
-                ops_left: cfg.ops_per_client,
-                unscheduled: cfg.ops_per_client,
-                next_request: 1,
-                in_flight: Vec::new(),
-            })
-            .collect();
-        Sim {
+        let rng = Rng::new(cfg.seed);
+        let shard = || Shard {
+            node: None,
+            parked: Some(MemStorage::new()),
+            peer_conns: vec![None; n],
+            turn_pending: false,
+            tick_at: None,
+            log: ReplicaLog::default(),
+            durable: DurableView::default(),
+        };
+        let mut sim = Sim {
             cfg,
             rng,
             now: 0,
             seq: 0,
             events: 0,
             queue: BinaryHeap::new(),
-            replicas,
-            stores: vec![Vec::new(); n],
-            down: vec![false; n],
+            shards: (0..n).map(|_| (0..cfg.shards).map(|_| shard()).collect()).collect(),
+            down: vec![true; n],
+            incarnation: vec![0; n],
             crash_armed: vec![None; n],
             told_unreachable: vec![0; n],
             crashes: 0,
-            dead_logs: Vec::new(),
-            outbox: Outbox::new(n),
-            arrived: vec![Vec::new(); n],
-            flush_pending: vec![false; n],
-            tick_at: vec![None; n],
-            builder: BatchBuilder::new(),
-            logs: vec![ReplicaLog::default(); n],
-            clients,
+            dead_logs: vec![Vec::new(); cfg.shards],
+            durable_commands: vec![FxHashSet::default(); n],
+            answers: AnswerCount::default(),
+            clients: Client::all(cfg),
             clients_done: 0,
             last_completion_ns: 0,
             history: Vec::new(),
@@ -236,10 +234,16 @@ impl<'c> Sim<'c> {
             messages_dropped: 0,
             commits_unparked: 0,
             ops_during_faults: 0,
+            violations: Vec::new(),
+            reader: FrameReader::new(CLUSTER_ID),
+        };
+        for r in 0..n {
+            sim.start_replica(r);
         }
+        sim
     }
 
-    fn schedule(&mut self, at: u64, kind: EventKind) {
+    pub(super) fn schedule(&mut self, at: u64, kind: EventKind) {
         self.seq += 1;
         self.queue.push(Reverse(Event {
             at,
@@ -248,7 +252,7 @@ impl<'c> Sim<'c> {
         }));
     }
 
-    fn fault_end_ns(&self) -> u64 {
+    pub(super) fn fault_end_ns(&self) -> u64 {
         if self.cfg.faults == super::FaultMix::None {
             0
         } else {
@@ -274,13 +278,7 @@ impl<'c> Sim<'c> {
                 self.schedule(at, EventKind::Crash);
             }
         }
-        for c in 0..self.clients.len() {
-            for _ in 0..self.cfg.pipeline.min(self.cfg.ops_per_client) {
-                self.clients[c].unscheduled -= 1;
-                let at = self.rng.below(THINK_NS_MAX);
-                self.schedule(at, EventKind::ClientNext { client: c });
-            }
-        }
+        self.start_clients();
         let horizon = self.fault_end_ns() + LIVENESS_BOUND_NS + DRAIN_NS;
         while let Some(Reverse(event)) = self.queue.pop() {
             self.events += 1;
@@ -300,38 +298,52 @@ impl<'c> Sim<'c> {
 
     fn dispatch(&mut self, kind: EventKind) {
         match kind {
-            EventKind::Deliver { from, to, msg } => {
-                if !self.down[to.index()] {
-                    self.call(to.index(), |r, now, out| r.handle(now, from, msg, out));
+            EventKind::Deliver {
+                from,
+                to,
+                shard,
+                frame,
+            } => self.deliver(from, to, shard, frame),
+            EventKind::Cross {
+                replica,
+                to,
+                incarnation,
+                msg,
+            } => {
+                if self.incarnation[replica] == incarnation && !self.down[replica] {
+                    let forwarded = matches!(msg, Cross::Commands { .. });
+                    self.call(replica, to, |node, _| node.on_cross(msg));
+                    if forwarded {
+                        self.turn_soon(replica, to);
+                    }
                 }
             }
-            EventKind::Arrive { replica, .. } if self.down[replica] => {}
-            EventKind::Flush { replica } | EventKind::Tick { replica } if self.down[replica] => {}
-            EventKind::Arrive { replica, request } => {
-                self.arrived[replica].push(request);
-                if !self.flush_pending[replica] {
-                    self.flush_pending[replica] = true;
-                    self.schedule(self.now + TURN_NS, EventKind::Flush { replica });
+            EventKind::Turn { replica, shard } => {
+                self.shards[replica][shard].turn_pending = false;
+                if !self.down[replica] {
+                    self.turn(replica, shard);
                 }
             }
-            EventKind::Flush { replica } => self.flush(replica),
-            EventKind::Tick { replica } => {
-                if self.tick_at[replica] == Some(self.now) {
-                    self.tick_at[replica] = None;
+            EventKind::Tick { replica, shard } => {
+                let s = &mut self.shards[replica][shard];
+                if s.tick_at == Some(self.now) {
+                    s.tick_at = None;
                 }
-                self.call(replica, |r, now, out| r.tick(now, out));
+                if !self.down[replica] {
+                    self.turn(replica, shard);
+                }
             }
-            EventKind::Reply {
-                client,
-                request,
-                result,
-            } => self.on_reply(client, request, result),
-            EventKind::ClientTimeout {
-                client,
-                request,
-                attempt,
-            } => self.on_client_timeout(client, request, attempt),
-            EventKind::ClientNext { client } => self.client_next(client),
+            EventKind::Synced {
+                replica,
+                shard,
+                incarnation,
+                token,
+            } => {
+                if self.incarnation[replica] == incarnation && !self.down[replica] {
+                    self.synced(replica, shard, token);
+                }
+            }
+            EventKind::Client(e) => self.on_client_event(e),
             EventKind::PartitionStart => {
                 if self.faults_on && self.cfg.replicas > 1 {
                     let all = (1u16 << self.cfg.replicas) - 1;
@@ -386,6 +398,85 @@ impl<'c> Sim<'c> {
         }
     }
 
+    // ---- replicas: start, crash, restart ----
+
+    /// The node configuration of shard `s` of replica `r`; `rng_seed`
+    /// feeds its recovery back-off and is drawn from the run's seed.
+    fn node_config(&self, r: usize, s: usize, rng_seed: u64) -> NodeConfig {
+        NodeConfig {
+            replica: ReplicaId(r as u8),
+            replicas: self.cfg.replicas,
+            shard: s,
+            shards: self.cfg.shards,
+            cluster_id: CLUSTER_ID,
+            thrifty: self.cfg.thrifty,
+            batch_max: crate::constants::BATCH_COMMANDS_MAX,
+            pipeline: self.cfg.node_pipeline,
+            rng_seed,
+            trace: true,
+            injected_bug: self.cfg.injected_bug,
+            node_bug: self.cfg.node_bug,
+            test_lose_write: 0,
+        }
+    }
+
+    /// Starts replica `r`'s shards on their storages (empty at first, what
+    /// survived after a crash), and opens the peer connections to and from
+    /// it with real Hellos.
+    fn start_replica(&mut self, r: usize) {
+        self.down[r] = false;
+        self.incarnation[r] += 1;
+        for s in 0..self.cfg.shards {
+            let seed = self.rng.next_u64();
+            let cfg = self.node_config(r, s, seed);
+            let storage = self.shards[r][s].parked.take().expect("a down shard's storage");
+            let node = Node::start(cfg, storage, self.now);
+            let shard = &mut self.shards[r][s];
+            shard.node = Some(node);
+            shard.peer_conns.iter_mut().for_each(|c| *c = None);
+            shard.tick_at = None;
+            shard.turn_pending = false;
+        }
+        for other in 0..self.cfg.replicas {
+            if other != r && !self.down[other] {
+                for s in 0..self.cfg.shards {
+                    self.connect_peer(other, r, s);
+                    self.connect_peer(r, other, s);
+                }
+            }
+        }
+        // A new incarnation starts with every link up (`report_links` then
+        // tells it which are not); what its restore produced (commits
+        // re-sent) leaves with its first turn.
+        self.told_unreachable[r] = 0;
+        for s in 0..self.cfg.shards {
+            let node = self.shards[r][s].node.as_mut().expect("up");
+            for p in (0..self.cfg.replicas).filter(|&p| p != r) {
+                node.link_up(ReplicaId(p as u8));
+            }
+            self.turn(r, s);
+        }
+    }
+
+    /// Shard `s` of `to` accepts a connection from the same shard of `from`,
+    /// which opens with its Hello (replacing an earlier connection).
+    fn connect_peer(&mut self, from: usize, to: usize, s: usize) {
+        let mut hello = BytesMut::new();
+        self.node_config(from, s, 0).encode_hello(&mut hello);
+        let frame = self.reader.next(&mut hello).expect("own hello").expect("whole");
+        let shard = &mut self.shards[to][s];
+        let node = shard.node.as_mut().expect("up");
+        if let Some(old) = shard.peer_conns[from].take() {
+            node.closed(old);
+        }
+        let conn = node.accept();
+        shard.peer_conns[from] = Some(conn);
+        self.call(to, s, |node, now| {
+            node.on_frame(now, conn, frame)
+                .expect("a peer's hello is accepted")
+        });
+    }
+
     /// Picks a live replica (keeping at most F down) and a point to crash it.
     fn crash_someone(&mut self) {
         if !self.faults_on {
@@ -396,9 +487,10 @@ impl<'c> Sim<'c> {
             + self.crash_armed.iter().filter(|c| c.is_some()).count();
         let r = self.rng.below(self.cfg.replicas as u64) as usize;
         if down < f && !self.down[r] && self.crash_armed[r].is_none() {
-            let point = match self.rng.below(3) {
+            let point = match self.rng.below(4) {
                 0 => CrashPoint::Now,
-                1 => CrashPoint::BeforeSend,
+                1 => CrashPoint::DuringSync,
+                2 => CrashPoint::AfterSync,
                 _ => CrashPoint::BeforeSendingCommit,
             };
             if point == CrashPoint::Now {
@@ -411,40 +503,38 @@ impl<'c> Sim<'c> {
         self.schedule(next, EventKind::Crash);
     }
 
-    /// The replica loses everything it did not persist.
+    /// The replica loses everything its storages had not made durable.
     fn crash(&mut self, r: usize) {
         self.down[r] = true;
         self.crash_armed[r] = None;
         self.crashes += 1;
-        self.arrived[r].clear();
-        self.flush_pending[r] = false;
-        self.tick_at[r] = None;
+        for s in 0..self.cfg.shards {
+            let shard = &mut self.shards[r][s];
+            let mut storage = shard.node.take().expect("up").into_storage();
+            storage.crash();
+            shard.parked = Some(storage);
+            let log = std::mem::take(&mut shard.log);
+            self.dead_logs[s].push(log);
+            shard.tick_at = None;
+            shard.turn_pending = false;
+        }
         let back = self.now + self.rng.between(DOWN_NS_MIN, DOWN_NS_MAX);
         self.schedule(back, EventKind::Restart { replica: r });
         self.report_links();
     }
 
-    /// The replica comes back from what it persisted, as a new incarnation.
+    /// The replica comes back from what it made durable, as a new incarnation.
     fn restart(&mut self, r: usize) {
-        if !self.down[r] {
-            return;
+        if self.down[r] {
+            self.start_replica(r);
+            self.report_links();
         }
-        self.down[r] = false;
-        let log = std::mem::take(&mut self.logs[r]);
-        self.dead_logs.push(log);
-        let cfg = replica_config(self.cfg, r, self.rng.next_u64());
-        let mut out = std::mem::replace(&mut self.outbox, Outbox::new(0));
-        self.replicas[r] =
-            Replica::restore(cfg, KvStore::new(), self.now, &self.stores[r], &mut out);
-        self.outbox = out;
-        // A new incarnation starts with every peer reachable.
-        self.told_unreachable[r] = 0;
-        self.call(r, |_, _, _| {});
-        self.report_links();
     }
 
+    // ---- links ----
+
     /// What each live replica's runtime would see of its links: a peer
-    /// that is down, or cut off from it, is unreachable. Tells each replica
+    /// that is down, or cut off from it, is unreachable. Tells each shard
     /// what changed since it was last told.
     fn report_links(&mut self) {
         let n = self.cfg.replicas;
@@ -460,14 +550,22 @@ impl<'c> Sim<'c> {
             if changed == 0 {
                 continue;
             }
-            let parked = self.replicas[a].parked_commits();
-            for b in (0..n).filter(|&b| changed & (1 << b) != 0) {
-                let reachable = unreachable & (1 << b) == 0;
-                self.replicas[a].set_reachable(ReplicaId(b as u8), reachable);
-            }
-            self.commits_unparked += (parked - self.replicas[a].parked_commits()) as u64;
             self.told_unreachable[a] = unreachable;
-            self.arm_tick(a);
+            for s in 0..self.cfg.shards {
+                let node = self.shards[a][s].node.as_mut().expect("up");
+                let parked = node.core().parked_commits();
+                for b in (0..n).filter(|&b| changed & (1 << b) != 0) {
+                    let peer = ReplicaId(b as u8);
+                    if unreachable & (1 << b) == 0 {
+                        node.link_up(peer);
+                    } else {
+                        node.link_down(peer);
+                    }
+                }
+                let released = parked - node.core().parked_commits();
+                self.commits_unparked += released as u64;
+                self.arm_tick(a, s);
+            }
         }
     }
 
@@ -480,112 +578,216 @@ impl<'c> Sim<'c> {
                 || self.one_way == Some((from, to)))
     }
 
-    /// Schedules replica `r`'s next tick if its deadline moved earlier.
-    fn arm_tick(&mut self, r: usize) {
-        if let Some(deadline) = self.replicas[r].next_deadline() {
-            let deadline = deadline.max(self.now);
-            if self.tick_at[r].is_none_or(|t| deadline < t) {
-                self.tick_at[r] = Some(deadline);
-                self.schedule(deadline, EventKind::Tick { replica: r });
-            }
+    // ---- calls into a node, and what comes out ----
+
+    /// Schedules a turn of shard `s` of `r` soon, if none is (client
+    /// commands arriving within one turn form one batch).
+    pub(super) fn turn_soon(&mut self, r: usize, s: usize) {
+        let shard = &mut self.shards[r][s];
+        if !shard.turn_pending {
+            shard.turn_pending = true;
+            self.schedule(self.now + TURN_NS, EventKind::Turn { replica: r, shard: s });
         }
     }
 
-    /// The commands that arrived during one turn become one proposal.
-    fn flush(&mut self, replica: usize) {
-        self.flush_pending[replica] = false;
-        let requests = std::mem::take(&mut self.arrived[replica]);
-        for req in &requests {
-            self.builder.push(&CommandRef {
-                client: req.client,
-                request: req.request,
-                first_outstanding: req.first_outstanding,
-                op: req.op,
-                key: &req.key,
-                value: &req.value,
-            });
-        }
-        let batch = self.builder.finish();
-        self.arrived[replica] = requests;
-        self.arrived[replica].clear();
-        self.call(replica, |r, now, out| {
-            r.propose(now, batch, out)
-                .expect("a simulated run stays far below the window");
-        });
+    fn turn(&mut self, r: usize, s: usize) {
+        self.call(r, s, |node, now| node.turn(now));
     }
 
-    /// Calls into replica `r`, then carries out its outbox.
-    fn call(
+    /// Calls into shard `s` of live replica `r`, then carries out what it
+    /// put out: frames onto the network, answers to clients, messages to
+    /// its sibling shards, a sync of its storage.
+    pub(super) fn call<T>(
         &mut self,
         r: usize,
-        f: impl FnOnce(&mut Replica<KvStore>, u64, &mut Outbox<KvResult>),
-    ) {
-        let mut out = std::mem::replace(&mut self.outbox, Outbox::new(0));
-        f(&mut self.replicas[r], self.now, &mut out);
-        self.stores[r].append(&mut out.persist);
-        let crash_now = match self.crash_armed[r] {
-            Some(CrashPoint::BeforeSend) => true,
-            Some(CrashPoint::BeforeSendingCommit) => out
-                .messages
-                .iter()
-                .flatten()
-                .any(|m| matches!(m, Message::Commit(_))),
-            _ => false,
-        };
-        if crash_now {
-            // Durable, but nothing left: not a message, not a reply.
-            self.collect_trace(r, &mut out);
-            out.clear();
-            self.outbox = out;
-            self.crash(r);
-            return;
-        }
-        let from = ReplicaId(r as u8);
-        for to in 0..self.cfg.replicas {
-            for msg in out.messages[to].drain(..) {
-                self.send(from, ReplicaId(to as u8), msg);
+        s: usize,
+        f: impl FnOnce(&mut Node<MemStorage>, u64) -> T,
+    ) -> T {
+        let now = self.now;
+        let node = self.shards[r][s].node.as_mut().expect("calls go to live replicas");
+        let result = f(node, now);
+        self.drain(r, s);
+        result
+    }
+
+    /// Carries out shard `s` of `r`'s outputs.
+    fn drain(&mut self, r: usize, s: usize) {
+        let mut frames = Vec::new();
+        loop {
+            let node = self.shards[r][s].node.as_mut().expect("up");
+            let Some(output) = node.poll_output() else {
+                break;
+            };
+            match output {
+                Output::Link(peer) => {
+                    let mut bytes = node.take_link_bytes(peer, BytesMut::new());
+                    self.split(&mut bytes, &mut frames);
+                    for frame in frames.drain(..) {
+                        self.check_sent(r, s, &frame);
+                        self.send(ReplicaId(r as u8), peer, s, frame);
+                    }
+                }
+                Output::Conn(conn) => {
+                    let mut bytes = node.take_conn_bytes(conn, BytesMut::new());
+                    if self.shards[r][s].peer_conns.contains(&Some(conn)) {
+                        continue; // the HelloOk to a peer's connection
+                    }
+                    self.split(&mut bytes, &mut frames);
+                    for frame in frames.drain(..) {
+                        self.answer_leaves(r, s, conn, frame);
+                    }
+                }
+                // Simulated clients read everything; nothing is closed.
+                Output::Close(_) => {}
+                Output::Cross(to) => {
+                    let incarnation = self.incarnation[r];
+                    for msg in node.take_cross(to, Vec::new()) {
+                        let kind = EventKind::Cross {
+                            replica: r,
+                            to,
+                            incarnation,
+                            msg,
+                        };
+                        self.schedule(self.now + CROSS_NS, kind);
+                    }
+                }
             }
         }
-        for reply in out.replies.drain(..) {
-            let client = (reply.client - CLIENT_ID_BASE) as usize;
-            let at = self.now + MESSAGE_DELAY_NS;
-            let result = match reply.result {
-                Ok(result) => result,
-                // The command never ran: the client sends it again when its
-                // timer fires, as if no answer had come.
-                Err(Refused::Superseded) => continue,
-                // A stale copy of a request the client had acknowledged.
-                Err(Refused::Acknowledged) => continue,
-                Err(e) => panic!("simulated clients stay in their window: {e}"),
-            };
-            let kind = EventKind::Reply {
-                client,
-                request: reply.request,
-                result,
+        let shard = &mut self.shards[r][s];
+        let node = shard.node.as_mut().expect("up");
+        if let Some(token) = node.sync_wanted() {
+            let at = self.now + self.rng.between(SYNC_NS_MIN, SYNC_NS_MAX);
+            let incarnation = self.incarnation[r];
+            let kind = EventKind::Synced {
+                replica: r,
+                shard: s,
+                incarnation,
+                token,
             };
             self.schedule(at, kind);
         }
-        self.collect_trace(r, &mut out);
-        out.clear();
-        self.outbox = out;
-        self.arm_tick(r);
-    }
-
-    fn collect_trace(&mut self, r: usize, out: &mut Outbox<KvResult>) {
-        for event in out.trace.drain(..) {
+        let shard = &mut self.shards[r][s];
+        let node = shard.node.as_mut().expect("up");
+        for event in node.take_trace() {
             match event {
                 TraceEvent::Committed { id, attrs, batch } => {
-                    self.logs[r].committed.push((id, attrs, batch))
+                    shard.log.committed.push((id, attrs, batch))
                 }
                 TraceEvent::Executed { id } => {
-                    let commits = self.logs[r].committed.len();
-                    self.logs[r].executed.push((id, commits));
+                    let commits = shard.log.committed.len();
+                    shard.log.executed.push((id, commits));
                 }
             }
         }
+        self.arm_tick(r, s);
     }
 
-    fn send(&mut self, from: ReplicaId, to: ReplicaId, msg: Message) {
+    /// Splits the bytes a node queued into frames.
+    fn split(&self, bytes: &mut BytesMut, frames: &mut Vec<Frame>) {
+        while let Some(frame) = self.reader.next(bytes).expect("a node encodes valid frames") {
+            frames.push(frame);
+        }
+        assert!(bytes.is_empty(), "a node queued part of a frame");
+    }
+
+    /// A simulated fdatasync of shard `s` of `r` completed (or the replica
+    /// crashes in it, if a crash waits for it).
+    fn synced(&mut self, r: usize, s: usize, token: Token) {
+        let armed = self.crash_armed[r];
+        if armed == Some(CrashPoint::DuringSync) {
+            self.crash(r);
+            return;
+        }
+        let shard = &mut self.shards[r][s];
+        let node = shard.node.as_mut().expect("up");
+        node.storage_mut().make_durable(token);
+        let durable = node.storage().durable_records();
+        shard
+            .durable
+            .learn(durable, &mut self.durable_commands[r]);
+        node.durable(token);
+        let crash = match armed {
+            Some(CrashPoint::AfterSync) => true,
+            Some(CrashPoint::BeforeSendingCommit) => self.releases_commit(r, s),
+            _ => false,
+        };
+        if crash {
+            // Durable, but nothing it released left: not a message, not an
+            // answer.
+            self.crash(r);
+            return;
+        }
+        self.drain(r, s);
+    }
+
+    /// Whether the link bytes shard `s` of `r` holds include a Commit.
+    fn releases_commit(&mut self, r: usize, s: usize) -> bool {
+        let node = self.shards[r][s].node.as_mut().expect("up");
+        let mut found = false;
+        for p in (0..self.cfg.replicas).filter(|&p| p != r) {
+            let peer = ReplicaId(p as u8);
+            // Read, then put back: `drain` sends them if no crash comes.
+            let bytes = node.take_link_bytes(peer, BytesMut::new());
+            let mut scan = bytes.clone();
+            while let Ok(Some(f)) = self.reader.next(&mut scan) {
+                found |= f.kind == Kind::Commit;
+            }
+            let _empty = node.take_link_bytes(peer, bytes);
+        }
+        found
+    }
+
+    /// A peer frame about to leave shard `s` of `r`: checks the contract.
+    fn check_sent(&mut self, r: usize, s: usize, frame: &Frame) {
+        if !matches!(frame.kind, Kind::PreAcceptOk | Kind::AcceptOk | Kind::Commit) {
+            return;
+        }
+        let msg = peer::decode(frame.kind, &frame.body, self.cfg.replicas)
+            .expect("a node encodes valid messages");
+        if let Some(why) = self.shards[r][s].durable.premature(&msg) {
+            self.violations.push(format!(
+                "durability: replica {r} shard {s} sent {why} (at {} ns)",
+                self.now
+            ));
+        }
+    }
+
+    fn deliver(&mut self, from: ReplicaId, to: ReplicaId, s: usize, frame: Frame) {
+        let r = to.index();
+        if self.down[r] {
+            return;
+        }
+        let Some(conn) = self.shards[r][s].peer_conns[from.index()] else {
+            return;
+        };
+        let accepted = self.call(r, s, |node, now| {
+            let accepted = node.on_frame(now, conn, frame);
+            node.turn(now);
+            accepted
+        });
+        if let Err(e) = accepted {
+            self.violations.push(format!(
+                "wire: replica {r} shard {s} refused a frame from replica {}: {e:?}",
+                from.0
+            ));
+        }
+    }
+
+    /// Schedules shard `s` of replica `r`'s next tick if its deadline moved
+    /// earlier.
+    fn arm_tick(&mut self, r: usize, s: usize) {
+        let shard = &mut self.shards[r][s];
+        let Some(deadline) = shard.node.as_ref().and_then(|n| n.next_deadline()) else {
+            return;
+        };
+        let deadline = deadline.max(self.now);
+        if shard.tick_at.is_none_or(|t| deadline < t) {
+            shard.tick_at = Some(deadline);
+            self.schedule(deadline, EventKind::Tick { replica: r, shard: s });
+        }
+    }
+
+    fn send(&mut self, from: ReplicaId, to: ReplicaId, shard: usize, frame: Frame) {
         self.messages_sent += 1;
         if self.faults_on {
             let cut = self.cut(from, to);
@@ -595,22 +797,27 @@ impl<'c> Sim<'c> {
             }
             if self.cfg.faults.loses() && self.rng.chance(DUPLICATE_PCT) {
                 let at = self.now + self.delay();
-                let copy = msg.clone();
-                self.schedule(
-                    at,
-                    EventKind::Deliver {
-                        from,
-                        to,
-                        msg: copy,
-                    },
-                );
+                let copy = frame.clone();
+                let kind = EventKind::Deliver {
+                    from,
+                    to,
+                    shard,
+                    frame: copy,
+                };
+                self.schedule(at, kind);
             }
         }
         let at = self.now + self.delay();
-        self.schedule(at, EventKind::Deliver { from, to, msg });
+        let kind = EventKind::Deliver {
+            from,
+            to,
+            shard,
+            frame,
+        };
+        self.schedule(at, kind);
     }
 
-    fn delay(&mut self) -> u64 {
+    pub(super) fn delay(&mut self) -> u64 {
         let jitter = if self.faults_on && self.cfg.faults.reorders() {
             JITTER_REORDER_NS
         } else {
@@ -619,120 +826,17 @@ impl<'c> Sim<'c> {
         MESSAGE_DELAY_NS + self.rng.below(jitter)
     }
 
-    fn client_next(&mut self, c: usize) {
-        let cfg = self.cfg;
-        let client = &mut self.clients[c];
-        assert!(client.in_flight.len() < cfg.pipeline);
-        let request = client.next_request;
-        client.next_request += 1;
-        let id = client.id;
-        let key = if self.rng.chance(cfg.conflicts_pct) {
-            format!("shared{}", self.rng.below(SHARED_KEYS))
-        } else {
-            format!("c{id}k{}", self.rng.below(PRIVATE_KEYS))
-        };
-        let (op, value) = if self.rng.chance(cfg.reads_pct) {
-            (Op::Get, Vec::new())
-        } else if self.rng.chance(10) {
-            (Op::Delete, Vec::new())
-        } else {
-            (Op::Put, format!("c{id}r{request}").into_bytes())
-        };
-        self.clients[c].in_flight.push(InFlight {
-            request,
-            op,
-            key: key.into_bytes(),
-            value,
-            invoke_ns: self.now,
-            attempt: 0,
-        });
-        self.client_send(c, request);
-    }
-
-    /// Sends (or re-sends) one of the client's requests to a random replica,
-    /// telling it the oldest request the client still waits for.
-    fn client_send(&mut self, c: usize, request: u64) {
-        let replica = self.rng.below(self.cfg.replicas as u64) as usize;
-        let at = self.now + self.delay();
-        let client = &self.clients[c];
-        let first_outstanding = client.in_flight.iter().map(|f| f.request).min();
-        let current = client
-            .in_flight
-            .iter()
-            .find(|f| f.request == request)
-            .expect("a request in flight");
-        let sent = Request {
-            client: client.id,
-            request,
-            first_outstanding: first_outstanding.expect("one in flight"),
-            op: current.op,
-            key: current.key.clone(),
-            value: current.value.clone(),
-        };
-        let timeout = EventKind::ClientTimeout {
-            client: c,
-            request,
-            attempt: current.attempt,
-        };
-        self.schedule(
-            at,
-            EventKind::Arrive {
-                replica,
-                request: sent,
-            },
-        );
-        self.schedule(self.now + CLIENT_TIMEOUT_NS, timeout);
-    }
-
-    fn on_client_timeout(&mut self, c: usize, request: u64, attempt: u32) {
-        let in_flight = &mut self.clients[c].in_flight;
-        let Some(current) = in_flight.iter_mut().find(|f| f.request == request) else {
-            return;
-        };
-        if current.attempt != attempt {
-            return;
-        }
-        current.attempt += 1;
-        self.client_send(c, request);
-    }
-
-    fn on_reply(&mut self, c: usize, request: u64, result: KvResult) {
-        let client = &mut self.clients[c];
-        let Some(i) = client.in_flight.iter().position(|f| f.request == request) else {
-            return; // a late duplicate answer
-        };
-        let done = client.in_flight.swap_remove(i);
-        let (kind, read) = match (done.op, result) {
-            (Op::Get, KvResult::Value(v)) => (OpKind::Get, Some(v.to_vec())),
-            (Op::Get, KvResult::NotFound) => (OpKind::Get, None),
-            (Op::Put, KvResult::Done) => (OpKind::Put(done.value), None),
-            (Op::Delete, KvResult::Done) => (OpKind::Delete, None),
-            (op, result) => panic!("reply {result:?} does not fit {op:?}"),
-        };
-        self.history.push(HistoryOp {
-            client: client.id,
-            key: done.key,
-            kind,
-            invoke_ns: done.invoke_ns,
-            return_ns: Some(self.now),
-            read,
-        });
-        client.ops_left -= 1;
-        self.last_completion_ns = self.now;
-        if self.faults_on {
-            self.ops_during_faults += 1;
-        }
-        if client.ops_left == 0 {
-            self.clients_done += 1;
-        } else if client.unscheduled > 0 {
-            client.unscheduled -= 1;
-            let at = self.now + self.rng.below(THINK_NS_MAX);
-            self.schedule(at, EventKind::ClientNext { client: c });
-        }
-    }
+    // ---- the verdict ----
 
     fn report(self, finished: bool) -> SimReport {
-        let mut failures = Vec::new();
+        // The first few contract violations say what went wrong; a defect
+        // usually repeats on every frame after.
+        let mut failures: Vec<String> =
+            self.violations.iter().take(VIOLATIONS_SHOWN).cloned().collect();
+        if self.violations.len() > VIOLATIONS_SHOWN {
+            let more = self.violations.len() - VIOLATIONS_SHOWN;
+            failures.push(format!("... and {more} more contract violations"));
+        }
         let fault_end = self.fault_end_ns();
         if !finished || self.clients_done < self.clients.len() {
             let pending: usize = self.clients.iter().map(|c| c.ops_left).sum();
@@ -750,39 +854,14 @@ impl<'c> Sim<'c> {
                 LIVENESS_BOUND_NS / 1_000_000
             ));
         }
-        // Current incarnations first (replica r is log r), then crashed ones.
-        let all_logs: Vec<ReplicaLog> = self.logs.iter().chain(&self.dead_logs).cloned().collect();
-        if let Err(e) = check_agreement(&all_logs) {
-            failures.push(e);
-        }
-        if let Err(e) = check_execution_order(&all_logs) {
-            failures.push(e);
+        for s in 0..self.cfg.shards {
+            self.check_shard(s, finished, &mut failures);
         }
         if let Err(e) = check_history(&self.history, LIN_SEARCH_STEPS_MAX) {
             failures.push(format!("linearizability: {e}"));
         }
-        if finished {
-            if let Err(e) = check_all_executed(&self.logs) {
-                failures.push(e);
-            }
-            let digests: Vec<u64> = self
-                .replicas
-                .iter()
-                .map(|r| r.state_machine().digest())
-                .collect();
-            if digests.iter().any(|&d| d != digests[0]) {
-                let executed: Vec<u64> = self
-                    .replicas
-                    .iter()
-                    .map(|r| r.stats().executed_instances)
-                    .collect();
-                failures.push(format!(
-                    "convergence: replicas end in different states (digests {digests:x?}, \
-                     instances executed {executed:?})"
-                ));
-            }
-        }
-        let stats: Vec<_> = self.replicas.iter().map(|r| r.stats()).collect();
+        let nodes = || self.shards.iter().flatten().filter_map(|s| s.node.as_ref());
+        let stats: Vec<_> = nodes().map(|n| n.core().stats()).collect();
         SimReport {
             seed: self.cfg.seed,
             failures,
@@ -797,19 +876,51 @@ impl<'c> Sim<'c> {
             messages_sent: self.messages_sent,
             messages_dropped: self.messages_dropped,
             commits_unparked: self.commits_unparked,
+            forwarded: nodes().map(|n| n.admin_info().forwarded_in.get()).sum(),
             recovery_ns: self.last_completion_ns.saturating_sub(fault_end),
             end_ns: self.now,
         }
     }
-}
 
-/// The core's configuration for replica `r` of a simulated run; `rng_seed`
-/// feeds its recovery back-off and is drawn from the run's seed.
-fn replica_config(cfg: &SimConfig, r: usize, rng_seed: u64) -> Config {
-    let mut c = Config::new(cfg.replicas, ReplicaId(r as u8)).expect("valid replica count");
-    c.thrifty = cfg.thrifty;
-    c.trace = true;
-    c.injected_bug = cfg.injected_bug;
-    c.rng_seed = rng_seed;
-    c
+    /// Agreement, execution order, completeness and convergence of one
+    /// shard's group.
+    fn check_shard(&self, s: usize, finished: bool, failures: &mut Vec<String>) {
+        let named = |e: String| {
+            if self.cfg.shards == 1 {
+                e
+            } else {
+                format!("shard {s}: {e}")
+            }
+        };
+        let live: Vec<ReplicaLog> = self.shards.iter().map(|r| r[s].log.clone()).collect();
+        // Current incarnations first (replica r is log r), then crashed ones.
+        let all: Vec<ReplicaLog> = live.iter().chain(&self.dead_logs[s]).cloned().collect();
+        if let Err(e) = check_agreement(&all) {
+            failures.push(named(e));
+        }
+        if let Err(e) = check_execution_order(&all) {
+            failures.push(named(e));
+        }
+        if !finished {
+            return;
+        }
+        if let Err(e) = check_all_executed(&live) {
+            failures.push(named(e));
+        }
+        let nodes: Vec<_> = self.shards.iter().filter_map(|r| r[s].node.as_ref()).collect();
+        let digests: Vec<u64> = nodes
+            .iter()
+            .map(|n| n.core().state_machine().digest())
+            .collect();
+        if digests.iter().any(|&d| d != digests[0]) {
+            let executed: Vec<u64> = nodes
+                .iter()
+                .map(|n| n.core().stats().executed_instances)
+                .collect();
+            failures.push(named(format!(
+                "convergence: replicas end in different states (digests {digests:x?}, \
+                 instances executed {executed:?})"
+            )));
+        }
+    }
 }

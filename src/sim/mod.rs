@@ -1,26 +1,37 @@
 //! A deterministic cluster simulator and the checkers that judge its runs.
 //!
-//! N replicas (the real core, unchanged) run in one thread on a virtual
-//! clock. A seeded network delays, reorders, duplicates and drops messages
-//! and partitions the cluster for a while; closed-loop clients issue reads
-//! and writes over a few shared keys (how often is the conflict rate) and
-//! retry at another replica when a reply is late. Faults stop after a fixed
-//! virtual time. After the run the checkers assert agreement, execution
-//! order, linearizability of what clients saw, liveness (every request
-//! completed within a bound after the last fault) and convergence (every
-//! replica ends in the same state). Everything comes from the seed, so a
-//! failing seed replays exactly.
+//! N replicas of `shards` shards each run in one thread on a virtual clock.
+//! Every shard is the real node (`crate::node::Node`, the same code the
+//! runtime drives, with the real core inside) on an in-memory storage whose
+//! appends become durable after a simulated fdatasync. A seeded network
+//! carries the real encoded peer frames and delays, reorders, duplicates
+//! and drops them, partitions the cluster for a while, and cuts one link one
+//! way; replicas crash at arbitrary points (also in the middle of a sync)
+//! and restart from what their storage made durable. Clients speak the real
+//! client frames to random shards of random replicas (commands for another
+//! shard's keys are forwarded), over a few shared keys (how often is the
+//! conflict rate), and retry at another replica when a reply is late.
+//! Faults stop after a fixed virtual time. As frames leave, the node's
+//! contract is checked (`contract.rs`: nothing before its record is durable,
+//! no connection answered more often than asked); after the run the
+//! checkers assert agreement, execution order, linearizability of what
+//! clients saw, liveness (every request completed within a bound after the
+//! last fault) and convergence (every replica ends in the same state).
+//! Everything comes from the seed, so a failing seed replays exactly.
 //!
 //! The simulator never touches a real clock, socket or thread.
 
 pub mod check;
+mod clients;
 mod cluster;
+pub mod contract;
 pub mod linearizability;
 pub use crate::rng;
 pub mod wired;
 
 pub use cluster::run;
 
+use crate::node::NodeBug;
 use crate::protocol::InjectedBug;
 
 /// Which faults the network injects while faults are on.
@@ -94,6 +105,9 @@ pub const FAULT_PHASE_NS: u64 = 300_000_000;
 /// Every client request must complete within this long after the last fault.
 pub const LIVENESS_BOUND_NS: u64 = 2_000_000_000;
 
+/// The simulated shards' pipeline limit: the runtime's default (`--pipeline`).
+pub const NODE_PIPELINE_DEFAULT: usize = 64;
+
 /// One simulation run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -109,8 +123,14 @@ pub struct SimConfig {
     /// Requests each client keeps in flight at once (1: closed loop).
     pub pipeline: usize,
     pub thrifty: bool,
-    /// Test-only: every replica carries this defect.
+    /// Shards per replica (each its own EPaxos group).
+    pub shards: usize,
+    /// Each shard's pipeline limit (uncommitted instances it leads).
+    pub node_pipeline: usize,
+    /// Test-only: every replica's core carries this defect.
     pub injected_bug: Option<InjectedBug>,
+    /// Test-only: every replica's node carries this defect.
+    pub node_bug: Option<NodeBug>,
 }
 
 impl SimConfig {
@@ -125,7 +145,10 @@ impl SimConfig {
             ops_per_client: 25,
             pipeline: 1,
             thrifty: false,
+            shards: 1,
+            node_pipeline: NODE_PIPELINE_DEFAULT,
             injected_bug: None,
+            node_bug: None,
         }
     }
 
@@ -133,7 +156,7 @@ impl SimConfig {
     pub fn replay_command(&self) -> String {
         format!(
             "cargo run --release --bin epaxos-sim -- --seed {} --replicas {} --faults {} \
-             --conflicts {} --reads {} --clients {} --ops {} --pipeline {}{}",
+             --conflicts {} --reads {} --clients {} --ops {} --pipeline {} --shards {}{}{}",
             self.seed,
             self.replicas,
             self.faults.name(),
@@ -142,7 +165,15 @@ impl SimConfig {
             self.clients,
             self.ops_per_client,
             self.pipeline,
-            if self.thrifty { " --thrifty" } else { "" }
+            self.shards,
+            if self.thrifty { " --thrifty" } else { "" },
+            match self.node_bug {
+                Some(b) => format!(
+                    " --node-bug {}",
+                    clap::ValueEnum::to_possible_value(&b).expect("named").get_name()
+                ),
+                None => String::new(),
+            }
         )
     }
 }
@@ -168,6 +199,9 @@ pub struct SimReport {
     /// Commits a replica held for an unreachable peer and released when it
     /// became reachable again.
     pub commits_unparked: u64,
+    /// Commands forwarded from the shard a client sent them to, to their
+    /// owner.
+    pub forwarded: u64,
     /// How long after the last fault the last client request completed.
     pub recovery_ns: u64,
     pub end_ns: u64,
