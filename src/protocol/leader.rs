@@ -5,12 +5,12 @@
 use std::cmp::Reverse;
 
 use super::config::InjectedBug;
+use super::lead::{Lead, Phase};
 use super::message::{
     Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Waiting,
 };
 use super::outbox::Outbox;
 use super::replica::{accept, record, Replica};
-use super::space::{Lead, Phase};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;

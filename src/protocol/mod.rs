@@ -25,6 +25,7 @@ pub mod config;
 mod exec;
 mod hash;
 mod index;
+mod lead;
 pub mod leader;
 pub mod message;
 pub mod outbox;

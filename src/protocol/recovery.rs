@@ -54,36 +54,14 @@
 //! `Nack` so a superseded leader stops early.
 
 use super::config::InjectedBug;
+use super::lead::{Lead, Phase, Tally};
 use super::message::{Message, Nack, Prepare, PrepareOk, Validate, ValidateOk, Waiting};
 use super::outbox::Outbox;
 use super::replica::{prepare_ok, record, Replica};
-use super::space::{Lead, Lookup, Phase};
+use super::space::Lookup;
 use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::state_machine::{Access, StateMachine};
-
-/// What a recoverer learned from Prepare and Validate replies.
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    /// A committed value seen (attrs, batch, noop).
-    committed: Option<(Attrs, Batch, bool)>,
-    /// The accepted value with the highest vote ballot.
-    accepted: Option<(Ballot, Attrs, Batch, bool)>,
-    /// Some replica had executed and dropped it.
-    compacted: bool,
-    leader_replied: bool,
-    /// Unchanged fast-path votes in Q (EPaxos*'s |Rmax|).
-    pub votes: u8,
-    /// The value the fast path may have committed.
-    pub candidate: Option<(Attrs, Batch)>,
-    /// Q, the Prepare quorum, as a mask of peers (this replica not included).
-    pub quorum: u16,
-    /// Validate replies so far, from peers in Q.
-    pub validated: u16,
-    /// The instances reported by Validate (EPaxos*'s I), with the status the
-    /// reporter gave.
-    conflicts: Vec<(InstanceId, Status)>,
-}
 
 impl<S: StateMachine> Replica<S> {
     /// Starts recovering `id` now (tests script recoveries with this; the

@@ -10,12 +10,13 @@ use rustc_hash::FxHashMap;
 use super::config::{Config, InjectedBug};
 use super::exec::ExecScratch;
 use super::index::ConflictIndex;
+use super::lead::{Lead, Phase};
 use super::message::{
     Accept, AcceptOk, Commit, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk,
     Validate, ValidateOk,
 };
 use super::outbox::{Outbox, Record};
-use super::space::{Instance, Lead, Lookup, Phase, Spaces};
+use super::space::{Instance, Lookup, Spaces};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::rng::Rng;

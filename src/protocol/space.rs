@@ -8,46 +8,11 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashSet;
 
+use super::lead::{Lead, Phase};
 use super::message::Message;
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
-
-/// Where an instance this replica leads (as command leader or recoverer)
-/// stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Recovery: collecting promises.
-    Prepare,
-    /// Recovery: asking the Prepare quorum for contradicting instances.
-    Validate,
-    /// Recovery: waiting for contradicting instances to commit.
-    Waiting,
-    PreAccept,
-    Accept,
-    /// Committed; waiting for every peer to acknowledge the commit.
-    Commit,
-}
-
-/// Bookkeeping a replica keeps for an instance it leads, until every peer
-/// has the commit (or a higher ballot takes the instance over).
-#[derive(Debug)]
-pub(crate) struct Lead {
-    pub ballot: Ballot,
-    pub phase: Phase,
-    /// Attributes the leader proposed: the fast path commits these.
-    pub initial: Attrs,
-    /// Union of the attributes in the replies: the slow path accepts these.
-    pub merged: Attrs,
-    /// Peers the current phase's message went to.
-    pub sent: u16,
-    /// Peers that answered the current phase.
-    pub replied: u16,
-    /// Replies (PreAccept phase) whose attributes differ from `initial`.
-    pub changed: u32,
-    /// Recovery only: what the Prepare and Validate replies showed.
-    pub recovery: Option<Box<super::recovery::Tally>>,
-}
 
 /// Tarjan's per-node state, valid only while `epoch` matches the run.
 #[derive(Debug, Default, Clone, Copy)]
