@@ -9,8 +9,9 @@ use super::lead::{Lead, Phase};
 use super::message::{
     Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Waiting,
 };
+use super::ops::{accept, record, reindex, send_to_mask};
 use super::outbox::Outbox;
-use super::replica::{accept, record, Replica};
+use super::replica::Replica;
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
@@ -158,10 +159,7 @@ impl<S: StateMachine> Replica<S> {
         };
         lead.replied = 0;
         let targets = lead.sent;
-        if inst.attrs.seq > inst.indexed_seq {
-            self.index.record(id, inst.attrs.seq, &inst.batch);
-            inst.indexed_seq = inst.attrs.seq;
-        }
+        reindex(&mut self.index, id, inst);
         out.persist.push(record(id, inst));
         let msg = Accept {
             id,
@@ -402,20 +400,6 @@ impl std::fmt::Display for ProposeError {
 }
 
 impl std::error::Error for ProposeError {}
-
-pub(super) fn send_to_mask<O>(
-    out: &mut Outbox<O>,
-    mask: u16,
-    replicas: usize,
-    mut msg: impl FnMut(ReplicaId) -> Message,
-) {
-    for r in 0..replicas {
-        if mask & (1 << r) != 0 {
-            let to = ReplicaId(r as u8);
-            out.send(to, msg(to));
-        }
-    }
-}
 
 /// The lowest `n` set bits of `mask`.
 fn first_bits(mask: u16, n: usize) -> u16 {

@@ -28,6 +28,7 @@ mod index;
 mod lead;
 pub mod leader;
 pub mod message;
+mod ops;
 pub mod outbox;
 mod recovery;
 mod replica;

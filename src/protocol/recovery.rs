@@ -56,8 +56,9 @@
 use super::config::InjectedBug;
 use super::lead::{Lead, Phase, Tally};
 use super::message::{Message, Nack, Prepare, PrepareOk, Validate, ValidateOk, Waiting};
+use super::ops::{prepare_ok, record, send_to_mask};
 use super::outbox::Outbox;
-use super::replica::{prepare_ok, record, Replica};
+use super::replica::Replica;
 use super::space::Lookup;
 use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
@@ -122,7 +123,7 @@ impl<S: StateMachine> Replica<S> {
         let tally = self.tally_mut(id);
         add_prepare_reply(tally, id, me, &own);
         let msg = Message::Prepare(Prepare { id, ballot });
-        super::leader::send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
+        send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
         self.retry
             .push_back((self.now + self.cfg.retransmit_timeout_ns, id));
         self.watch(id);
@@ -279,7 +280,7 @@ impl<S: StateMachine> Replica<S> {
             attrs,
             batch,
         });
-        super::leader::send_to_mask(out, quorum, self.cfg.replicas, |_| msg.clone());
+        send_to_mask(out, quorum, self.cfg.replicas, |_| msg.clone());
     }
 
     pub(super) fn on_validate_ok(
@@ -343,7 +344,7 @@ impl<S: StateMachine> Replica<S> {
         lead.phase = Phase::Waiting;
         lead.replied = 0;
         let msg = Message::Waiting(Waiting { id, votes });
-        super::leader::send_to_mask(out, self.cfg.peers_mask(), self.cfg.replicas, |_| {
+        send_to_mask(out, self.cfg.peers_mask(), self.cfg.replicas, |_| {
             msg.clone()
         });
         for x in watched {

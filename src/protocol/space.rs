@@ -107,15 +107,6 @@ impl Instance {
             .is_some_and(|l| l.phase != Phase::Commit && l.ballot != self.promised)
     }
 
-    /// The trace event of this instance's commit, for the simulator.
-    pub fn committed_event(&self, id: InstanceId) -> super::outbox::TraceEvent {
-        super::outbox::TraceEvent::Committed {
-            id,
-            attrs: self.attrs,
-            batch: self.value_batch(),
-        }
-    }
-
     pub fn commit_message(&self, id: InstanceId) -> Message {
         Message::Commit(super::message::Commit {
             id,
