@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use super::config::InjectedBug;
 use super::lead::{Lead, Phase};
 use super::message::{
-    Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Waiting,
+    AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Value, Waiting,
 };
 use super::ops::{accept, record, reindex, send_to_mask};
 use super::outbox::Outbox;
@@ -161,7 +161,7 @@ impl<S: StateMachine> Replica<S> {
         let targets = lead.sent;
         reindex(&mut self.index, id, inst);
         out.persist.push(record(id, inst));
-        let msg = Accept {
+        let msg = Value {
             id,
             ballot: inst.promised,
             attrs: inst.attrs,
@@ -200,7 +200,7 @@ impl<S: StateMachine> Replica<S> {
         let ballot = inst.promised;
         accept(&mut self.index, id, inst, ballot, attrs, noop, batch);
         out.persist.push(record(id, inst));
-        let msg = Message::Accept(Accept {
+        let msg = Message::Accept(Value {
             id,
             ballot: inst.promised,
             attrs: inst.attrs,
@@ -361,7 +361,7 @@ impl<S: StateMachine> Replica<S> {
             }
             Phase::Accept => {
                 lead.sent |= silent;
-                Message::Accept(Accept {
+                Message::Accept(Value {
                     id,
                     ballot: lead.ballot,
                     attrs: inst.attrs,

@@ -39,8 +39,8 @@ pub mod types;
 pub use config::{Config, ConfigError, InjectedBug};
 pub use leader::ProposeError;
 pub use message::{
-    Accept, AcceptOk, Commit, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk,
-    Validate, ValidateOk, Waiting,
+    AcceptOk, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk, Validate,
+    ValidateOk, Value, Waiting,
 };
 pub use outbox::{Outbox, Record, Refused, Reply, TraceEvent};
 pub use replica::{Replica, ReplicaStats};

@@ -12,8 +12,8 @@ use super::exec::ExecScratch;
 use super::index::ConflictIndex;
 use super::lead::{Lead, Phase};
 use super::message::{
-    Accept, AcceptOk, Commit, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, PrepareOk,
-    Validate, ValidateOk,
+    AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, PrepareOk, Validate, ValidateOk,
+    Value,
 };
 use super::ops::{accept, committed_event, nack, prepare_ok, record, reindex, send_to_mask};
 use super::outbox::{Outbox, Record};
@@ -345,7 +345,7 @@ impl<S: StateMachine> Replica<S> {
         out.send(from, Message::PreAcceptOk(reply));
     }
 
-    fn on_accept(&mut self, from: ReplicaId, m: Accept, out: &mut Outbox<S::Output>) {
+    fn on_accept(&mut self, from: ReplicaId, m: Value, out: &mut Outbox<S::Output>) {
         let Some(inst) = self.spaces.entry(m.id) else {
             return;
         };
@@ -377,7 +377,7 @@ impl<S: StateMachine> Replica<S> {
         out.send(from, Message::AcceptOk(reply));
     }
 
-    fn on_commit(&mut self, from: ReplicaId, m: Commit, out: &mut Outbox<S::Output>) {
+    fn on_commit(&mut self, from: ReplicaId, m: Value, out: &mut Outbox<S::Output>) {
         let id = m.id;
         match self.spaces.entry(id) {
             Some(inst) => {

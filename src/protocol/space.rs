@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashSet;
 
 use super::lead::{Lead, Phase};
-use super::message::Message;
+use super::message::{Message, Value};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
@@ -108,7 +108,7 @@ impl Instance {
     }
 
     pub fn commit_message(&self, id: InstanceId) -> Message {
-        Message::Commit(super::message::Commit {
+        Message::Commit(Value {
             id,
             ballot: self.voted,
             attrs: self.attrs,
