@@ -4,8 +4,7 @@
 
 use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
 use epaxos_fast::protocol::{
-    Attrs, Ballot, Commit, Config, Deps, InstanceId, Message, Outbox, Replica, ReplicaId,
-    TraceEvent,
+    Attrs, Ballot, Config, Deps, InstanceId, Message, Outbox, Replica, ReplicaId, TraceEvent, Value,
 };
 use epaxos_fast::state_machine::{KvResult, KvStore};
 
@@ -35,7 +34,7 @@ fn commit(
 ) {
     let mut deps = Deps::default();
     deps.0[1] = dep;
-    let msg = Message::Commit(Commit {
+    let msg = Message::Commit(Value {
         id: InstanceId::new(ReplicaId(1), slot),
         ballot: Ballot::initial(ReplicaId(1)),
         attrs: Attrs { seq, deps },

@@ -5,12 +5,13 @@
 use std::cmp::Reverse;
 
 use super::config::InjectedBug;
+use super::lead::{Lead, Phase};
 use super::message::{
-    Accept, AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Waiting,
+    AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, Validate, Value, Waiting,
 };
+use super::ops::{accept, record, reindex, send_to_mask};
 use super::outbox::Outbox;
-use super::replica::{accept, record, Replica};
-use super::space::{Lead, Phase};
+use super::replica::Replica;
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
@@ -158,12 +159,9 @@ impl<S: StateMachine> Replica<S> {
         };
         lead.replied = 0;
         let targets = lead.sent;
-        if inst.attrs.seq > inst.indexed_seq {
-            self.index.record(id, inst.attrs.seq, &inst.batch);
-            inst.indexed_seq = inst.attrs.seq;
-        }
+        reindex(&mut self.index, id, inst);
         out.persist.push(record(id, inst));
-        let msg = Accept {
+        let msg = Value {
             id,
             ballot: inst.promised,
             attrs: inst.attrs,
@@ -202,7 +200,7 @@ impl<S: StateMachine> Replica<S> {
         let ballot = inst.promised;
         accept(&mut self.index, id, inst, ballot, attrs, noop, batch);
         out.persist.push(record(id, inst));
-        let msg = Message::Accept(Accept {
+        let msg = Message::Accept(Value {
             id,
             ballot: inst.promised,
             attrs: inst.attrs,
@@ -363,7 +361,7 @@ impl<S: StateMachine> Replica<S> {
             }
             Phase::Accept => {
                 lead.sent |= silent;
-                Message::Accept(Accept {
+                Message::Accept(Value {
                     id,
                     ballot: lead.ballot,
                     attrs: inst.attrs,
@@ -402,20 +400,6 @@ impl std::fmt::Display for ProposeError {
 }
 
 impl std::error::Error for ProposeError {}
-
-pub(super) fn send_to_mask<O>(
-    out: &mut Outbox<O>,
-    mask: u16,
-    replicas: usize,
-    mut msg: impl FnMut(ReplicaId) -> Message,
-) {
-    for r in 0..replicas {
-        if mask & (1 << r) != 0 {
-            let to = ReplicaId(r as u8);
-            out.send(to, msg(to));
-        }
-    }
-}
 
 /// The lowest `n` set bits of `mask`.
 fn first_bits(mask: u16, n: usize) -> u16 {

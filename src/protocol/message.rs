@@ -12,9 +12,11 @@ use crate::command::Batch;
 pub enum Message {
     PreAccept(PreAccept),
     PreAcceptOk(PreAcceptOk),
-    Accept(Accept),
+    /// Leader (or recoverer) to acceptor: accept this value at this ballot.
+    Accept(Value),
     AcceptOk(AcceptOk),
-    Commit(Commit),
+    /// The instance is decided with this value.
+    Commit(Value),
     CommitOk(CommitOk),
     Prepare(Prepare),
     PrepareOk(PrepareOk),
@@ -42,11 +44,12 @@ pub struct PreAcceptOk {
     pub attrs: Attrs,
 }
 
-/// Leader (or recoverer) to acceptor: accept this value at this ballot. A
-/// no-op carries no batch; otherwise the batch travels so an acceptor that
-/// missed the PreAccept still knows the commands.
+/// An instance's value at a ballot, as Accept proposes it and Commit
+/// announces it decided (one type: the two carry the same fields). A no-op
+/// carries no batch; otherwise the batch travels so an acceptor that missed
+/// the PreAccept still knows the commands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Accept {
+pub struct Value {
     pub id: InstanceId,
     pub ballot: Ballot,
     pub attrs: Attrs,
@@ -58,16 +61,6 @@ pub struct Accept {
 pub struct AcceptOk {
     pub id: InstanceId,
     pub ballot: Ballot,
-}
-
-/// The instance is decided with this value (a no-op carries no batch).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Commit {
-    pub id: InstanceId,
-    pub ballot: Ballot,
-    pub attrs: Attrs,
-    pub batch: Batch,
-    pub noop: bool,
 }
 
 /// The receiver has the commit durably; the sender stops re-sending it.

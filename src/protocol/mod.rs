@@ -25,8 +25,10 @@ pub mod config;
 mod exec;
 mod hash;
 mod index;
+mod lead;
 pub mod leader;
 pub mod message;
+mod ops;
 pub mod outbox;
 mod recovery;
 mod replica;
@@ -37,8 +39,8 @@ pub mod types;
 pub use config::{Config, ConfigError, InjectedBug};
 pub use leader::ProposeError;
 pub use message::{
-    Accept, AcceptOk, Commit, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk,
-    Validate, ValidateOk, Waiting,
+    AcceptOk, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk, Validate,
+    ValidateOk, Value, Waiting,
 };
 pub use outbox::{Outbox, Record, Refused, Reply, TraceEvent};
 pub use replica::{Replica, ReplicaStats};

@@ -54,36 +54,15 @@
 //! `Nack` so a superseded leader stops early.
 
 use super::config::InjectedBug;
+use super::lead::{Lead, Phase, Tally};
 use super::message::{Message, Nack, Prepare, PrepareOk, Validate, ValidateOk, Waiting};
+use super::ops::{prepare_ok, record, send_to_mask};
 use super::outbox::Outbox;
-use super::replica::{prepare_ok, record, Replica};
-use super::space::{Lead, Lookup, Phase};
+use super::replica::Replica;
+use super::space::Lookup;
 use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::state_machine::{Access, StateMachine};
-
-/// What a recoverer learned from Prepare and Validate replies.
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    /// A committed value seen (attrs, batch, noop).
-    committed: Option<(Attrs, Batch, bool)>,
-    /// The accepted value with the highest vote ballot.
-    accepted: Option<(Ballot, Attrs, Batch, bool)>,
-    /// Some replica had executed and dropped it.
-    compacted: bool,
-    leader_replied: bool,
-    /// Unchanged fast-path votes in Q (EPaxos*'s |Rmax|).
-    pub votes: u8,
-    /// The value the fast path may have committed.
-    pub candidate: Option<(Attrs, Batch)>,
-    /// Q, the Prepare quorum, as a mask of peers (this replica not included).
-    pub quorum: u16,
-    /// Validate replies so far, from peers in Q.
-    pub validated: u16,
-    /// The instances reported by Validate (EPaxos*'s I), with the status the
-    /// reporter gave.
-    conflicts: Vec<(InstanceId, Status)>,
-}
 
 impl<S: StateMachine> Replica<S> {
     /// Starts recovering `id` now (tests script recoveries with this; the
@@ -144,7 +123,7 @@ impl<S: StateMachine> Replica<S> {
         let tally = self.tally_mut(id);
         add_prepare_reply(tally, id, me, &own);
         let msg = Message::Prepare(Prepare { id, ballot });
-        super::leader::send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
+        send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
         self.retry
             .push_back((self.now + self.cfg.retransmit_timeout_ns, id));
         self.watch(id);
@@ -301,7 +280,7 @@ impl<S: StateMachine> Replica<S> {
             attrs,
             batch,
         });
-        super::leader::send_to_mask(out, quorum, self.cfg.replicas, |_| msg.clone());
+        send_to_mask(out, quorum, self.cfg.replicas, |_| msg.clone());
     }
 
     pub(super) fn on_validate_ok(
@@ -365,7 +344,7 @@ impl<S: StateMachine> Replica<S> {
         lead.phase = Phase::Waiting;
         lead.replied = 0;
         let msg = Message::Waiting(Waiting { id, votes });
-        super::leader::send_to_mask(out, self.cfg.peers_mask(), self.cfg.replicas, |_| {
+        send_to_mask(out, self.cfg.peers_mask(), self.cfg.replicas, |_| {
             msg.clone()
         });
         for x in watched {

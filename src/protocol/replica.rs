@@ -10,12 +10,14 @@ use rustc_hash::FxHashMap;
 use super::config::{Config, InjectedBug};
 use super::exec::ExecScratch;
 use super::index::ConflictIndex;
+use super::lead::{Lead, Phase};
 use super::message::{
-    Accept, AcceptOk, Commit, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk,
-    Validate, ValidateOk,
+    AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, PrepareOk, Validate, ValidateOk,
+    Value,
 };
+use super::ops::{accept, committed_event, nack, prepare_ok, record, reindex, send_to_mask};
 use super::outbox::{Outbox, Record};
-use super::space::{Instance, Lead, Lookup, Phase, Spaces};
+use super::space::{Instance, Lookup, Spaces};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::rng::Rng;
@@ -143,7 +145,7 @@ impl<S: StateMachine> Replica<S> {
             }
             if inst.is_committed() {
                 if r.cfg.trace {
-                    out.trace.push(inst.committed_event(id));
+                    out.trace.push(committed_event(id, inst));
                 }
                 r.exec.ready.push(id);
                 if id.replica == me || inst.voted.replica == me {
@@ -343,7 +345,7 @@ impl<S: StateMachine> Replica<S> {
         out.send(from, Message::PreAcceptOk(reply));
     }
 
-    fn on_accept(&mut self, from: ReplicaId, m: Accept, out: &mut Outbox<S::Output>) {
+    fn on_accept(&mut self, from: ReplicaId, m: Value, out: &mut Outbox<S::Output>) {
         let Some(inst) = self.spaces.entry(m.id) else {
             return;
         };
@@ -375,7 +377,7 @@ impl<S: StateMachine> Replica<S> {
         out.send(from, Message::AcceptOk(reply));
     }
 
-    fn on_commit(&mut self, from: ReplicaId, m: Commit, out: &mut Outbox<S::Output>) {
+    fn on_commit(&mut self, from: ReplicaId, m: Value, out: &mut Outbox<S::Output>) {
         let id = m.id;
         match self.spaces.entry(id) {
             Some(inst) => {
@@ -525,7 +527,7 @@ impl<S: StateMachine> Replica<S> {
             out.persist.push(record(id, inst));
         }
         if self.cfg.trace {
-            out.trace.push(inst.committed_event(id));
+            out.trace.push(committed_event(id, inst));
         }
         self.exec.ready.push(id);
         self.exec.ready.append(&mut inst.waiters);
@@ -555,7 +557,7 @@ impl<S: StateMachine> Replica<S> {
             recovery: None,
         }));
         let msg = inst.commit_message(id);
-        super::leader::send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
+        send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
         self.retry
             .push_back((self.now + self.cfg.retransmit_timeout_ns, id));
     }
@@ -580,74 +582,9 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
-/// A vote for a value at `ballot`: the acceptor's side of Accept, and the
-/// recoverer's own vote before it sends one. `batch` replaces the
-/// instance's commands unless it is `None` (a recoverer that already holds
-/// them) or the value is a no-op (which keeps them for the leader's answers).
-pub(super) fn accept<S: StateMachine>(
-    index: &mut ConflictIndex<S>,
-    id: InstanceId,
-    inst: &mut Instance,
-    ballot: Ballot,
-    attrs: Attrs,
-    noop: bool,
-    batch: Option<Batch>,
-) {
-    inst.status = Status::Accepted;
-    inst.promised = ballot;
-    inst.voted = ballot;
-    inst.set_value(attrs, noop, batch);
-    if !noop {
-        reindex(index, id, inst);
-    }
-}
-
-/// Tells `to` that the instance has promised a higher ballot than it used.
-fn nack<O>(out: &mut Outbox<O>, to: ReplicaId, id: InstanceId, promised: Ballot) {
-    out.send(to, Message::Nack(Nack { id, promised }));
-}
-
 /// A lead at a ballot below the one now promised can decide nothing more.
 fn drop_superseded_lead(inst: &mut Instance) {
     if inst.lead_superseded() {
         inst.lead = None;
-    }
-}
-
-/// Brings the conflict index up to the instance's current seq, once per rise.
-pub(super) fn reindex<S: StateMachine>(
-    index: &mut ConflictIndex<S>,
-    id: InstanceId,
-    inst: &mut Instance,
-) {
-    if inst.attrs.seq > inst.indexed_seq {
-        index.record(id, inst.attrs.seq, &inst.batch);
-        inst.indexed_seq = inst.attrs.seq;
-    }
-}
-
-pub(super) fn prepare_ok(id: InstanceId, ballot: Ballot, inst: &Instance) -> PrepareOk {
-    PrepareOk {
-        id,
-        ballot,
-        status: inst.status.min(Status::Committed),
-        voted: inst.voted,
-        attrs: inst.attrs,
-        batch: inst.batch.clone(),
-        noop: inst.noop,
-        unchanged: inst.status == Status::PreAccepted && inst.initial == Initial::Same,
-    }
-}
-
-pub(super) fn record(id: InstanceId, inst: &Instance) -> Record {
-    Record {
-        id,
-        promised: inst.promised,
-        voted: inst.voted,
-        status: inst.status.min(Status::Committed),
-        attrs: inst.attrs,
-        initial: inst.initial_attrs().copied(),
-        batch: inst.batch.clone(),
-        noop: inst.noop,
     }
 }

@@ -8,46 +8,11 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashSet;
 
-use super::message::Message;
+use super::lead::{Lead, Phase};
+use super::message::{Message, Value};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
-
-/// Where an instance this replica leads (as command leader or recoverer)
-/// stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Recovery: collecting promises.
-    Prepare,
-    /// Recovery: asking the Prepare quorum for contradicting instances.
-    Validate,
-    /// Recovery: waiting for contradicting instances to commit.
-    Waiting,
-    PreAccept,
-    Accept,
-    /// Committed; waiting for every peer to acknowledge the commit.
-    Commit,
-}
-
-/// Bookkeeping a replica keeps for an instance it leads, until every peer
-/// has the commit (or a higher ballot takes the instance over).
-#[derive(Debug)]
-pub(crate) struct Lead {
-    pub ballot: Ballot,
-    pub phase: Phase,
-    /// Attributes the leader proposed: the fast path commits these.
-    pub initial: Attrs,
-    /// Union of the attributes in the replies: the slow path accepts these.
-    pub merged: Attrs,
-    /// Peers the current phase's message went to.
-    pub sent: u16,
-    /// Peers that answered the current phase.
-    pub replied: u16,
-    /// Replies (PreAccept phase) whose attributes differ from `initial`.
-    pub changed: u32,
-    /// Recovery only: what the Prepare and Validate replies showed.
-    pub recovery: Option<Box<super::recovery::Tally>>,
-}
 
 /// Tarjan's per-node state, valid only while `epoch` matches the run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -142,17 +107,8 @@ impl Instance {
             .is_some_and(|l| l.phase != Phase::Commit && l.ballot != self.promised)
     }
 
-    /// The trace event of this instance's commit, for the simulator.
-    pub fn committed_event(&self, id: InstanceId) -> super::outbox::TraceEvent {
-        super::outbox::TraceEvent::Committed {
-            id,
-            attrs: self.attrs,
-            batch: self.value_batch(),
-        }
-    }
-
     pub fn commit_message(&self, id: InstanceId) -> Message {
-        Message::Commit(super::message::Commit {
+        Message::Commit(Value {
             id,
             ballot: self.voted,
             attrs: self.attrs,

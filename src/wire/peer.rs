@@ -20,8 +20,8 @@ use super::frame::{FrameEncoder, FrameError, Kind, SMALL_BODY_BYTES_MAX};
 use crate::command::Batch;
 use crate::constants::REPLICAS_MAX;
 use crate::protocol::{
-    Accept, AcceptOk, Attrs, Ballot, Commit, CommitOk, Deps, InstanceId, Message, Nack, PreAccept,
-    PreAcceptOk, Prepare, PrepareOk, ReplicaId, Slot, Status, Validate, ValidateOk, Waiting,
+    AcceptOk, Attrs, Ballot, CommitOk, Deps, InstanceId, Message, Nack, PreAccept, PreAcceptOk,
+    Prepare, PrepareOk, ReplicaId, Slot, Status, Validate, ValidateOk, Value, Waiting,
 };
 
 #[repr(C)]
@@ -454,14 +454,14 @@ fn decode_value(c: &Check, body: &Bytes) -> Result<Message, FrameError> {
             attrs,
             batch,
         }),
-        Kind::Accept => Message::Accept(Accept {
+        Kind::Accept => Message::Accept(Value {
             id,
             ballot,
             attrs,
             batch,
             noop,
         }),
-        Kind::Commit => Message::Commit(Commit {
+        Kind::Commit => Message::Commit(Value {
             id,
             ballot,
             attrs,
@@ -516,7 +516,7 @@ mod tests {
                 batch: batch(),
             }),
             Message::PreAcceptOk(PreAcceptOk { id, ballot, attrs }),
-            Message::Accept(Accept {
+            Message::Accept(Value {
                 id,
                 ballot,
                 attrs,
@@ -524,7 +524,7 @@ mod tests {
                 noop: true,
             }),
             Message::AcceptOk(AcceptOk { id, ballot }),
-            Message::Commit(Commit {
+            Message::Commit(Value {
                 id,
                 ballot,
                 attrs,
