@@ -2,6 +2,7 @@
 //! must report it. A checker that passes everything proves nothing.
 
 use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
+use epaxos_fast::node::NodeBug;
 use epaxos_fast::protocol::{Attrs, Deps, InjectedBug, InstanceId, ReplicaId};
 use epaxos_fast::sim::check::{
     check_agreement, check_all_executed, check_execution_order, ReplicaLog,
@@ -226,4 +227,27 @@ fn simulator_catches_each_recovery_defect() {
         missed.push((bug, caught.is_empty()));
     }
     assert!(missed.iter().all(|(_, m)| !m), "{missed:?}");
+}
+
+#[test]
+fn simulator_catches_each_node_defect() {
+    // Defects of the node above the core: the contract checks see them as
+    // the frames leave, on every seed tried.
+    for (bug, shards, kind) in [
+        (NodeBug::ReleaseBeforeDurable, 1, "durability"),
+        (NodeBug::AnswerForwardedTwice, 2, "answers"),
+    ] {
+        for seed in 0..10 {
+            let mut cfg = SimConfig::new(seed, 3);
+            cfg.shards = shards;
+            cfg.node_bug = Some(bug);
+            let report = sim::run(&cfg);
+            assert!(
+                report.failures.iter().any(|f| f.starts_with(kind)),
+                "{bug:?}, seed {seed}: not caught as {kind}: {:?}\nreplay: {}",
+                report.failures,
+                cfg.replay_command()
+            );
+        }
+    }
 }

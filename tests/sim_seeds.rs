@@ -1,6 +1,7 @@
 //! Simulator seeds run in CI: 1,000 each for 3 and 5 replicas, spread over the
 //! fault mixes and conflict rates, plus a few for 1, 7 and 9 replicas and in
-//! thrifty mode. The long soaks are `epaxos-sim` commands (see the README).
+//! thrifty mode, several shards a replica, and a node pipeline of one. The
+//! long soaks are `epaxos-sim` commands (see the README).
 
 use epaxos_fast::sim::{self, FaultMix, SimConfig};
 
@@ -64,4 +65,18 @@ fn one_seven_and_nine_replicas() {
     run_seeds(1, 0..20, |_| {});
     run_seeds(7, 0..40, |_| {});
     run_seeds(9, 0..20, |_| {});
+}
+
+#[test]
+fn several_shards_forward_commands() {
+    // Clients send to any shard; commands for another shard's keys are
+    // forwarded to it and answered back through the shard they came in on.
+    run_seeds(3, 3000..3150, |c| c.shards = 2);
+    run_seeds(5, 3000..3060, |c| c.shards = 3);
+}
+
+#[test]
+fn a_shallow_node_pipeline() {
+    // Batches wait while the shard leads this many uncommitted instances.
+    run_seeds(5, 4000..4100, |c| c.node_pipeline = 1);
 }

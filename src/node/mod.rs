@@ -562,3 +562,6 @@ impl<S: Storage> Node<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

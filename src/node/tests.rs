@@ -1,0 +1,242 @@
+//! The node alone: frames in, bytes out, nothing real underneath.
+
+use bytes::BytesMut;
+
+use super::*;
+use crate::command::{shard_of, CommandRef, Op};
+use crate::storage::MemStorage;
+use crate::wire::client::{decode_response, Code, HelloBody, Role};
+use crate::wire::FrameReader;
+
+const CLUSTER: u64 = 9;
+
+fn config(replicas: usize, shards: usize, shard: usize) -> NodeConfig {
+    NodeConfig {
+        replica: ReplicaId(0),
+        replicas,
+        shard,
+        shards,
+        cluster_id: CLUSTER,
+        thrifty: false,
+        batch_max: 64,
+        pipeline: 64,
+        rng_seed: 1,
+        trace: false,
+        injected_bug: None,
+        node_bug: None,
+        test_lose_write: 0,
+    }
+}
+
+fn frame(shard: usize, kind: Kind, body: &[u8]) -> Frame {
+    let enc = FrameEncoder {
+        cluster_id: CLUSTER,
+        sender: 0,
+        shard: shard as u8,
+    };
+    let mut buf = BytesMut::new();
+    enc.frame(&mut buf, kind, |b| b.extend_from_slice(body));
+    FrameReader::new(CLUSTER).next(&mut buf).unwrap().unwrap()
+}
+
+fn client_hello(shard: usize, shards: u8) -> Frame {
+    let hello = HelloBody {
+        role: Role::Client as u8,
+        shard: shard as u8,
+        shards,
+        ..HelloBody::default()
+    };
+    frame(shard, Kind::Hello, zerocopy::IntoBytes::as_bytes(&hello))
+}
+
+fn request(shard: usize, client: u64, request: u64, key: &[u8]) -> Frame {
+    let mut b = BatchBuilder::new();
+    b.push(&CommandRef {
+        client,
+        request,
+        first_outstanding: request,
+        op: Op::Put,
+        key,
+        value: b"v",
+    });
+    frame(shard, Kind::Request, b.finish().bytes())
+}
+
+/// Every frame queued for `conn`, by kind.
+fn frames_for(node: &mut Node<MemStorage>, conn: ConnId) -> Vec<Frame> {
+    let mut bytes = node.take_conn_bytes(conn, BytesMut::new());
+    let reader = FrameReader::new(CLUSTER);
+    let mut frames = Vec::new();
+    while let Some(f) = reader.next(&mut bytes).unwrap() {
+        frames.push(f);
+    }
+    frames
+}
+
+fn outputs(node: &mut Node<MemStorage>) -> Vec<Output> {
+    std::iter::from_fn(|| node.poll_output()).collect()
+}
+
+fn connected_client(node: &mut Node<MemStorage>, shard: usize) -> ConnId {
+    let conn = node.accept();
+    node.on_frame(0, conn, client_hello(shard, node.config().shards as u8))
+        .unwrap();
+    let answer = frames_for(node, conn);
+    assert_eq!(answer[0].kind, Kind::HelloOk);
+    outputs(node);
+    conn
+}
+
+#[test]
+fn an_answer_waits_until_its_commit_record_is_durable() {
+    let mut node = Node::start(config(1, 1, 0), MemStorage::new(), 0);
+    let conn = connected_client(&mut node, 0);
+    node.on_frame(1, conn, request(0, 7, 1, b"k")).unwrap();
+    node.turn(2);
+    // Committed and executed (one replica), but nothing left yet.
+    assert!(frames_for(&mut node, conn).is_empty());
+    assert_eq!(node.turns_held(), 1);
+    let token = node.sync_wanted().expect("the commit record to sync");
+    assert_eq!(node.sync_wanted(), None, "asked once");
+    node.storage_mut().make_durable(token);
+    node.durable(token);
+    assert_eq!(outputs(&mut node), vec![Output::Conn(conn)]);
+    let answers = frames_for(&mut node, conn);
+    assert_eq!(answers.len(), 1);
+    let r = decode_response(&answers[0].body).unwrap();
+    assert_eq!((r.client, r.request, r.code), (7, 1, Code::Done));
+    assert_eq!(node.awaiting_answers(), 0);
+}
+
+#[test]
+fn later_turns_wait_behind_an_earlier_one_in_order() {
+    let mut node = Node::start(config(1, 1, 0), MemStorage::new(), 0);
+    let conn = connected_client(&mut node, 0);
+    node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    node.turn(2);
+    let first = node.sync_wanted().unwrap();
+    node.on_frame(3, conn, request(0, 7, 2, b"b")).unwrap();
+    node.turn(4);
+    let second = node.sync_wanted().unwrap();
+    assert!(first < second);
+    // The second sync completing first releases both, in order.
+    node.storage_mut().make_durable(second);
+    node.durable(second);
+    let requests: Vec<u64> = frames_for(&mut node, conn)
+        .iter()
+        .map(|f| decode_response(&f.body).unwrap().request)
+        .collect();
+    assert_eq!(requests, vec![1, 2]);
+    assert_eq!(node.turns_held(), 0);
+}
+
+#[test]
+fn a_restart_rebuilds_from_what_was_durable_only() {
+    let mut node = Node::start(config(1, 1, 0), MemStorage::new(), 0);
+    let conn = connected_client(&mut node, 0);
+    node.on_frame(1, conn, request(0, 7, 1, b"kept")).unwrap();
+    node.turn(2);
+    let t = node.sync_wanted().unwrap();
+    node.storage_mut().make_durable(t);
+    node.durable(t);
+    node.on_frame(3, conn, request(0, 7, 2, b"lost")).unwrap();
+    node.turn(4);
+    let mut storage = node.into_storage();
+    storage.crash();
+    let node = Node::start(config(1, 1, 0), storage, 10);
+    assert_eq!(node.core().state_machine().len(), 1, "only the durable PUT");
+}
+
+#[test]
+fn a_hello_with_another_shard_count_is_refused_with_both_values() {
+    let mut node = Node::start(config(1, 2, 0), MemStorage::new(), 0);
+    let conn = node.accept();
+    let e = node.on_frame(0, conn, client_hello(0, 3)).unwrap_err();
+    assert!(matches!(&e, ConnError::Refused(why) if why.contains('2') && why.contains('3')));
+    assert!(outputs(&mut node).contains(&Output::Close(conn)));
+    assert_eq!(frames_for(&mut node, conn)[0].kind, Kind::Refused);
+}
+
+#[test]
+fn a_bad_frame_is_refused_and_counted_and_never_reaches_the_core() {
+    let mut node = Node::start(config(1, 1, 0), MemStorage::new(), 0);
+    let conn = connected_client(&mut node, 0);
+    let e = node
+        .on_frame(1, conn, frame(0, Kind::Request, &[1, 2, 3]))
+        .unwrap_err();
+    assert!(matches!(e, ConnError::Frame(_)));
+    let e = node
+        .on_frame(1, conn, frame(0, Kind::Commit, &[0; 8]))
+        .unwrap_err();
+    assert!(matches!(e, ConnError::Frame(_)));
+    assert_eq!(node.admin_info().bad_frames.get(), 2);
+    assert_eq!(node.core().stats().proposed, 0);
+}
+
+#[test]
+fn a_command_for_another_shard_is_forwarded_and_its_answer_comes_back() {
+    let key = (0u32..)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| shard_of(k, 2) == 1)
+        .unwrap();
+    let mut front = Node::start(config(1, 2, 0), MemStorage::new(), 0);
+    let mut owner = Node::start(config(1, 2, 1), MemStorage::new(), 0);
+    let conn = connected_client(&mut front, 0);
+    front.on_frame(1, conn, request(0, 7, 1, &key)).unwrap();
+    front.turn(1);
+    assert_eq!(outputs(&mut front), vec![Output::Cross(1)]);
+    assert_eq!(front.core().stats().proposed, 0, "not the owner");
+    for msg in front.take_cross(1, Vec::new()) {
+        owner.on_cross(msg);
+    }
+    owner.turn(2);
+    let t = owner.sync_wanted().unwrap();
+    owner.storage_mut().make_durable(t);
+    owner.durable(t);
+    assert_eq!(outputs(&mut owner), vec![Output::Cross(0)]);
+    let answers = owner.take_cross(0, Vec::new());
+    assert_eq!(answers.len(), 1);
+    for msg in answers {
+        front.on_cross(msg);
+    }
+    let r = decode_response(&frames_for(&mut front, conn)[0].body).unwrap();
+    assert_eq!((r.client, r.request, r.code), (7, 1, Code::Done));
+}
+
+#[test]
+fn the_pipeline_limit_holds_a_partial_batch_while_instances_are_in_flight() {
+    let mut cfg = config(3, 1, 0);
+    cfg.pipeline = 1;
+    let mut node = Node::start(cfg, MemStorage::new(), 0);
+    node.link_up(ReplicaId(1));
+    node.link_up(ReplicaId(2));
+    let conn = connected_client(&mut node, 0);
+    node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    node.turn(1);
+    node.on_frame(2, conn, request(0, 7, 2, b"b")).unwrap();
+    node.turn(2);
+    // No peer answered: the first instance is in flight, the second waits.
+    assert_eq!(node.core().proposals_in_flight(), 1);
+    assert_eq!(node.core().stats().proposed, 1);
+}
+
+#[test]
+fn messages_for_a_peer_whose_link_is_down_are_dropped_and_counted() {
+    let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
+    node.link_up(ReplicaId(1));
+    let conn = connected_client(&mut node, 0);
+    node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    node.turn(1);
+    let t = node.sync_wanted().unwrap();
+    node.storage_mut().make_durable(t);
+    node.durable(t);
+    assert_eq!(outputs(&mut node), vec![Output::Link(ReplicaId(1))]);
+    assert!(!node
+        .take_link_bytes(ReplicaId(1), BytesMut::new())
+        .is_empty());
+    assert_eq!(
+        node.admin_info().dropped_messages.get(),
+        1,
+        "the PreAccept to replica 2"
+    );
+}
