@@ -5,7 +5,8 @@
 //! - [`state_machine`]: the conflict relation and `apply`; the KV store.
 //! - [`wire`]: fixed-layout records read in place from receive buffers.
 //! - [`runtime`]: glommio shards, peer links and client sessions over io_uring.
-//! - [`client`]: a blocking client of the binary protocol (tests, tools).
+//! - [`client`]: the client session (no IO) and a blocking client of the
+//!   binary protocol on it (tests, tools).
 //! - [`sim`]: a deterministic cluster simulator and the correctness checkers.
 //!
 //! The core's call contract is in [`protocol`]'s documentation.
