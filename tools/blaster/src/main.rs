@@ -10,6 +10,7 @@ mod cluster;
 mod load;
 mod report;
 mod verify;
+mod wake;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -143,7 +144,7 @@ fn check(args: &Args) -> Result<(), String> {
         ));
     }
     // A connection's requests in flight stay within the replica's window.
-    let window = CLIENT_WINDOW_REQUESTS_MAX as usize - 1;
+    let window = CLIENT_WINDOW_REQUESTS_MAX as usize;
     if args.outstanding == 0 || args.outstanding > window {
         return Err(format!(
             "--outstanding takes 1 to {window} requests per connection"
