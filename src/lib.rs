@@ -7,6 +7,7 @@
 //! - [`runtime`]: glommio shards, peer links and client sessions over io_uring.
 //! - [`client`]: the client session (no IO) and a blocking client of the
 //!   binary protocol on it (tests, tools).
+//! - [`harness`]: a local cluster of real replica processes (tests, blaster).
 //! - [`sim`]: a deterministic cluster simulator and the correctness checkers.
 //!
 //! The core's call contract is in [`protocol`]'s documentation.
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod command;
 pub mod constants;
+pub mod harness;
 pub mod protocol;
 pub mod rng;
 pub mod runtime;

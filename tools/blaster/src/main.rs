@@ -41,8 +41,8 @@ pub struct Args {
     #[arg(long, conflicts_with = "targets")]
     local_cluster: Option<usize>,
     /// Shards per local replica (--local-cluster).
-    #[arg(long, default_value_t = 1)]
-    pub replica_cores: u16,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub replica_cores: u8,
     /// Local replicas send PreAccepts to a fast quorum only.
     #[arg(long)]
     pub thrifty: bool,
@@ -170,7 +170,7 @@ fn check(args: &Args) -> Result<(), String> {
 
 fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     let local = match args.local_cluster {
-        Some(n) => Some(cluster::LocalCluster::start(n, args)?),
+        Some(n) => Some(cluster::start(n, args)?),
         None => None,
     };
     let targets: Vec<SocketAddr> = match &local {
