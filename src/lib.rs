@@ -8,7 +8,9 @@
 //!   routing, forwarding, and the order persist, then send, then reply.
 //! - [`storage`]: what must survive a crash (the trait, in-memory impl).
 //! - [`runtime`]: the glommio driver of the nodes: sockets, timers, channels.
-//! - [`client`]: a blocking client of the binary protocol (tests, tools).
+//! - [`client`]: the client session (no IO) and a blocking client of the
+//!   binary protocol on it (tests, tools).
+//! - [`harness`]: a local cluster of real replica processes (tests, blaster).
 //! - [`sim`]: a deterministic cluster simulator and the correctness checkers.
 //!
 //! The core's call contract is in [`protocol`]'s documentation.
@@ -16,6 +18,7 @@
 pub mod client;
 pub mod command;
 pub mod constants;
+pub mod harness;
 pub mod node;
 pub mod protocol;
 pub mod rng;

@@ -9,44 +9,38 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::{Cluster, CLUSTER_ID, TIMEOUT};
-use epaxos_fast::client::{ClientError, Connection};
-use epaxos_fast::command::{BatchBuilder, CommandRef, Op};
+use epaxos_fast::client::{ClientError, Connection, Session};
+use epaxos_fast::command::Op;
 use epaxos_fast::constants::FRAME_BODY_BYTES_MAX;
 use epaxos_fast::wire::client::{Code, HelloBody, Role};
-use epaxos_fast::wire::{FrameEncoder, Kind};
+use epaxos_fast::wire::Kind;
 use zerocopy::IntoBytes;
 
-const ENC: FrameEncoder = FrameEncoder {
-    cluster_id: CLUSTER_ID,
-    sender: 0,
-    shard: 0,
-};
+/// The well-formed frames the bad ones are made from: a client's.
+fn session() -> Session {
+    Session::new(77, CLUSTER_ID, 0)
+}
 
 fn frame(kind: Kind, body: &[u8]) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    ENC.frame(&mut buf, kind, |b| b.extend_from_slice(body));
+    session()
+        .encoder()
+        .frame(&mut buf, kind, |b| b.extend_from_slice(body));
     buf.to_vec()
 }
 
 fn client_hello() -> Vec<u8> {
-    let hello = HelloBody {
-        role: Role::Client as u8,
-        ..HelloBody::default()
-    };
-    frame(Kind::Hello, hello.as_bytes())
+    let mut buf = BytesMut::new();
+    session().hello(&mut buf);
+    buf.to_vec()
 }
 
 fn request() -> Vec<u8> {
-    let mut b = BatchBuilder::new();
-    b.push(&CommandRef {
-        client: 77,
-        request: 1,
-        first_outstanding: 1,
-        op: Op::Put,
-        key: b"k",
-        value: b"v",
-    });
-    frame(Kind::Request, b.finish().bytes())
+    let mut s = session();
+    s.queue(Op::Put, b"k", b"v").unwrap();
+    let mut buf = BytesMut::new();
+    s.encode(&mut buf);
+    buf.to_vec()
 }
 
 /// Sends `bytes` on a fresh connection to replica 0, shard 0 (after a

@@ -3,29 +3,26 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
 use bytes::BytesMut;
 use common::{Cluster, CLUSTER_ID, TIMEOUT};
+use epaxos_fast::client::{read_frame, Received, Session};
 use epaxos_fast::command::{BatchBuilder, CommandRef, Op};
-use epaxos_fast::wire::client::{decode_response, Code, HelloBody, Response, Role};
-use epaxos_fast::wire::{FrameEncoder, FrameReader, Kind, ReadBuffer};
-use zerocopy::IntoBytes;
+use epaxos_fast::wire::client::{Code, Response};
+use epaxos_fast::wire::{Frame, Kind, ReadBuffer};
 
-const ENC: FrameEncoder = FrameEncoder {
-    cluster_id: CLUSTER_ID,
-    sender: 0,
-    shard: 0,
-};
 const CLIENT: u64 = 0x5eed;
 
-/// A client connection that sets request numbers itself, as a client
-/// re-sending a request (to this replica or another) does.
+/// A client connection that can also send a copy of a request it has
+/// numbered already, as a client re-sending a request (to this replica or
+/// another) does.
 struct RawClient {
     stream: TcpStream,
-    reader: FrameReader,
+    session: Session,
     buf: ReadBuffer,
+    out: BytesMut,
 }
 
 impl RawClient {
@@ -34,25 +31,32 @@ impl RawClient {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut c = RawClient {
             stream,
-            reader: FrameReader::new(CLUSTER_ID),
+            session: Session::new(CLIENT, CLUSTER_ID, 0),
             buf: ReadBuffer::default(),
+            out: BytesMut::new(),
         };
-        let hello = HelloBody {
-            role: Role::Client as u8,
-            ..HelloBody::default()
-        };
-        c.send(Kind::Hello, hello.as_bytes());
-        assert_eq!(c.frame().0, Kind::HelloOk);
+        c.session.hello(&mut c.out);
+        c.write_out();
+        let answer = c.frame();
+        c.session.on_hello_answer(&answer).expect("HelloOk");
         c
     }
 
-    fn send(&mut self, kind: Kind, body: &[u8]) {
-        let mut out = BytesMut::new();
-        ENC.frame(&mut out, kind, |b| b.extend_from_slice(body));
-        self.stream.write_all(&out).expect("write");
+    fn write_out(&mut self) {
+        self.stream.write_all(&self.out).expect("write");
+        self.out.clear();
     }
 
-    fn put(&mut self, request: u64, first_outstanding: u64, value: &[u8]) {
+    /// The next PUT of the session; its request number.
+    fn put(&mut self, value: &[u8]) -> u64 {
+        let request = self.session.queue(Op::Put, b"retried", value).unwrap();
+        self.session.encode(&mut self.out);
+        self.write_out();
+        request
+    }
+
+    /// A copy of a PUT sent earlier, numbered as it was then.
+    fn resend(&mut self, request: u64, first_outstanding: u64, value: &[u8]) {
         let mut b = BatchBuilder::new();
         b.push(&CommandRef {
             client: CLIENT,
@@ -62,24 +66,26 @@ impl RawClient {
             key: b"retried",
             value,
         });
-        self.send(Kind::Request, b.finish().bytes());
+        let batch = b.finish();
+        self.session
+            .encoder()
+            .frame(&mut self.out, Kind::Request, |x| {
+                x.extend_from_slice(batch.bytes())
+            });
+        self.write_out();
     }
 
-    fn frame(&mut self) -> (Kind, bytes::Bytes) {
-        loop {
-            if let Some(f) = self.reader.next(self.buf.received()).expect("good frame") {
-                return (f.kind, f.body);
-            }
-            let n = self.stream.read(self.buf.room()).expect("read");
-            assert!(n > 0, "the replica closed the connection");
-            self.buf.filled(n);
-        }
+    fn frame(&mut self) -> Frame {
+        read_frame(&mut self.stream, self.session.reader(), &mut self.buf).expect("a good frame")
     }
 
+    /// The next answer; a second answer to a request fails the test.
     fn answer(&mut self) -> Response {
-        let (kind, body) = self.frame();
-        assert_eq!(kind, Kind::Response);
-        decode_response(&body).expect("a response")
+        let frame = self.frame();
+        match self.session.on_frame(frame).expect("a response") {
+            Received::Answer(r) => r,
+            other => panic!("not the answer to an outstanding request: {other:?}"),
+        }
     }
 }
 
@@ -87,18 +93,18 @@ impl RawClient {
 fn a_retry_the_client_acknowledged_is_not_applied_and_not_kept() {
     let cluster = Cluster::start(1, 1);
     let mut c = RawClient::connect(&cluster);
-    c.put(1, 1, b"one");
+    assert_eq!(c.put(b"one"), 1);
     let r = c.answer();
     assert_eq!((r.request, r.code), (1, Code::Done));
     // Request 2 acknowledges request 1 (its first outstanding is 2).
-    c.put(2, 2, b"two");
+    assert_eq!(c.put(b"two"), 2);
     let r = c.answer();
     assert_eq!((r.request, r.code), (2, Code::Done));
     // A late copy of request 1, as a retry to a slow replica would arrive.
-    c.put(1, 1, b"one");
+    c.resend(1, 1, b"one");
     // The client's next request is ordered after the copy: its answer comes
     // first and alone (nobody waits for the copy).
-    c.put(3, 3, b"three");
+    assert_eq!(c.put(b"three"), 3);
     let r = c.answer();
     assert_eq!((r.request, r.code), (3, Code::Done));
 

@@ -10,20 +10,18 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use epaxos_fast::client::fresh_client_id;
+use epaxos_fast::client::{fresh_client_id, Received, Session};
 use epaxos_fast::command::shard_of;
-use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
-use epaxos_fast::constants::{BATCH_COMMANDS_MAX, CLIENT_WINDOW_REQUESTS_MAX};
+use epaxos_fast::command::Op;
+use epaxos_fast::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use epaxos_fast::rng::Rng;
-use epaxos_fast::runtime::Notify;
-use epaxos_fast::wire::client::{
-    decode_hello_answer, decode_response, shard_addr, Code, HelloBody, Role,
-};
-use epaxos_fast::wire::{FrameEncoder, FrameReader, Kind, ReadBuffer};
+use epaxos_fast::wire::client::{shard_addr, Code};
+use epaxos_fast::wire::{FrameReader, ReadBuffer};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
-use zerocopy::IntoBytes;
+
+use crate::wake::Wake;
 
 /// What every connection of a run shares.
 #[derive(Clone, Debug)]
@@ -187,58 +185,37 @@ async fn connect_and_run(
     stream
         .set_nodelay(true)
         .map_err(|e| format!("{who}: {e}"))?;
-    let enc = FrameEncoder {
-        cluster_id: w.cluster_id,
-        sender: 0,
-        shard: target.shard,
-    };
-    let reader = FrameReader::new(w.cluster_id);
+    let mut session = Session::new(fresh_client_id(), w.cluster_id, target.shard);
+    let reader = session.reader();
     let mut out = BytesMut::new();
-    let hello = HelloBody {
-        role: Role::Client as u8,
-        shard: target.shard,
-        ..HelloBody::default()
-    };
-    enc.frame(&mut out, Kind::Hello, |b| {
-        b.extend_from_slice(hello.as_bytes())
-    });
+    session.hello(&mut out);
     stream
         .write_all(&out)
         .await
         .map_err(|e| format!("{who}: {e}"))?;
-    out.clear();
     let mut inbuf = ReadBuffer::default();
-    let server = loop {
+    let shards = loop {
         if let Some(f) = reader
             .next(inbuf.received())
             .map_err(|e| format!("{who}: {e}"))?
         {
-            break decode_hello_answer(f.kind, &f.body)
-                .map_err(|e| format!("{who}: {e}"))?
-                .map_err(|why| format!("{who}: refused: {why}"))?;
+            let server = session
+                .on_hello_answer(&f)
+                .map_err(|e| format!("{who}: {e}"))?;
+            break usize::from(server.shards);
         }
         read_more(&mut stream, &mut inbuf)
             .await
             .map_err(|e| format!("{who}: {e}"))?;
     };
-    let keys = own_keys(
-        target.index,
-        w.keys.max(1),
-        target.shard,
-        usize::from(server.shards),
-    );
+    let keys = own_keys(target.index, w.keys.max(1), target.shard, shards);
     let keys_len = keys.len();
     let conn = Conn {
-        client: fresh_client_id(),
-        next_request: 1,
+        session,
         sent_at: vec![None; CLIENT_WINDOW_REQUESTS_MAX as usize],
-        inflight: 0,
-        oldest: 1,
         rng: Rng::new(seed),
         keys,
         value: vec![b'v'; w.value_bytes],
-        batch: BatchBuilder::new(),
-        full: Vec::new(),
         zipf_cdf: w.zipf.map(|s| zipf_cdf(keys_len, s)),
         history: w.history.then(|| History {
             pending: (0..CLIENT_WINDOW_REQUESTS_MAX).map(|_| None).collect(),
@@ -261,7 +238,7 @@ async fn connect_and_run(
         conn,
         end: measure_from + w.duration,
     }));
-    let wake = Rc::new(Notify::default());
+    let wake = Rc::new(Wake::new());
     let (mut rx, mut tx) = futures_lite::io::split(stream);
     let schedule = start
         + w.rate.map_or(Duration::ZERO, |rate| {
@@ -270,7 +247,7 @@ async fn connect_and_run(
     let writer = {
         let (state, wake, w) = (state.clone(), wake.clone(), w.clone());
         glommio::spawn_local(async move {
-            send_loop(&mut tx, enc, &state, &wake, &w, schedule, measure_from).await
+            send_loop(&mut tx, &state, &wake, &w, schedule, measure_from).await
         })
     };
     let received = recv_loop(
@@ -324,9 +301,8 @@ fn phase(index: usize, rate: f64, connections: usize) -> Duration {
 /// due in the measured time (from `measure_from`) went out is recorded.
 async fn send_loop(
     tx: &mut (impl AsyncWrite + Unpin),
-    enc: FrameEncoder,
     state: &RefCell<State>,
-    wake: &Notify,
+    wake: &Wake,
     w: &Workload,
     start: Instant,
     measure_from: Instant,
@@ -360,7 +336,7 @@ async fn send_loop(
             let conn = &mut s.conn;
             let next = match w.rate {
                 None => {
-                    while conn.inflight < w.outstanding && conn.room() {
+                    while conn.session.outstanding() < w.outstanding && conn.room() {
                         conn.queue(w, now);
                     }
                     s.end
@@ -391,16 +367,7 @@ async fn send_loop(
                     }
                 }
             };
-            let conn = &mut s.conn;
-            if !conn.batch.is_empty() {
-                let batch = conn.batch.finish();
-                conn.full.push(batch);
-            }
-            for batch in conn.full.drain(..) {
-                enc.frame(&mut out, Kind::Request, |b| {
-                    b.extend_from_slice(batch.bytes())
-                });
-            }
+            s.conn.session.encode(&mut out);
             next
         };
         if !out.is_empty() {
@@ -425,7 +392,7 @@ async fn recv_loop(
     reader: FrameReader,
     inbuf: ReadBuffer,
     state: &RefCell<State>,
-    wake: &Notify,
+    wake: &Wake,
     w: &Workload,
     measure_from: Instant,
     live: Live,
@@ -450,7 +417,7 @@ async fn recv_loop(
         // lost; stop the writer, so that it does not send more into a
         // connection nobody reads.
         let mut s = state.borrow_mut();
-        tally.lost_in_flight = s.conn.inflight as u64;
+        tally.lost_in_flight = s.conn.session.outstanding() as u64;
         s.end = s.end.min(Instant::now());
         tally.checks = s.conn.checks(w.value_bytes);
         tally.history = s.conn.history_unanswered();
@@ -465,7 +432,7 @@ async fn receive(
     reader: FrameReader,
     mut inbuf: ReadBuffer,
     state: &RefCell<State>,
-    wake: &Notify,
+    wake: &Wake,
     w: &Workload,
     measure_from: Instant,
     live: Live,
@@ -481,20 +448,16 @@ async fn receive(
         let mut s = state.borrow_mut();
         let end = s.end;
         while let Some(f) = reader.next(inbuf.received()).map_err(|e| e.to_string())? {
-            if f.kind != Kind::Response {
-                return Err(format!("unexpected {:?}", f.kind));
-            }
-            let r = decode_response(&f.body).map_err(|e| e.to_string())?;
-            if r.client != s.conn.client {
-                return Err(format!(
-                    "an answer for client {:#x}, not this one",
-                    r.client
-                ));
-            }
-            let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
-            let Some(sent) = s.conn.answered(r.request) else {
-                continue; // a duplicate, or not ours
+            let r = match s.conn.session.on_frame(f).map_err(|e| e.to_string())? {
+                Received::Answer(r) => r,
+                Received::Stale(_) => continue, // a retry's answer
+                Received::Admin(_) => unreachable!("blaster sends no Admin"),
             };
+            let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
+            let slot = (r.request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
+            let sent = s.conn.sent_at[slot]
+                .take()
+                .expect("an outstanding request has its send time");
             s.conn.verify_answer(r.request, ok);
             s.conn.history_answer(r.request, r.code, &r.value, now);
             let ns = now.duration_since(sent).as_nanos().max(1) as u64;
@@ -510,7 +473,7 @@ async fn receive(
             }
         }
         wake.notify();
-        let inflight = s.conn.inflight as u64;
+        let inflight = s.conn.session.outstanding() as u64;
         if now >= end && (inflight == 0 || now > end + w.drain) {
             tally.timeouts += inflight;
             live.borrow_mut().timeouts += inflight;
@@ -535,20 +498,13 @@ async fn read_more(
 }
 
 struct Conn {
-    client: u64,
-    next_request: u64,
+    /// Numbering, the window, request frames and answer matching.
+    session: Session,
     /// Send (or due) time of each outstanding request, by number mod window.
     sent_at: Vec<Option<Instant>>,
-    inflight: usize,
-    /// Lowest unanswered request number (`next_request` when none is).
-    oldest: u64,
     rng: Rng,
     keys: Vec<Vec<u8>>,
     value: Vec<u8>,
-    batch: BatchBuilder,
-    /// Batches closed because one more command would not fit, to go out
-    /// before `batch` in the next write.
-    full: Vec<Batch>,
     /// Cumulative Zipf weights over `keys`, if `--zipf`.
     zipf_cdf: Option<Vec<f64>>,
     /// With `--history`: each outstanding request's operation, by number
@@ -673,15 +629,12 @@ fn value_of(client: u64, request: u64, size: usize) -> Vec<u8> {
 
 impl Conn {
     fn queue(&mut self, w: &Workload, at: Instant) {
-        let request = self.next_request;
-        self.next_request += 1;
+        // Verified and history values carry their request's number.
+        let request = self.session.next_request();
+        let client = self.session.client_id();
         let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
         debug_assert!(self.sent_at[slot].is_none());
         self.sent_at[slot] = Some(at);
-        if self.inflight == 0 {
-            self.oldest = request;
-        }
-        self.inflight += 1;
         let (key_index, key): (Option<u32>, &[u8]) = if self.rng.chance(w.conflicts_pct) {
             (None, HOT_KEY)
         } else {
@@ -703,7 +656,7 @@ impl Conn {
             }
         }
         if !read && (self.verify.is_some() || self.history.is_some()) {
-            write_value(&mut self.value, self.client, request, w.value_bytes);
+            write_value(&mut self.value, client, request, w.value_bytes);
         }
         if let Some(h) = &mut self.history {
             h.pending[slot] = Some(Invoked {
@@ -713,21 +666,17 @@ impl Conn {
                 at: Instant::now(),
             });
         }
-        let value: &[u8] = if read { b"" } else { &self.value };
-        let cmd = CommandRef {
-            client: self.client,
-            request,
-            first_outstanding: self.oldest,
-            op: if read { Op::Get } else { Op::Put },
-            key,
-            value,
+        let (op, value): (Op, &[u8]) = if read {
+            (Op::Get, b"")
+        } else {
+            (Op::Put, &self.value)
         };
-        // One request frame carries at most what the replica takes in one
-        // batch; more goes in the next frame of the same write.
-        if !self.batch.is_empty() && !self.batch.fits(&cmd, BATCH_COMMANDS_MAX) {
-            self.full.push(self.batch.finish());
-        }
-        self.batch.push(&cmd);
+        // The caller checked the room, `check` the value size.
+        let queued = self
+            .session
+            .queue(op, key, value)
+            .expect("a request in the window");
+        debug_assert_eq!(queued, request);
     }
 
     /// Records the answer to `request` for `--history`.
@@ -788,10 +737,10 @@ impl Conn {
             .map(|(&k, log)| {
                 let later = log.unanswered.iter().filter(|&&r| r > log.acked);
                 let mut acceptable: Vec<Vec<u8>> = later
-                    .map(|&r| value_of(self.client, r, value_bytes))
+                    .map(|&r| value_of(self.session.client_id(), r, value_bytes))
                     .collect();
                 if log.acked > 0 {
-                    acceptable.push(value_of(self.client, log.acked, value_bytes));
+                    acceptable.push(value_of(self.session.client_id(), log.acked, value_bytes));
                 }
                 KeyCheck {
                     shard: self.shard,
@@ -803,25 +752,9 @@ impl Conn {
             .collect()
     }
 
-    /// Marks `request` answered; when it was sent (or due).
-    fn answered(&mut self, request: u64) -> Option<Instant> {
-        if request >= self.next_request || request < self.oldest {
-            return None;
-        }
-        let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
-        let sent = self.sent_at[slot].take()?;
-        self.inflight -= 1;
-        while self.oldest < self.next_request
-            && self.sent_at[(self.oldest % CLIENT_WINDOW_REQUESTS_MAX) as usize].is_none()
-        {
-            self.oldest += 1;
-        }
-        Some(sent)
-    }
-
     /// Whether one more request stays inside the client window.
     fn room(&self) -> bool {
-        self.next_request - self.oldest < CLIENT_WINDOW_REQUESTS_MAX - 1
+        self.session.window_left() > 0
     }
 }
 

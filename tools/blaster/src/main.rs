@@ -10,6 +10,7 @@ mod cluster;
 mod load;
 mod report;
 mod verify;
+mod wake;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -40,8 +41,8 @@ pub struct Args {
     #[arg(long, conflicts_with = "targets")]
     local_cluster: Option<usize>,
     /// Shards per local replica (--local-cluster).
-    #[arg(long, default_value_t = 1)]
-    pub replica_cores: u16,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub replica_cores: u8,
     /// Local replicas send PreAccepts to a fast quorum only.
     #[arg(long)]
     pub thrifty: bool,
@@ -143,7 +144,7 @@ fn check(args: &Args) -> Result<(), String> {
         ));
     }
     // A connection's requests in flight stay within the replica's window.
-    let window = CLIENT_WINDOW_REQUESTS_MAX as usize - 1;
+    let window = CLIENT_WINDOW_REQUESTS_MAX as usize;
     if args.outstanding == 0 || args.outstanding > window {
         return Err(format!(
             "--outstanding takes 1 to {window} requests per connection"
@@ -169,7 +170,7 @@ fn check(args: &Args) -> Result<(), String> {
 
 fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     let local = match args.local_cluster {
-        Some(n) => Some(cluster::LocalCluster::start(n, args)?),
+        Some(n) => Some(cluster::start(n, args)?),
         None => None,
     };
     let targets: Vec<SocketAddr> = match &local {

@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 
 use bytes::BytesMut;
+use epaxos_fast::client::read_frame;
 use epaxos_fast::wire::client::{HelloBody, Role};
 use epaxos_fast::wire::{FrameEncoder, FrameReader, Kind, ReadBuffer};
 use zerocopy::IntoBytes;
@@ -16,41 +17,31 @@ const CLUSTER_ID: u64 = 1;
 
 /// Answers the hello of each connection like a one-shard replica, then
 /// closes the connection at its first request without answering it.
-fn serve_then_drop(stream: TcpStream) {
-    let mut stream = stream;
+fn serve_then_drop(mut stream: TcpStream) {
     let reader = FrameReader::new(CLUSTER_ID);
     let mut buf = ReadBuffer::default();
-    let mut hello_done = false;
-    loop {
-        while let Ok(Some(frame)) = reader.next(buf.received()) {
-            if hello_done {
-                return; // a request (or an admin query): hang up on it
-            }
-            assert_eq!(frame.kind, Kind::Hello);
-            let answer = HelloBody {
-                role: Role::Peer as u8,
-                replicas: 1,
-                shards: 1,
-                ..HelloBody::default()
-            };
-            let mut out = BytesMut::new();
-            let enc = FrameEncoder {
-                cluster_id: CLUSTER_ID,
-                sender: 0,
-                shard: 0,
-            };
-            enc.frame(&mut out, Kind::HelloOk, |b| {
-                b.extend_from_slice(answer.as_bytes())
-            });
-            if stream.write_all(&out).is_err() {
-                return;
-            }
-            hello_done = true;
-        }
-        match stream.read(buf.room()) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.filled(n),
-        }
+    let Ok(hello) = read_frame(&mut stream, reader, &mut buf) else {
+        return;
+    };
+    assert_eq!(hello.kind, Kind::Hello);
+    let answer = HelloBody {
+        role: Role::Peer as u8,
+        replicas: 1,
+        shards: 1,
+        ..HelloBody::default()
+    };
+    let mut out = BytesMut::new();
+    let enc = FrameEncoder {
+        cluster_id: CLUSTER_ID,
+        sender: 0,
+        shard: 0,
+    };
+    enc.frame(&mut out, Kind::HelloOk, |b| {
+        b.extend_from_slice(answer.as_bytes())
+    });
+    if stream.write_all(&out).is_ok() {
+        // A request (or an admin query): hang up on it.
+        let _ = read_frame(&mut stream, reader, &mut buf);
     }
 }
 

@@ -8,21 +8,24 @@
 //!
 //! Every connection gets its own random client id, and numbers its requests
 //! from 1: the replica's exactly-once table is keyed by both.
+//!
+//! What a client says and how it reads the answers is the [`Session`]'s,
+//! which does no IO; a [`Connection`] is a blocking socket around one.
 
-use std::collections::{BTreeSet, VecDeque};
+mod session;
+
+pub use session::{Received, Session, SessionError};
+
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use zerocopy::{FromBytes, IntoBytes};
 
-use crate::command::{BatchBuilder, CommandRef, Op};
-use crate::constants::{CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use crate::wire::client::{
-    decode_hello_answer, decode_response, shard_addr, AdminInfo, HelloBody, Response, Role,
-};
-use crate::wire::{FrameEncoder, FrameError, FrameReader, Kind, ReadBuffer};
+use crate::command::Op;
+use crate::wire::client::{shard_addr, AdminInfo, HelloBody, Response};
+use crate::wire::{Frame, FrameError, FrameReader, ReadBuffer};
 
 /// Request bytes queued before `queue` flushes on its own.
 const QUEUED_BYTES_MAX: usize = 256 << 10;
@@ -69,6 +72,18 @@ impl From<FrameError> for ClientError {
     }
 }
 
+impl From<SessionError> for ClientError {
+    fn from(e: SessionError) -> ClientError {
+        match e {
+            SessionError::Refused(why) => ClientError::Refused(why),
+            SessionError::Frame(e) => ClientError::Frame(e),
+            e @ (SessionError::WindowFull { .. } | SessionError::Invalid(_)) => {
+                ClientError::Invalid(e.to_string())
+            }
+        }
+    }
+}
+
 /// A client id nobody else is likely to use (exactly-once is keyed by it).
 pub fn fresh_client_id() -> u64 {
     let mut bytes = [0u8; 8];
@@ -84,18 +99,32 @@ pub fn fresh_client_id() -> u64 {
     (t ^ (u64::from(std::process::id()) << 40)) | 1
 }
 
+/// The next frame from `stream`, reading into `buf` as needed: the
+/// blocking read loop of every client (and of the tests' fake replicas).
+pub fn read_frame(
+    stream: &mut impl Read,
+    reader: FrameReader,
+    buf: &mut ReadBuffer,
+) -> Result<Frame, ClientError> {
+    loop {
+        if let Some(f) = reader.next(buf.received())? {
+            return Ok(f);
+        }
+        let n = stream.read(buf.room());
+        buf.filled(*n.as_ref().unwrap_or(&0));
+        if n? == 0 {
+            return Err(ClientError::Closed);
+        }
+    }
+}
+
 pub struct Connection {
     stream: TcpStream,
-    reader: FrameReader,
-    enc: FrameEncoder,
+    session: Session,
     rbuf: ReadBuffer,
     wbuf: BytesMut,
-    queued: BatchBuilder,
     /// The replica's view: its id, N, shard count, this connection's shard.
     pub server: HelloBody,
-    client: u64,
-    next_request: u64,
-    outstanding: BTreeSet<u64>,
     /// Answers read while waiting for another one (by `call` or `admin`),
     /// handed out by `recv` first.
     ready: VecDeque<Response>,
@@ -122,88 +151,47 @@ impl Connection {
         stream.set_write_timeout(Some(timeout))?;
         let mut c = Connection {
             stream,
-            reader: FrameReader::new(cluster_id),
-            enc: FrameEncoder {
-                cluster_id,
-                sender: 0,
-                shard,
-            },
+            session: Session::new(fresh_client_id(), cluster_id, shard),
             rbuf: ReadBuffer::default(),
             wbuf: BytesMut::new(),
-            queued: BatchBuilder::new(),
             server: HelloBody::default(),
-            client: fresh_client_id(),
-            next_request: 1,
-            outstanding: BTreeSet::new(),
             ready: VecDeque::new(),
             broken: false,
         };
-        let hello = HelloBody {
-            role: Role::Client as u8,
-            shard,
-            ..HelloBody::default()
-        };
-        c.send_frame(Kind::Hello, hello.as_bytes())?;
+        c.session.hello(&mut c.wbuf);
+        c.write_out()?;
         let frame = c.next_frame()?;
-        c.server = decode_hello_answer(frame.kind, &frame.body)?.map_err(ClientError::Refused)?;
+        c.server = *c.session.on_hello_answer(&frame)?;
         Ok(c)
     }
 
     pub fn client_id(&self) -> u64 {
-        self.client
+        self.session.client_id()
     }
 
     /// Requests whose answer `recv` has not returned yet (including answers
     /// `call` or `admin` read past and keep for it): drain with
     /// `while c.outstanding() > 0 { c.recv()?; }`.
     pub fn outstanding(&self) -> usize {
-        self.outstanding.len() + self.ready.len()
+        self.session.outstanding() + self.ready.len()
     }
 
     /// Queues one command; returns its request number. Nothing is sent
     /// before `flush` (or until enough is queued).
     pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
-        if key.len() > KEY_BYTES_MAX || value.len() > VALUE_BYTES_MAX {
-            return Err(ClientError::Invalid(format!(
-                "key of {} bytes or value of {} (limits {KEY_BYTES_MAX}, {VALUE_BYTES_MAX})",
-                key.len(),
-                value.len()
-            )));
-        }
-        if op != Op::Put && !value.is_empty() {
-            return Err(ClientError::Invalid(format!("{op:?} takes no value")));
-        }
-        let request = self.next_request;
-        let first = self.outstanding.first().copied().unwrap_or(request);
-        if request - first >= CLIENT_WINDOW_REQUESTS_MAX {
-            return Err(ClientError::Invalid(format!(
-                "request {request} while {first} is unanswered: more than \
-                 {CLIENT_WINDOW_REQUESTS_MAX} apart"
-            )));
-        }
-        self.next_request += 1;
-        self.outstanding.insert(request);
-        self.queued.push(&CommandRef {
-            client: self.client,
-            request,
-            first_outstanding: first,
-            op,
-            key,
-            value,
-        });
-        if self.queued.bytes_len() >= QUEUED_BYTES_MAX {
+        let request = self.session.queue(op, key, value)?;
+        if self.session.pending_bytes() >= QUEUED_BYTES_MAX {
             self.flush()?;
         }
         Ok(request)
     }
 
-    /// Sends every queued command in one frame.
+    /// Sends every queued command, in one write.
     pub fn flush(&mut self) -> Result<(), ClientError> {
-        if self.queued.is_empty() {
+        if self.session.encode(&mut self.wbuf) == 0 {
             return Ok(());
         }
-        let batch = self.queued.finish();
-        self.send_frame(Kind::Request, batch.bytes())
+        self.write_out()
     }
 
     /// The next response (flushing first).
@@ -212,7 +200,7 @@ impl Connection {
         if let Some(r) = self.ready.pop_front() {
             return Ok(r);
         }
-        if self.outstanding.is_empty() {
+        if self.session.outstanding() == 0 {
             return Err(ClientError::Invalid(
                 "no request is waiting for an answer".into(),
             ));
@@ -237,20 +225,15 @@ impl Connection {
     /// The shard's digest and counters. Answers that arrive first are kept
     /// for `recv`.
     pub fn admin(&mut self) -> Result<AdminInfo, ClientError> {
-        self.flush()?;
-        self.send_frame(Kind::Admin, &[])?;
+        self.session.encode(&mut self.wbuf);
+        self.session.admin(&mut self.wbuf);
+        self.write_out()?;
         loop {
             let frame = self.next_frame()?;
-            if frame.kind == Kind::AdminInfo {
-                return AdminInfo::read_from_bytes(&frame.body).map_err(|_| {
-                    ClientError::Frame(FrameError::BadBody {
-                        kind: Kind::AdminInfo,
-                        reason: format!("{} bytes", frame.body.len()),
-                    })
-                });
-            }
-            if let Some(r) = self.response(frame)? {
-                self.ready.push_back(r);
+            match self.session.on_frame(frame)? {
+                Received::Admin(info) => return Ok(info),
+                Received::Answer(r) => self.ready.push_back(r),
+                Received::Stale(_) => {}
             }
         }
     }
@@ -259,58 +242,29 @@ impl Connection {
     fn read_response(&mut self) -> Result<Response, ClientError> {
         loop {
             let frame = self.next_frame()?;
-            if let Some(r) = self.response(frame)? {
-                return Ok(r);
+            match self.session.on_frame(frame)? {
+                Received::Answer(r) => return Ok(r),
+                // A retry's answer, or that of an `admin` that timed out.
+                Received::Stale(_) | Received::Admin(_) => {}
             }
         }
     }
 
-    /// A Response frame for this client, checked; `None` for an answer to a
-    /// request answered already (a retry).
-    fn response(&mut self, frame: crate::wire::Frame) -> Result<Option<Response>, ClientError> {
-        if frame.kind != Kind::Response {
-            return Err(ClientError::Frame(FrameError::Unexpected {
-                kind: frame.kind,
-                reason: "waiting for a Response",
-            }));
-        }
-        let response = decode_response(&frame.body)?;
-        if response.client != self.client {
-            return Err(ClientError::Frame(FrameError::Unexpected {
-                kind: Kind::Response,
-                reason: "an answer for another client",
-            }));
-        }
-        Ok(self
-            .outstanding
-            .remove(&response.request)
-            .then_some(response))
-    }
-
-    fn send_frame(&mut self, kind: Kind, body: &[u8]) -> Result<(), ClientError> {
+    /// Writes what `wbuf` holds and empties it.
+    fn write_out(&mut self) -> Result<(), ClientError> {
         if self.broken {
+            self.wbuf.clear();
             return Err(ClientError::Invalid(
                 "an earlier write to the replica failed: reconnect".into(),
             ));
         }
-        self.wbuf.clear();
-        self.enc
-            .frame(&mut self.wbuf, kind, |b| b.extend_from_slice(body));
         let written = self.stream.write_all(&self.wbuf);
+        self.wbuf.clear();
         self.broken = written.is_err();
         Ok(written?)
     }
 
-    fn next_frame(&mut self) -> Result<crate::wire::Frame, ClientError> {
-        loop {
-            if let Some(f) = self.reader.next(self.rbuf.received())? {
-                return Ok(f);
-            }
-            let n = self.stream.read(self.rbuf.room());
-            self.rbuf.filled(*n.as_ref().unwrap_or(&0));
-            if n? == 0 {
-                return Err(ClientError::Closed);
-            }
-        }
+    fn next_frame(&mut self) -> Result<Frame, ClientError> {
+        read_frame(&mut self.stream, self.session.reader(), &mut self.rbuf)
     }
 }

@@ -1,0 +1,257 @@
+//! A local cluster of real `epaxos-fast` processes on loopback, for the
+//! integration tests and blaster's `--local-cluster N`.
+//!
+//! It starts N replicas on free ports, waits until every shard of every
+//! replica reports all its peer links up (through the admin frame), can
+//! kill one outright and start it again, and stops them all when dropped
+//! (also when a test panics): SIGTERM, then SIGKILL for any still running
+//! after `STOP_GRACE`.
+//!
+//! It is a tool for tests and load runs, never part of a replica: the
+//! replica binary and its flags come from the caller, and it signals only
+//! processes it started and has not reaped (a reaped pid may be anyone's).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::client::{ClientError, Connection};
+
+/// How long a stopped replica has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Bound of each connect while waiting for a replica to come up.
+const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const READY_POLL: Duration = Duration::from_millis(20);
+/// Ports tried for base addresses: from the first, a stride apart.
+const PORT_FIRST: u16 = 7000;
+const PORT_LAST: u16 = 32_000;
+const PORT_STRIDE_MIN: u16 = 16;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The replica binary (tests: `env!("CARGO_BIN_EXE_epaxos-fast")`).
+    pub binary: PathBuf,
+    pub replicas: usize,
+    /// Shards per replica.
+    pub cores: u8,
+    pub cluster_id: u64,
+    /// Flags every replica gets after the harness's own.
+    pub extra_args: Vec<String>,
+    /// How long a start or a restart waits for every peer link.
+    pub ready_timeout: Duration,
+}
+
+pub struct LocalCluster {
+    /// Base address of each replica (shard s listens on port + s).
+    pub peers: Vec<SocketAddr>,
+    cfg: ClusterConfig,
+    procs: Vec<Child>,
+}
+
+/// The loopback address of this process's `nth` cluster. Every process,
+/// and every cluster in it, gets its own (127.0.0.0/8 is all loopback on
+/// Linux), so clusters of tests or runs going on at the same time never
+/// compete for ports, even while a replica is down and its ports are free.
+fn cluster_ip(nth: u16) -> Ipv4Addr {
+    let pid = std::process::id();
+    Ipv4Addr::new(127, (pid >> 8) as u8, pid as u8, 1 + (nth % 250) as u8)
+}
+
+/// `n` base addresses on `ip`, each with `cores` free ports.
+fn free_bases(ip: Ipv4Addr, n: usize, cores: u8) -> Result<Vec<SocketAddr>, String> {
+    let stride = u16::from(cores).max(PORT_STRIDE_MIN);
+    let free = |base: u16| (0..u16::from(cores)).all(|s| TcpListener::bind((ip, base + s)).is_ok());
+    let bases: Vec<SocketAddr> = (PORT_FIRST..PORT_LAST)
+        .step_by(usize::from(stride))
+        .filter(|&base| free(base))
+        .take(n)
+        .map(|base| SocketAddr::from((ip, base)))
+        .collect();
+    if bases.len() < n {
+        return Err(format!(
+            "no {n} free bases of {cores} ports on {ip} below {PORT_LAST}"
+        ));
+    }
+    Ok(bases)
+}
+
+/// Sends `signal` to `child` if it is still running. A child not reaped
+/// yet keeps its pid (a zombie holds it), so the signal cannot reach
+/// another process.
+fn signal(child: &mut Child, signal: libc::c_int) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) takes any pid and signal number; it touches no memory.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// How `child` exited, waiting until `deadline`; `None` if it still runs.
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl LocalCluster {
+    /// Starts every replica and waits until each is ready.
+    pub fn start(cfg: ClusterConfig) -> Result<LocalCluster, String> {
+        static CLUSTERS: AtomicU16 = AtomicU16::new(0);
+        assert!(cfg.replicas > 0 && cfg.cores > 0, "{cfg:?}");
+        let nth = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let peers = free_bases(cluster_ip(nth), cfg.replicas, cfg.cores)?;
+        let mut cluster = LocalCluster {
+            peers,
+            cfg,
+            procs: Vec::new(),
+        };
+        for id in 0..cluster.cfg.replicas {
+            let child = cluster.spawn(id)?;
+            cluster.procs.push(child);
+        }
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    fn spawn(&self, id: usize) -> Result<Child, String> {
+        let list: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
+        let cfg = &self.cfg;
+        Command::new(&cfg.binary)
+            .args(["--id", &id.to_string(), "--peers", &list.join(",")])
+            .args(["--cores", &cfg.cores.to_string(), "--cpus", "none"])
+            .args(["--cluster-id", &cfg.cluster_id.to_string()])
+            .args(["--log-level", "warn"])
+            .args(&cfg.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", cfg.binary.display()))
+    }
+
+    /// A client connection to shard `shard` of replica `replica`.
+    pub fn connect(
+        &self,
+        replica: usize,
+        shard: u8,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        Connection::connect(self.peers[replica], shard, self.cfg.cluster_id, timeout)
+    }
+
+    /// Waits until every shard of every replica answers with all its peer
+    /// links up; fails if a replica exits or the ready timeout passes.
+    pub fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + self.cfg.ready_timeout;
+        for r in 0..self.peers.len() {
+            for s in 0..self.cfg.cores {
+                while !self.shard_ready(r, s) {
+                    if let Ok(Some(status)) = self.procs[r].try_wait() {
+                        return Err(format!("replica {r} exited at start-up: {status}"));
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!(
+                            "replica {r} shard {s} not ready after {:?}",
+                            self.cfg.ready_timeout
+                        ));
+                    }
+                    std::thread::sleep(READY_POLL);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shard_ready(&self, r: usize, s: u8) -> bool {
+        let info = self
+            .connect(r, s, READY_CONNECT_TIMEOUT)
+            .and_then(|mut c| c.admin());
+        matches!(info, Ok(i) if usize::from(i.peers_connected) + 1 == self.peers.len())
+    }
+
+    /// Kills replica `id` outright (SIGKILL), starts it again, and waits
+    /// until the cluster is ready.
+    pub fn kill_and_restart(&mut self, id: usize) -> Result<(), String> {
+        signal(&mut self.procs[id], libc::SIGKILL);
+        self.procs[id]
+            .wait()
+            .map_err(|e| format!("reap replica {id}: {e}"))?;
+        self.procs[id] = self.spawn(id)?;
+        self.wait_ready()
+    }
+
+    /// SIGTERM to every replica; how each exited within `STOP_GRACE`
+    /// (`None`: still running; dropping the cluster kills it).
+    pub fn terminate(&mut self) -> Vec<Option<ExitStatus>> {
+        for p in &mut self.procs {
+            signal(p, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        self.procs
+            .iter_mut()
+            .map(|p| wait_until(p, deadline))
+            .collect()
+    }
+
+    /// Stops every replica (as dropping the cluster does).
+    pub fn stop(self) {}
+
+    /// The process id of replica `r`.
+    pub fn pid(&self, r: usize) -> u32 {
+        self.procs[r].id()
+    }
+
+    /// Whether every replica is still running.
+    pub fn all_alive(&mut self) -> bool {
+        self.procs
+            .iter_mut()
+            .all(|p| matches!(p.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // SIGTERM first: a replica should stop cleanly on it.
+        let statuses = self.terminate();
+        for (p, status) in self.procs.iter_mut().zip(statuses) {
+            if status.is_none() {
+                signal(p, libc::SIGKILL);
+            }
+            let _ = p.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clusters_of_one_process_get_addresses_of_their_own() {
+        assert_ne!(cluster_ip(0), cluster_ip(1));
+        assert_eq!(cluster_ip(0), cluster_ip(250), "250 clusters, then round");
+        let ip = cluster_ip(7);
+        let bases = free_bases(ip, 3, 4).unwrap();
+        assert_eq!(bases.len(), 3);
+        for pair in bases.windows(2) {
+            assert!(pair[1].port() >= pair[0].port() + PORT_STRIDE_MIN);
+        }
+        // A taken port moves that base on, not onto another's ports.
+        let held = TcpListener::bind((ip, bases[0].port() + 2)).unwrap();
+        let moved = free_bases(ip, 1, 4).unwrap();
+        assert_ne!(moved[0], bases[0]);
+        drop(held);
+    }
+}
