@@ -85,7 +85,6 @@ impl<S: Storage> Node<S> {
         }
     }
 
-
     /// A mismatch, described with both values.
     fn check_hello(&self, h: &HelloBody) -> Result<(), String> {
         let cfg = &self.cfg;

@@ -22,7 +22,7 @@ use super::RuntimeConfig;
 use crate::constants::SEND_BUFFER_KEPT_BYTES_MAX;
 use crate::node::{ConnId, Node, NodeConfig, Output};
 use crate::protocol::ReplicaId;
-use crate::storage::MemStorage;
+use crate::storage::Volatile;
 use crate::wire::client::shard_addr;
 
 /// What one shard needs to know about the cluster and itself.
@@ -95,7 +95,7 @@ impl ConnIo {
 
 pub struct Shard {
     pub cfg: ShardConfig,
-    node: RefCell<Node<MemStorage>>,
+    node: RefCell<Node<Volatile>>,
     /// Wakes the turn loop.
     pub wake: Notify,
     /// Per peer: bytes are waiting for the outgoing link.
@@ -109,7 +109,7 @@ pub struct Shard {
 impl Shard {
     pub fn new(cfg: ShardConfig, rng_seed: u64) -> Shard {
         let epoch = Instant::now();
-        let node = Node::start(cfg.node_config(rng_seed), MemStorage::new(), 0);
+        let node = Node::start(cfg.node_config(rng_seed), Volatile::default(), 0);
         Shard {
             node: RefCell::new(node),
             wake: Notify::default(),
@@ -132,7 +132,7 @@ impl Shard {
 
     /// Calls into the node with the current time, then wakes whoever its
     /// outputs name.
-    pub fn call<R>(&self, f: impl FnOnce(&mut Node<MemStorage>, u64) -> R) -> R {
+    pub fn call<R>(&self, f: impl FnOnce(&mut Node<Volatile>, u64) -> R) -> R {
         let now = self.now();
         let mut node = self.node.borrow_mut();
         let r = f(&mut node, now);
@@ -155,13 +155,12 @@ impl Shard {
         r
     }
 
-    /// One turn of the shard's loop. Storage is in memory (no `--data-dir`
-    /// yet), so what the turn appended is durable at once.
+    /// One turn of the shard's loop. Nothing is kept on disk yet (no
+    /// `--data-dir`), so what the turn appended counts as durable at once.
     pub fn turn(&self) {
         self.call(|node, now| {
             node.turn(now);
             if let Some(token) = node.sync_wanted() {
-                node.storage_mut().make_durable(token);
                 node.durable(token);
             }
         });

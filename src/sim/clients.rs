@@ -232,8 +232,9 @@ impl Sim<'_> {
             });
         }
         if let Err(e) = self.call(r, s, |node, now| node.on_frame(now, conn, frame)) {
-            self.violations
-                .push(format!("wire: replica {r} shard {s} refused a client frame: {e:?}"));
+            self.violations.push(format!(
+                "wire: replica {r} shard {s} refused a client frame: {e:?}"
+            ));
         }
         self.turn_soon(r, s);
     }
@@ -257,9 +258,7 @@ impl Sim<'_> {
             self.violations.push(format!("answers: {e}"));
         }
         let executed = matches!(response.code, Code::Done | Code::Value | Code::NotFound);
-        if executed
-            && !self.durable_commands[r].contains(&(response.client, response.request))
-        {
+        if executed && !self.durable_commands[r].contains(&(response.client, response.request)) {
             self.violations.push(format!(
                 "durability: replica {r} shard {s} answered request {} of client {} \
                  before a commit holding it was durable there (at {} ns)",

@@ -214,7 +214,9 @@ impl<'c> Sim<'c> {
             seq: 0,
             events: 0,
             queue: BinaryHeap::new(),
-            shards: (0..n).map(|_| (0..cfg.shards).map(|_| shard()).collect()).collect(),
+            shards: (0..n)
+                .map(|_| (0..cfg.shards).map(|_| shard()).collect())
+                .collect(),
             down: vec![true; n],
             incarnation: vec![0; n],
             crash_armed: vec![None; n],
@@ -429,7 +431,10 @@ impl<'c> Sim<'c> {
         for s in 0..self.cfg.shards {
             let seed = self.rng.next_u64();
             let cfg = self.node_config(r, s, seed);
-            let storage = self.shards[r][s].parked.take().expect("a down shard's storage");
+            let storage = self.shards[r][s]
+                .parked
+                .take()
+                .expect("a down shard's storage");
             let node = Node::start(cfg, storage, self.now);
             let shard = &mut self.shards[r][s];
             shard.node = Some(node);
@@ -463,7 +468,11 @@ impl<'c> Sim<'c> {
     fn connect_peer(&mut self, from: usize, to: usize, s: usize) {
         let mut hello = BytesMut::new();
         self.node_config(from, s, 0).encode_hello(&mut hello);
-        let frame = self.reader.next(&mut hello).expect("own hello").expect("whole");
+        let frame = self
+            .reader
+            .next(&mut hello)
+            .expect("own hello")
+            .expect("whole");
         let shard = &mut self.shards[to][s];
         let node = shard.node.as_mut().expect("up");
         if let Some(old) = shard.peer_conns[from].take() {
@@ -586,7 +595,13 @@ impl<'c> Sim<'c> {
         let shard = &mut self.shards[r][s];
         if !shard.turn_pending {
             shard.turn_pending = true;
-            self.schedule(self.now + TURN_NS, EventKind::Turn { replica: r, shard: s });
+            self.schedule(
+                self.now + TURN_NS,
+                EventKind::Turn {
+                    replica: r,
+                    shard: s,
+                },
+            );
         }
     }
 
@@ -604,7 +619,10 @@ impl<'c> Sim<'c> {
         f: impl FnOnce(&mut Node<MemStorage>, u64) -> T,
     ) -> T {
         let now = self.now;
-        let node = self.shards[r][s].node.as_mut().expect("calls go to live replicas");
+        let node = self.shards[r][s]
+            .node
+            .as_mut()
+            .expect("calls go to live replicas");
         let result = f(node, now);
         self.drain(r, s);
         result
@@ -684,7 +702,11 @@ impl<'c> Sim<'c> {
 
     /// Splits the bytes a node queued into frames.
     fn split(&self, bytes: &mut BytesMut, frames: &mut Vec<Frame>) {
-        while let Some(frame) = self.reader.next(bytes).expect("a node encodes valid frames") {
+        while let Some(frame) = self
+            .reader
+            .next(bytes)
+            .expect("a node encodes valid frames")
+        {
             frames.push(frame);
         }
         assert!(bytes.is_empty(), "a node queued part of a frame");
@@ -702,9 +724,7 @@ impl<'c> Sim<'c> {
         let node = shard.node.as_mut().expect("up");
         node.storage_mut().make_durable(token);
         let durable = node.storage().durable_records();
-        shard
-            .durable
-            .learn(durable, &mut self.durable_commands[r]);
+        shard.durable.learn(durable, &mut self.durable_commands[r]);
         node.durable(token);
         let crash = match armed {
             Some(CrashPoint::AfterSync) => true,
@@ -739,7 +759,10 @@ impl<'c> Sim<'c> {
 
     /// A peer frame about to leave shard `s` of `r`: checks the contract.
     fn check_sent(&mut self, r: usize, s: usize, frame: &Frame) {
-        if !matches!(frame.kind, Kind::PreAcceptOk | Kind::AcceptOk | Kind::Commit) {
+        if !matches!(
+            frame.kind,
+            Kind::PreAcceptOk | Kind::AcceptOk | Kind::Commit
+        ) {
             return;
         }
         let msg = peer::decode(frame.kind, &frame.body, self.cfg.replicas)
@@ -783,7 +806,13 @@ impl<'c> Sim<'c> {
         let deadline = deadline.max(self.now);
         if shard.tick_at.is_none_or(|t| deadline < t) {
             shard.tick_at = Some(deadline);
-            self.schedule(deadline, EventKind::Tick { replica: r, shard: s });
+            self.schedule(
+                deadline,
+                EventKind::Tick {
+                    replica: r,
+                    shard: s,
+                },
+            );
         }
     }
 
@@ -831,8 +860,12 @@ impl<'c> Sim<'c> {
     fn report(self, finished: bool) -> SimReport {
         // The first few contract violations say what went wrong; a defect
         // usually repeats on every frame after.
-        let mut failures: Vec<String> =
-            self.violations.iter().take(VIOLATIONS_SHOWN).cloned().collect();
+        let mut failures: Vec<String> = self
+            .violations
+            .iter()
+            .take(VIOLATIONS_SHOWN)
+            .cloned()
+            .collect();
         if self.violations.len() > VIOLATIONS_SHOWN {
             let more = self.violations.len() - VIOLATIONS_SHOWN;
             failures.push(format!("... and {more} more contract violations"));
@@ -907,7 +940,11 @@ impl<'c> Sim<'c> {
         if let Err(e) = check_all_executed(&live) {
             failures.push(named(e));
         }
-        let nodes: Vec<_> = self.shards.iter().filter_map(|r| r[s].node.as_ref()).collect();
+        let nodes: Vec<_> = self
+            .shards
+            .iter()
+            .filter_map(|r| r[s].node.as_ref())
+            .collect();
         let digests: Vec<u64> = nodes
             .iter()
             .map(|n| n.core().state_machine().digest())

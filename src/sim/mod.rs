@@ -170,7 +170,9 @@ impl SimConfig {
             match self.node_bug {
                 Some(b) => format!(
                     " --node-bug {}",
-                    clap::ValueEnum::to_possible_value(&b).expect("named").get_name()
+                    clap::ValueEnum::to_possible_value(&b)
+                        .expect("named")
+                        .get_name()
                 ),
                 None => String::new(),
             }

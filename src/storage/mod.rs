@@ -32,12 +32,9 @@ pub trait Storage {
 
 /// Records kept in memory. Appends become durable when the owner says so
 /// ([`MemStorage::make_durable`]); a simulated crash ([`MemStorage::crash`])
-/// keeps exactly the records made durable before it.
-///
-/// The replica binary uses it with every append durable at once (state is in
-/// memory only until the durability issue adds a file); the simulator makes
-/// appends durable after a simulated fdatasync delay, so a crash in between
-/// loses them.
+/// keeps exactly the records made durable before it. The simulator uses it,
+/// making appends durable after a simulated fdatasync delay, so a crash in
+/// between loses them. It keeps every record for the life of the run.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     records: Vec<Record>,
@@ -89,6 +86,27 @@ impl Storage for MemStorage {
 
     fn load(&self) -> Vec<Record> {
         self.durable_records().to_vec()
+    }
+}
+
+/// Nothing survives the process: what the replica binary runs on until the
+/// durability issue adds a log file. Records are counted and dropped (kept
+/// in memory they would only grow, since a restarted process starts empty
+/// anyway); every append is durable at once, as far as this process can
+/// tell, so the node's contract holds trivially.
+#[derive(Clone, Debug, Default)]
+pub struct Volatile {
+    appended: u64,
+}
+
+impl Storage for Volatile {
+    fn append(&mut self, records: &[Record]) -> Token {
+        self.appended += records.len() as u64;
+        Token(self.appended)
+    }
+
+    fn load(&self) -> Vec<Record> {
+        Vec::new()
     }
 }
 
