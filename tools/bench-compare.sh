@@ -59,13 +59,15 @@ n=0
 for round in $(seq "$rounds"); do
     for row in "${rows[@]}"; do
         name="${row%%|*}"; args="${row#*|}"
-        # Alternate which build goes first, row by row.
-        if (( n++ % 2 == 0 )); then order=(old new); else order=(new old); fi
+        # Alternate which build goes first, row by row and round by round
+        # (a row after a heavy one starts on a machine still tearing down).
+        if (( (n++ + round) % 2 == 0 )); then order=(old new); else order=(new old); fi
         declare -A got=()
         for b in "${order[@]}"; do
             dir=$old; [[ $b == new ]] && dir=$new
             # shellcheck disable=SC2086
             got[$b]=$(one "$dir" $args)
+            sleep 1
         done
         for b in old new; do
             read -r t p50 p99 cpu <<<"${got[$b]}"

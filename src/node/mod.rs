@@ -24,7 +24,8 @@
 //! - [`Node::take_link_bytes`], [`Node::take_conn_bytes`],
 //!   [`Node::take_cross`] hand them over;
 //! - [`Node::sync_wanted`] names the token the driver must make durable,
-//!   after which it calls [`Node::durable`].
+//!   after which it calls [`Node::durable`] (only for a storage whose sync
+//!   completes later: one that syncs at once, `Synced::Now`, needs neither).
 //!
 //! The contract (see `protocol::outbox`): nothing that depends on a record
 //! (a vote, a commit, a reply) leaves before the driver reports that record
@@ -195,6 +196,8 @@ pub struct Node<S: Storage> {
     open: BatchBuilder,
     /// Full batches waiting for the pipeline.
     closed: VecDeque<Batch>,
+    /// Per shard, commands of one request being forwarded there.
+    forward: Vec<BatchBuilder>,
     /// Where the answer to each (client, request) this shard owns goes;
     /// removed when it is answered (or found acknowledged already).
     pending: FxHashMap<(u64, u64), routes::Route>,
@@ -239,6 +242,7 @@ impl<S: Storage> Node<S> {
             sync_asked: appended,
             open: BatchBuilder::new(),
             closed: VecDeque::new(),
+            forward: Vec::new(),
             pending: FxHashMap::default(),
             conns: FxHashMap::default(),
             next_conn: 1,
@@ -462,7 +466,9 @@ impl<S: Storage> Node<S> {
     }
 
     /// The token the driver should make durable now, if any: everything
-    /// appended since it was last asked. Then it calls `durable` with it.
+    /// appended since it was last asked, which the storage said it would
+    /// sync later (`Synced::Later`). The driver calls `durable` with it
+    /// once it is.
     pub fn sync_wanted(&mut self) -> Option<Token> {
         (self.appended > self.sync_asked).then(|| {
             self.sync_asked = self.appended;

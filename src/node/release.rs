@@ -13,15 +13,21 @@ use super::{Node, NodeBug, Output};
 use crate::constants::PEER_SEND_BUFFER_BYTES_MAX;
 use crate::protocol::Outbox;
 use crate::state_machine::KvResult;
-use crate::storage::{Storage, Token};
+use crate::storage::{Storage, Synced, Token};
 use crate::wire::peer;
 
 impl<S: Storage> Node<S> {
     /// Seals the current turn's outbox (see the module docs).
     pub(super) fn seal(&mut self) {
+        let mut synced_now = false;
         if !self.out.persist.is_empty() {
             self.appended = self.storage.append(&self.out.persist);
             self.out.persist.clear();
+            if self.storage.sync(self.appended) == Synced::Now {
+                self.durable = self.appended;
+                self.sync_asked = self.appended;
+                synced_now = true;
+            }
         }
         let at_once = self.held.is_empty() && self.durable >= self.appended;
         if at_once || self.cfg.node_bug == Some(NodeBug::ReleaseBeforeDurable) {
@@ -39,6 +45,10 @@ impl<S: Storage> Node<S> {
             .unwrap_or_else(|| Outbox::new(self.cfg.replicas));
         let sealed = std::mem::replace(&mut self.out, fresh);
         self.held.push_back((self.appended, sealed));
+        if synced_now {
+            // Behind turns still waiting on a sync that completes later.
+            self.durable(self.durable);
+        }
     }
 
     /// The driver made every record up to `token` durable: the turns that

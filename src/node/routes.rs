@@ -57,7 +57,8 @@ impl<S: Storage> Node<S> {
             origin: me as u8,
             conn,
         };
-        let mut others: Vec<BatchBuilder> = Vec::new();
+        // Kept across requests: no allocation per forwarded request.
+        let mut others = std::mem::take(&mut self.forward);
         for cmd in batch.iter() {
             let owner = shard_of(cmd.key, self.cfg.shards);
             if owner == me {
@@ -81,6 +82,7 @@ impl<S: Storage> Node<S> {
                 );
             }
         }
+        self.forward = others;
     }
 
     /// What another shard of this replica sent.

@@ -240,3 +240,18 @@ fn messages_for_a_peer_whose_link_is_down_are_dropped_and_counted() {
         "the PreAccept to replica 2"
     );
 }
+
+#[test]
+fn on_a_storage_that_syncs_at_once_the_answer_leaves_within_the_turn() {
+    let mut node = Node::start(config(1, 1, 0), crate::storage::Volatile::default(), 0);
+    let conn = node.accept();
+    node.on_frame(0, conn, client_hello(0, 1)).unwrap();
+    node.take_conn_bytes(conn, BytesMut::new());
+    node.on_frame(1, conn, request(0, 7, 1, b"k")).unwrap();
+    node.turn(2);
+    assert_eq!(node.sync_wanted(), None);
+    assert_eq!(node.turns_held(), 0);
+    let mut bytes = node.take_conn_bytes(conn, BytesMut::new());
+    let answer = FrameReader::new(CLUSTER).next(&mut bytes).unwrap().unwrap();
+    assert_eq!(decode_response(&answer.body).unwrap().code, Code::Done);
+}

@@ -2,12 +2,14 @@
 //! point up to which they are durable.
 //!
 //! The node appends each turn's records in one call and gets back a
-//! [`Token`] that names "everything appended so far". The driver makes
-//! them durable however its medium does (nothing to do in memory; an
-//! fdatasync on a file) and then tells the node that token is durable; only
-//! then does the node release what waited on those records (see
-//! `node::Node::durable`). At start, a shard rebuilds its state from
-//! [`Storage::load`]: the durable records, in the order appended.
+//! [`Token`] that names "everything appended so far", then asks for them to
+//! be made durable ([`Storage::sync`]). A storage that can say at once
+//! answers [`Synced::Now`]; one whose sync completes later (an fdatasync
+//! through io_uring, a simulated disk) answers [`Synced::Later`], and the
+//! driver tells the node when that token is durable (`node::Node::durable`).
+//! Only then does the node release what waited on those records. At start,
+//! a shard rebuilds its state from [`Storage::load`]: the durable records,
+//! in the order appended.
 //!
 //! This module never decides what to persist (the core does) nor when to
 //! send (the node does).
@@ -19,11 +21,23 @@ use crate::protocol::Record;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Token(pub u64);
 
+/// Whether a sync completed in the call that asked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synced {
+    /// Durable when the call returns.
+    Now,
+    /// The driver reports completion later, with `Node::durable(token)`.
+    Later,
+}
+
 /// A shard's log of instance records.
 pub trait Storage {
     /// Appends `records` after everything appended before. Returns the token
     /// that covers them and all earlier records.
     fn append(&mut self, records: &[Record]) -> Token;
+
+    /// Asks for everything up to `upto` to become durable.
+    fn sync(&mut self, upto: Token) -> Synced;
 
     /// The durable records, in the order they were appended: what a shard
     /// restarted on this storage rebuilds itself from.
@@ -84,6 +98,11 @@ impl Storage for MemStorage {
         self.appended()
     }
 
+    /// Its owner decides when (`make_durable`), then tells the node.
+    fn sync(&mut self, _upto: Token) -> Synced {
+        Synced::Later
+    }
+
     fn load(&self) -> Vec<Record> {
         self.durable_records().to_vec()
     }
@@ -103,6 +122,10 @@ impl Storage for Volatile {
     fn append(&mut self, records: &[Record]) -> Token {
         self.appended += records.len() as u64;
         Token(self.appended)
+    }
+
+    fn sync(&mut self, _upto: Token) -> Synced {
+        Synced::Now
     }
 
     fn load(&self) -> Vec<Record> {
