@@ -34,9 +34,14 @@ fn frame(shard: usize, kind: Kind, body: &[u8]) -> Frame {
         sender: 0,
         shard: shard as u8,
     };
-    let mut buf = BytesMut::new();
-    enc.frame(&mut buf, kind, |b| b.extend_from_slice(body));
-    FrameReader::new(CLUSTER).next(&mut buf).unwrap().unwrap()
+    enc.encoded(kind, body)
+}
+
+/// The driver's part: makes what the node asked for durable and says so.
+fn sync(node: &mut Node<MemStorage>) {
+    let token = node.sync_wanted().expect("records to sync");
+    node.storage_mut().make_durable(token);
+    node.durable(token);
 }
 
 fn client_hello(shard: usize, shards: u8) -> Frame {
@@ -136,9 +141,7 @@ fn a_restart_rebuilds_from_what_was_durable_only() {
     let conn = connected_client(&mut node, 0);
     node.on_frame(1, conn, request(0, 7, 1, b"kept")).unwrap();
     node.turn(2);
-    let t = node.sync_wanted().unwrap();
-    node.storage_mut().make_durable(t);
-    node.durable(t);
+    sync(&mut node);
     node.on_frame(3, conn, request(0, 7, 2, b"lost")).unwrap();
     node.turn(4);
     let mut storage = node.into_storage();
@@ -190,9 +193,7 @@ fn a_command_for_another_shard_is_forwarded_and_its_answer_comes_back() {
         owner.on_cross(msg);
     }
     owner.turn(2);
-    let t = owner.sync_wanted().unwrap();
-    owner.storage_mut().make_durable(t);
-    owner.durable(t);
+    sync(&mut owner);
     assert_eq!(outputs(&mut owner), vec![Output::Cross(0)]);
     let answers = owner.take_cross(0, Vec::new());
     assert_eq!(answers.len(), 1);
@@ -227,9 +228,7 @@ fn messages_for_a_peer_whose_link_is_down_are_dropped_and_counted() {
     let conn = connected_client(&mut node, 0);
     node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
     node.turn(1);
-    let t = node.sync_wanted().unwrap();
-    node.storage_mut().make_durable(t);
-    node.durable(t);
+    sync(&mut node);
     assert_eq!(outputs(&mut node), vec![Output::Link(ReplicaId(1))]);
     assert!(!node
         .take_link_bytes(ReplicaId(1), BytesMut::new())

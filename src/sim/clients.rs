@@ -4,8 +4,6 @@
 //! forwarded), and re-sends it elsewhere when no answer came in time. What
 //! they see is the history the linearizability checker judges.
 
-use bytes::BytesMut;
-
 use super::cluster::{EventKind, Sim, CLUSTER_ID, MESSAGE_DELAY_NS};
 use super::contract::ConnKey;
 use super::linearizability::{HistoryOp, OpKind};
@@ -13,7 +11,7 @@ use super::SimConfig;
 use crate::command::{BatchBuilder, CommandRef, Op};
 use crate::node::ConnId;
 use crate::wire::client::{decode_response, Code, HelloBody, Role};
-use crate::wire::{Frame, FrameEncoder, FrameReader, Kind};
+use crate::wire::{Frame, FrameEncoder, Kind};
 
 const CLIENT_TIMEOUT_NS: u64 = 60_000_000;
 const THINK_NS_MAX: u64 = 1_000_000;
@@ -88,10 +86,7 @@ fn frame(shard: usize, kind: Kind, body: &[u8]) -> Frame {
         sender: 0,
         shard: shard as u8,
     };
-    let mut buf = BytesMut::new();
-    enc.frame(&mut buf, kind, |b| b.extend_from_slice(body));
-    let reader = FrameReader::new(CLUSTER_ID);
-    reader.next(&mut buf).expect("valid").expect("whole")
+    enc.encoded(kind, body)
 }
 
 impl Sim<'_> {

@@ -373,6 +373,17 @@ pub struct FrameEncoder {
 }
 
 impl FrameEncoder {
+    /// One frame, encoded and read back as a receiver sees it: what a
+    /// simulated connection carries, and what tests hand a node.
+    pub fn encoded(&self, kind: Kind, body: &[u8]) -> Frame {
+        let mut buf = BytesMut::new();
+        self.frame(&mut buf, kind, |b| b.extend_from_slice(body));
+        FrameReader::new(self.cluster_id)
+            .next(&mut buf)
+            .expect("a frame this encoder wrote")
+            .expect("a whole frame")
+    }
+
     /// Appends one frame to `buf`: `body` writes the body after the header.
     pub fn frame(&self, buf: &mut BytesMut, kind: Kind, body: impl FnOnce(&mut BytesMut)) {
         let start = buf.len();
