@@ -57,8 +57,13 @@ struct Args {
     #[arg(long, default_value_t = sim::NODE_PIPELINE_DEFAULT as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     node_pipeline: u64,
-    /// Test only: give every node this defect, to see the checkers catch it.
-    #[arg(long, value_enum, hide = true)]
+    /// Storage syncs complete at once, as the runtime's do today, instead of
+    /// after a simulated fdatasync of 20 to 400 µs.
+    #[arg(long)]
+    sync_at_once: bool,
+    /// Test only: give every node this defect, to see the checkers catch it
+    /// (release-before-durable, answer-forwarded-twice).
+    #[arg(long, hide = true)]
     node_bug: Option<NodeBug>,
 }
 
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
         cfg.shards = args.shards as usize;
         cfg.node_pipeline = args.node_pipeline as usize;
         cfg.node_bug = args.node_bug;
+        cfg.sync_at_once = args.sync_at_once;
         let report = sim::run(&cfg);
         worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);
         crashes += report.crashes;

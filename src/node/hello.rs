@@ -80,7 +80,7 @@ impl<S: Storage> Node<S> {
         if let Some(c) = self.conns.get_mut(&conn) {
             if !c.closing {
                 c.closing = true;
-                self.outputs.push(Output::Close(conn));
+                self.outputs.push_back(Output::Close(conn));
             }
         }
     }

@@ -85,7 +85,7 @@ pub struct NodeConfig {
 
 /// A deliberate defect of the node, for proving that the simulator catches
 /// it. Never set outside tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeBug {
     /// Each turn's messages and replies leave at once, without waiting for
     /// the turn's records to be durable.
@@ -93,6 +93,32 @@ pub enum NodeBug {
     /// An answer to a command forwarded from another shard is sent back
     /// twice.
     AnswerForwardedTwice,
+}
+
+impl NodeBug {
+    pub const ALL: [NodeBug; 2] = [NodeBug::ReleaseBeforeDurable, NodeBug::AnswerForwardedTwice];
+
+    /// Its name on the simulator's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeBug::ReleaseBeforeDurable => "release-before-durable",
+            NodeBug::AnswerForwardedTwice => "answer-forwarded-twice",
+        }
+    }
+}
+
+impl std::str::FromStr for NodeBug {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<NodeBug, String> {
+        NodeBug::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = NodeBug::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown node bug {s:?}; one of {}", names.join(", "))
+            })
+    }
 }
 
 /// A connection the node was told about, by the number it gave it.
@@ -106,7 +132,10 @@ pub enum Output {
     Link(ReplicaId),
     /// Bytes are waiting for this connection.
     Conn(ConnId),
-    /// Write what is queued for this connection, then close it.
+    /// Close this connection. Nothing more is queued for it; what is queued
+    /// already may be dropped (the runtime abandons a client that stopped
+    /// reading mid-write). A refused handshake's answer is queued before
+    /// this, and the runtime writes it itself before any writer exists.
     Close(ConnId),
     /// Messages are waiting for this other shard.
     Cross(usize),
@@ -200,14 +229,15 @@ pub struct Node<S: Storage> {
     forward: Vec<BatchBuilder>,
     /// Where the answer to each (client, request) this shard owns goes;
     /// removed when it is answered (or found acknowledged already).
-    pending: FxHashMap<(u64, u64), routes::Route>,
+    pending: FxHashMap<(u64, u64), routes::Pending>,
     conns: FxHashMap<ConnId, Conn>,
     next_conn: u64,
     links: Vec<Link>,
     /// Per destination shard: what to send it.
     cross: Vec<Vec<Cross>>,
     cross_listed: Vec<bool>,
-    outputs: Vec<Output>,
+    /// In the order they arose (a Close after the bytes before it).
+    outputs: VecDeque<Output>,
     trace: Vec<TraceEvent>,
     counters: Counters,
 }
@@ -224,11 +254,16 @@ impl<S: Storage> Node<S> {
         core_cfg.injected_bug = cfg.injected_bug;
         let mut out = Outbox::new(cfg.replicas);
         let records = storage.load();
-        let core = if records.is_empty() {
+        let mut core = if records.is_empty() {
             Replica::new(core_cfg, KvStore::new())
         } else {
             Replica::restore(core_cfg, KvStore::new(), now, &records, &mut out)
         };
+        // Links start down, as the node's do, until the driver says
+        // otherwise: commits wait for a peer instead of being lost on the way.
+        for p in (0..cfg.replicas).filter(|&p| p != cfg.replica.index()) {
+            core.set_reachable(ReplicaId(p as u8), false);
+        }
         let appended = Token(records.len() as u64);
         Node {
             enc: cfg.encoder(),
@@ -249,7 +284,7 @@ impl<S: Storage> Node<S> {
             links: (0..cfg.replicas).map(|_| Link::default()).collect(),
             cross: (0..cfg.shards).map(|_| Vec::new()).collect(),
             cross_listed: vec![false; cfg.shards],
-            outputs: Vec::new(),
+            outputs: VecDeque::new(),
             trace: Vec::new(),
             counters: Counters::default(),
             cfg,
@@ -480,7 +515,7 @@ impl<S: Storage> Node<S> {
 
     /// The next thing the driver should act on, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop()
+        self.outputs.pop_front()
     }
 
     /// What is queued for the link to `peer`; `spare` (cleared) takes its
@@ -525,7 +560,7 @@ impl<S: Storage> Node<S> {
             .frame(&mut c.out, kind, |b| b.extend_from_slice(body));
         if !c.listed {
             c.listed = true;
-            self.outputs.push(Output::Conn(conn));
+            self.outputs.push_back(Output::Conn(conn));
         }
     }
 

@@ -2,9 +2,10 @@
 //! records the same turn appended are durable, and turns leave in order.
 //!
 //! At the end of a turn the core's outbox is sealed: its records go to
-//! storage (one append, one token), and the outbox, with its messages and
-//! replies, waits behind that token, unless nothing is waiting at all and
-//! the turn appended nothing, in which case it leaves at once. Holding later
+//! storage (one append, one token, one sync), and the outbox, with its
+//! messages and replies, waits behind that token, unless nothing is waiting
+//! and the turn's records are durable already (it appended nothing, or the
+//! storage synced them at once), in which case it leaves at once. Holding later
 //! turns behind earlier ones even when they appended nothing keeps every
 //! message behind the records of the state it reflects (a re-send in turn
 //! t+1 of what turn t recorded must not overtake turn t's record).
@@ -23,31 +24,34 @@ impl<S: Storage> Node<S> {
         if !self.out.persist.is_empty() {
             self.appended = self.storage.append(&self.out.persist);
             self.out.persist.clear();
-            if self.storage.sync(self.appended) == Synced::Now {
-                self.durable = self.appended;
+            // A sync that completed at once covers every earlier append
+            // too, also those whose sync the driver was not yet asked for.
+            synced_now = self.storage.sync(self.appended) == Synced::Now;
+            if synced_now {
                 self.sync_asked = self.appended;
-                synced_now = true;
             }
         }
-        let at_once = self.held.is_empty() && self.durable >= self.appended;
+        let at_once = self.held.is_empty() && (synced_now || self.durable >= self.appended);
         if at_once || self.cfg.node_bug == Some(NodeBug::ReleaseBeforeDurable) {
+            if synced_now {
+                self.durable = self.appended;
+            }
             let mut out = std::mem::replace(&mut self.out, Outbox::new(0));
             self.release(&mut out);
             self.out = out;
             return;
         }
-        if self.out.is_empty() {
-            return;
+        if !self.out.is_empty() {
+            let fresh = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Outbox::new(self.cfg.replicas));
+            let sealed = std::mem::replace(&mut self.out, fresh);
+            self.held.push_back((self.appended, sealed));
         }
-        let fresh = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| Outbox::new(self.cfg.replicas));
-        let sealed = std::mem::replace(&mut self.out, fresh);
-        self.held.push_back((self.appended, sealed));
         if synced_now {
-            // Behind turns still waiting on a sync that completes later.
-            self.durable(self.durable);
+            // Releases the turns held behind earlier syncs, then this one.
+            self.durable(self.appended);
         }
     }
 
@@ -93,7 +97,7 @@ impl<S: Storage> Node<S> {
             if !link.listed {
                 link.listed = true;
                 self.outputs
-                    .push(Output::Link(crate::protocol::ReplicaId(to as u8)));
+                    .push_back(Output::Link(crate::protocol::ReplicaId(to as u8)));
             }
         }
         // What the checkers see committed or executed here is what became

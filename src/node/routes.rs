@@ -25,6 +25,16 @@ pub(super) struct Route {
     pub conn: ConnId,
 }
 
+/// A command's route, and how many copies of it (a client's retries) this
+/// shard still expects an outcome for: a copy that did not run (its
+/// instance became a no-op, the window was full, or it was a stale retry)
+/// leaves the route to the copies still on their way.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pending {
+    route: Route,
+    copies: u32,
+}
+
 /// An answer to one command, as it crosses to another shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
@@ -110,7 +120,13 @@ impl<S: Storage> Node<S> {
 
     /// Queues a command this shard owns for the next instance.
     fn submit(&mut self, route: Route, cmd: &CommandRef<'_>) {
-        self.pending.insert((cmd.client, cmd.request), route);
+        // The latest copy's connection is the one the client still reads.
+        let p = self
+            .pending
+            .entry((cmd.client, cmd.request))
+            .or_insert(Pending { route, copies: 0 });
+        p.route = route;
+        p.copies += 1;
         if self.cfg.test_lose_write != 0 && cmd.op == Op::Put {
             self.counters.puts_seen += 1;
             if self.counters.puts_seen == self.cfg.test_lose_write {
@@ -130,13 +146,12 @@ impl<S: Storage> Node<S> {
         self.cross[to].push(msg);
         if !self.cross_listed[to] {
             self.cross_listed[to] = true;
-            self.outputs.push(Output::Cross(to));
+            self.outputs.push_back(Output::Cross(to));
         }
     }
 
     /// A reply of the core, released after its records are durable.
     pub(super) fn reply(&mut self, reply: Reply<KvResult>) {
-        let reason;
         let (code, value): (Code, &[u8]) = match &reply.result {
             Ok(KvResult::Done) => (Code::Done, b""),
             Ok(KvResult::Value(v)) => (Code::Value, v.as_slice()),
@@ -144,22 +159,43 @@ impl<S: Storage> Node<S> {
             Err(Refused::BeyondClientWindow) => (Code::BeyondWindow, b""),
             // Retryable, with the reason as text, like a full window.
             Err(e @ Refused::Superseded) => {
-                reason = e.to_string();
-                (Code::Overloaded, reason.as_bytes())
+                let reason = e.to_string();
+                self.copy_did_not_run(reply.client, reply.request, Some(&reason));
+                return;
             }
             // The client is past this request: forget the copy's route (it
             // would otherwise stay for the life of the shard), answer nobody.
             Err(Refused::Acknowledged) => {
-                self.pending.remove(&(reply.client, reply.request));
+                self.copy_did_not_run(reply.client, reply.request, None);
                 return;
             }
         };
         self.answer(reply.client, reply.request, code, value);
     }
 
+    /// One copy of a command did not run. If no other copy is still on its
+    /// way, its route goes, answered `Overloaded` with `reason` if given
+    /// (the client may send it again); else the other copies answer.
+    pub(super) fn copy_did_not_run(&mut self, client: u64, request: u64, reason: Option<&str>) {
+        let key = (client, request);
+        let Some(p) = self.pending.get_mut(&key) else {
+            return;
+        };
+        p.copies -= 1;
+        if p.copies > 0 {
+            return;
+        }
+        match reason {
+            Some(why) => self.answer(client, request, Code::Overloaded, why.as_bytes()),
+            None => {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
     /// Routes the answer to a command this shard owns to whoever waits.
     pub(super) fn answer(&mut self, client: u64, request: u64, code: Code, value: &[u8]) {
-        let Some(route) = self.pending.remove(&(client, request)) else {
+        let Some(Pending { route, .. }) = self.pending.remove(&(client, request)) else {
             return; // a duplicate, or answered already
         };
         if usize::from(route.origin) == self.cfg.shard {
@@ -209,7 +245,7 @@ impl<S: Storage> Node<S> {
         });
         if !c.listed {
             c.listed = true;
-            self.outputs.push(Output::Conn(conn));
+            self.outputs.push_back(Output::Conn(conn));
         }
     }
 }

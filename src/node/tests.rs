@@ -254,3 +254,56 @@ fn on_a_storage_that_syncs_at_once_the_answer_leaves_within_the_turn() {
     let answer = FrameReader::new(CLUSTER).next(&mut bytes).unwrap().unwrap();
     assert_eq!(decode_response(&answer.body).unwrap().code, Code::Done);
 }
+
+/// A storage whose next sync completes at once only when told.
+struct Switching {
+    inner: MemStorage,
+    at_once: bool,
+}
+
+impl Storage for Switching {
+    fn append(&mut self, records: &[crate::protocol::Record]) -> Token {
+        self.inner.append(records)
+    }
+
+    fn sync(&mut self, upto: Token) -> crate::storage::Synced {
+        if self.at_once {
+            self.inner.make_durable(upto);
+            return crate::storage::Synced::Now;
+        }
+        crate::storage::Synced::Later
+    }
+
+    fn load(&self) -> Vec<crate::protocol::Record> {
+        self.inner.load()
+    }
+}
+
+#[test]
+fn a_sync_that_completes_at_once_releases_the_turns_held_before_it() {
+    let storage = Switching {
+        inner: MemStorage::new(),
+        at_once: false,
+    };
+    let mut node = Node::start(config(1, 1, 0), storage, 0);
+    let conn = node.accept();
+    node.on_frame(0, conn, client_hello(0, 1)).unwrap();
+    node.take_conn_bytes(conn, BytesMut::new());
+    node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    node.turn(2);
+    assert_eq!(node.turns_held(), 1, "its sync completes later");
+    // The driver has not been asked yet when the next sync completes at
+    // once: it covers the first turn's records too.
+    node.storage_mut().at_once = true;
+    node.on_frame(3, conn, request(0, 7, 2, b"b")).unwrap();
+    node.turn(4);
+    assert_eq!(node.turns_held(), 0);
+    assert_eq!(node.sync_wanted(), None);
+    let mut bytes = node.take_conn_bytes(conn, BytesMut::new());
+    let reader = FrameReader::new(CLUSTER);
+    let mut answered = Vec::new();
+    while let Some(f) = reader.next(&mut bytes).unwrap() {
+        answered.push(decode_response(&f.body).unwrap().request);
+    }
+    assert_eq!(answered, vec![1, 2]);
+}

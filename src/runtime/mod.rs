@@ -9,9 +9,10 @@
 //! which carry commands a client sent to the wrong shard, and their answers.
 //!
 //! This module never decides anything: it moves frames between sockets and
-//! the node (`crate::node`), carries the node's cross-shard messages, makes
-//! its records durable (in memory for now), and calls `turn` when input
-//! arrived or a deadline passed. The simulator drives the same node.
+//! the node (`crate::node`), carries the node's cross-shard messages, gives
+//! it a storage (`storage::Volatile` until there is a log file: records are
+//! dropped and syncs complete at once), and calls `turn` when input arrived
+//! or a deadline passed. The simulator drives the same node.
 
 mod net;
 mod notify;
@@ -209,14 +210,17 @@ fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receiv
         }
         let (shard, senders) = (shard.clone(), senders.clone());
         glommio::spawn_local(async move {
+            let mut spare = Vec::new();
             loop {
                 shard.cross_ready[to].wait().await;
-                for msg in shard.take_cross(to) {
+                let mut batch = shard.take_cross(to, spare);
+                for msg in batch.drain(..) {
                     if senders.send_to(to, msg).await.is_err() {
                         error!("shard {to} closed its channel");
                         return;
                     }
                 }
+                spare = batch;
             }
         })
         .detach();

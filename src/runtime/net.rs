@@ -8,8 +8,10 @@
 //!
 //! This file only moves bytes: whole frames go to the node, and the bytes
 //! the node queues go to the sockets. A frame that fails any check is
-//! counted by the node, logged once here with the reason and the remote
-//! address, and its connection closed: it never reaches the core.
+//! counted (its header's checks here, its body's by the node), logged once
+//! here with the reason and the remote address, and its connection closed:
+//! it never reaches the core. (A frame cut short by the peer's end of
+//! stream counts as bad too: a peer that dies mid-write shows as one.)
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use super::notify::Notify;
 use super::RuntimeConfig;
 use crate::constants::SEND_BUFFER_KEPT_BYTES_MAX;
-use crate::node::{ConnId, Node, NodeConfig, Output};
+use crate::node::{ConnId, Cross, Node, NodeConfig, Output};
 use crate::protocol::ReplicaId;
 use crate::storage::Volatile;
 use crate::wire::client::shard_addr;
@@ -161,7 +161,8 @@ impl Shard {
     pub fn turn(&self) {
         self.call(|node, now| {
             node.turn(now);
-            debug_assert_eq!(node.sync_wanted(), None);
+            let wanted = node.sync_wanted();
+            debug_assert_eq!(wanted, None, "a Volatile storage syncs at once");
         });
     }
 
@@ -204,9 +205,10 @@ impl Shard {
         data
     }
 
-    /// Messages for shard `to`.
-    pub fn take_cross(&self, to: usize) -> Vec<crate::node::Cross> {
-        self.node.borrow_mut().take_cross(to, Vec::new())
+    /// Messages for shard `to`, in exchange for the (emptied) vector the
+    /// sender used last time.
+    pub fn take_cross(&self, to: usize, spare: Vec<Cross>) -> Vec<Cross> {
+        self.node.borrow_mut().take_cross(to, spare)
     }
 }
 

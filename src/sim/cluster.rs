@@ -49,6 +49,9 @@ const VIOLATIONS_SHOWN: usize = 3;
 const DOWN_NS_MIN: u64 = 5_000_000;
 const DOWN_NS_MAX: u64 = 80_000_000;
 const CRASH_GAP_NS_MAX: u64 = 60_000_000;
+/// An armed crash that found no sync (or commit) to strike at within this
+/// long strikes at the next crash event instead.
+const ARMED_NS_MAX: u64 = 20_000_000;
 
 /// Where a scheduled crash strikes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,10 +88,12 @@ pub(super) enum EventKind {
     Turn {
         replica: usize,
         shard: usize,
+        incarnation: u64,
     },
     Tick {
         replica: usize,
         shard: usize,
+        incarnation: u64,
     },
     /// A simulated fdatasync of one shard's storage completed.
     Synced {
@@ -157,8 +162,8 @@ pub(super) struct Sim<'c> {
     pub down: Vec<bool>,
     /// Bumped at every restart: events of an earlier incarnation are void.
     pub incarnation: Vec<u64>,
-    /// A crash waiting for the replica's next fdatasync.
-    crash_armed: Vec<Option<CrashPoint>>,
+    /// A crash waiting for the replica's next fdatasync, and since when.
+    crash_armed: Vec<Option<(CrashPoint, u64)>>,
     /// Per replica, the peers its shards were last told are unreachable.
     told_unreachable: Vec<u16>,
     crashes: u64,
@@ -198,9 +203,16 @@ impl<'c> Sim<'c> {
     fn new(cfg: &'c SimConfig) -> Sim<'c> {
         let n = cfg.replicas;
         let rng = Rng::new(cfg.seed);
+        let storage = || {
+            if cfg.sync_at_once {
+                MemStorage::syncing_at_once()
+            } else {
+                MemStorage::new()
+            }
+        };
         let shard = || Shard {
             node: None,
-            parked: Some(MemStorage::new()),
+            parked: Some(storage()),
             peer_conns: vec![None; n],
             turn_pending: false,
             tick_at: None,
@@ -320,18 +332,26 @@ impl<'c> Sim<'c> {
                     }
                 }
             }
-            EventKind::Turn { replica, shard } => {
-                self.shards[replica][shard].turn_pending = false;
-                if !self.down[replica] {
+            EventKind::Turn {
+                replica,
+                shard,
+                incarnation,
+            } => {
+                if self.incarnation[replica] == incarnation && !self.down[replica] {
+                    self.shards[replica][shard].turn_pending = false;
                     self.turn(replica, shard);
                 }
             }
-            EventKind::Tick { replica, shard } => {
-                let s = &mut self.shards[replica][shard];
-                if s.tick_at == Some(self.now) {
-                    s.tick_at = None;
-                }
-                if !self.down[replica] {
+            EventKind::Tick {
+                replica,
+                shard,
+                incarnation,
+            } => {
+                if self.incarnation[replica] == incarnation && !self.down[replica] {
+                    let s = &mut self.shards[replica][shard];
+                    if s.tick_at == Some(self.now) {
+                        s.tick_at = None;
+                    }
                     self.turn(replica, shard);
                 }
             }
@@ -491,6 +511,15 @@ impl<'c> Sim<'c> {
         if !self.faults_on {
             return;
         }
+        // A crash armed for a sync or a commit that never came strikes now,
+        // so that it does not hold the others off for the rest of the run.
+        for r in 0..self.cfg.replicas {
+            if let Some((_, since)) = self.crash_armed[r] {
+                if self.now - since > ARMED_NS_MAX {
+                    self.crash(r);
+                }
+            }
+        }
         let f = (self.cfg.replicas - 1) / 2;
         let down = self.down.iter().filter(|&&d| d).count()
             + self.crash_armed.iter().filter(|c| c.is_some()).count();
@@ -505,7 +534,7 @@ impl<'c> Sim<'c> {
             if point == CrashPoint::Now {
                 self.crash(r);
             } else {
-                self.crash_armed[r] = Some(point);
+                self.crash_armed[r] = Some((point, self.now));
             }
         }
         let next = self.now + self.rng.below(CRASH_GAP_NS_MAX);
@@ -595,18 +624,49 @@ impl<'c> Sim<'c> {
         let shard = &mut self.shards[r][s];
         if !shard.turn_pending {
             shard.turn_pending = true;
-            self.schedule(
-                self.now + TURN_NS,
-                EventKind::Turn {
-                    replica: r,
-                    shard: s,
-                },
-            );
+            let kind = EventKind::Turn {
+                replica: r,
+                shard: s,
+                incarnation: self.incarnation[r],
+            };
+            self.schedule(self.now + TURN_NS, kind);
         }
     }
 
     fn turn(&mut self, r: usize, s: usize) {
-        self.call(r, s, |node, now| node.turn(now));
+        self.call_last(r, s, |node, now| node.turn(now));
+    }
+
+    /// `call` for the last call an event makes. On a storage that syncs at
+    /// once (`--sync-at-once`) the sync happens inside the call, so a crash
+    /// armed for a sync strikes here, after the call and before anything it
+    /// released leaves (for `BeforeSendingCommit`, only if that includes a
+    /// Commit). Returns `None` if the replica crashed.
+    fn call_last<T>(
+        &mut self,
+        r: usize,
+        s: usize,
+        f: impl FnOnce(&mut Node<MemStorage>, u64) -> T,
+    ) -> Option<T> {
+        let now = self.now;
+        let node = self.shards[r][s]
+            .node
+            .as_mut()
+            .expect("calls go to live replicas");
+        let result = f(node, now);
+        if self.cfg.sync_at_once {
+            let strike = match self.crash_armed[r].map(|(point, _)| point) {
+                Some(CrashPoint::DuringSync | CrashPoint::AfterSync) => true,
+                Some(CrashPoint::BeforeSendingCommit) => self.releases_commit(r, s),
+                Some(CrashPoint::Now) | None => false,
+            };
+            if strike {
+                self.crash(r);
+                return None;
+            }
+        }
+        self.drain(r, s);
+        Some(result)
     }
 
     /// Calls into shard `s` of live replica `r`, then carries out what it
@@ -630,6 +690,10 @@ impl<'c> Sim<'c> {
 
     /// Carries out shard `s` of `r`'s outputs.
     fn drain(&mut self, r: usize, s: usize) {
+        // A storage that syncs at once made records durable in the call.
+        let shard = &mut self.shards[r][s];
+        let durable = shard.node.as_ref().expect("up").storage().durable_records();
+        shard.durable.learn(durable, &mut self.durable_commands[r]);
         let mut frames = Vec::new();
         loop {
             let node = self.shards[r][s].node.as_mut().expect("up");
@@ -715,7 +779,7 @@ impl<'c> Sim<'c> {
     /// A simulated fdatasync of shard `s` of `r` completed (or the replica
     /// crashes in it, if a crash waits for it).
     fn synced(&mut self, r: usize, s: usize, token: Token) {
-        let armed = self.crash_armed[r];
+        let armed = self.crash_armed[r].map(|(point, _)| point);
         if armed == Some(CrashPoint::DuringSync) {
             self.crash(r);
             return;
@@ -783,12 +847,12 @@ impl<'c> Sim<'c> {
         let Some(conn) = self.shards[r][s].peer_conns[from.index()] else {
             return;
         };
-        let accepted = self.call(r, s, |node, now| {
+        let accepted = self.call_last(r, s, |node, now| {
             let accepted = node.on_frame(now, conn, frame);
             node.turn(now);
             accepted
         });
-        if let Err(e) = accepted {
+        if let Some(Err(e)) = accepted {
             self.violations.push(format!(
                 "wire: replica {r} shard {s} refused a frame from replica {}: {e:?}",
                 from.0
@@ -806,13 +870,12 @@ impl<'c> Sim<'c> {
         let deadline = deadline.max(self.now);
         if shard.tick_at.is_none_or(|t| deadline < t) {
             shard.tick_at = Some(deadline);
-            self.schedule(
-                deadline,
-                EventKind::Tick {
-                    replica: r,
-                    shard: s,
-                },
-            );
+            let kind = EventKind::Tick {
+                replica: r,
+                shard: s,
+                incarnation: self.incarnation[r],
+            };
+            self.schedule(deadline, kind);
         }
     }
 

@@ -1,12 +1,14 @@
 //! Checks of the node's output contract, made on every frame as it leaves a
 //! simulated replica (before the network can lose it):
 //!
-//! - **durability**: a vote (PreAcceptOk, AcceptOk) leaves only once the
-//!   record of that vote is durable at its replica; a Commit only once the
-//!   commit record is; a client's answer only once a commit record holding
-//!   that command is durable at the replica (on any of its shards: a
-//!   forwarded command commits at its owner and is answered at the shard
-//!   the client is connected to);
+//! - **durability**: a message leaves only once the record it reports or
+//!   relies on is durable at its shard: a vote (PreAccept of the command
+//!   leader, PreAcceptOk; Accept, AcceptOk at an accepted record), a
+//!   promise (Prepare, Validate, PrepareOk), a commit (Commit, CommitOk);
+//!   and a client's answer only once a commit record holding that command
+//!   is durable at the replica (on any of its shards: a forwarded command
+//!   commits at its owner and is answered at the shard the client is
+//!   connected to). Nack, ValidateOk and Waiting report nothing voted;
 //! - **answers**: no connection gets more answers to a request than it
 //!   carried copies of it (a retry on the same connection may be answered
 //!   twice, once per copy; an answer sent twice is a defect).
@@ -21,40 +23,73 @@ use crate::protocol::{Ballot, InstanceId, Message, Record, Status};
 /// What one shard of one replica has made durable, as far as the checks need.
 #[derive(Default)]
 pub struct DurableView {
-    /// Highest ballot each instance's durable records voted at.
-    votes: FxHashMap<InstanceId, Ballot>,
+    /// Per instance, the highest ballot a durable record promised, voted at
+    /// (any vote), and voted at with the instance accepted or committed.
+    promised: FxHashMap<InstanceId, Ballot>,
+    voted: FxHashMap<InstanceId, Ballot>,
+    accepted: FxHashMap<InstanceId, Ballot>,
     committed: FxHashSet<InstanceId>,
     /// How many of the storage's records have been read.
     seen: usize,
 }
 
+fn raise(map: &mut FxHashMap<InstanceId, Ballot>, id: InstanceId, b: Ballot) {
+    let e = map.entry(id).or_insert(b);
+    *e = (*e).max(b);
+}
+
+fn covers(map: &FxHashMap<InstanceId, Ballot>, id: InstanceId, b: Ballot) -> bool {
+    map.get(&id).is_some_and(|&d| d >= b)
+}
+
 impl DurableView {
-    /// Reads the records that became durable since the last call; returns
-    /// the (client, request) of every command in a newly durable commit.
+    /// Reads the records that became durable since the last call; adds the
+    /// (client, request) of every command in a newly durable commit.
     pub fn learn(&mut self, durable: &[Record], commands: &mut FxHashSet<(u64, u64)>) {
         for rec in &durable[self.seen.min(durable.len())..] {
-            let vote = self.votes.entry(rec.id).or_insert(rec.voted);
-            *vote = (*vote).max(rec.voted);
-            if rec.status >= Status::Committed {
-                self.committed.insert(rec.id);
+            raise(&mut self.promised, rec.id, rec.promised);
+            if rec.status >= Status::PreAccepted {
+                raise(&mut self.voted, rec.id, rec.voted);
+            }
+            if rec.status >= Status::Accepted {
+                raise(&mut self.accepted, rec.id, rec.voted);
+            }
+            if rec.status >= Status::Committed && self.committed.insert(rec.id) {
                 commands.extend(rec.batch.iter().map(|c| (c.client, c.request)));
             }
         }
         self.seen = durable.len();
     }
 
-    /// Why `msg` must not have left yet, if it must not.
+    /// Why `msg` must not have left yet, if it must not: every message that
+    /// reports or relies on a vote, a promise or a commit needs that record
+    /// durable first (`protocol::outbox` lists them).
     pub fn premature(&self, msg: &Message) -> Option<String> {
-        let vote = |id: InstanceId, ballot: Ballot| {
-            let durable = self.votes.get(&id).is_some_and(|&b| b >= ballot);
-            (!durable).then(|| format!("a vote for {id} at {ballot:?} before the vote was durable"))
+        let need = |ok: bool, what: &str, id: InstanceId| {
+            (!ok).then(|| format!("{what} of {id} before its record was durable"))
         };
+        let committed = |id| self.committed.contains(&id);
         match msg {
-            Message::PreAcceptOk(m) => vote(m.id, m.ballot),
-            Message::AcceptOk(m) => vote(m.id, m.ballot),
-            Message::Commit(m) => (!self.committed.contains(&m.id))
-                .then(|| format!("a Commit of {} before its commit record was durable", m.id)),
-            _ => None,
+            Message::PreAccept(m) => need(covers(&self.voted, m.id, m.ballot), "a PreAccept", m.id),
+            Message::PreAcceptOk(m) => {
+                need(covers(&self.voted, m.id, m.ballot), "a PreAcceptOk", m.id)
+            }
+            Message::Accept(m) => need(covers(&self.accepted, m.id, m.ballot), "an Accept", m.id),
+            Message::AcceptOk(m) => {
+                need(covers(&self.accepted, m.id, m.ballot), "an AcceptOk", m.id)
+            }
+            Message::Commit(m) => need(committed(m.id), "a Commit", m.id),
+            Message::CommitOk(m) => need(committed(m.id), "a CommitOk", m.id),
+            Message::Prepare(m) => need(covers(&self.promised, m.id, m.ballot), "a Prepare", m.id),
+            Message::Validate(m) => {
+                need(covers(&self.promised, m.id, m.ballot), "a Validate", m.id)
+            }
+            // An instance executed and dropped here has no promise to keep.
+            Message::PrepareOk(m) if m.status == Status::Executed => None,
+            Message::PrepareOk(m) => {
+                need(covers(&self.promised, m.id, m.ballot), "a PrepareOk", m.id)
+            }
+            Message::Nack(_) | Message::ValidateOk(_) | Message::Waiting(_) => None,
         }
     }
 }

@@ -131,6 +131,9 @@ pub struct SimConfig {
     pub injected_bug: Option<InjectedBug>,
     /// Test-only: every replica's node carries this defect.
     pub node_bug: Option<NodeBug>,
+    /// Storage syncs complete in the call that asks (as the runtime's do
+    /// today) instead of after a simulated fdatasync.
+    pub sync_at_once: bool,
 }
 
 impl SimConfig {
@@ -149,6 +152,7 @@ impl SimConfig {
             node_pipeline: NODE_PIPELINE_DEFAULT,
             injected_bug: None,
             node_bug: None,
+            sync_at_once: false,
         }
     }
 
@@ -156,7 +160,8 @@ impl SimConfig {
     pub fn replay_command(&self) -> String {
         format!(
             "cargo run --release --bin epaxos-sim -- --seed {} --replicas {} --faults {} \
-             --conflicts {} --reads {} --clients {} --ops {} --pipeline {} --shards {}{}{}",
+             --conflicts {} --reads {} --clients {} --ops {} --pipeline {} --shards {} \
+             --node-pipeline {}{}{}{}",
             self.seed,
             self.replicas,
             self.faults.name(),
@@ -166,16 +171,15 @@ impl SimConfig {
             self.ops_per_client,
             self.pipeline,
             self.shards,
+            self.node_pipeline,
             if self.thrifty { " --thrifty" } else { "" },
-            match self.node_bug {
-                Some(b) => format!(
-                    " --node-bug {}",
-                    clap::ValueEnum::to_possible_value(&b)
-                        .expect("named")
-                        .get_name()
-                ),
-                None => String::new(),
-            }
+            if self.sync_at_once {
+                " --sync-at-once"
+            } else {
+                ""
+            },
+            self.node_bug
+                .map_or(String::new(), |b| format!(" --node-bug {}", b.name()))
         )
     }
 }

@@ -54,11 +54,22 @@ pub struct MemStorage {
     records: Vec<Record>,
     /// How many of `records` (from the start) are durable.
     durable: usize,
+    /// Every sync completes in the call (`Synced::Now`), as on a storage
+    /// that syncs inline; else its owner says when (`Synced::Later`).
+    syncs_at_once: bool,
 }
 
 impl MemStorage {
     pub fn new() -> MemStorage {
         MemStorage::default()
+    }
+
+    /// A storage whose every sync completes at once.
+    pub fn syncing_at_once() -> MemStorage {
+        MemStorage {
+            syncs_at_once: true,
+            ..MemStorage::default()
+        }
     }
 
     /// Everything appended up to `token` is durable now.
@@ -98,8 +109,13 @@ impl Storage for MemStorage {
         self.appended()
     }
 
-    /// Its owner decides when (`make_durable`), then tells the node.
-    fn sync(&mut self, _upto: Token) -> Synced {
+    /// At once if it was made so; else its owner decides when
+    /// (`make_durable`), then tells the node.
+    fn sync(&mut self, upto: Token) -> Synced {
+        if self.syncs_at_once {
+            self.make_durable(upto);
+            return Synced::Now;
+        }
         Synced::Later
     }
 
