@@ -60,8 +60,8 @@ struct Args {
     /// with load instead of instances multiplying. A full batch (--batch-max)
     /// never waits, and a command arriving when fewer are in flight leaves
     /// at once.
-    /// The default is high enough to never hold a batch in the runs we
-    /// measured: holding them (2) made open-loop latency worse, not better.
+    /// The default is high enough to never hold a batch in the runs
+    /// measured (see perf/RESULTS.md, Part 2, for a lower limit tried).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pipeline: u32,
     /// Microseconds an idle shard polls for work before it sleeps in the

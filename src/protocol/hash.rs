@@ -2,8 +2,8 @@
 //!
 //! FxHash multiplies by one constant: for runs of consecutive ids, which is
 //! exactly what client ids are, the bits hashbrown indexes with cluster and
-//! probe sequences grow long (measured: the exactly-once table ran 4x slower
-//! on 1,280 consecutive ids). A full 64-bit finaliser (splitmix64's) spreads
+//! probe sequences grow long (the measurement is in `perf/RESULTS.md`,
+//! "Before fed4359"). A full 64-bit finaliser (splitmix64's) spreads
 //! every input bit over every output bit. No random state: the core must be
 //! deterministic.
 

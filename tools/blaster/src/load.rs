@@ -290,8 +290,7 @@ struct State {
 /// a second, shifts its open-loop schedule: by `index` / (total rate), so the
 /// run's requests are due evenly spaced. Without it every connection sent at
 /// the same instants, and the server saw bursts of one request per
-/// connection: at 2k ops/s over 10 connections, p50 read 5 times the
-/// one-connection figure against the same single replica.
+/// connection (the figures are in perf/RESULTS.md, "At a3384f2").
 fn phase(index: usize, rate: f64, connections: usize) -> Duration {
     Duration::from_secs_f64(index as f64 / (rate * connections as f64))
 }
