@@ -14,6 +14,8 @@
 //! This module never decides what to persist (the core does) nor when to
 //! send (the node does).
 
+pub mod log;
+
 use crate::protocol::Record;
 
 /// Names a prefix of a storage's records: all those appended up to a call
