@@ -42,6 +42,9 @@ pub struct ClusterConfig {
     pub extra_args: Vec<String>,
     /// How long a start or a restart waits for every peer link.
     pub ready_timeout: Duration,
+    /// Replica r keeps its log in `data_root/replica-r` (`--data-dir`);
+    /// `None`: in memory only.
+    pub data_root: Option<PathBuf>,
 }
 
 pub struct LocalCluster {
@@ -134,6 +137,10 @@ impl LocalCluster {
             .args(["--cores", &cfg.cores.to_string(), "--cpus", "none"])
             .args(["--cluster-id", &cfg.cluster_id.to_string()])
             .args(["--log-level", "warn"])
+            .args(cfg.data_root.iter().flat_map(|root| {
+                let dir = root.join(format!("replica-{id}"));
+                ["--data-dir".into(), dir.into_os_string()]
+            }))
             .args(&cfg.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -189,6 +196,21 @@ impl LocalCluster {
             .wait()
             .map_err(|e| format!("reap replica {id}: {e}"))?;
         self.procs[id] = self.spawn(id)?;
+        self.wait_ready()
+    }
+
+    /// Kills every replica at the same moment (SIGKILL to all, then reaps
+    /// them), starts them all again, and waits until the cluster is ready.
+    pub fn kill_all_and_restart(&mut self) -> Result<(), String> {
+        for p in &mut self.procs {
+            signal(p, libc::SIGKILL);
+        }
+        for (id, p) in self.procs.iter_mut().enumerate() {
+            p.wait().map_err(|e| format!("reap replica {id}: {e}"))?;
+        }
+        for id in 0..self.procs.len() {
+            self.procs[id] = self.spawn(id)?;
+        }
         self.wait_ready()
     }
 

@@ -13,7 +13,10 @@ use clap::{CommandFactory, Parser};
 use epaxos_fast::constants::{BATCH_COMMANDS_MAX, REPLICAS_MAX};
 use epaxos_fast::protocol::ReplicaId;
 use epaxos_fast::runtime::{self, RuntimeConfig};
+use epaxos_fast::storage::{Backend, Volatile};
 use epaxos_fast::wire::client::shard_addr;
+
+mod data_dir;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -71,8 +74,10 @@ struct Args {
     /// bound executor.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     spin_us: u32,
-    /// Directory for the durable log. Not implemented yet: state is in
-    /// memory only, so the flag is refused rather than silently ignored.
+    /// Keep each shard's log in this directory (DIR/shard-S.log, and
+    /// DIR/meta naming the cluster), so that kill -9 and a restart with the
+    /// same flags lose nothing acknowledged. Without it, state is in memory
+    /// only: a restarted replica comes back empty.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// TEST ONLY: acknowledge each shard's Nth PUT without applying it (a
@@ -110,13 +115,6 @@ fn config(args: &Args) -> RuntimeConfig {
             "--id {} is not an index of --peers (0..{n})",
             args.id
         ));
-    }
-    if args.data_dir.is_some() {
-        usage_error(
-            "--data-dir: durable storage is not implemented yet; state is in memory \
-             only (run without --data-dir)"
-                .into(),
-        );
     }
     let peers: Vec<SocketAddr> = args
         .peers
@@ -220,14 +218,32 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    let storages = match &args.data_dir {
+        Some(dir) => match data_dir::open(dir, &cfg) {
+            Ok(logs) => logs,
+            Err(e) => {
+                eprintln!("epaxos-fast: --data-dir {}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            tracing::warn!(
+                replica = args.id,
+                "no --data-dir: state is in memory only; a restart loses this replica's state"
+            );
+            (0..cfg.cores)
+                .map(|_| Backend::Memory(Volatile::default()))
+                .collect()
+        }
+    };
     tracing::info!(
         replica = args.id,
-        "starting: {} replicas, {} shards, listening on {} (state in memory only)",
+        "starting: {} replicas, {} shards, listening on {}",
         cfg.peers.len(),
         cfg.cores,
         cfg.listen
     );
-    match runtime::run(cfg, stop) {
+    match runtime::run(cfg, stop, storages) {
         Ok(()) => {
             tracing::info!(replica = args.id, "stopped cleanly");
             ExitCode::SUCCESS

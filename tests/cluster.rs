@@ -181,9 +181,9 @@ fn bad_flag_values_exit_2_with_the_reason() {
                 "--peers",
                 "127.0.0.1:7000",
                 "--data-dir",
-                "/tmp",
+                "/proc/no/such/dir",
             ],
-            "--data-dir",
+            "--data-dir /proc/no/such/dir: cannot create it",
         ),
         (
             &[

@@ -10,9 +10,10 @@
 //!
 //! This module never decides anything: it moves frames between sockets and
 //! the node (`crate::node`), carries the node's cross-shard messages, gives
-//! it a storage (`storage::Volatile` until there is a log file: records are
-//! dropped and syncs complete at once), and calls `turn` when input arrived
-//! or a deadline passed. The simulator drives the same node.
+//! it the storage the binary opened (`storage::Backend`: the shard's log
+//! file with `--data-dir`, else `Volatile`; both sync at once), and calls
+//! `turn` when input arrived or a deadline passed. The simulator drives the
+//! same node.
 
 mod net;
 mod notify;
@@ -33,6 +34,7 @@ use tracing::{error, info, info_span};
 use crate::constants::{BIND_RETRY_MS, STOP_CHECK_MS};
 use crate::node::Cross;
 use crate::protocol::ReplicaId;
+use crate::storage::Backend;
 use crate::wire::client::shard_addr;
 pub use notify::Notify;
 use shard::Shard;
@@ -66,7 +68,12 @@ const CROSS_CHANNEL_DEPTH: usize = 4096;
 
 /// Runs the replica until `stop` is set. Binding errors come back before
 /// any shard starts.
-pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+pub fn run(
+    cfg: RuntimeConfig,
+    stop: Arc<AtomicBool>,
+    storages: Vec<Backend>,
+) -> Result<(), String> {
+    assert_eq!(storages.len(), cfg.cores, "one storage a shard");
     let cfg = Arc::new(cfg);
     let mut fds = Vec::with_capacity(cfg.cores);
     for s in 0..cfg.cores {
@@ -82,7 +89,7 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     }
     let mesh = MeshBuilder::<Cross, Full>::full(cfg.cores, CROSS_CHANNEL_DEPTH);
     let mut handles = Vec::with_capacity(cfg.cores);
-    for (s, fd) in fds.into_iter().enumerate() {
+    for (s, (fd, storage)) in fds.into_iter().zip(storages).enumerate() {
         let placement = match &cfg.cpus {
             Some(cpus) => Placement::Fixed(cpus[s]),
             None => Placement::Unbound,
@@ -108,7 +115,7 @@ pub fn run(cfg: RuntimeConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
                 // SAFETY: `fd` is a listening socket this process owns and
                 // nothing else uses (into_raw_fd gave up std's ownership).
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                run_shard(shard_cfg, listener, mesh, stop).await
+                run_shard(shard_cfg, listener, mesh, stop, storage).await
             })
             .map_err(|e| format!("cannot start the executor of shard {s}: {e}"))?;
         handles.push(handle);
@@ -162,6 +169,7 @@ async fn run_shard(
     listener: glommio::net::TcpListener,
     mesh: MeshBuilder<Cross, Full>,
     stop: Arc<AtomicBool>,
+    storage: Backend,
 ) -> Result<(), String> {
     let s = cfg.shard;
     let (senders, receivers) = mesh
@@ -175,7 +183,7 @@ async fn run_shard(
         ));
     }
     let seed = seed(cfg.node.replica, s);
-    let shard = Rc::new(Shard::new(cfg, seed));
+    let shard = Rc::new(Shard::new(cfg, seed, storage));
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(%addr, "listening; {} replicas, {} shards", shard.cfg.replicas(), shard.cfg.shards());
     glommio::spawn_local(net::accept_loop(shard.clone(), listener)).detach();

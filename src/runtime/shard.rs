@@ -22,7 +22,7 @@ use super::RuntimeConfig;
 use crate::constants::SEND_BUFFER_KEPT_BYTES_MAX;
 use crate::node::{ConnId, Cross, Node, NodeConfig, Output};
 use crate::protocol::ReplicaId;
-use crate::storage::Volatile;
+use crate::storage::Backend;
 use crate::wire::client::shard_addr;
 
 /// What one shard needs to know about the cluster and itself.
@@ -95,7 +95,7 @@ impl ConnIo {
 
 pub struct Shard {
     pub cfg: ShardConfig,
-    node: RefCell<Node<Volatile>>,
+    node: RefCell<Node<Backend>>,
     /// Wakes the turn loop.
     pub wake: Notify,
     /// Per peer: bytes are waiting for the outgoing link.
@@ -107,9 +107,9 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(cfg: ShardConfig, rng_seed: u64) -> Shard {
+    pub fn new(cfg: ShardConfig, rng_seed: u64, storage: Backend) -> Shard {
         let epoch = Instant::now();
-        let node = Node::start(cfg.node_config(rng_seed), Volatile::default(), 0);
+        let node = Node::start(cfg.node_config(rng_seed), storage, 0);
         Shard {
             node: RefCell::new(node),
             wake: Notify::default(),
@@ -132,7 +132,7 @@ impl Shard {
 
     /// Calls into the node with the current time, then wakes whoever its
     /// outputs name.
-    pub fn call<R>(&self, f: impl FnOnce(&mut Node<Volatile>, u64) -> R) -> R {
+    pub fn call<R>(&self, f: impl FnOnce(&mut Node<Backend>, u64) -> R) -> R {
         let now = self.now();
         let mut node = self.node.borrow_mut();
         let r = f(&mut node, now);
@@ -155,14 +155,15 @@ impl Shard {
         r
     }
 
-    /// One turn of the shard's loop. Nothing is kept on disk yet (no
-    /// `--data-dir`): the storage syncs at once, so the turn's output is
-    /// released within the turn and there is never a sync to wait for.
+    /// One turn of the shard's loop. Both storages sync at once (the log
+    /// file blocks this thread for its write and fdatasync), so the turn's
+    /// output is released within the turn and there is never a sync to
+    /// wait for.
     pub fn turn(&self) {
         self.call(|node, now| {
             node.turn(now);
             let wanted = node.sync_wanted();
-            debug_assert_eq!(wanted, None, "a Volatile storage syncs at once");
+            debug_assert_eq!(wanted, None, "the runtime's storages sync at once");
         });
     }
 

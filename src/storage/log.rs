@@ -141,6 +141,14 @@ fn status_in(code: u8) -> Option<Status> {
 }
 
 impl Encoder {
+    /// Records read back from the log: their batches are on disk already.
+    pub fn knows(&mut self, records: &[Record]) {
+        for r in records.iter().filter(|r| !r.batch.is_empty()) {
+            self.batch_written
+                .insert(r.id, r.batch.bytes().len() as u32);
+        }
+    }
+
     /// Appends `rec` to `out` as one entry.
     pub fn encode(&mut self, rec: &Record, out: &mut BytesMut) {
         let len = rec.batch.bytes().len() as u32;
@@ -366,7 +374,10 @@ mod tests {
             let (at, dropped, _) = d.torn.expect("torn");
             // Zeros at the end of a torn write are not told from free space.
             assert_eq!(at, last);
-            assert!((1..=cut - last).contains(&dropped), "cut at {cut}: {dropped}");
+            assert!(
+                (1..=cut - last).contains(&dropped),
+                "cut at {cut}: {dropped}"
+            );
         }
     }
 

@@ -14,6 +14,7 @@
 //! This module never decides what to persist (the core does) nor when to
 //! send (the node does).
 
+pub mod file;
 pub mod log;
 
 use crate::protocol::Record;
@@ -148,6 +149,37 @@ impl Storage for Volatile {
 
     fn load(&self) -> Vec<Record> {
         Vec::new()
+    }
+}
+
+/// The storages the replica binary runs a shard on.
+pub enum Backend {
+    /// No `--data-dir`: nothing survives the process.
+    Memory(Volatile),
+    /// `--data-dir`: the shard's log file.
+    File(file::FileLog),
+}
+
+impl Storage for Backend {
+    fn append(&mut self, records: &[Record]) -> Token {
+        match self {
+            Backend::Memory(s) => s.append(records),
+            Backend::File(s) => s.append(records),
+        }
+    }
+
+    fn sync(&mut self, upto: Token) -> Synced {
+        match self {
+            Backend::Memory(s) => s.sync(upto),
+            Backend::File(s) => s.sync(upto),
+        }
+    }
+
+    fn load(&self) -> Vec<Record> {
+        match self {
+            Backend::Memory(s) => s.load(),
+            Backend::File(s) => s.load(),
+        }
     }
 }
 

@@ -33,6 +33,16 @@ impl Cluster {
     }
 
     pub fn start_with(replicas: usize, cores: u8, extra: &[&str]) -> Cluster {
+        Cluster::start_in(replicas, cores, extra, None)
+    }
+
+    /// With `data_root`, replica r keeps its log in `data_root/replica-r`.
+    pub fn start_in(
+        replicas: usize,
+        cores: u8,
+        extra: &[&str],
+        data_root: Option<std::path::PathBuf>,
+    ) -> Cluster {
         let cfg = ClusterConfig {
             binary: env!("CARGO_BIN_EXE_epaxos-fast").into(),
             replicas,
@@ -40,6 +50,7 @@ impl Cluster {
             cluster_id: CLUSTER_ID,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             ready_timeout: TIMEOUT,
+            data_root,
         };
         Cluster(LocalCluster::start(cfg).unwrap_or_else(|e| panic!("{e}")))
     }

@@ -1,0 +1,97 @@
+//! `--data-dir DIR`: the replica's directory. `DIR/meta` names the cluster
+//! the data belongs to (cluster id, replica id, replica and shard counts);
+//! `DIR/shard-S.log` is shard S's log. A directory written for another
+//! cluster, replica or shape is refused, naming both values: its records
+//! would be another replica's votes.
+
+use std::path::Path;
+use std::time::Instant;
+
+use epaxos_fast::runtime::RuntimeConfig;
+use epaxos_fast::storage::file::FileLog;
+use epaxos_fast::storage::Backend;
+
+const META: &str = "meta";
+
+/// The meta file's text for `cfg`.
+fn meta(cfg: &RuntimeConfig) -> String {
+    format!(
+        "cluster_id={}\nreplica={}\nreplicas={}\nshards={}\n",
+        cfg.cluster_id,
+        cfg.replica.0,
+        cfg.peers.len(),
+        cfg.cores
+    )
+}
+
+/// Creates or checks `dir`, then opens every shard's log. Errors say what
+/// and where; the caller exits with status 2.
+pub fn open(dir: &Path, cfg: &RuntimeConfig) -> Result<Vec<Backend>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}"))?;
+    let path = dir.join(META);
+    let want = meta(cfg);
+    match std::fs::read_to_string(&path) {
+        Ok(found) => check(&found, &want)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_synced(dir, &path, &want)?;
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    (0..cfg.cores)
+        .map(|s| {
+            let path = dir.join(format!("shard-{s}.log"));
+            let started = Instant::now();
+            let (log, opened) = FileLog::open(&path)?;
+            if let Some((at, dropped, why)) = &opened.torn {
+                tracing::warn!(
+                    "{}: torn last entry at offset {at} ({why}): {dropped} bytes cut off",
+                    path.display()
+                );
+            }
+            tracing::info!(
+                shard = s,
+                "{}: {} records, {} bytes, read in {:.3} s",
+                path.display(),
+                opened.records,
+                opened.bytes,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(Backend::File(log))
+        })
+        .collect()
+}
+
+/// Each line of `found` must be the one `want` has.
+fn check(found: &str, want: &str) -> Result<(), String> {
+    for (f, w) in found.lines().zip(want.lines()) {
+        if f != w {
+            let key = w.split('=').next().unwrap_or(w);
+            return Err(format!(
+                "it holds the data of another replica or cluster: {key} is {} there, {} now \
+                 (use that replica's flags, or another directory)",
+                f.split('=').nth(1).unwrap_or(f),
+                w.split('=').nth(1).unwrap_or(w)
+            ));
+        }
+    }
+    if found.lines().count() != want.lines().count() {
+        return Err(format!(
+            "its meta file is not one this version wrote: {found:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` durably (file and directory entry).
+fn write_synced(dir: &Path, path: &Path, text: &str) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let tmp = dir.join(format!("{META}.tmp"));
+    std::fs::write(&tmp, text).map_err(fail)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)
+}
