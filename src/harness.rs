@@ -45,6 +45,8 @@ pub struct ClusterConfig {
     /// Replica r keeps its log in `data_root/replica-r` (`--data-dir`);
     /// `None`: in memory only.
     pub data_root: Option<PathBuf>,
+    /// Remove `data_root` when the cluster is dropped (a scratch directory).
+    pub remove_data: bool,
 }
 
 pub struct LocalCluster {
@@ -252,6 +254,9 @@ impl Drop for LocalCluster {
                 signal(p, libc::SIGKILL);
             }
             let _ = p.wait();
+        }
+        if let (true, Some(root)) = (self.cfg.remove_data, &self.cfg.data_root) {
+            let _ = std::fs::remove_dir_all(root);
         }
     }
 }

@@ -51,6 +51,7 @@ impl Cluster {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             ready_timeout: TIMEOUT,
             data_root,
+            remove_data: false,
         };
         Cluster(LocalCluster::start(cfg).unwrap_or_else(|e| panic!("{e}")))
     }

@@ -54,7 +54,10 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
         cluster_id: args.cluster_id,
         extra_args,
         ready_timeout: READY_TIMEOUT,
-        data_root: None,
+        data_root: args
+            .durable
+            .then(|| std::env::temp_dir().join(format!("blaster-{}-data", std::process::id()))),
+        remove_data: true,
     })?;
     let list: Vec<String> = cluster.peers.iter().map(|p| p.to_string()).collect();
     eprintln!("blaster: started {n} local replicas at {}", list.join(","));

@@ -46,6 +46,10 @@ pub struct Args {
     /// Local replicas send PreAccepts to a fast quorum only.
     #[arg(long)]
     pub thrifty: bool,
+    /// Local replicas keep their logs on disk (`--data-dir`), each in a
+    /// fresh directory under the system's temporary one, removed at the end.
+    #[arg(long)]
+    pub durable: bool,
     /// Extra flag for every local replica (repeat it), e.g.
     /// `--replica-arg=--batch-max=64`.
     #[arg(long, allow_hyphen_values = true)]
