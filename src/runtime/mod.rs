@@ -183,7 +183,19 @@ async fn run_shard(
         ));
     }
     let seed = seed(cfg.node.replica, s);
+    let started = std::time::Instant::now();
+    let from_file = matches!(storage, Backend::File(_));
     let shard = Rc::new(Shard::new(cfg, seed, storage));
+    if from_file {
+        let (held, keys) = shard.call(|node, _| {
+            let core = node.core();
+            (core.instances_in_memory(), core.state_machine().len())
+        });
+        info!(
+            "restored from the log in {:.3} s: {keys} keys, {held} instances held",
+            started.elapsed().as_secs_f64()
+        );
+    }
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(%addr, "listening; {} replicas, {} shards", shard.cfg.replicas(), shard.cfg.shards());
     glommio::spawn_local(net::accept_loop(shard.clone(), listener)).detach();
