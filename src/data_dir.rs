@@ -28,37 +28,82 @@ fn meta(cfg: &RuntimeConfig) -> String {
 /// and where; the caller exits with status 2.
 pub fn open(dir: &Path, cfg: &RuntimeConfig) -> Result<Vec<Backend>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}"))?;
+    lock(dir)?;
     let path = dir.join(META);
     let want = meta(cfg);
-    match std::fs::read_to_string(&path) {
-        Ok(found) => check(&found, &want)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_synced(dir, &path, &want)?;
+    let fresh = match std::fs::read_to_string(&path) {
+        Ok(found) => {
+            check(&found, &want)?;
+            false
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let logs = (0..cfg.cores)
+        .map(|s| open_log(dir, s, fresh))
+        .collect::<Result<Vec<_>, String>>()?;
+    if fresh {
+        // The logs exist before the meta that says they should.
+        sync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+        write_synced(dir, &path, &want)?;
     }
-    (0..cfg.cores)
-        .map(|s| {
-            let path = dir.join(format!("shard-{s}.log"));
-            let started = Instant::now();
-            let (log, opened) = FileLog::open(&path)?;
-            if let Some((at, dropped, why)) = &opened.torn {
-                tracing::warn!(
-                    "{}: torn last entry at offset {at} ({why}): {dropped} bytes cut off",
-                    path.display()
-                );
-            }
-            tracing::info!(
-                shard = s,
-                "{}: {} records, {} bytes, read in {:.3} s",
-                path.display(),
-                opened.records,
-                opened.bytes,
-                started.elapsed().as_secs_f64()
-            );
-            Ok(Backend::File(log))
-        })
-        .collect()
+    Ok(logs)
+}
+
+/// Holds an exclusive lock on `DIR/lock` for the life of the process: a
+/// second replica started on the same directory would read (and cut) logs
+/// another one is writing.
+fn lock(dir: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let f = std::fs::File::create(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "another process holds {} (a replica is running on this directory)",
+            path.display()
+        ));
+    }
+    // Kept open, so locked, until the process exits.
+    std::mem::forget(f);
+    Ok(())
+}
+
+/// Opens shard `s`'s log. A directory that had a meta file must have every
+/// shard's log: one missing would bring that shard back empty under this
+/// replica's id, free to vote again on what it voted before.
+fn open_log(dir: &Path, s: usize, fresh: bool) -> Result<Backend, String> {
+    let path = dir.join(format!("shard-{s}.log"));
+    if !fresh && !path.exists() {
+        return Err(format!(
+            "{} is missing, though {META} says this directory was in use: this \
+             shard would come back empty under the same replica id; restore the \
+             file, or start on a new directory",
+            path.display()
+        ));
+    }
+    let started = Instant::now();
+    let (log, opened) = FileLog::open(&path, fresh)?;
+    if let Some((at, dropped, why)) = &opened.torn {
+        tracing::warn!(
+            "{}: torn last entry at offset {at} ({why}): {dropped} bytes cut off",
+            path.display()
+        );
+    }
+    tracing::info!(
+        shard = s,
+        "{}: {} records, {} bytes, read in {:.3} s",
+        path.display(),
+        opened.records,
+        opened.bytes,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Backend::File(log))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// Each line of `found` must be the one `want` has.

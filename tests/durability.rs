@@ -60,7 +60,7 @@ fn every_acknowledged_write_survives_killing_all_replicas_at_once() {
 }
 
 #[test]
-fn a_replica_killed_under_writes_comes_back_with_its_log() {
+fn a_replica_killed_between_rounds_of_writes_comes_back_with_its_log() {
     let root = scratch("kill-one");
     let mut cluster = Cluster::start_in(3, 1, &[], Some(root.clone()));
     let mut c = cluster.connect(0, 0);
@@ -107,6 +107,27 @@ fn one_replica(dir: &Path, id: &str, peers: &str) -> (Option<i32>, String) {
         "--log-level",
         "warn",
     ])
+}
+
+#[test]
+fn a_directory_in_use_or_missing_a_log_is_refused() {
+    let root = scratch("in-use");
+    let mut cluster = Cluster::start_in(1, 1, &[], Some(root.clone()));
+    let peers = cluster.peers[0].to_string();
+    let dir = root.join("replica-0");
+    // A second process on the running replica's directory: refused before
+    // it reads (and could cut) the live log.
+    let (code, err) = one_replica(&dir, "0", "127.0.0.1:1");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("another process holds"), "{err}");
+    cluster.terminate();
+    drop(cluster);
+    // A log gone from a directory that was in use: refused, not recreated.
+    std::fs::remove_file(dir.join("shard-0.log")).unwrap();
+    let (code, err) = one_replica(&dir, "0", &peers);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("shard-0.log is missing"), "{err}");
+    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]

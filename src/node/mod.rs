@@ -245,7 +245,7 @@ pub struct Node<S: Storage> {
 impl<S: Storage> Node<S> {
     /// A shard started on `storage`: empty, or rebuilt from the durable
     /// records a previous run left there. `now` is the driver's clock.
-    pub fn start(cfg: NodeConfig, storage: S, now: u64) -> Node<S> {
+    pub fn start(cfg: NodeConfig, mut storage: S, now: u64) -> Node<S> {
         assert!(cfg.shard < cfg.shards && cfg.pipeline > 0 && cfg.batch_max > 0);
         let mut core_cfg = Config::new(cfg.replicas, cfg.replica).expect("validated replica count");
         core_cfg.thrifty = cfg.thrifty;

@@ -274,7 +274,7 @@ impl Storage for Switching {
         crate::storage::Synced::Later
     }
 
-    fn load(&self) -> Vec<crate::protocol::Record> {
+    fn load(&mut self) -> Vec<crate::protocol::Record> {
         self.inner.load()
     }
 }

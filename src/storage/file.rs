@@ -42,15 +42,17 @@ pub struct FileLog {
 }
 
 impl FileLog {
-    /// Opens (or creates) the log at `path` and reads it back. A torn last
-    /// entry is cut off (the file is truncated there); corruption before the
-    /// tail is an error naming the file and the offset.
-    pub fn open(path: &Path) -> Result<(FileLog, Opened), String> {
+    /// Opens the log at `path` (creating it only if `create`: a log missing
+    /// from a directory that had one would bring a replica back empty under
+    /// its id) and reads it back. A torn last entry is cut off (the file is
+    /// truncated there); corruption before the tail is an error naming the
+    /// file and the offset.
+    pub fn open(path: &Path, create: bool) -> Result<(FileLog, Opened), String> {
         let named = |e: std::io::Error| format!("{}: {e}", path.display());
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
+            .create(create)
             .truncate(false)
             .open(path)
             .map_err(named)?;
@@ -109,8 +111,10 @@ impl Storage for FileLog {
         Synced::Now
     }
 
-    fn load(&self) -> Vec<Record> {
-        self.loaded.clone()
+    /// Hands the records read at open over (once: the batches borrow the
+    /// whole file's buffer, which should not stay resident).
+    fn load(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.loaded)
     }
 }
 
@@ -153,32 +157,56 @@ mod tests {
     #[test]
     fn what_was_synced_is_read_back_after_reopening_and_appends_go_on() {
         let path = dir("reopen").join("shard-0.log");
-        let (mut log, opened) = FileLog::open(&path).unwrap();
+        let (mut log, opened) = FileLog::open(&path, true).unwrap();
         assert_eq!(opened.records, 0);
         log.append(&[record(1), record(2)]);
         assert_eq!(log.sync(Token(2)), Synced::Now);
         log.append(&[record(3)]);
         drop(log); // never synced: a crash loses it
-        let (mut log, opened) = FileLog::open(&path).unwrap();
+        let (mut log, opened) = FileLog::open(&path, true).unwrap();
         assert_eq!(log.load(), vec![record(1), record(2)]);
         assert_eq!(opened.records, 2);
         assert_eq!(log.append(&[record(3)]), Token(3));
         log.sync(Token(3));
-        let (log, _) = FileLog::open(&path).unwrap();
+        let (mut log, _) = FileLog::open(&path, true).unwrap();
         assert_eq!(log.load(), vec![record(1), record(2), record(3)]);
+    }
+
+    #[test]
+    fn an_instance_recorded_again_after_a_reopen_keeps_its_batch() {
+        let path = dir("again").join("shard-0.log");
+        let (mut log, _) = FileLog::open(&path, true).unwrap();
+        let mut first = record(4);
+        first.status = Status::PreAccepted;
+        log.append(std::slice::from_ref(&first));
+        log.sync(Token(1));
+        drop(log);
+        let (mut log, _) = FileLog::open(&path, true).unwrap();
+        assert_eq!(log.load(), vec![first.clone()]);
+        let before = std::fs::metadata(&path).unwrap().len();
+        log.append(&[record(4)]); // committed now, same batch
+        log.sync(Token(2));
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(
+            after - before,
+            super::super::log::ENTRY_HEADER_BYTES as u64,
+            "no batch again"
+        );
+        let (mut log, _) = FileLog::open(&path, true).unwrap();
+        assert_eq!(log.load(), vec![first, record(4)]);
     }
 
     #[test]
     fn a_torn_tail_is_cut_off_and_the_file_truncated() {
         let path = dir("torn").join("shard-0.log");
-        let (mut log, _) = FileLog::open(&path).unwrap();
+        let (mut log, _) = FileLog::open(&path, true).unwrap();
         log.append(&[record(1), record(2)]);
         log.sync(Token(2));
         drop(log);
         let len = std::fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 5).unwrap();
-        let (log, opened) = FileLog::open(&path).unwrap();
+        let (mut log, opened) = FileLog::open(&path, true).unwrap();
         assert_eq!(log.load(), vec![record(1)]);
         assert!(opened.torn.is_some());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), opened.bytes as u64);
@@ -187,14 +215,14 @@ mod tests {
     #[test]
     fn corruption_before_the_tail_refuses_naming_file_and_offset() {
         let path = dir("corrupt").join("shard-0.log");
-        let (mut log, _) = FileLog::open(&path).unwrap();
+        let (mut log, _) = FileLog::open(&path, true).unwrap();
         log.append(&[record(1), record(2)]);
         log.sync(Token(2));
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[20] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        let e = FileLog::open(&path).err().unwrap();
+        let e = FileLog::open(&path, true).err().unwrap();
         assert!(e.contains("shard-0.log") && e.contains("offset 0"), "{e}");
     }
 }

@@ -153,7 +153,10 @@ impl Encoder {
     pub fn encode(&mut self, rec: &Record, out: &mut BytesMut) {
         let len = rec.batch.bytes().len() as u32;
         let with_batch = len > 0 && self.batch_written.get(&rec.id) != Some(&len);
-        if with_batch {
+        if rec.status >= Status::Committed {
+            // Committed: its last record, as far as this log goes.
+            self.batch_written.remove(&rec.id);
+        } else if with_batch {
             self.batch_written.insert(rec.id, len);
         }
         let mut flags = 0;
@@ -207,7 +210,7 @@ pub fn decode(log: &Bytes) -> Result<Decoded, Corrupt> {
                 out.records.push(rec);
                 at += len;
             }
-            Err(reason) if !valid_entry_after(log, at, written) => {
+            Err(reason) if !valid_entry_after(log, at) => {
                 out.torn = Some((at, written - at, reason));
                 break;
             }
@@ -219,10 +222,12 @@ pub fn decode(log: &Bytes) -> Result<Decoded, Corrupt> {
 }
 
 /// Whether a whole, valid entry starts anywhere after `at`.
-fn valid_entry_after(log: &Bytes, at: usize, written: usize) -> bool {
+fn valid_entry_after(log: &Bytes, at: usize) -> bool {
+    // Up to the end of the file, not of the non-zero bytes: an entry may end
+    // in zeros (attributes of a small cluster, no initial attributes).
     let magic = ENTRY_MAGIC.to_le_bytes();
     let none = FxHashMap::default();
-    (at + 1..written.saturating_sub(ENTRY_HEADER_BYTES) + 1)
+    (at + 1..log.len().saturating_sub(ENTRY_HEADER_BYTES) + 1)
         .filter(|&p| log[p..p + 4] == magic)
         .any(|p| entry(log, p, &none).is_ok())
 }
@@ -392,6 +397,19 @@ mod tests {
             let entry = if at < second { 0 } else { second };
             assert_eq!(e.offset, entry, "flip at {at}: {e}");
         }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_entry_before_a_zero_ended_last_one_is_refused() {
+        let (_, log) = sample();
+        // The last entry has no batch and no initial attributes: it ends in
+        // zeros, past the last non-zero byte.
+        assert_eq!(log[log.len() - 1], 0);
+        let before_last = log.len() - 2 * ENTRY_HEADER_BYTES;
+        let mut bad = BytesMut::from(&log[..]);
+        bad[before_last + 30] ^= 0x04;
+        let e = decode(&bad.freeze()).unwrap_err();
+        assert_eq!(e.offset, before_last, "{e}");
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub trait Storage {
     fn sync(&mut self, upto: Token) -> Synced;
 
     /// The durable records, in the order they were appended: what a shard
-    /// restarted on this storage rebuilds itself from.
-    fn load(&self) -> Vec<Record>;
+    /// restarted on this storage rebuilds itself from. Called once, at start
+    /// (a storage may hand its copy over rather than keep it).
+    fn load(&mut self) -> Vec<Record>;
 }
 
 /// Records kept in memory. Appends become durable when the owner says so
@@ -122,13 +123,13 @@ impl Storage for MemStorage {
         Synced::Later
     }
 
-    fn load(&self) -> Vec<Record> {
+    fn load(&mut self) -> Vec<Record> {
         self.durable_records().to_vec()
     }
 }
 
-/// Nothing survives the process: what the replica binary runs on until the
-/// durability issue adds a log file. Records are counted and dropped (kept
+/// Nothing survives the process: what the replica binary runs on without
+/// `--data-dir`. Records are counted and dropped (kept
 /// in memory they would only grow, since a restarted process starts empty
 /// anyway); every append is durable at once, as far as this process can
 /// tell, so the node's contract holds trivially.
@@ -147,7 +148,7 @@ impl Storage for Volatile {
         Synced::Now
     }
 
-    fn load(&self) -> Vec<Record> {
+    fn load(&mut self) -> Vec<Record> {
         Vec::new()
     }
 }
@@ -175,7 +176,7 @@ impl Storage for Backend {
         }
     }
 
-    fn load(&self) -> Vec<Record> {
+    fn load(&mut self) -> Vec<Record> {
         match self {
             Backend::Memory(s) => s.load(),
             Backend::File(s) => s.load(),
