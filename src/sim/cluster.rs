@@ -648,12 +648,7 @@ impl<'c> Sim<'c> {
         s: usize,
         f: impl FnOnce(&mut Node<MemStorage>, u64) -> T,
     ) -> Option<T> {
-        let now = self.now;
-        let node = self.shards[r][s]
-            .node
-            .as_mut()
-            .expect("calls go to live replicas");
-        let result = f(node, now);
+        let result = self.node_call(r, s, f);
         if self.cfg.sync_at_once {
             let strike = match self.crash_armed[r].map(|(point, _)| point) {
                 Some(CrashPoint::DuringSync | CrashPoint::AfterSync) => true,
@@ -678,14 +673,24 @@ impl<'c> Sim<'c> {
         s: usize,
         f: impl FnOnce(&mut Node<MemStorage>, u64) -> T,
     ) -> T {
+        let result = self.node_call(r, s, f);
+        self.drain(r, s);
+        result
+    }
+
+    /// Calls into shard `s` of live replica `r`, outputs left where they are.
+    fn node_call<T>(
+        &mut self,
+        r: usize,
+        s: usize,
+        f: impl FnOnce(&mut Node<MemStorage>, u64) -> T,
+    ) -> T {
         let now = self.now;
         let node = self.shards[r][s]
             .node
             .as_mut()
             .expect("calls go to live replicas");
-        let result = f(node, now);
-        self.drain(r, s);
-        result
+        f(node, now)
     }
 
     /// Carries out shard `s` of `r`'s outputs.

@@ -29,7 +29,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::command::Batch;
 use crate::constants::{BATCH_BYTES_MAX, REPLICAS_MAX};
 use crate::protocol::{Attrs, Ballot, Deps, InstanceId, Record, ReplicaId, Status};
-use crate::wire::peer::{WireAttrs, WireBallot};
+use crate::wire::peer::{attrs_out, ballot_out, WireAttrs, WireBallot};
 
 /// "EPXL", little-endian.
 pub const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"EPXL");
@@ -98,27 +98,11 @@ pub struct Encoder {
     batch_written: FxHashMap<InstanceId, u32>,
 }
 
-fn ballot_out(b: Ballot) -> WireBallot {
-    WireBallot {
-        epoch: b.epoch.into(),
-        number: b.number.into(),
-        replica: b.replica.0,
-        padding: [0; 3],
-    }
-}
-
 fn ballot_in(b: &WireBallot) -> Ballot {
     Ballot {
         epoch: b.epoch.get(),
         number: b.number.get(),
         replica: ReplicaId(b.replica),
-    }
-}
-
-fn attrs_out(a: &Attrs) -> WireAttrs {
-    WireAttrs {
-        seq: a.seq.into(),
-        deps: a.deps.0.map(U64::new),
     }
 }
 

@@ -127,7 +127,7 @@ fn id_out(id: InstanceId) -> WireId {
     }
 }
 
-fn ballot_out(b: Ballot) -> WireBallot {
+pub(crate) fn ballot_out(b: Ballot) -> WireBallot {
     WireBallot {
         epoch: b.epoch.into(),
         number: b.number.into(),
@@ -136,7 +136,7 @@ fn ballot_out(b: Ballot) -> WireBallot {
     }
 }
 
-fn attrs_out(a: &Attrs) -> WireAttrs {
+pub(crate) fn attrs_out(a: &Attrs) -> WireAttrs {
     WireAttrs {
         seq: a.seq.into(),
         deps: a.deps.0.map(U64::new),
