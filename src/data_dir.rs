@@ -42,6 +42,16 @@ pub fn open(dir: &Path, cfg: &RuntimeConfig) -> Result<Vec<Backend>, String> {
     let logs = (0..cfg.cores)
         .map(|s| open_log(dir, s, fresh))
         .collect::<Result<Vec<_>, String>>()?;
+    if fresh && logs.iter().any(|(_, records)| *records > 0) {
+        // Logs with records but no meta: whose votes they are is unknown,
+        // and writing a meta for today's flags would adopt them blindly.
+        return Err(format!(
+            "{} is missing but the shard logs hold records: restore the meta file, \
+             or start on a new directory",
+            path.display()
+        ));
+    }
+    let logs: Vec<Backend> = logs.into_iter().map(|(log, _)| log).collect();
     if fresh {
         // The logs exist before the meta that says they should.
         sync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
@@ -70,10 +80,10 @@ fn lock(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens shard `s`'s log. A directory that had a meta file must have every
+/// Opens shard `s`'s log; with the records it holds. A directory that had a meta file must have every
 /// shard's log: one missing would bring that shard back empty under this
 /// replica's id, free to vote again on what it voted before.
-fn open_log(dir: &Path, s: usize, fresh: bool) -> Result<Backend, String> {
+fn open_log(dir: &Path, s: usize, fresh: bool) -> Result<(Backend, usize), String> {
     let path = dir.join(format!("shard-{s}.log"));
     if !fresh && !path.exists() {
         return Err(format!(
@@ -99,7 +109,7 @@ fn open_log(dir: &Path, s: usize, fresh: bool) -> Result<Backend, String> {
         opened.bytes,
         started.elapsed().as_secs_f64()
     );
-    Ok(Backend::File(log))
+    Ok((Backend::File(log), opened.records))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

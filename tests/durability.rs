@@ -131,6 +131,26 @@ fn a_directory_in_use_or_missing_a_log_is_refused() {
 }
 
 #[test]
+fn logs_with_records_but_no_meta_file_are_refused() {
+    let root = scratch("no-meta");
+    let mut cluster = Cluster::start_in(1, 1, &[], Some(root.clone()));
+    let r = cluster.connect(0, 0).call(Op::Put, b"k", b"v").unwrap();
+    assert_eq!(r.code, Code::Done);
+    let peers = cluster.peers[0].to_string();
+    cluster.terminate();
+    drop(cluster);
+    let dir = root.join("replica-0");
+    std::fs::remove_file(dir.join("meta")).unwrap();
+    let (code, err) = one_replica(&dir, "0", &peers);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("meta is missing but the shard logs hold records"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
 fn a_directory_of_another_replica_or_a_corrupt_log_is_refused() {
     let root = scratch("refused");
     let mut cluster = Cluster::start_in(1, 1, &[], Some(root.clone()));

@@ -295,10 +295,6 @@ impl<S: Storage> Node<S> {
         &self.cfg
     }
 
-    pub fn encoder(&self) -> FrameEncoder {
-        self.enc
-    }
-
     /// The core, for its counters and state (read only).
     pub fn core(&self) -> &Replica<KvStore> {
         &self.core
