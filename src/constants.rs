@@ -97,3 +97,16 @@ const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);
 // One PUT of the largest key and value fits in a batch, and a batch in a frame.
 const _: () = assert!(32 + KEY_BYTES_MAX + VALUE_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);
+
+/// Log writes start and end on this boundary (O_DIRECT): a multiple of every
+/// logical block size a log may sit on (glommio reports 512 or 4096).
+pub const LOG_WRITE_ALIGN_BYTES: u64 = 4096;
+
+/// A shard's log file is zero-filled this far ahead of its last entry, and
+/// extended by this much at a time, so that a group commit overwrites space
+/// already allocated and written: its fdatasync then flushes data only.
+/// (On ext4 here, fdatasync of an append that grows the file costs an extra
+/// journal commit: 0.27-0.34 ms against 0.16-0.19 ms for an overwrite.)
+pub const LOG_PREALLOC_CHUNK_BYTES: u64 = 4 << 20;
+
+const _: () = assert!(LOG_PREALLOC_CHUNK_BYTES % LOG_WRITE_ALIGN_BYTES == 0);

@@ -157,8 +157,8 @@ impl From<FrameError> for ConnError {
 }
 
 /// Counters the admin frame reports, besides the core's own. The driver adds
-/// the byte counts; the node counts the rest.
-#[derive(Clone, Copy, Debug, Default)]
+/// the byte counts and the log's; the node counts the rest.
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -173,6 +173,40 @@ pub struct Counters {
     pub dropped_messages: u64,
     /// PUTs submitted (counted only with `test_lose_write`).
     pub puts_seen: u64,
+    pub log: LogCounters,
+}
+
+/// What the driver's log writer did: group commits, what they carried, how
+/// long each took.
+#[derive(Clone, Debug)]
+pub struct LogCounters {
+    pub fsyncs: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Microseconds per group commit (write and fdatasync).
+    pub micros: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for LogCounters {
+    fn default() -> LogCounters {
+        LogCounters {
+            fsyncs: 0,
+            records: 0,
+            bytes: 0,
+            // Three significant digits; grows as needed.
+            micros: hdrhistogram::Histogram::new(3).expect("valid precision"),
+        }
+    }
+}
+
+impl LogCounters {
+    /// One group commit of `records` records, `bytes` bytes, `micros` long.
+    pub fn synced(&mut self, records: u64, bytes: u64, micros: u64) {
+        self.fsyncs += 1;
+        self.records += records;
+        self.bytes += bytes;
+        self.micros.saturating_record(micros.max(1));
+    }
 }
 
 /// Who a connection turned out to be.
@@ -240,6 +274,8 @@ pub struct Node<S: Storage> {
     outputs: VecDeque<Output>,
     trace: Vec<TraceEvent>,
     counters: Counters,
+    /// Why the shard stopped, once its storage failed (`storage_failed`).
+    failed: Option<String>,
 }
 
 impl<S: Storage> Node<S> {
@@ -287,6 +323,7 @@ impl<S: Storage> Node<S> {
             outputs: VecDeque::new(),
             trace: Vec::new(),
             counters: Counters::default(),
+            failed: None,
             cfg,
         }
     }
@@ -373,6 +410,8 @@ impl<S: Storage> Node<S> {
         };
         match c.who {
             Peer::Unknown => self.on_hello(conn, frame),
+            // A stopped shard votes on nothing.
+            Peer::Replica(_) if self.failed.is_some() => Ok(()),
             Peer::Replica(from) => self.on_peer_frame(now, from, frame),
             Peer::Client => self.on_client_frame(conn, frame),
         }
@@ -453,6 +492,9 @@ impl<S: Storage> Node<S> {
     /// and everything the turn produced is sealed: its records go to
     /// storage, and its messages and replies wait for them to be durable.
     pub fn turn(&mut self, now: u64) {
+        if self.failed.is_some() {
+            return;
+        }
         // Timers before proposals: a tick that commits an instance of ours
         // lets a held batch go in this same turn.
         if self.core.next_deadline().is_some_and(|d| d <= now) {
@@ -574,7 +616,8 @@ impl<S: Storage> Node<S> {
             replicas: self.cfg.replicas as u8,
             shards: self.cfg.shards as u8,
             peers_connected: self.links_up() as u8,
-            padding: [0; 3],
+            log_failed: u8::from(self.failed.is_some()),
+            padding: [0; 2],
             digest: self.core.state_machine().digest().into(),
             keys: (self.core.state_machine().len() as u64).into(),
             batches: stats.proposed.into(),
@@ -596,6 +639,12 @@ impl<S: Storage> Node<S> {
             instances_in_memory: (self.core.instances_in_memory() as u64).into(),
             dropped_messages: c.dropped_messages.into(),
             awaiting_answers: (self.pending.len() as u64).into(),
+            fsyncs: c.log.fsyncs.into(),
+            synced_records: c.log.records.into(),
+            synced_bytes: c.log.bytes.into(),
+            fsync_p50_us: c.log.micros.value_at_quantile(0.5).into(),
+            fsync_p99_us: c.log.micros.value_at_quantile(0.99).into(),
+            fsync_max_us: c.log.micros.max().into(),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::constants::PEER_SEND_BUFFER_BYTES_MAX;
 use crate::protocol::Outbox;
 use crate::state_machine::KvResult;
 use crate::storage::{Storage, Synced, Token};
+use crate::wire::client::Code;
 use crate::wire::peer;
 
 impl<S: Storage> Node<S> {
@@ -55,9 +56,41 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// The driver could not make the records durable (a write or an
+    /// fdatasync failed; after a failed fsync the page cache cannot be
+    /// trusted, so nothing is retried). The shard stops for good: what waits
+    /// for records is dropped unsent (it reports records that may not be on
+    /// disk), every command waiting for an answer, and every one that comes
+    /// later, is answered `Unavailable` with `reason`, peers' messages are
+    /// ignored (no more votes), and turns do nothing. The admin frame still
+    /// answers, with `log_failed` set.
+    pub fn storage_failed(&mut self, reason: &str) {
+        if self.failed.is_some() {
+            return;
+        }
+        let why = format!("shard {} stopped: {reason}", self.cfg.shard);
+        self.held.clear();
+        self.out.clear();
+        self.open = crate::command::BatchBuilder::new();
+        self.closed.clear();
+        let waiting: Vec<(u64, u64)> = self.pending.keys().copied().collect();
+        for (client, request) in waiting {
+            self.answer(client, request, Code::Unavailable, why.as_bytes());
+        }
+        self.failed = Some(why);
+    }
+
+    /// Why the shard stopped, if its storage failed.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     /// The driver made every record up to `token` durable: the turns that
     /// waited for them leave, in order.
     pub fn durable(&mut self, token: Token) {
+        if self.failed.is_some() {
+            return; // what waited was dropped
+        }
         assert!(
             token <= self.appended,
             "durable {token:?} beyond {:?}",

@@ -62,6 +62,18 @@ impl<S: Storage> Node<S> {
     /// A client's Request: the commands this shard owns join the open batch,
     /// the others go to their shards, one batch per shard.
     pub(super) fn on_request(&mut self, conn: ConnId, batch: &Batch) {
+        if let Some(why) = self.failed.clone() {
+            for cmd in batch.iter() {
+                self.respond(
+                    conn,
+                    cmd.client,
+                    cmd.request,
+                    Code::Unavailable,
+                    why.as_bytes(),
+                );
+            }
+            return;
+        }
         let me = self.cfg.shard;
         let route = Route {
             origin: me as u8,
@@ -103,6 +115,18 @@ impl<S: Storage> Node<S> {
                 conn,
                 batch,
             } => {
+                if let Some(why) = self.failed.clone() {
+                    for cmd in batch.iter() {
+                        let answer = Answer {
+                            client: cmd.client,
+                            request: cmd.request,
+                            code: Code::Unavailable,
+                            value: Bytes::copy_from_slice(why.as_bytes()),
+                        };
+                        self.push_cross(usize::from(origin), Cross::Answer { conn, answer });
+                    }
+                    return;
+                }
                 self.counters.forwarded_in += batch.len() as u64;
                 for cmd in batch.iter() {
                     self.submit(Route { origin, conn }, &cmd);

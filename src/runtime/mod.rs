@@ -11,7 +11,8 @@
 //! This module never decides anything: it moves frames between sockets and
 //! the node (`crate::node`), carries the node's cross-shard messages, gives
 //! it the storage the binary opened (`storage::Backend`: the shard's log
-//! file with `--data-dir`, else `Volatile`; both sync at once), and calls
+//! file, written by `wal` through io_uring off the turn, or `Volatile` with
+//! `--in-memory`, which syncs at once), and calls
 //! `turn` when input arrived or a deadline passed. The simulator drives the
 //! same node.
 
@@ -19,6 +20,7 @@ mod net;
 mod notify;
 mod shard;
 mod sockopt;
+mod wal;
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -184,7 +186,11 @@ async fn run_shard(
     }
     let seed = seed(cfg.node.replica, s);
     let started = std::time::Instant::now();
-    let from_file = matches!(storage, Backend::File(_));
+    let log_path = match &storage {
+        Backend::File(log) => Some(log.path().to_path_buf()),
+        Backend::Memory(_) => None,
+    };
+    let from_file = log_path.is_some();
     let shard = Rc::new(Shard::new(cfg, seed, storage));
     if from_file {
         let (held, keys) = shard.call(|node, _| {
@@ -198,6 +204,9 @@ async fn run_shard(
     }
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(%addr, "listening; {} replicas, {} shards", shard.cfg.replicas(), shard.cfg.shards());
+    if let Some(path) = log_path {
+        glommio::spawn_local(wal::writer(shard.clone(), path)).detach();
+    }
     glommio::spawn_local(net::accept_loop(shard.clone(), listener)).detach();
     for r in 0..shard.cfg.replicas() {
         let peer = ReplicaId(r as u8);

@@ -22,6 +22,7 @@ use super::RuntimeConfig;
 use crate::constants::SEND_BUFFER_KEPT_BYTES_MAX;
 use crate::node::{ConnId, Cross, Node, NodeConfig, Output};
 use crate::protocol::ReplicaId;
+use crate::storage::file::FileLog;
 use crate::storage::Backend;
 use crate::wire::client::shard_addr;
 
@@ -98,6 +99,8 @@ pub struct Shard {
     node: RefCell<Node<Backend>>,
     /// Wakes the turn loop.
     pub wake: Notify,
+    /// Wakes the log writer (`runtime::wal`): a turn appended records.
+    pub log_ready: Notify,
     /// Per peer: bytes are waiting for the outgoing link.
     pub link_ready: Vec<Notify>,
     conns: RefCell<FxHashMap<ConnId, Rc<ConnIo>>>,
@@ -113,6 +116,7 @@ impl Shard {
         Shard {
             node: RefCell::new(node),
             wake: Notify::default(),
+            log_ready: Notify::default(),
             link_ready: (0..cfg.replicas()).map(|_| Notify::default()).collect(),
             conns: RefCell::default(),
             cross_ready: (0..cfg.shards()).map(|_| Notify::default()).collect(),
@@ -155,16 +159,32 @@ impl Shard {
         r
     }
 
-    /// One turn of the shard's loop. Both storages sync at once (the log
-    /// file blocks this thread for its write and fdatasync), so the turn's
-    /// output is released within the turn and there is never a sync to
-    /// wait for.
+    /// One turn of the shard's loop. With a log file, the records the turn
+    /// appended are written by the log writer, which the turn wakes; the
+    /// turn's output waits in the node until they are durable. In memory,
+    /// they are "durable" at once and the output leaves now.
     pub fn turn(&self) {
-        self.call(|node, now| {
+        let wanted = self.call(|node, now| {
             node.turn(now);
-            let wanted = node.sync_wanted();
-            debug_assert_eq!(wanted, None, "the runtime's storages sync at once");
+            node.sync_wanted()
         });
+        if wanted.is_some() {
+            self.log_ready.notify();
+        }
+    }
+
+    /// Calls `f` on the shard's log file. Only the log writer calls it, and
+    /// only a shard started on one has a writer.
+    pub fn with_log<R>(&self, f: impl FnOnce(&mut FileLog) -> R) -> R {
+        match self.node.borrow_mut().storage_mut() {
+            Backend::File(log) => f(log),
+            Backend::Memory(_) => unreachable!("no log writer runs in memory"),
+        }
+    }
+
+    /// Whether the shard stopped because its log failed.
+    pub fn failed(&self) -> bool {
+        self.node.borrow().failed().is_some()
     }
 
     pub fn count_in(&self, bytes: usize) {

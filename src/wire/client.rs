@@ -65,6 +65,12 @@ pub enum Code {
     Overloaded = 4,
     /// The command was refused; the value holds the reason as text.
     Error = 5,
+    /// The shard stopped: its log could not be written or synced, so it
+    /// neither acknowledges nor votes any more. The value holds the reason.
+    /// A command sent before may still commit through the other replicas;
+    /// send it to another replica (same client id and request number) to
+    /// learn its outcome.
+    Unavailable = 6,
 }
 
 impl Code {
@@ -76,6 +82,7 @@ impl Code {
             3 => Code::BeyondWindow,
             4 => Code::Overloaded,
             5 => Code::Error,
+            6 => Code::Unavailable,
             _ => return None,
         })
     }
@@ -180,7 +187,9 @@ pub struct AdminInfo {
     pub replicas: u8,
     pub shards: u8,
     pub peers_connected: u8,
-    pub padding: [u8; 3],
+    /// 1 once the shard stopped because its log failed (`Code::Unavailable`).
+    pub log_failed: u8,
+    pub padding: [u8; 2],
     /// Order-independent digest of the shard's KV state.
     pub digest: U64,
     pub keys: U64,
@@ -211,9 +220,19 @@ pub struct AdminInfo {
     /// Commands this shard owns whose answer is still due to a client: in
     /// flight, or waiting to execute. Zero on an idle shard.
     pub awaiting_answers: U64,
+    /// The log's group commits (one write and one fdatasync each), the
+    /// records and entry bytes they made durable, and the time each took
+    /// (write and fdatasync), in microseconds: median, 99th percentile, most.
+    /// All zero without a log (`--in-memory`).
+    pub fsyncs: U64,
+    pub synced_records: U64,
+    pub synced_bytes: U64,
+    pub fsync_p50_us: U64,
+    pub fsync_p99_us: U64,
+    pub fsync_max_us: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 21);
+const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 27);
 const _: () = assert!(core::mem::size_of::<AdminInfo>() <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(REFUSED_TEXT_BYTES_MAX <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(core::mem::size_of::<ResponseBody>() <= SMALL_BODY_BYTES_MAX);

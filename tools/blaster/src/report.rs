@@ -175,7 +175,7 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
             match info {
                 Ok(i) => eprintln!(
                     "replica {r} shard {s}: {} batches of {:.1} commands, {} fast / {} slow commits, \
-                     {} recoveries, {} bad frames, {} peer messages dropped, {} MB in / {} MB out",
+                     {} recoveries, {} bad frames, {} peer messages dropped, {} MB in / {} MB out{}",
                     i.batches.get(),
                     i.batched_commands.get() as f64 / i.batches.get().max(1) as f64,
                     i.fast_commits.get(),
@@ -185,11 +185,33 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
                     i.dropped_messages.get(),
                     i.bytes_in.get() >> 20,
                     i.bytes_out.get() >> 20,
+                    log_counters(&i),
                 ),
                 Err(e) => eprintln!("replica {r} shard {s}: no counters: {e}"),
             }
         }
     }
+}
+
+/// The log's part of a shard's counters line; empty without a log.
+fn log_counters(i: &epaxos_fast::wire::client::AdminInfo) -> String {
+    let fsyncs = i.fsyncs.get();
+    if fsyncs == 0 {
+        return String::new();
+    }
+    format!(
+        ", {fsyncs} fsyncs of {:.1} records / {:.0} bytes, fsync p50 {} us p99 {} us max {} us{}",
+        i.synced_records.get() as f64 / fsyncs as f64,
+        i.synced_bytes.get() as f64 / fsyncs as f64,
+        i.fsync_p50_us.get(),
+        i.fsync_p99_us.get(),
+        i.fsync_max_us.get(),
+        if i.log_failed != 0 {
+            ", LOG FAILED"
+        } else {
+            ""
+        },
+    )
 }
 
 /// A latency-by-percentile chart as a self-contained SVG: x is the

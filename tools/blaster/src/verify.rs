@@ -101,7 +101,11 @@ fn read_replica(
                         v.mismatched += 1;
                         report(r, c, "mismatched", &resp.value);
                     }
-                    Code::Done | Code::BeyondWindow | Code::Overloaded | Code::Error => {
+                    Code::Done
+                    | Code::BeyondWindow
+                    | Code::Overloaded
+                    | Code::Error
+                    | Code::Unavailable => {
                         v.refused += 1;
                         eprintln!(
                             "verify: replica {r}: key {:?} not read: {:?} {}",

@@ -1,0 +1,123 @@
+//! The writer of a shard's log file: group commit through glommio's
+//! io_uring, with O_DIRECT, off the shard's turn.
+//!
+//! The node appends each turn's records to the `FileLog` (in memory) and
+//! holds the turn's messages and replies behind them; the turn loop then
+//! wakes this task ([`Shard::log_ready`]). It takes everything appended
+//! since the last group as one aligned write, submits it and an fdatasync,
+//! and awaits them while the shard goes on running turns, which append the
+//! next group. When both complete, the node learns the group's token is
+//! durable and releases what waited on it. So a group holds whatever
+//! arrived during the previous group's write and sync: it grows with load,
+//! and there is never more than one in flight.
+//!
+//! Beside the groups, chunks of zeros are written ahead of the last entry
+//! (`FileLog::extension_wanted`), so that groups overwrite allocated space.
+//!
+//! A failed write or fdatasync stops the shard (`Node::storage_failed`):
+//! after a failed fsync the kernel may have dropped the dirty data and
+//! cleared the error, so neither a retry nor carrying on can be trusted.
+//! The failure is logged once, with the file and the operation.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use glommio::io::{DmaFile, OpenOptions};
+use tracing::error;
+
+use super::notify::Notify;
+use super::shard::Shard;
+use crate::constants::LOG_WRITE_ALIGN_BYTES;
+use crate::storage::file::Next;
+
+/// Runs for the life of the shard.
+pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        let reason = format!("{}: {what} failed: {e}", path.display());
+        error!("{reason}; this shard stops acknowledging and voting");
+        shard.call(|node, _| node.storage_failed(&reason));
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+    {
+        Ok(f) => Rc::new(f),
+        Err(e) => return fail("opening for writes", &e),
+    };
+    if LOG_WRITE_ALIGN_BYTES % file.alignment() != 0 {
+        let e = format!("its device needs {}-byte alignment", file.alignment());
+        return fail("aligning writes", &e);
+    }
+    let extension_done = Rc::new(Notify::default());
+    loop {
+        shard.log_ready.wait().await;
+        loop {
+            extend_if_wanted(&shard, &file, &extension_done, &path);
+            let group = match shard.with_log(|log| log.next_group()) {
+                Next::Idle => break,
+                Next::WaitForExtension => {
+                    extension_done.wait().await;
+                    continue;
+                }
+                Next::Write(g) => g,
+            };
+            let started = Instant::now();
+            let mut buf = file.alloc_dma_buffer(group.bytes.len());
+            buf.as_bytes_mut().copy_from_slice(&group.bytes);
+            if let Err(e) = write_all(&file, buf, group.pos).await {
+                return fail("write", &e);
+            }
+            if let Err(e) = file.fdatasync().await {
+                return fail("fdatasync", &e);
+            }
+            let micros = started.elapsed().as_micros() as u64;
+            if shard.failed() {
+                return; // an extension failed meanwhile
+            }
+            shard.call(|node, _| {
+                let c = &mut node.counters_mut().log;
+                c.synced(group.records, group.entry_bytes, micros);
+                node.durable(group.token);
+            });
+        }
+    }
+}
+
+/// Writes `buf` whole at `pos`. A short write is a failure: O_DIRECT writes
+/// of whole blocks complete whole unless the disk is full or failing.
+async fn write_all(file: &DmaFile, buf: glommio::io::DmaBuffer, pos: u64) -> std::io::Result<()> {
+    let len = buf.len();
+    let written = file.write_at(buf, pos).await?;
+    if written != len {
+        return Err(std::io::Error::other(format!(
+            "short write: {written} of {len} bytes at offset {pos}"
+        )));
+    }
+    Ok(())
+}
+
+/// Starts writing the next chunk of zeros, if the log wants one, in a task
+/// of its own, so that groups below it go on meanwhile.
+fn extend_if_wanted(shard: &Rc<Shard>, file: &Rc<DmaFile>, done: &Rc<Notify>, path: &PathBuf) {
+    let Some((pos, len)) = shard.with_log(|log| log.extension_wanted()) else {
+        return;
+    };
+    let (shard, file, done, path) = (shard.clone(), file.clone(), done.clone(), path.clone());
+    glommio::spawn_local(async move {
+        let mut zeros = file.alloc_dma_buffer(len as usize);
+        zeros.as_bytes_mut().fill(0);
+        match write_all(&file, zeros, pos).await {
+            Ok(()) => shard.with_log(|log| log.extended()),
+            Err(e) => {
+                let reason = format!("{}: writing zeros ahead failed: {e}", path.display());
+                error!("{reason}; this shard stops acknowledging and voting");
+                shard.call(|node, _| node.storage_failed(&reason));
+            }
+        }
+        done.notify();
+    })
+    .detach();
+}
