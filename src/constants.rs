@@ -110,3 +110,9 @@ pub const LOG_WRITE_ALIGN_BYTES: u64 = 4096;
 pub const LOG_PREALLOC_CHUNK_BYTES: u64 = 4 << 20;
 
 const _: () = assert!(LOG_PREALLOC_CHUNK_BYTES % LOG_WRITE_ALIGN_BYTES == 0);
+
+/// A shard reserves its own next slots this far ahead, in one log record,
+/// renewed when fewer than half remain: a PreAccept for a reserved slot may
+/// leave before the leader's own record of it is durable (see
+/// `protocol::outbox`). A restart recovers the reserved slots never used.
+pub const SLOT_RESERVATION_AHEAD: u64 = 32;

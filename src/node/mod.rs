@@ -93,16 +93,24 @@ pub enum NodeBug {
     /// An answer to a command forwarded from another shard is sent back
     /// twice.
     AnswerForwardedTwice,
+    /// A restart ignores the slot reservations in the log, so it may
+    /// propose again on a slot whose PreAccept left before its record.
+    IgnoreReservations,
 }
 
 impl NodeBug {
-    pub const ALL: [NodeBug; 2] = [NodeBug::ReleaseBeforeDurable, NodeBug::AnswerForwardedTwice];
+    pub const ALL: [NodeBug; 3] = [
+        NodeBug::ReleaseBeforeDurable,
+        NodeBug::AnswerForwardedTwice,
+        NodeBug::IgnoreReservations,
+    ];
 
     /// Its name on the simulator's command line.
     pub fn name(self) -> &'static str {
         match self {
             NodeBug::ReleaseBeforeDurable => "release-before-durable",
             NodeBug::AnswerForwardedTwice => "answer-forwarded-twice",
+            NodeBug::IgnoreReservations => "ignore-reservations",
         }
     }
 }
@@ -193,8 +201,9 @@ impl Default for LogCounters {
             fsyncs: 0,
             records: 0,
             bytes: 0,
-            // Three significant digits; grows as needed.
-            micros: hdrhistogram::Histogram::new(3).expect("valid precision"),
+            // Up to a minute, three significant digits.
+            micros: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("valid bounds"),
         }
     }
 }
@@ -255,6 +264,15 @@ pub struct Node<S: Storage> {
     durable: Token,
     /// The token last named by `sync_wanted`.
     sync_asked: Token,
+    /// Own slots up to here are durably reserved (`Record::reservation`):
+    /// the PreAccept for one may leave before its record is durable.
+    reserved: u64,
+    /// The highest slot a reservation was appended for.
+    reserving: u64,
+    /// Reservations appended, not yet known durable: (token, slot).
+    reservations: VecDeque<(Token, u64)>,
+    /// A reservation in this turn's records, for `seal` to give a token.
+    reservation_in_turn: Option<u64>,
     /// Client commands of this turn not yet in an instance.
     open: BatchBuilder,
     /// Full batches waiting for the pipeline.
@@ -289,7 +307,10 @@ impl<S: Storage> Node<S> {
         core_cfg.trace = cfg.trace;
         core_cfg.injected_bug = cfg.injected_bug;
         let mut out = Outbox::new(cfg.replicas);
-        let records = storage.load();
+        let mut records = storage.load();
+        if cfg.node_bug == Some(NodeBug::IgnoreReservations) {
+            records.retain(|r| *r != crate::protocol::Record::reservation(r.id));
+        }
         let mut core = if records.is_empty() {
             Replica::new(core_cfg, KvStore::new())
         } else {
@@ -301,6 +322,8 @@ impl<S: Storage> Node<S> {
             core.set_reachable(ReplicaId(p as u8), false);
         }
         let appended = Token(records.len() as u64);
+        // Every slot below the next one is taken by a durable record.
+        let taken = core.next_slot() - 1;
         Node {
             enc: cfg.encoder(),
             core,
@@ -311,6 +334,10 @@ impl<S: Storage> Node<S> {
             appended,
             durable: appended,
             sync_asked: appended,
+            reserved: taken,
+            reserving: taken,
+            reservations: VecDeque::new(),
+            reservation_in_turn: None,
             open: BatchBuilder::new(),
             closed: VecDeque::new(),
             forward: Vec::new(),
@@ -501,6 +528,7 @@ impl<S: Storage> Node<S> {
             self.core.tick(now, &mut self.out);
         }
         self.propose_batches(now);
+        self.reserve_slots();
         self.seal();
     }
 

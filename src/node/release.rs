@@ -11,8 +11,8 @@
 //! t+1 of what turn t recorded must not overtake turn t's record).
 
 use super::{Node, NodeBug, Output};
-use crate::constants::PEER_SEND_BUFFER_BYTES_MAX;
-use crate::protocol::Outbox;
+use crate::constants::{PEER_SEND_BUFFER_BYTES_MAX, SLOT_RESERVATION_AHEAD};
+use crate::protocol::{Ballot, InstanceId, Message, Outbox, Record};
 use crate::state_machine::KvResult;
 use crate::storage::{Storage, Synced, Token};
 use crate::wire::client::Code;
@@ -25,6 +25,9 @@ impl<S: Storage> Node<S> {
         if !self.out.persist.is_empty() {
             self.appended = self.storage.append(&self.out.persist);
             self.out.persist.clear();
+            if let Some(slot) = self.reservation_in_turn.take() {
+                self.reservations.push_back((self.appended, slot));
+            }
             // A sync that completed at once covers every earlier append
             // too, also those whose sync the driver was not yet asked for.
             synced_now = self.storage.sync(self.appended) == Synced::Now;
@@ -36,12 +39,14 @@ impl<S: Storage> Node<S> {
         if at_once || self.cfg.node_bug == Some(NodeBug::ReleaseBeforeDurable) {
             if synced_now {
                 self.durable = self.appended;
+                self.note_reserved();
             }
             let mut out = std::mem::replace(&mut self.out, Outbox::new(0));
             self.release(&mut out);
             self.out = out;
             return;
         }
+        self.release_early();
         if !self.out.is_empty() {
             let fresh = self
                 .spare
@@ -97,10 +102,80 @@ impl<S: Storage> Node<S> {
             self.appended
         );
         self.durable = self.durable.max(token);
+        self.note_reserved();
         while self.held.front().is_some_and(|(t, _)| *t <= self.durable) {
             let (_, mut out) = self.held.pop_front().expect("checked");
             self.release(&mut out);
             self.spare.push(out);
+        }
+    }
+
+    /// Appends a reservation of the next own slots to this turn's records
+    /// when fewer than half of the last one remain (never with one replica:
+    /// it sends no PreAccepts).
+    pub(super) fn reserve_slots(&mut self) {
+        let next = self.core.next_slot();
+        if self.cfg.replicas == 1 || self.reserving >= next + SLOT_RESERVATION_AHEAD / 2 {
+            return;
+        }
+        let upto = next + SLOT_RESERVATION_AHEAD;
+        let id = InstanceId::new(self.cfg.replica, upto);
+        self.out.persist.push(Record::reservation(id));
+        self.reserving = upto;
+        self.reservation_in_turn = Some(upto);
+    }
+
+    /// Reservations now durable widen what `release_early` may send.
+    fn note_reserved(&mut self) {
+        while let Some(&(t, slot)) = self.reservations.front() {
+            if t > self.durable {
+                break;
+            }
+            self.reserved = self.reserved.max(slot);
+            self.reservations.pop_front();
+        }
+    }
+
+    /// Sends this turn's PreAccepts of own instances at the initial ballot
+    /// on durably reserved slots now, ahead of the turn's records: they ask
+    /// for votes and report none, and the slot is known taken after any
+    /// crash. Everything else in the turn waits for its records.
+    fn release_early(&mut self) {
+        let (me, reserved) = (self.cfg.replica, self.reserved);
+        let early = |m: &Message| {
+            matches!(m, Message::PreAccept(p)
+                if p.id.replica == me && p.ballot == Ballot::initial(me) && p.id.slot.0 <= reserved)
+        };
+        for to in 0..self.out.messages.len() {
+            if !self.out.messages[to].iter().any(early) {
+                continue;
+            }
+            let mut messages = std::mem::take(&mut self.out.messages[to]);
+            messages.retain(|m| {
+                if !early(m) {
+                    return true;
+                }
+                self.send(to, m);
+                false
+            });
+            self.out.messages[to] = messages;
+        }
+    }
+
+    /// Encodes one message into the link to peer `to`, or drops it, counted,
+    /// if the link is down or backed up (the core re-sends what matters).
+    fn send(&mut self, to: usize, m: &Message) {
+        let link = &mut self.links[to];
+        if !link.up || link.out.len() > PEER_SEND_BUFFER_BYTES_MAX {
+            self.counters.dropped_messages += 1;
+            return;
+        }
+        peer::encode(&self.enc, &mut link.out, m);
+        self.counters.frames_out += 1;
+        if !link.listed {
+            link.listed = true;
+            self.outputs
+                .push_back(Output::Link(crate::protocol::ReplicaId(to as u8)));
         }
     }
 
@@ -113,24 +188,8 @@ impl<S: Storage> Node<S> {
     /// replies; clears `out` for reuse.
     fn release(&mut self, out: &mut Outbox<KvResult>) {
         for (to, messages) in out.messages.iter_mut().enumerate() {
-            if messages.is_empty() {
-                continue;
-            }
-            let link = &mut self.links[to];
-            if !link.up || link.out.len() > PEER_SEND_BUFFER_BYTES_MAX {
-                self.counters.dropped_messages += messages.len() as u64;
-                messages.clear();
-                continue;
-            }
-            for m in messages.iter() {
-                peer::encode(&self.enc, &mut link.out, m);
-            }
-            self.counters.frames_out += messages.len() as u64;
-            messages.clear();
-            if !link.listed {
-                link.listed = true;
-                self.outputs
-                    .push_back(Output::Link(crate::protocol::ReplicaId(to as u8)));
+            for m in messages.drain(..) {
+                self.send(to, &m);
             }
         }
         // What the checkers see committed or executed here is what became

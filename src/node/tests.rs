@@ -307,3 +307,78 @@ fn a_sync_that_completes_at_once_releases_the_turns_held_before_it() {
     }
     assert_eq!(answered, vec![1, 2]);
 }
+
+/// The frames queued for the link to `peer`, by kind.
+fn link_kinds(node: &mut Node<MemStorage>, peer: u8) -> Vec<Kind> {
+    let mut bytes = node.take_link_bytes(ReplicaId(peer), BytesMut::new());
+    let reader = FrameReader::new(CLUSTER);
+    std::iter::from_fn(|| reader.next(&mut bytes).unwrap())
+        .map(|f| f.kind)
+        .collect()
+}
+
+#[test]
+fn a_preaccept_on_a_durably_reserved_slot_leaves_before_its_record() {
+    let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
+    node.link_up(ReplicaId(1));
+    node.link_up(ReplicaId(2));
+    let conn = connected_client(&mut node, 0);
+    // Nothing reserved yet: the first PreAccept waits for its record (and
+    // for the reservation the same turn appends).
+    node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    node.turn(1);
+    assert!(link_kinds(&mut node, 1).is_empty());
+    sync(&mut node);
+    assert_eq!(link_kinds(&mut node, 1), vec![Kind::PreAccept]);
+    // Slot 2 is reserved now: its PreAccept leaves within the turn, while
+    // its record is still to be made durable.
+    node.on_frame(2, conn, request(0, 7, 2, b"b")).unwrap();
+    node.turn(2);
+    assert_eq!(link_kinds(&mut node, 1), vec![Kind::PreAccept]);
+    assert!(node.sync_wanted().is_some(), "its record is not durable");
+    // A crash loses that record. The restarted shard knows slot 2 taken:
+    // it proposes above the reservation and recovers the reserved slots
+    // it holds no vote for (slot 2 among them).
+    let mut storage = node.into_storage();
+    storage.crash();
+    let node = Node::start(config(3, 1, 0), storage, 10);
+    let reserved = 2 + crate::constants::SLOT_RESERVATION_AHEAD;
+    assert_eq!(node.core().next_slot(), reserved + 1);
+    let slot2 = crate::protocol::InstanceId::new(ReplicaId(0), 2);
+    assert_eq!(node.core().status(slot2), crate::protocol::Status::None);
+    assert_eq!(
+        node.core().proposals_in_flight() as u64,
+        reserved,
+        "slot 1 (pre-accepted) and slots 2 to {reserved} (reserved)"
+    );
+}
+
+#[test]
+fn a_vote_never_leaves_before_its_record_even_on_a_reserved_slot() {
+    // Replica 1 leads a command; replica 0's PreAcceptOk is a vote.
+    let mut leader_cfg = config(3, 1, 0);
+    leader_cfg.replica = ReplicaId(1);
+    let mut leader = Node::start(leader_cfg, MemStorage::new(), 0);
+    leader.link_up(ReplicaId(0));
+    let conn = connected_client(&mut leader, 0);
+    leader.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    leader.turn(1);
+    sync(&mut leader);
+    let mut to_acceptor = leader.take_link_bytes(ReplicaId(0), BytesMut::new());
+    let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
+    node.link_up(ReplicaId(1));
+    let peer = node.accept();
+    let mut hello = BytesMut::new();
+    leader.encode_hello(&mut hello);
+    let reader = FrameReader::new(CLUSTER);
+    node.on_frame(1, peer, reader.next(&mut hello).unwrap().unwrap())
+        .unwrap();
+    node.take_conn_bytes(peer, BytesMut::new());
+    let pre_accept = reader.next(&mut to_acceptor).unwrap().unwrap();
+    assert_eq!(pre_accept.kind, Kind::PreAccept);
+    node.on_frame(2, peer, pre_accept).unwrap();
+    node.turn(2);
+    assert!(link_kinds(&mut node, 1).is_empty(), "the PreAcceptOk waits");
+    sync(&mut node);
+    assert_eq!(link_kinds(&mut node, 1), vec![Kind::PreAcceptOk]);
+}

@@ -6,14 +6,22 @@
 //! 3. then delivers `replies` to clients,
 //! 4. then calls [`Outbox::clear`] (which keeps the capacity).
 //!
-//! A message never leaves before the records of the same call are durable,
+//! A message never leaves before the records of the same call are durable
+//! (with the one exception below, a leader's PreAccept on a reserved slot),
 //! and a reply never reaches a client before them either. What depends on
 //! what:
 //! - PreAcceptOk, AcceptOk and PrepareOk report a vote or a promise: the
 //!   acceptor's record of it must survive a crash, or a restarted acceptor
 //!   could vote again differently (efficient/epaxos issue #28).
-//! - A command leader's PreAccept needs its own record: after a restart it
-//!   must know the slot is taken and what it proposed there.
+//! - A command leader's PreAccept at the initial ballot needs its slot
+//!   durably taken: its own record, or a durable reservation covering the
+//!   slot ([`Record::reservation`]). After a restart the leader must know
+//!   the slot is taken, so that it never proposes anything else there; it
+//!   recovers a reserved slot it holds no vote for. (Its own vote is what
+//!   its later commit relies on, and that commit leaves after every earlier
+//!   record is durable.) A driver may send such a PreAccept before the
+//!   records of its call are durable: the node does, so that the leader's
+//!   own fdatasync runs beside its peers' instead of before them.
 //! - Commit, CommitOk and client replies need the commit record: nothing is
 //!   executed visibly, nor acknowledged, before its commit is durable
 //!   (efficient/epaxos issue #27).
@@ -42,6 +50,28 @@ pub struct Record {
     pub initial: Option<Attrs>,
     pub batch: Batch,
     pub noop: bool,
+}
+
+impl Record {
+    /// A slot reservation: "this replica's slots up to `id.slot` may be in
+    /// use". It carries no vote. A restarted replica proposes only above
+    /// every own slot its log names (`Replica::restore`), and recovers the
+    /// own slots below that its log holds no vote for. Once a reservation
+    /// covering a slot is durable, the command leader's PreAccept for that
+    /// slot may leave before its own record of it is durable (the driver's
+    /// choice: `node::release`).
+    pub fn reservation(id: InstanceId) -> Record {
+        Record {
+            id,
+            promised: Ballot::default(),
+            voted: Ballot::default(),
+            status: Status::None,
+            attrs: Attrs::default(),
+            initial: None,
+            batch: Batch::empty(),
+            noop: false,
+        }
+    }
 }
 
 /// The answer to one client request.

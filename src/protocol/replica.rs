@@ -158,8 +158,27 @@ impl<S: StateMachine> Replica<S> {
                 r.watch(id);
             }
         }
+        // Own slots below the next one that the log shows taken but holds
+        // no vote for: a slot reservation (`Record::reservation`) covered
+        // them, so their PreAccepts may have reached peers before this
+        // replica's own record was durable. They are recovered like any
+        // uncommitted instance (to the value a peer holds, or a no-op), so
+        // no slot is proposed twice and no gap stalls compaction.
+        for slot in r.spaces.base(me)..r.next_slot {
+            let id = InstanceId::new(me, slot);
+            let known = r.spaces.get_mut(id).map(|i| i.status);
+            if known.is_none() || known == Some(Status::None) {
+                r.own_uncommitted += 1;
+                r.watch(id);
+            }
+        }
         r.execute_ready(out);
         r
+    }
+
+    /// The slot this replica's next proposal takes.
+    pub fn next_slot(&self) -> u64 {
+        self.next_slot
     }
 
     pub fn id(&self) -> ReplicaId {
@@ -513,10 +532,9 @@ impl<S: StateMachine> Replica<S> {
             .expect("committing a known instance");
         assert!(!inst.is_committed(), "instance {id} committed twice");
         if id.replica == self.cfg.me {
-            // Counted when proposed or restored. An own slot this replica
-            // forgot in a crash (its record never became durable, so its
-            // PreAccept never left) cannot reach here; saturating all the
-            // same, so that a count can only err low, never wrap.
+            // Counted when proposed or restored (a reserved slot the log
+            // holds no vote for is counted at restore too); saturating all
+            // the same, so that a count can only err low, never wrap.
             self.own_uncommitted = self.own_uncommitted.saturating_sub(1);
         }
         inst.status = Status::Committed;

@@ -4,17 +4,18 @@
 //! The node appends each turn's records to the `FileLog` (in memory) and
 //! holds the turn's messages and replies behind them; the turn loop then
 //! wakes this task ([`Shard::log_ready`]). It takes everything appended
-//! since the last group as one aligned write, submits it and an fdatasync,
-//! and awaits them while the shard goes on running turns, which append the
-//! next group. When both complete, the node learns the group's token is
-//! durable and releases what waited on it. So a group holds whatever
+//! since the last group as one aligned write to a file opened with O_DIRECT
+//! and O_DSYNC (so the write completes once it is durable: one io_uring
+//! operation, no separate fdatasync), and awaits it while the shard goes on
+//! running turns, which append the next group. When it completes, the node
+//! learns the group's token is durable and releases what waited on it. So a group holds whatever
 //! arrived during the previous group's write and sync: it grows with load,
 //! and there is never more than one in flight.
 //!
 //! Beside the groups, chunks of zeros are written ahead of the last entry
 //! (`FileLog::extension_wanted`), so that groups overwrite allocated space.
 //!
-//! A failed write or fdatasync stops the shard (`Node::storage_failed`):
+//! A failed write stops the shard (`Node::storage_failed`):
 //! after a failed fsync the kernel may have dropped the dirty data and
 //! cleared the error, so neither a retry nor carrying on can be trusted.
 //! The failure is logged once, with the file and the operation.
@@ -38,9 +39,15 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
         error!("{reason}; this shard stops acknowledging and voting");
         shard.call(|node, _| node.storage_failed(&reason));
     };
+    // O_DSYNC: each write completes once it is durable, one io_uring
+    // operation per group instead of a write and then an fdatasync (which
+    // would wait for the write's completion, then queue behind it). Measured
+    // at 2k ops/s, five replicas: a group took 0.57-0.59 ms (median) this
+    // way against 1.01-1.07 ms as write + fdatasync; see perf/RESULTS.md.
     let file = match OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_DSYNC)
         .dma_open(&path)
         .await
     {
@@ -68,10 +75,7 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
             let mut buf = file.alloc_dma_buffer(group.bytes.len());
             buf.as_bytes_mut().copy_from_slice(&group.bytes);
             if let Err(e) = write_all(&file, buf, group.pos).await {
-                return fail("write", &e);
-            }
-            if let Err(e) = file.fdatasync().await {
-                return fail("fdatasync", &e);
+                return fail("write (O_DSYNC)", &e);
             }
             let micros = started.elapsed().as_micros() as u64;
             if shard.failed() {

@@ -21,7 +21,7 @@ use super::contract::{AnswerCount, DurableView};
 use super::linearizability::{check_history, HistoryOp};
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
 use crate::node::{ConnId, Cross, Node, NodeConfig, Output};
-use crate::protocol::{ReplicaId, TraceEvent};
+use crate::protocol::{Message, ReplicaId, TraceEvent};
 use crate::rng::Rng;
 use crate::storage::{MemStorage, Token};
 use crate::wire::{peer, Frame, FrameReader, Kind};
@@ -830,12 +830,20 @@ impl<'c> Sim<'c> {
     fn check_sent(&mut self, r: usize, s: usize, frame: &Frame) {
         if !matches!(
             frame.kind,
-            Kind::PreAcceptOk | Kind::AcceptOk | Kind::Commit
+            Kind::PreAccept | Kind::PreAcceptOk | Kind::AcceptOk | Kind::Commit
         ) {
             return;
         }
         let msg = peer::decode(frame.kind, &frame.body, self.cfg.replicas)
             .expect("a node encodes valid messages");
+        if let Message::PreAccept(m) = &msg {
+            if let Some(why) = self.shards[r][s].durable.reproposed(m) {
+                self.violations.push(format!(
+                    "proposals: replica {r} shard {s}: {why} (at {} ns)",
+                    self.now
+                ));
+            }
+        }
         if let Some(why) = self.shards[r][s].durable.premature(&msg) {
             self.violations.push(format!(
                 "durability: replica {r} shard {s} sent {why} (at {} ns)",

@@ -2,13 +2,19 @@
 //! simulated replica (before the network can lose it):
 //!
 //! - **durability**: a message leaves only once the record it reports or
-//!   relies on is durable at its shard: a vote (PreAccept of the command
-//!   leader, PreAcceptOk; Accept, AcceptOk at an accepted record), a
+//!   relies on is durable at its shard: a vote (PreAcceptOk; Accept,
+//!   AcceptOk at an accepted record; the command leader's PreAccept needs
+//!   its vote, or at the initial ballot a durable record taking the slot:
+//!   a reservation), a
 //!   promise (Prepare, Validate, PrepareOk), a commit (Commit, CommitOk);
 //!   and a client's answer only once a commit record holding that command
 //!   is durable at the replica (on any of its shards: a forwarded command
 //!   commits at its owner and is answered at the shard the client is
 //!   connected to). Nack, ValidateOk and Waiting report nothing voted;
+//! - **proposals**: a command leader never proposes a slot twice at the
+//!   initial ballot with other commands (a PreAccept may leave before the
+//!   leader's record of it, on a reserved slot: a restart must not reuse
+//!   the slot);
 //! - **answers**: no connection gets more answers to a request than it
 //!   carried copies of it (a retry on the same connection may be answered
 //!   twice, once per copy; an answer sent twice is a defect).
@@ -18,7 +24,8 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::protocol::{Ballot, InstanceId, Message, Record, Status};
+use crate::command::Batch;
+use crate::protocol::{Ballot, InstanceId, Message, PreAccept, Record, ReplicaId, Status};
 
 /// What one shard of one replica has made durable, as far as the checks need.
 #[derive(Default)]
@@ -29,8 +36,14 @@ pub struct DurableView {
     voted: FxHashMap<InstanceId, Ballot>,
     accepted: FxHashMap<InstanceId, Ballot>,
     committed: FxHashSet<InstanceId>,
+    /// Per replica, the highest slot of its space a durable record names
+    /// (a vote, a promise or a reservation): its slots up to here are taken.
+    taken: FxHashMap<ReplicaId, u64>,
     /// How many of the storage's records have been read.
     seen: usize,
+    /// The batch of every PreAccept this shard sent at the initial ballot
+    /// of its own instances, in any incarnation.
+    proposed: FxHashMap<InstanceId, Batch>,
 }
 
 fn raise(map: &mut FxHashMap<InstanceId, Ballot>, id: InstanceId, b: Ballot) {
@@ -48,6 +61,8 @@ impl DurableView {
     pub fn learn(&mut self, durable: &[Record], commands: &mut FxHashSet<(u64, u64)>) {
         for rec in &durable[self.seen.min(durable.len())..] {
             raise(&mut self.promised, rec.id, rec.promised);
+            let taken = self.taken.entry(rec.id.replica).or_default();
+            *taken = (*taken).max(rec.id.slot.0);
             if rec.status >= Status::PreAccepted {
                 raise(&mut self.voted, rec.id, rec.voted);
             }
@@ -61,6 +76,23 @@ impl DurableView {
         self.seen = durable.len();
     }
 
+    /// Why a PreAccept the command leader sends is a defect, if it is: a
+    /// second proposal at the initial ballot of a slot it proposed before
+    /// with other commands (a restarted leader that forgot a slot whose
+    /// PreAccept left before its record was durable).
+    pub fn reproposed(&mut self, m: &PreAccept) -> Option<String> {
+        if m.ballot != Ballot::initial(m.id.replica) {
+            return None;
+        }
+        let first = self.proposed.entry(m.id).or_insert_with(|| m.batch.clone());
+        (first.bytes() != m.batch.bytes()).then(|| {
+            format!(
+                "slot {} proposed twice at the initial ballot, with other commands",
+                m.id
+            )
+        })
+    }
+
     /// Why `msg` must not have left yet, if it must not: every message that
     /// reports or relies on a vote, a promise or a commit needs that record
     /// durable first (`protocol::outbox` lists them).
@@ -70,6 +102,17 @@ impl DurableView {
         };
         let committed = |id| self.committed.contains(&id);
         match msg {
+            // The command leader's, at the initial ballot, on a durably
+            // taken slot (a reservation): it reports no vote.
+            Message::PreAccept(m)
+                if m.ballot == Ballot::initial(m.id.replica)
+                    && self
+                        .taken
+                        .get(&m.id.replica)
+                        .is_some_and(|&s| s >= m.id.slot.0) =>
+            {
+                None
+            }
             Message::PreAccept(m) => need(covers(&self.voted, m.id, m.ballot), "a PreAccept", m.id),
             Message::PreAcceptOk(m) => {
                 need(covers(&self.voted, m.id, m.ballot), "a PreAcceptOk", m.id)
