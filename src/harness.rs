@@ -43,7 +43,7 @@ pub struct ClusterConfig {
     /// How long a start or a restart waits for every peer link.
     pub ready_timeout: Duration,
     /// Replica r keeps its log in `data_root/replica-r` (`--data-dir`);
-    /// `None`: in memory only.
+    /// `None`: in memory only (`--in-memory`).
     pub data_root: Option<PathBuf>,
     /// Remove `data_root` when the cluster is dropped (a scratch directory).
     pub remove_data: bool,
@@ -139,10 +139,13 @@ impl LocalCluster {
             .args(["--cores", &cfg.cores.to_string(), "--cpus", "none"])
             .args(["--cluster-id", &cfg.cluster_id.to_string()])
             .args(["--log-level", "warn"])
-            .args(cfg.data_root.iter().flat_map(|root| {
-                let dir = root.join(format!("replica-{id}"));
-                ["--data-dir".into(), dir.into_os_string()]
-            }))
+            .args(match &cfg.data_root {
+                Some(root) => {
+                    let dir = root.join(format!("replica-{id}"));
+                    vec!["--data-dir".into(), dir.into_os_string()]
+                }
+                None => vec!["--in-memory".into()],
+            })
             .args(&cfg.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -74,12 +74,18 @@ struct Args {
     /// bound executor.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     spin_us: u32,
-    /// Keep each shard's log in this directory (DIR/shard-S.log, and
-    /// DIR/meta naming the cluster), so that kill -9 and a restart with the
-    /// same flags lose nothing acknowledged. Without it, state is in memory
-    /// only: a restarted replica comes back empty.
-    #[arg(long)]
+    /// Where this replica keeps its state: DIR/shard-S.log (each shard's
+    /// log), DIR/meta (the cluster, replica and shape the data belongs to),
+    /// DIR/lock. kill -9 and a restart with the same flags and directory
+    /// lose nothing acknowledged. [default: epaxos-data/replica-<ID>, in the
+    /// working directory]
+    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
     data_dir: Option<PathBuf>,
+    /// Keep state in memory only (no data directory): a restarted replica
+    /// comes back empty and must not rejoin under the same id. For
+    /// benchmarks and throwaway clusters.
+    #[arg(long)]
+    in_memory: bool,
     /// TEST ONLY: acknowledge each shard's Nth PUT without applying it (a
     /// deliberately lost write, to show that `blaster --verify` finds it).
     #[arg(long, default_value_t = 0, hide = true)]
@@ -218,22 +224,28 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let storages = match &args.data_dir {
-        Some(dir) => match data_dir::open(dir, &cfg) {
-            Ok(logs) => logs,
+    let storages = if args.in_memory {
+        tracing::warn!(
+            replica = args.id,
+            "--in-memory: state is in memory only; a restart loses this replica's state"
+        );
+        (0..cfg.cores)
+            .map(|_| Backend::Memory(Volatile::default()))
+            .collect()
+    } else {
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("epaxos-data").join(format!("replica-{}", args.id)));
+        match data_dir::open(&dir, &cfg) {
+            Ok(logs) => {
+                tracing::info!(replica = args.id, "data directory {}", dir.display());
+                logs
+            }
             Err(e) => {
-                eprintln!("epaxos-fast: --data-dir {}: {e}", dir.display());
+                eprintln!("epaxos-fast: data directory {}: {e}", dir.display());
                 return ExitCode::from(2);
             }
-        },
-        None => {
-            tracing::warn!(
-                replica = args.id,
-                "no --data-dir: state is in memory only; a restart loses this replica's state"
-            );
-            (0..cfg.cores)
-                .map(|_| Backend::Memory(Volatile::default()))
-                .collect()
         }
     };
     tracing::info!(

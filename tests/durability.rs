@@ -1,7 +1,9 @@
-//! `--data-dir`: real replicas killed with SIGKILL and restarted from their
-//! logs lose nothing they acknowledged; a directory of another replica, and
-//! a log corrupted before its tail, are refused with exit status 2 and the
-//! reason.
+//! Data directories: real replicas killed with SIGKILL and restarted from
+//! their logs lose nothing they acknowledged; a torn tail is cut off and
+//! named; a directory of another replica, a log corrupted before its tail,
+//! and a directory that cannot be created or written are refused with exit
+//! status 2 and the reason; a full disk stops the shard with an explicit
+//! error, and what it had acknowledged survives.
 
 mod common;
 
@@ -184,5 +186,166 @@ fn a_directory_of_another_replica_or_a_corrupt_log_is_refused() {
         err.contains("shard-0.log") && err.contains("offset 0"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// A listener the test holds, so that a replica told to use its port fails
+/// to bind after opening its data directory, and exits: what it logged at
+/// start is then in its stderr.
+fn taken_port() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_with_file_offset_and_bytes_named_and_nothing_acknowledged_is_lost() {
+    let root = scratch("torn");
+    let mut cluster = Cluster::start_in(3, 1, &[], Some(root.clone()));
+    let mut c = cluster.connect(0, 0);
+    for i in 0..20u32 {
+        let r = c
+            .call(Op::Put, format!("k{i}").as_bytes(), &value(i))
+            .unwrap();
+        assert_eq!(r.code, Code::Done);
+    }
+    drop(c);
+    cluster.terminate();
+    drop(cluster);
+    // Replica 2's last entry loses its last bytes, as a write cut short by
+    // power loss would leave it (the zeros after it are pre-allocated).
+    let log = root.join("replica-2").join("shard-0.log");
+    let bytes = std::fs::read(&log).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    f.set_len(end as u64 - 3).unwrap();
+    drop(f);
+    // It starts, cuts the entry off and says so.
+    let (_held, addr) = taken_port();
+    let three = format!("127.0.0.1:1,127.0.0.1:2,{addr}");
+    let (code, err) = one_replica(&root.join("replica-2"), "2", &three);
+    assert_eq!(code, Some(1), "it fails only to bind: {err}");
+    assert!(
+        err.contains("shard-0.log: torn last entry at offset") && err.contains("bytes cut off"),
+        "{err}"
+    );
+    // And the cluster on those directories has every write, at every replica.
+    let cluster = Cluster::start_in(3, 1, &[], Some(root.clone()));
+    for r in 0..3 {
+        let mut c = cluster.connect(r, 0);
+        for i in 0..20u32 {
+            let got = c.call(Op::Get, format!("k{i}").as_bytes(), b"").unwrap();
+            assert_eq!(
+                (got.code, &got.value[..]),
+                (Code::Value, &value(i)[..]),
+                "replica {r} k{i}"
+            );
+        }
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_created_or_written_is_refused_with_the_reason() {
+    let root = scratch("unwritable");
+    let file = root.join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let (code, err) = one_replica(&file.join("replica-0"), "0", "127.0.0.1:1");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cannot create it") && err.contains("Not a directory"),
+        "{err}"
+    );
+    // A read-only file system (a tmpfs mounted read-only; needs root).
+    let ro = root.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let (code, err) = one_replica(&ro.join("replica-0"), "0", "127.0.0.1:1");
+        let _ = Command::new("umount").arg(&ro).status();
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("Read-only file system"), "{err}");
+    } else {
+        eprintln!("skipped the read-only part: cannot mount a tmpfs here (not root?)");
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn a_full_disk_stops_the_shard_with_an_explicit_error_and_nothing_invented() {
+    let root = scratch("full");
+    let disk = root.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    // 9 MiB: the log's first 4 MiB of zeros, one more 4 MiB chunk, and not
+    // a third.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=9m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    let cluster = Cluster::start_in(1, 1, &[], Some(disk.clone()));
+    let mut c = cluster.connect(0, 0);
+    let big = vec![b'x'; 64 << 10];
+    let mut done = 0u32;
+    let failed = loop {
+        let r = c
+            .call(Op::Put, format!("k{done}").as_bytes(), &big)
+            .unwrap();
+        if r.code != Code::Done {
+            break r;
+        }
+        done += 1;
+        assert!(done < 1000, "9 MiB took 64 MB of values");
+    };
+    assert_eq!(failed.code, Code::Unavailable, "{failed:?}");
+    let why = String::from_utf8_lossy(&failed.value).into_owned();
+    assert!(why.contains("No space left"), "{why}");
+    assert!(done > 0, "some writes fit before the disk filled");
+    // The shard stays stopped: later commands get the same answer, reads
+    // too, and the admin frame says why.
+    let again = c.call(Op::Get, b"k0", b"").unwrap();
+    assert_eq!(again.code, Code::Unavailable);
+    let info = c.admin().unwrap();
+    assert_eq!(info.log_failed, 1);
+    drop(c);
+    let mut cluster = cluster;
+    cluster.terminate();
+    drop(cluster);
+    // What the log holds, copied off the full disk and restarted: every
+    // acknowledged write, and not the one that failed.
+    let copy = root.join("copy").join("replica-0");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["meta", "shard-0.log"] {
+        std::fs::copy(disk.join("replica-0").join(f), copy.join(f)).unwrap();
+    }
+    let _ = Command::new("umount").arg(&disk).status();
+    let cluster = Cluster::start_in(1, 1, &[], Some(root.join("copy")));
+    let mut c = cluster.connect(0, 0);
+    for i in 0..done {
+        let got = c.call(Op::Get, format!("k{i}").as_bytes(), b"").unwrap();
+        assert_eq!(
+            (got.code, got.value.len()),
+            (Code::Value, big.len()),
+            "k{i}"
+        );
+    }
+    // The one answered Unavailable has an unknown outcome (its write may
+    // have reached the disk before the shard stopped): absent or whole.
+    let got = c.call(Op::Get, format!("k{done}").as_bytes(), b"").unwrap();
+    assert!(
+        got.code == Code::NotFound || (got.code == Code::Value && got.value[..] == big[..]),
+        "the write that failed: {got:?}"
+    );
+    drop(c);
+    drop(cluster);
     let _ = std::fs::remove_dir_all(root);
 }

@@ -96,6 +96,7 @@ fn main() -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut worst_recovery_ns = 0;
     let (mut crashes, mut recoveries, mut noops, mut unparked) = (0u64, 0u64, 0u64, 0u64);
+    let mut torn_tails = 0u64;
     let mut forwarded = 0u64;
     let mut last_progress = Instant::now();
     for (i, &seed) in seeds.iter().enumerate() {
@@ -114,6 +115,7 @@ fn main() -> ExitCode {
         let report = sim::run(&cfg);
         worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);
         crashes += report.crashes;
+        torn_tails += report.torn_tails;
         recoveries += report.recoveries;
         noops += report.recovered_noops;
         unparked += report.commits_unparked;
@@ -153,7 +155,7 @@ fn main() -> ExitCode {
         }
     }
     say!(
-        "{} seeds in {:.1}s; {crashes} crashes, {recoveries} recoveries ({noops} no-ops), \
+        "{} seeds in {:.1}s; {crashes} crashes ({torn_tails} keeping part of what was not yet durable), {recoveries} recoveries ({noops} no-ops), \
          {unparked} commits released from parking, {forwarded} commands forwarded between shards; liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
         seeds.len(),
         started.elapsed().as_secs_f64(),

@@ -62,6 +62,9 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
     loop {
         shard.log_ready.wait().await;
         loop {
+            if shard.failed() {
+                return; // stopped for good: nothing more is written
+            }
             extend_if_wanted(&shard, &file, &extension_done, &path);
             let group = match shard.with_log(|log| log.next_group()) {
                 Next::Idle => break,
@@ -72,9 +75,7 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
                 Next::Write(g) => g,
             };
             let started = Instant::now();
-            let mut buf = file.alloc_dma_buffer(group.bytes.len());
-            buf.as_bytes_mut().copy_from_slice(&group.bytes);
-            if let Err(e) = write_all(&file, buf, group.pos).await {
+            if let Err(e) = write_all(&file, &group.bytes, group.pos).await {
                 return fail("write (O_DSYNC)", &e);
             }
             let micros = started.elapsed().as_micros() as u64;
@@ -90,15 +91,22 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
     }
 }
 
-/// Writes `buf` whole at `pos`. A short write is a failure: O_DIRECT writes
-/// of whole blocks complete whole unless the disk is full or failing.
-async fn write_all(file: &DmaFile, buf: glommio::io::DmaBuffer, pos: u64) -> std::io::Result<()> {
-    let len = buf.len();
-    let written = file.write_at(buf, pos).await?;
-    if written != len {
-        return Err(std::io::Error::other(format!(
-            "short write: {written} of {len} bytes at offset {pos}"
-        )));
+/// Writes `data` whole at `pos`, through a DMA buffer. A short write goes
+/// on from where it stopped (it ends on a block boundary), so that a disk
+/// that filled up reports ENOSPC on the next write instead of a bare count.
+async fn write_all(file: &DmaFile, data: &[u8], pos: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let mut buf = file.alloc_dma_buffer(data.len() - done);
+        buf.as_bytes_mut().copy_from_slice(&data[done..]);
+        let n = file.write_at(buf, pos + done as u64).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("wrote nothing at offset {}", pos + done as u64),
+            ));
+        }
+        done += n;
     }
     Ok(())
 }
@@ -111,9 +119,8 @@ fn extend_if_wanted(shard: &Rc<Shard>, file: &Rc<DmaFile>, done: &Rc<Notify>, pa
     };
     let (shard, file, done, path) = (shard.clone(), file.clone(), done.clone(), path.clone());
     glommio::spawn_local(async move {
-        let mut zeros = file.alloc_dma_buffer(len as usize);
-        zeros.as_bytes_mut().fill(0);
-        match write_all(&file, zeros, pos).await {
+        let zeros = vec![0u8; len as usize];
+        match write_all(&file, &zeros, pos).await {
             Ok(()) => shard.with_log(|log| log.extended()),
             Err(e) => {
                 let reason = format!("{}: writing zeros ahead failed: {e}", path.display());

@@ -167,6 +167,8 @@ pub(super) struct Sim<'c> {
     /// Per replica, the peers its shards were last told are unreachable.
     told_unreachable: Vec<u16>,
     crashes: u64,
+    /// Crashes that kept part of what was not yet durable.
+    torn_tails: u64,
     /// Logs of incarnations that crashed, per shard: still checked for
     /// agreement and execution order.
     dead_logs: Vec<Vec<ReplicaLog>>,
@@ -234,6 +236,7 @@ impl<'c> Sim<'c> {
             crash_armed: vec![None; n],
             told_unreachable: vec![0; n],
             crashes: 0,
+            torn_tails: 0,
             dead_logs: vec![Vec::new(); cfg.shards],
             durable_commands: vec![FxHashSet::default(); n],
             answers: AnswerCount::default(),
@@ -541,7 +544,8 @@ impl<'c> Sim<'c> {
         self.schedule(next, EventKind::Crash);
     }
 
-    /// The replica loses everything its storages had not made durable.
+    /// The replica loses what its storages had not made durable, but for,
+    /// at times, a prefix of it that reached the disk anyway.
     fn crash(&mut self, r: usize) {
         self.down[r] = true;
         self.crash_armed[r] = None;
@@ -549,7 +553,16 @@ impl<'c> Sim<'c> {
         for s in 0..self.cfg.shards {
             let shard = &mut self.shards[r][s];
             let mut storage = shard.node.take().expect("up").into_storage();
-            storage.crash();
+            // Half the time, part of what was written but not yet reported
+            // durable survives (a torn tail cut at its last whole entry).
+            let pending = storage.not_durable();
+            let kept = if pending > 0 && self.rng.below(2) == 0 {
+                self.torn_tails += 1;
+                1 + self.rng.below(pending as u64) as usize
+            } else {
+                0
+            };
+            storage.crash_keeping(kept);
             shard.parked = Some(storage);
             let log = std::mem::take(&mut shard.log);
             self.dead_logs[s].push(log);
@@ -980,6 +993,7 @@ impl<'c> Sim<'c> {
             fast_commits: stats.iter().map(|s| s.fast_commits).sum(),
             slow_commits: stats.iter().map(|s| s.slow_commits).sum(),
             crashes: self.crashes,
+            torn_tails: self.torn_tails,
             recoveries: stats.iter().map(|s| s.recoveries).sum(),
             recovered_noops: stats.iter().map(|s| s.recovered_noops).sum(),
             messages_sent: self.messages_sent,

@@ -197,6 +197,8 @@ pub struct SimReport {
     pub fast_commits: u64,
     pub slow_commits: u64,
     pub crashes: u64,
+    /// Crashes after which part of what was not yet durable survived.
+    pub torn_tails: u64,
     /// Recoveries started, and how many ended in a no-op.
     pub recoveries: u64,
     pub recovered_noops: u64,

@@ -105,6 +105,21 @@ impl MemStorage {
     pub fn crash(&mut self) {
         self.records.truncate(self.durable);
     }
+
+    /// Records appended and not made durable yet.
+    pub fn not_durable(&self) -> usize {
+        self.records.len() - self.durable
+    }
+
+    /// A crash in which the first `kept` of the records not yet made durable
+    /// reached the disk anyway (a write that completed before the process
+    /// died, or the prefix a torn write left, which reading back cuts at
+    /// the last whole entry): they survive, the rest are gone.
+    pub fn crash_keeping(&mut self, kept: usize) {
+        let keep = self.durable + kept.min(self.not_durable());
+        self.records.truncate(keep);
+        self.durable = keep;
+    }
 }
 
 impl Storage for MemStorage {
