@@ -2,6 +2,13 @@
 //! loop (keep K requests outstanding) or open loop (requests due at fixed
 //! intervals, latency measured from the time each was due, so a stalled
 //! server shows in the histogram instead of slowing the load down).
+//!
+//! With `--nemesis` a connection outlives its socket: when the socket
+//! breaks (its replica was killed) it dials the same replica again with
+//! backoff and sends every unanswered request again under its number, so
+//! that the replicas' exactly-once sessions (replicated, and rebuilt from
+//! the log by a restarted replica) apply each once. A request's latency
+//! runs from its first send to its answer, outage included.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -21,6 +28,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 
+use crate::history::History;
 use crate::wake::Wake;
 use crate::written::{write_value, KeyCheck, Written};
 
@@ -192,7 +200,7 @@ pub async fn run(
 
 /// How long one attempt to reach a replica (connect, hello, its answer)
 /// may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waits between attempts to reconnect: doubling from the first to the last.
 const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const RECONNECT_BACKOFF_LAST: Duration = Duration::from_millis(200);
@@ -300,7 +308,7 @@ async fn connect_and_run(
     }
     tally.lag.add(&s.lag).expect("same bounds");
     tally.checks = s.conn.checks(w.value_bytes);
-    tally.history = s.conn.history_unanswered();
+    tally.history = s.conn.history.as_mut().map_or(Vec::new(), History::lines);
     Ok((tally, failure))
 }
 
@@ -655,7 +663,9 @@ async fn receive(
             let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
             let sent = s.conn.answered(r.request);
             s.conn.verify_answer(r.request, ok);
-            s.conn.history_answer(r.request, r.code, &r.value, now);
+            if let Some(h) = &mut s.conn.history {
+                h.answered(r.request, r.code, &r.value, now);
+            }
             let ns = now.duration_since(sent).as_nanos().max(1) as u64;
             // The progress lines show the warm-up too (marked as such).
             let mut l = live.borrow_mut();
@@ -704,15 +714,8 @@ struct Conn {
     value: Vec<u8>,
     /// Cumulative Zipf weights over `keys`, if `--zipf`.
     zipf_cdf: Option<Vec<f64>>,
-    /// With `--history`: each outstanding request's operation, by number
-    /// mod window, and the finished lines.
+    /// With `--history`: the operations, answered and not.
     history: Option<History>,
-    /// When the run started (history times count from it).
-    epoch: Instant,
-    /// This connection's index in the run: the `client` of its history
-    /// lines (a small number any JSON reader takes exactly, unlike the
-    /// random 64-bit client id).
-    index: usize,
     shard: u8,
     /// With `--verify`: what was written to own keys.
     written: Option<Written>,
@@ -726,39 +729,6 @@ struct Said {
     key: Option<u32>,
 }
 
-struct History {
-    pending: Vec<Option<Invoked>>,
-    lines: Vec<String>,
-}
-
-struct Invoked {
-    put: bool,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    at: Instant,
-}
-
-/// One operation as a JSON line: times in ns since the run started; a GET's
-/// result is the value read, `null` when the key had none.
-fn history_line(
-    client: u64,
-    op: &Invoked,
-    epoch: Instant,
-    done: Option<Instant>,
-    result: &str,
-) -> String {
-    let invoke = op.at.saturating_duration_since(epoch).as_nanos();
-    let ret = done.map_or("null".to_string(), |d| {
-        d.saturating_duration_since(epoch).as_nanos().to_string()
-    });
-    format!(
-        "{{\"client\": {client}, \"op\": \"{}\", \"key\": {}, \"value\": {}, \"invoke_ns\": {invoke}, \"return_ns\": {ret}, \"result\": {result}}}",
-        if op.put { "put" } else { "get" },
-        json_str(&op.key),
-        if op.put { json_str(&op.value) } else { "null".to_string() },
-    )
-}
-
 /// Cumulative weights of ranks 1..=n under Zipf's law with exponent `s`.
 fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
     let mut total = 0.0;
@@ -770,20 +740,6 @@ fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
         .collect();
     cdf.iter_mut().for_each(|c| *c /= total);
     cdf
-}
-
-fn json_str(bytes: &[u8]) -> String {
-    let mut out = String::from("\"");
-    for c in String::from_utf8_lossy(bytes).chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 impl Conn {
@@ -806,12 +762,7 @@ impl Conn {
             zipf_cdf: w.zipf.map(|s| zipf_cdf(keys.len(), s)),
             keys,
             value: vec![b'v'; w.value_bytes],
-            history: w.history.then(|| History {
-                pending: (0..window).map(|_| None).collect(),
-                lines: Vec::new(),
-            }),
-            epoch,
-            index: target.index,
+            history: w.history.then(|| History::new(target.index as u64, epoch)),
             shard: target.shard,
             written: w.verify.then(|| Written::new(client)),
         }
@@ -848,12 +799,8 @@ impl Conn {
             write_value(&mut self.value, client, request, w.value_bytes);
         }
         if let Some(h) = &mut self.history {
-            h.pending[slot] = Some(Invoked {
-                put: !read,
-                key: key.to_vec(),
-                value: if read { Vec::new() } else { self.value.clone() },
-                at: Instant::now(),
-            });
+            let value: &[u8] = if read { b"" } else { &self.value };
+            h.invoked(request, !read, key, value, Instant::now());
         }
         let (op, value): (Op, &[u8]) = if read {
             (Op::Get, b"")
@@ -909,38 +856,6 @@ impl Conn {
         self.sent_at[slot]
             .take()
             .expect("an outstanding request has its send time")
-    }
-
-    /// Records the answer to `request` for `--history`.
-    fn history_answer(&mut self, request: u64, code: Code, value: &[u8], now: Instant) {
-        let (client, epoch) = (self.index as u64, self.epoch);
-        let Some(h) = &mut self.history else {
-            return;
-        };
-        let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
-        if let Some(op) = h.pending[slot].take() {
-            let result = match code {
-                Code::Done => "\"ok\"".to_string(),
-                Code::Value => json_str(value),
-                Code::NotFound => "null".to_string(),
-                other => json_str(format!("error: {other:?}").as_bytes()),
-            };
-            h.lines
-                .push(history_line(client, &op, epoch, Some(now), &result));
-        }
-    }
-
-    /// History lines of requests never answered (result unknown).
-    fn history_unanswered(&mut self) -> Vec<String> {
-        let (client, epoch) = (self.index as u64, self.epoch);
-        let Some(h) = &mut self.history else {
-            return Vec::new();
-        };
-        let mut lines = std::mem::take(&mut h.lines);
-        for op in h.pending.iter_mut().filter_map(Option::take) {
-            lines.push(history_line(client, &op, epoch, None, "\"timeout\""));
-        }
-        lines
     }
 
     /// Records the answer to an own-key PUT for `--verify`.

@@ -7,6 +7,7 @@
 //! table (`--hgrm`) and a JSON summary (`--json`).
 
 mod cluster;
+mod history;
 mod load;
 mod nemesis;
 mod report;
