@@ -88,9 +88,13 @@ fn ms_since(origin: Instant) -> u64 {
     Instant::now().saturating_duration_since(origin).as_millis() as u64
 }
 
+/// One line on stderr, in one write: the replicas write to the same
+/// stderr, and `eprintln!` writes each piece of its format on its own.
 fn log(cfg: &Config, what: &str) {
+    use std::io::Write;
     let t = Instant::now().saturating_duration_since(cfg.origin);
-    eprintln!("nemesis {:6.1} s: {what}", t.as_secs_f64());
+    let line = format!("nemesis {:6.1} s: {what}\n", t.as_secs_f64());
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// One look: restarts what is due, notes what became ready, kills what
