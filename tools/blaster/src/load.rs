@@ -370,7 +370,7 @@ async fn redial(
     };
     let (hello, reader) = {
         let mut s = state.borrow_mut();
-        s.broken = None;
+        (s.broken, s.done) = (None, false);
         s.conn.session.reconnect();
         opening(&s.conn.session)
     };

@@ -274,6 +274,24 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         })
         .collect();
     let start = Instant::now() + Duration::from_millis(100);
+    let live: Vec<Arc<Mutex<Tally>>> = (0..args.cores)
+        .map(|_| Arc::new(Mutex::new(Tally::new())))
+        .collect();
+    let mut per_core: Vec<Vec<Target>> = (0..args.cores).map(|_| Vec::new()).collect();
+    for (i, t) in conns.into_iter().enumerate() {
+        per_core[i % args.cores].push(t);
+    }
+    let mut handles = Vec::new();
+    for (core, targets) in per_core.into_iter().enumerate() {
+        let (w, seed, live) = (workload.clone(), args.seed, live[core].clone());
+        let h = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("blaster-{core}"))
+            .spawn(move || async move { drive(targets, w, seed, start, live).await })
+            .map_err(|e| format!("cannot start executor {core}: {e}"))?;
+        handles.push(h);
+    }
+    // Started last: from here on nothing returns early, so the nemesis
+    // always hands the cluster back (and the cluster's drop stops it).
     let (mut local, nemesis) = match (local, args.nemesis) {
         (Some(cluster), Some(NemesisKind::Kill)) => {
             let cfg = nemesis::Config {
@@ -297,22 +315,6 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         }
         (local, _) => (local, None),
     };
-    let live: Vec<Arc<Mutex<Tally>>> = (0..args.cores)
-        .map(|_| Arc::new(Mutex::new(Tally::new())))
-        .collect();
-    let mut per_core: Vec<Vec<Target>> = (0..args.cores).map(|_| Vec::new()).collect();
-    for (i, t) in conns.into_iter().enumerate() {
-        per_core[i % args.cores].push(t);
-    }
-    let mut handles = Vec::new();
-    for (core, targets) in per_core.into_iter().enumerate() {
-        let (w, seed, live) = (workload.clone(), args.seed, live[core].clone());
-        let h = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("blaster-{core}"))
-            .spawn(move || async move { drive(targets, w, seed, start, live).await })
-            .map_err(|e| format!("cannot start executor {core}: {e}"))?;
-        handles.push(h);
-    }
     report::progress(&live, start, &workload, stop);
     // Ctrl-C ends the measured window early: throughput is over what ran.
     let measured = if stop_requested(stop) {
