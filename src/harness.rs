@@ -3,9 +3,13 @@
 //!
 //! It starts N replicas on free ports, waits until every shard of every
 //! replica reports all its peer links up (through the admin frame), can
-//! kill one outright and start it again, and stops them all when dropped
-//! (also when a test panics): SIGTERM, then SIGKILL for any still running
-//! after `STOP_GRACE`.
+//! kill one outright and start it again (at once, or later: `kill`, then
+//! `restart`), and stops them all when dropped (also when a test panics):
+//! SIGTERM, then SIGKILL for any still running after `STOP_GRACE`.
+//!
+//! Every replica is told where its state lives: `--data-dir` under
+//! `data_root`, or else `--in-memory` where the binary has that flag (so
+//! the harness means the same thing whichever the binary's default is).
 //!
 //! It is a tool for tests and load runs, never part of a replica: the
 //! replica binary and its flags come from the caller, and it signals only
@@ -54,6 +58,20 @@ pub struct LocalCluster {
     pub peers: Vec<SocketAddr>,
     cfg: ClusterConfig,
     procs: Vec<Child>,
+    /// The binary takes `--in-memory` (passed when there is no data root).
+    in_memory_flag: bool,
+}
+
+/// Whether `binary --help` lists `--in-memory`. A binary without it keeps
+/// state in memory when given no `--data-dir`.
+fn has_in_memory_flag(binary: &std::path::Path) -> Result<bool, String> {
+    let out = Command::new(binary)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {} --help: {e}", binary.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("--in-memory"))
 }
 
 /// The loopback address of this process's `nth` cluster. Every process,
@@ -114,10 +132,12 @@ impl LocalCluster {
         assert!(cfg.replicas > 0 && cfg.cores > 0, "{cfg:?}");
         let nth = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let peers = free_bases(cluster_ip(nth), cfg.replicas, cfg.cores)?;
+        let in_memory_flag = cfg.data_root.is_none() && has_in_memory_flag(&cfg.binary)?;
         let mut cluster = LocalCluster {
             peers,
             cfg,
             procs: Vec::new(),
+            in_memory_flag,
         };
         for id in 0..cluster.cfg.replicas {
             let child = cluster.spawn(id)?;
@@ -139,18 +159,24 @@ impl LocalCluster {
             .args(["--cores", &cfg.cores.to_string(), "--cpus", "none"])
             .args(["--cluster-id", &cfg.cluster_id.to_string()])
             .args(["--log-level", "warn"])
-            .args(match &cfg.data_root {
-                Some(root) => {
-                    let dir = root.join(format!("replica-{id}"));
-                    vec!["--data-dir".into(), dir.into_os_string()]
-                }
-                None => vec!["--in-memory".into()],
-            })
+            .args(self.state_args(id))
             .args(&cfg.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", cfg.binary.display()))
+    }
+
+    /// Where replica `id` keeps its state, as flags.
+    fn state_args(&self, id: usize) -> Vec<std::ffi::OsString> {
+        match &self.cfg.data_root {
+            Some(root) => {
+                let dir = root.join(format!("replica-{id}"));
+                vec!["--data-dir".into(), dir.into_os_string()]
+            }
+            None if self.in_memory_flag => vec!["--in-memory".into()],
+            None => Vec::new(),
+        }
     }
 
     /// A client connection to shard `shard` of replica `replica`.
@@ -196,12 +222,46 @@ impl LocalCluster {
     /// Kills replica `id` outright (SIGKILL), starts it again, and waits
     /// until the cluster is ready.
     pub fn kill_and_restart(&mut self, id: usize) -> Result<(), String> {
+        self.kill(id)?;
+        self.restart(id)?;
+        self.wait_ready()
+    }
+
+    /// Kills replica `id` outright (SIGKILL) and reaps it; it stays down
+    /// until `restart`.
+    pub fn kill(&mut self, id: usize) -> Result<(), String> {
         signal(&mut self.procs[id], libc::SIGKILL);
         self.procs[id]
             .wait()
-            .map_err(|e| format!("reap replica {id}: {e}"))?;
+            .map(drop)
+            .map_err(|e| format!("reap replica {id}: {e}"))
+    }
+
+    /// Starts replica `id` again, with the flags (and data dir) it had,
+    /// without waiting for it: see `replica_ready`.
+    pub fn restart(&mut self, id: usize) -> Result<(), String> {
+        assert!(!self.running(id), "replica {id} restarted while running");
         self.procs[id] = self.spawn(id)?;
-        self.wait_ready()
+        Ok(())
+    }
+
+    /// Whether replica `id`'s process runs (it may not be ready yet).
+    pub fn running(&mut self, id: usize) -> bool {
+        matches!(self.procs[id].try_wait(), Ok(None))
+    }
+
+    /// Whether every shard of replica `id` answers with at least
+    /// `peers_min` peer links up; an error if its process has exited.
+    pub fn replica_ready(&mut self, id: usize, peers_min: usize) -> Result<bool, String> {
+        if let Ok(Some(status)) = self.procs[id].try_wait() {
+            return Err(format!("replica {id} exited: {status}"));
+        }
+        Ok((0..self.cfg.cores).all(|s| {
+            let info = self
+                .connect(id, s, READY_CONNECT_TIMEOUT)
+                .and_then(|mut c| c.admin());
+            matches!(info, Ok(i) if usize::from(i.peers_connected) >= peers_min)
+        }))
     }
 
     /// Kills every replica at the same moment (SIGKILL to all, then reaps

@@ -183,7 +183,7 @@ fn bad_flag_values_exit_2_with_the_reason() {
                 "--data-dir",
                 "/proc/no/such/dir",
             ],
-            "--data-dir /proc/no/such/dir: cannot create it",
+            "data directory /proc/no/such/dir: cannot create it",
         ),
         (
             &[

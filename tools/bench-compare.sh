@@ -10,6 +10,11 @@
 # to /tmp/old, the current ones to /tmp/new, then
 #   tools/bench-compare.sh /tmp/old /tmp/new 5 2
 #
+# ARGS (environment) is added to every row of both builds, e.g.
+# ARGS=--in-memory (blaster's local replicas are on disk by default since
+# durability became the default; builds before that know no --in-memory and
+# ran in memory).
+#
 # Per row and build: throughput, p50, p99 (blaster's JSON summary) and CPU
 # per command: user + system time of blaster and every replica it started
 # (getrusage of the process tree, warm-up 0, so start-up and the 2 s drain
@@ -32,7 +37,7 @@ one() {
     rm -f "$json"
     # blaster exits 1 on errors or timeouts: the row still counts, flagged.
     /usr/bin/time -o "$times" -f "%U %S" timeout $((secs + 60)) \
-        "$dir/blaster" --duration "$secs" --warmup 0 --json "$json" "$@" >/dev/null 2>&1 || true
+        "$dir/blaster" --duration "$secs" --warmup 0 --json "$json" ${ARGS:-} "$@" >/dev/null 2>&1 || true
     [[ -s "$json" ]] || { echo "- - - -"; return; }
     python3 - "$json" "$times" <<'EOF'
 import json, sys

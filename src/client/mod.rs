@@ -234,6 +234,7 @@ impl Connection {
                 Received::Admin(info) => return Ok(info),
                 Received::Answer(r) => self.ready.push_back(r),
                 Received::Stale(_) => {}
+                Received::Retry(_) => unreachable!("a Connection does not retry"),
             }
         }
     }
@@ -246,6 +247,7 @@ impl Connection {
                 Received::Answer(r) => return Ok(r),
                 // A retry's answer, or that of an `admin` that timed out.
                 Received::Stale(_) | Received::Admin(_) => {}
+                Received::Retry(_) => unreachable!("a Connection does not retry"),
             }
         }
     }

@@ -17,6 +17,14 @@
 //! the first frame read; then any mix of [`Session::queue`] and
 //! [`Session::encode`] (or [`Session::admin`]) and [`Session::on_frame`] for
 //! every later frame.
+//!
+//! A session outlives its connection: after the socket closes,
+//! [`Session::reconnect`], a new hello on a new socket, and
+//! [`Session::requeue`] of every request still outstanding (the caller
+//! keeps what each one said) send them again under their numbers, which
+//! the replicas' exactly-once table answers once. With
+//! [`Session::set_retry_overloaded`], an `Overloaded` answer (the command
+//! did not run) leaves its request outstanding, to be requeued the same way.
 
 use bytes::BytesMut;
 use zerocopy::{FromBytes, IntoBytes};
@@ -26,7 +34,7 @@ use crate::constants::{
     BATCH_COMMANDS_MAX, CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
 use crate::wire::client::{
-    decode_hello_answer, decode_response, AdminInfo, HelloBody, Response, Role,
+    decode_hello_answer, decode_response, AdminInfo, Code, HelloBody, Response, Role,
 };
 use crate::wire::{Frame, FrameEncoder, FrameError, FrameReader, Kind};
 
@@ -88,6 +96,9 @@ pub enum Received {
     Stale(Response),
     /// The answer to an `admin` query.
     Admin(AdminInfo),
+    /// With `set_retry_overloaded`: the request was answered `Overloaded`
+    /// (it did not run) and is still outstanding; `requeue` it.
+    Retry(Response),
 }
 
 pub struct Session {
@@ -108,6 +119,8 @@ pub struct Session {
     closed: Vec<Batch>,
     /// Admin queries sent and not yet answered.
     admins: usize,
+    /// `Overloaded` leaves the request outstanding (`Received::Retry`).
+    retry_overloaded: bool,
 }
 
 impl Session {
@@ -130,7 +143,34 @@ impl Session {
             open: BatchBuilder::new(),
             closed: Vec::new(),
             admins: 0,
+            retry_overloaded: false,
         }
+    }
+
+    /// Whether an `Overloaded` answer is `Received::Retry` (the request
+    /// stays outstanding, for the caller to `requeue`) instead of an answer.
+    /// A caller that retries must: an answered request's number falls below
+    /// `first_outstanding`, and a replica ignores a copy below it.
+    pub fn set_retry_overloaded(&mut self, on: bool) {
+        self.retry_overloaded = on;
+    }
+
+    /// Starts over on a new connection: forgets the replica's view and the
+    /// admin queries in flight, and drops the commands queued and not yet
+    /// encoded. Every request keeps its number and stays outstanding, for
+    /// the caller to `requeue` after the new `hello` is answered.
+    pub fn reconnect(&mut self) {
+        self.server = None;
+        self.admins = 0;
+        if !self.open.is_empty() {
+            drop(self.open.finish());
+        }
+        self.closed.clear();
+    }
+
+    /// The outstanding requests' numbers, oldest first.
+    pub fn outstanding_requests(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.first_outstanding..self.next_request).filter(|&r| self.is_outstanding(r))
     }
 
     pub fn client_id(&self) -> u64 {
@@ -220,6 +260,24 @@ impl Session {
         debug_assert_eq!(self.unanswered[word] & bit, 0, "request {request}");
         self.unanswered[word] |= bit;
         self.outstanding += 1;
+        self.push(request, op, key, value);
+        Ok(request)
+    }
+
+    /// Queues outstanding request `request` again, under its number: the
+    /// caller passes what it said the first time (a different command
+    /// under the same number would be answered with the first one's
+    /// result, or run in its place if the first never did).
+    pub fn requeue(&mut self, request: u64, op: Op, key: &[u8], value: &[u8]) {
+        assert!(
+            self.is_outstanding(request),
+            "request {request} requeued but not outstanding"
+        );
+        self.push(request, op, key, value);
+    }
+
+    /// Adds one command, checked by `queue`, to the open batch.
+    fn push(&mut self, request: u64, op: Op, key: &[u8], value: &[u8]) {
         let cmd = CommandRef {
             client: self.client,
             request,
@@ -234,7 +292,6 @@ impl Session {
             self.closed.push(self.open.finish());
         }
         self.open.push(&cmd);
-        Ok(request)
     }
 
     /// Bytes of command records queued and not yet encoded.
@@ -294,6 +351,9 @@ impl Session {
         if !self.is_outstanding(response.request) {
             return Ok(Received::Stale(response));
         }
+        if self.retry_overloaded && response.code == Code::Overloaded {
+            return Ok(Received::Retry(response));
+        }
         let (word, bit) = Self::bit(response.request);
         self.unanswered[word] &= !bit;
         self.outstanding -= 1;
@@ -321,7 +381,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::client::{put_response, Code};
+    use crate::wire::client::put_response;
 
     const CLUSTER: u64 = 9;
     const CLIENT: u64 = 0xc11e;
@@ -344,17 +404,21 @@ mod tests {
         })
     }
 
-    /// A session past its handshake.
-    fn session() -> Session {
-        let mut s = Session::new(CLIENT, CLUSTER, 0);
+    /// A three-replica, two-shard replica's answer to a hello.
+    fn hello_ok() -> Frame {
         let ok = HelloBody {
             role: Role::Peer as u8,
             replicas: 3,
             shards: 2,
             ..HelloBody::default()
         };
-        let frame = replica_frame(Kind::HelloOk, |b| b.extend_from_slice(ok.as_bytes()));
-        assert_eq!(s.on_hello_answer(&frame).unwrap().shards, 2);
+        replica_frame(Kind::HelloOk, |b| b.extend_from_slice(ok.as_bytes()))
+    }
+
+    /// A session past its handshake.
+    fn session() -> Session {
+        let mut s = Session::new(CLIENT, CLUSTER, 0);
+        assert_eq!(s.on_hello_answer(&hello_ok()).unwrap().shards, 2);
         s
     }
 
@@ -484,6 +548,75 @@ mod tests {
             b.extend_from_slice(HelloBody::default().as_bytes())
         });
         assert!(s.on_frame(hello).is_err());
+    }
+
+    fn overloaded(request: u64) -> Frame {
+        replica_frame(Kind::Response, |b| {
+            put_response(b, CLIENT, request, Code::Overloaded, b"no-op")
+        })
+    }
+
+    #[test]
+    fn overloaded_is_an_answer_unless_the_session_retries() {
+        let mut s = session();
+        s.queue(Op::Put, b"k", b"v").unwrap();
+        assert!(matches!(s.on_frame(overloaded(1)), Ok(Received::Answer(_))));
+        assert_eq!(s.outstanding(), 0);
+        let mut s = session();
+        s.set_retry_overloaded(true);
+        s.queue(Op::Put, b"k", b"v").unwrap();
+        s.queue(Op::Put, b"k", b"w").unwrap();
+        assert!(matches!(s.on_frame(overloaded(1)), Ok(Received::Retry(r)) if r.request == 1));
+        assert!(s.is_outstanding(1));
+        s.on_frame(answer(CLIENT, 2)).unwrap();
+        // Sent again, request 1 still holds the floor.
+        s.requeue(1, Op::Put, b"k", b"v");
+        let mut out = BytesMut::new();
+        s.encode(&mut out);
+        assert_eq!(sent(&mut out), vec![vec![(1, 1), (2, 1), (1, 1)]]);
+        assert!(matches!(
+            s.on_frame(answer(CLIENT, 1)),
+            Ok(Received::Answer(_))
+        ));
+        assert_eq!(
+            (s.outstanding(), s.window_left()),
+            (0, CLIENT_WINDOW_REQUESTS_MAX)
+        );
+    }
+
+    #[test]
+    fn after_a_reconnect_outstanding_requests_go_again_under_their_numbers() {
+        let mut s = session();
+        for _ in 0..4 {
+            s.queue(Op::Put, b"k", b"v").unwrap();
+        }
+        let mut out = BytesMut::new();
+        s.encode(&mut out);
+        s.on_frame(answer(CLIENT, 2)).unwrap();
+        // Queued, never encoded: the old socket is gone, the caller requeues it.
+        s.queue(Op::Get, b"k", b"").unwrap();
+        s.reconnect();
+        assert!(s.server().is_none());
+        assert_eq!(s.pending_bytes(), 0);
+        let again: Vec<u64> = s.outstanding_requests().collect();
+        assert_eq!(again, vec![1, 3, 4, 5]);
+        s.on_hello_answer(&hello_ok()).unwrap();
+        for r in again {
+            s.requeue(r, Op::Put, b"k", b"v");
+        }
+        let mut out = BytesMut::new();
+        s.encode(&mut out);
+        assert_eq!(sent(&mut out), vec![vec![(1, 1), (3, 1), (4, 1), (5, 1)]]);
+        assert_eq!(s.next_request(), 6);
+    }
+
+    #[test]
+    #[should_panic(expected = "not outstanding")]
+    fn an_answered_request_is_not_requeued() {
+        let mut s = session();
+        s.queue(Op::Put, b"k", b"v").unwrap();
+        s.on_frame(answer(CLIENT, 1)).unwrap();
+        s.requeue(1, Op::Put, b"k", b"v");
     }
 
     #[test]

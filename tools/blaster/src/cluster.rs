@@ -54,7 +54,7 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
         cluster_id: args.cluster_id,
         extra_args,
         ready_timeout: READY_TIMEOUT,
-        data_root: args.durable.then(|| {
+        data_root: (!args.in_memory).then(|| {
             let root = std::env::temp_dir().join(format!("blaster-{}-data", std::process::id()));
             // Fresh: a run killed before its clean-up may have left one.
             let _ = std::fs::remove_dir_all(&root);

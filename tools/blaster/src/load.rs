@@ -2,9 +2,16 @@
 //! loop (keep K requests outstanding) or open loop (requests due at fixed
 //! intervals, latency measured from the time each was due, so a stalled
 //! server shows in the histogram instead of slowing the load down).
+//!
+//! With `--nemesis` a connection outlives its socket: when the socket
+//! breaks (its replica was killed) it dials the same replica again with
+//! backoff and sends every unanswered request again under its number, so
+//! that the replicas' exactly-once sessions (replicated, and rebuilt from
+//! the log by a restarted replica) apply each once. A request's latency
+//! runs from its first send to its answer, outage included.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -16,12 +23,14 @@ use epaxos_fast::command::Op;
 use epaxos_fast::constants::CLIENT_WINDOW_REQUESTS_MAX;
 use epaxos_fast::rng::Rng;
 use epaxos_fast::wire::client::{shard_addr, Code};
-use epaxos_fast::wire::{FrameReader, ReadBuffer};
+use epaxos_fast::wire::{Frame, FrameReader, ReadBuffer};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 
+use crate::history::History;
 use crate::wake::Wake;
+use crate::written::{write_value, KeyCheck, Written};
 
 /// What every connection of a run shares.
 #[derive(Clone, Debug)]
@@ -49,6 +58,10 @@ pub struct Workload {
     pub zipf: Option<f64>,
     /// Set on Ctrl-C: stop sending, as at the end of the run.
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Replicas may go away (`--nemesis`): a socket that breaks is opened
+    /// again and its requests sent again, and requests answered
+    /// `Overloaded` are sent again, all under their numbers.
+    pub reconnect: bool,
 }
 
 /// What one connection measured.
@@ -66,6 +79,11 @@ pub struct Tally {
     /// the requests that were in flight on them when they did.
     pub failed: u64,
     pub lost_in_flight: u64,
+    /// Sockets opened again after theirs broke, the requests sent again on
+    /// them, and requests sent again after an `Overloaded` answer.
+    pub reconnects: u64,
+    pub resent: u64,
+    pub retried: u64,
     pub checks: Vec<KeyCheck>,
     /// `--history` lines.
     pub history: Vec<String>,
@@ -81,6 +99,9 @@ impl Tally {
             timeouts: 0,
             failed: 0,
             lost_in_flight: 0,
+            reconnects: 0,
+            resent: 0,
+            retried: 0,
             checks: Vec::new(),
             history: Vec::new(),
         }
@@ -94,6 +115,9 @@ impl Tally {
         self.timeouts += other.timeouts;
         self.failed += other.failed;
         self.lost_in_flight += other.lost_in_flight;
+        self.reconnects += other.reconnects;
+        self.resent += other.resent;
+        self.retried += other.retried;
     }
 
     /// `add`, and takes `other`'s checks and history lines too.
@@ -113,6 +137,9 @@ impl Tally {
         self.timeouts = 0;
         self.failed = 0;
         self.lost_in_flight = 0;
+        self.reconnects = 0;
+        self.resent = 0;
+        self.retried = 0;
         self.checks.clear();
         self.history.clear();
     }
@@ -151,6 +178,9 @@ fn own_keys(index: usize, count: u64, shard: u8, shards: usize) -> Vec<Vec<u8>> 
 
 /// Drives one connection for the whole run. A connection that fails keeps
 /// what it measured until then; its requests still in flight count as lost.
+/// With `Workload::reconnect`, a socket that closes is opened again and the
+/// requests in flight on it are sent again; the connection fails only if
+/// its replica stays unreachable.
 pub async fn run(
     target: Target,
     w: Workload,
@@ -168,6 +198,27 @@ pub async fn run(
     }
 }
 
+/// How long one attempt to reach a replica (connect, hello, its answer)
+/// may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Waits between attempts to reconnect: doubling from the first to the last.
+const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const RECONNECT_BACKOFF_LAST: Duration = Duration::from_millis(200);
+/// A replica unreachable for this long fails its connections (the
+/// harness's own wait for a restarted replica is as long).
+const RECONNECT_GIVE_UP: Duration = Duration::from_secs(30);
+/// An `Overloaded` request goes again this much later.
+const RETRY_DELAY: Duration = Duration::from_millis(5);
+
+/// Why a socket's conversation ended early.
+enum Broken {
+    /// The socket failed or closed: reconnecting may help.
+    Socket(String),
+    /// The replica sent something this client cannot take: a bug, not an
+    /// outage.
+    Protocol(String),
+}
+
 /// `run`, with the failures before any request was sent as errors.
 async fn connect_and_run(
     target: Target,
@@ -179,111 +230,248 @@ async fn connect_and_run(
     let who = format!("{} shard {}", target.addr, target.shard);
     let addr = shard_addr(target.addr, usize::from(target.shard))
         .ok_or_else(|| format!("{who}: no port for that shard"))?;
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("{who}: connect: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("{who}: {e}"))?;
     let mut session = Session::new(fresh_client_id(), w.cluster_id, target.shard);
-    let reader = session.reader();
-    let mut out = BytesMut::new();
-    session.hello(&mut out);
-    stream
-        .write_all(&out)
+    session.set_retry_overloaded(w.reconnect);
+    let (hello, reader) = opening(&session);
+    let (mut stream, mut inbuf, answer) = dial(addr, &hello, reader)
         .await
         .map_err(|e| format!("{who}: {e}"))?;
-    let mut inbuf = ReadBuffer::default();
-    let shards = loop {
-        if let Some(f) = reader
-            .next(inbuf.received())
-            .map_err(|e| format!("{who}: {e}"))?
-        {
-            let server = session
-                .on_hello_answer(&f)
-                .map_err(|e| format!("{who}: {e}"))?;
-            break usize::from(server.shards);
-        }
-        read_more(&mut stream, &mut inbuf)
-            .await
-            .map_err(|e| format!("{who}: {e}"))?;
-    };
-    let keys = own_keys(target.index, w.keys.max(1), target.shard, shards);
-    let keys_len = keys.len();
-    let conn = Conn {
-        session,
-        sent_at: vec![None; CLIENT_WINDOW_REQUESTS_MAX as usize],
-        rng: Rng::new(seed),
-        keys,
-        value: vec![b'v'; w.value_bytes],
-        zipf_cdf: w.zipf.map(|s| zipf_cdf(keys_len, s)),
-        history: w.history.then(|| History {
-            pending: (0..CLIENT_WINDOW_REQUESTS_MAX).map(|_| None).collect(),
-            lines: Vec::new(),
-        }),
-        epoch: start,
-        index: target.index,
-        shard: target.shard,
-        verify: w.verify.then(|| Verify {
-            sent: vec![None; CLIENT_WINDOW_REQUESTS_MAX as usize],
-            keys: HashMap::new(),
-        }),
-    };
-    // Silence for this long wakes the reader, so it can see the run end.
-    stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| format!("{who}: {e}"))?;
+    let shards = session
+        .on_hello_answer(&answer)
+        .map_err(|e| format!("{who}: {e}"))?
+        .shards;
+    let keys = own_keys(target.index, w.keys.max(1), target.shard, shards.into());
+    let conn = Conn::new(session, keys, seed, start, &target, &w);
     let measure_from = start + w.warmup;
     let state = Rc::new(RefCell::new(State {
         conn,
         end: measure_from + w.duration,
+        broken: None,
+        done: false,
+        due_sent: 0,
+        lag: latency_histogram(),
+        unsent: None,
     }));
     let wake = Rc::new(Wake::new());
-    let (mut rx, mut tx) = futures_lite::io::split(stream);
     let schedule = start
         + w.rate.map_or(Duration::ZERO, |rate| {
             phase(target.index, rate, w.connections)
         });
+    let mut tally = Tally::new();
+    let failure = loop {
+        let talked = converse(
+            stream,
+            inbuf,
+            &state,
+            &wake,
+            &w,
+            (schedule, measure_from),
+            &live,
+            &mut tally,
+        )
+        .await;
+        let why = match talked {
+            Ok(()) => break None,
+            Err(Broken::Protocol(e)) => break Some(e),
+            Err(Broken::Socket(e)) if !w.reconnect => break Some(e),
+            Err(Broken::Socket(e)) => e,
+        };
+        {
+            let s = state.borrow();
+            if Instant::now() >= s.end && s.conn.session.outstanding() == 0 {
+                break None; // nothing left to say
+            }
+        }
+        tally.reconnects += 1;
+        live.borrow_mut().reconnects += 1;
+        match redial(addr, &state, &w, shards).await {
+            Ok((s, b)) => (stream, inbuf) = (s, b),
+            Err(e) => break Some(format!("{e} (the connection broke: {why})")),
+        }
+        tally.resent += state.borrow_mut().conn.resend_outstanding(&w);
+    };
+    let failure = failure.map(|e| format!("{who}: {e}"));
+    let mut s = state.borrow_mut();
+    let inflight = s.conn.session.outstanding() as u64;
+    if failure.is_some() {
+        // What was answered before the failure still counts, and its
+        // writes are still checked by --verify. What is in flight now is
+        // lost.
+        tally.lost_in_flight = inflight;
+        tally.failed = 1;
+    } else {
+        tally.timeouts += inflight;
+        live.borrow_mut().timeouts += inflight;
+        // After a failure the writer stopped early: what it did not send
+        // was not the server's stall.
+        tally.timeouts += s.unsent.unwrap_or(0);
+    }
+    tally.lag.add(&s.lag).expect("same bounds");
+    tally.checks = s.conn.checks(w.value_bytes);
+    tally.history = s.conn.history.as_mut().map_or(Vec::new(), History::lines);
+    Ok((tally, failure))
+}
+
+/// Connects to `addr`, sends `hello` and reads the first frame back (the
+/// hello's answer), within `DIAL_TIMEOUT`.
+async fn dial(
+    addr: SocketAddr,
+    hello: &[u8],
+    reader: FrameReader,
+) -> Result<(TcpStream, ReadBuffer, Frame), String> {
+    let timeout = async {
+        glommio::timer::sleep(DIAL_TIMEOUT).await;
+        Err(format!("no answer to the hello within {DIAL_TIMEOUT:?}"))
+    };
+    futures_lite::future::or(dial_now(addr, hello, reader), timeout).await
+}
+
+async fn dial_now(
+    addr: SocketAddr,
+    hello: &[u8],
+    reader: FrameReader,
+) -> Result<(TcpStream, ReadBuffer, Frame), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream.write_all(hello).await.map_err(|e| e.to_string())?;
+    let mut inbuf = ReadBuffer::default();
+    loop {
+        if let Some(f) = reader.next(inbuf.received()).map_err(|e| e.to_string())? {
+            return Ok((stream, inbuf, f));
+        }
+        read_more(&mut stream, &mut inbuf)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+/// The hello that opens a socket of `session`, and the reader of its frames.
+fn opening(session: &Session) -> (BytesMut, FrameReader) {
+    let mut hello = BytesMut::new();
+    session.hello(&mut hello);
+    (hello, session.reader())
+}
+
+/// Opens the connection again after its socket broke, trying with backoff
+/// until the replica answers, `RECONNECT_GIVE_UP` passed, or the run and
+/// its drain are over. The session starts over on the new socket: the
+/// caller sends its outstanding requests again.
+async fn redial(
+    addr: SocketAddr,
+    state: &RefCell<State>,
+    w: &Workload,
+    shards: u8,
+) -> Result<(TcpStream, ReadBuffer), String> {
+    let give_up = {
+        let end = state.borrow().end + w.drain;
+        (Instant::now() + RECONNECT_GIVE_UP).min(end.max(Instant::now()))
+    };
+    let (hello, reader) = {
+        let mut s = state.borrow_mut();
+        (s.broken, s.done) = (None, false);
+        s.conn.session.reconnect();
+        opening(&s.conn.session)
+    };
+    let mut backoff = RECONNECT_BACKOFF_FIRST;
+    loop {
+        let why = match dial(addr, &hello, reader).await {
+            Ok((stream, inbuf, answer)) => {
+                let mut s = state.borrow_mut();
+                match s.conn.session.on_hello_answer(&answer) {
+                    Ok(h) if h.shards == shards => return Ok((stream, inbuf)),
+                    Ok(h) => {
+                        return Err(format!(
+                            "reconnected to a replica of {} shards, not {shards}",
+                            h.shards
+                        ))
+                    }
+                    // Refused (not ready yet?): the session took nothing.
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(e) => e,
+        };
+        if Instant::now() + backoff >= give_up {
+            return Err(format!("cannot reconnect: {why}"));
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_LAST);
+    }
+}
+
+/// One socket's life: a writer task and this reader, until the run has
+/// ended and every request is answered (or the drain time ran out), or the
+/// socket breaks.
+#[allow(clippy::too_many_arguments)]
+async fn converse(
+    stream: TcpStream,
+    inbuf: ReadBuffer,
+    state: &Rc<RefCell<State>>,
+    wake: &Rc<Wake>,
+    w: &Workload,
+    (schedule, measure_from): (Instant, Instant),
+    live: &Live,
+    tally: &mut Tally,
+) -> Result<(), Broken> {
+    // Silence for this long wakes the reader, so it can see the run end
+    // (or the writer fail).
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| Broken::Socket(e.to_string()))?;
+    let reader = state.borrow().conn.session.reader();
+    let (mut rx, mut tx) = futures_lite::io::split(stream);
     let writer = {
         let (state, wake, w) = (state.clone(), wake.clone(), w.clone());
         glommio::spawn_local(async move {
             send_loop(&mut tx, &state, &wake, &w, schedule, measure_from).await
         })
     };
-    let received = recv_loop(
+    let received = receive(
         &mut rx,
         reader,
         inbuf,
-        &state,
-        &wake,
-        &w,
+        state,
+        wake,
+        w,
         measure_from,
         live,
+        tally,
     )
     .await;
-    let sent = writer.await;
-    let (mut tally, failure) = received;
-    let mut failure = failure.map(|e| format!("{who}: {e}"));
-    match sent {
-        Ok((lag, unsent)) => {
-            tally.lag.add(&lag).expect("same bounds");
-            // After a failure the writer stopped early: what it did not
-            // send was not the server's stall.
-            if failure.is_none() {
-                tally.timeouts += unsent;
-            }
+    match &received {
+        // Stop the writer, so that it does not send more into a socket
+        // nobody reads.
+        Err(Broken::Socket(e) | Broken::Protocol(e)) => {
+            state.borrow_mut().broken.get_or_insert_with(|| e.clone());
         }
-        Err(e) if failure.is_none() => failure = Some(format!("{who}: {e}")),
-        Err(_) => {} // the reader's error says why
+        Ok(()) => state.borrow_mut().done = true,
     }
-    tally.failed = u64::from(failure.is_some());
-    Ok((tally, failure))
+    wake.notify();
+    let sent = writer.await;
+    match (received, sent) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(Broken::Socket(e)),
+        (Ok(()), Ok(())) => Ok(()),
+    }
 }
 
 struct State {
     conn: Conn,
     /// When sending stops (moved earlier on Ctrl-C).
     end: Instant,
+    /// Why the current socket failed, once either side saw it.
+    broken: Option<String>,
+    /// The reader has every answer it waits for (or the drain ran out).
+    done: bool,
+    /// Open loop: requests that fell due and went out (over every socket).
+    due_sent: u64,
+    /// Open loop: how late each went out.
+    lag: Histogram<u64>,
+    /// Open loop: requests that fell due and could not go out, once the
+    /// end came.
+    unsent: Option<u64>,
 }
 
 /// How far connection `index` of `connections`, each sending `rate` requests
@@ -295,7 +483,10 @@ fn phase(index: usize, rate: f64, connections: usize) -> Duration {
     Duration::from_secs_f64(index as f64 / (rate * connections as f64))
 }
 
-/// Queues requests as the mode says and writes them, one write per wake-up.
+/// Queues requests as the mode says and writes them, one write per wake-up,
+/// until the reader is done or the socket broke (a failed write says why).
+/// After the end it queues no new request, but still writes what is sent
+/// again (after a reconnect, or an `Overloaded` answer).
 /// Open loop: request k is due at `start + k / rate`; how late each one
 /// due in the measured time (from `measure_from`) went out is recorded.
 async fn send_loop(
@@ -305,72 +496,36 @@ async fn send_loop(
     w: &Workload,
     start: Instant,
     measure_from: Instant,
-) -> std::io::Result<(Histogram<u64>, u64)> {
+) -> Result<(), String> {
     let mut out = BytesMut::new();
-    let mut due_sent = 0u64;
-    let mut lag = latency_histogram();
     loop {
         let now = Instant::now();
         let next = {
             let mut s = state.borrow_mut();
+            if s.broken.is_some() || s.done {
+                return Ok(()); // if broken, the reader says why
+            }
             if w.stop.load(std::sync::atomic::Ordering::Relaxed) && now < s.end {
                 s.end = now;
             }
-            if now >= s.end {
-                // Requests that fell due while the window was full and never
-                // went out: the server's stall, which must not vanish from
-                // the figures. (With room left, what is unsent at the end
-                // was due in the instant the loop took to notice the end.)
-                let unsent = match w.rate {
-                    Some(rate) if !s.conn.room() => {
-                        let due = (s.end.saturating_duration_since(start).as_secs_f64() * rate)
-                            .ceil() as u64;
-                        due.saturating_sub(due_sent)
-                    }
-                    _ => 0,
-                };
-                return Ok((lag, unsent));
-            }
-            let end = s.end;
-            let conn = &mut s.conn;
-            let next = match w.rate {
-                None => {
-                    while conn.session.outstanding() < w.outstanding && conn.room() {
-                        conn.queue(w, now);
-                    }
-                    s.end
+            let next = if now < s.end {
+                queue_due(&mut s, w, now, start, measure_from)
+            } else {
+                if s.unsent.is_none() {
+                    s.unsent = Some(unsent_at_end(&s, w, start));
                 }
-                Some(rate) => {
-                    // Request k is due at start + k / rate: those due by now.
-                    let elapsed = now.saturating_duration_since(start).as_secs_f64();
-                    let due = if now < start {
-                        0
-                    } else {
-                        (elapsed * rate) as u64 + 1
-                    };
-                    while due_sent < due && conn.room() {
-                        // Latency counts from when the request was due.
-                        let intended = start + Duration::from_secs_f64(due_sent as f64 / rate);
-                        conn.queue(w, intended);
-                        if intended >= measure_from && intended < end {
-                            let late = now.saturating_duration_since(intended).as_nanos() as u64;
-                            lag.saturating_record(late.max(1));
-                        }
-                        due_sent += 1;
-                    }
-                    if conn.room() {
-                        (start + Duration::from_secs_f64(due_sent as f64 / rate)).min(s.end)
-                    } else {
-                        // The window is full: only an answer can make room.
-                        s.end
-                    }
-                }
+                // Only a retry falling due, or the reader, wakes it now.
+                retry_due(&mut s.conn, w, now).unwrap_or(now + w.drain)
             };
             s.conn.session.encode(&mut out);
             next
         };
         if !out.is_empty() {
-            tx.write_all(&out).await?;
+            if let Err(e) = tx.write_all(&out).await {
+                let why = format!("write: {e}");
+                state.borrow_mut().broken.get_or_insert(why.clone());
+                return Err(why);
+            }
             out.clear();
         }
         let wait = next.saturating_duration_since(Instant::now());
@@ -383,48 +538,84 @@ async fn send_loop(
     }
 }
 
-/// Reads responses and records their latency until the run has ended and
-/// every request is answered (or the drain time ran out).
-#[allow(clippy::too_many_arguments)]
-async fn recv_loop(
-    rx: &mut (impl AsyncRead + Unpin),
-    reader: FrameReader,
-    inbuf: ReadBuffer,
-    state: &RefCell<State>,
-    wake: &Wake,
-    w: &Workload,
-    measure_from: Instant,
-    live: Live,
-) -> (Tally, Option<String>) {
-    let mut tally = Tally::new();
-    let failure = receive(
-        rx,
-        reader,
-        inbuf,
-        state,
-        wake,
-        w,
-        measure_from,
-        live,
-        &mut tally,
-    )
-    .await
-    .err();
-    if failure.is_some() {
-        // What was answered before the failure still counts, and its
-        // writes are still checked by --verify. What is in flight now is
-        // lost; stop the writer, so that it does not send more into a
-        // connection nobody reads.
-        let mut s = state.borrow_mut();
-        tally.lost_in_flight = s.conn.session.outstanding() as u64;
-        s.end = s.end.min(Instant::now());
-        tally.checks = s.conn.checks(w.value_bytes);
-        tally.history = s.conn.history_unanswered();
-        wake.notify();
+/// Requests that fell due while the window was full and never went out:
+/// the server's stall, which must not vanish from the figures. (With room
+/// left, what is unsent at the end was due in the instant the loop took to
+/// notice the end.)
+fn unsent_at_end(s: &State, w: &Workload, start: Instant) -> u64 {
+    match w.rate {
+        Some(rate) if !s.conn.room() => {
+            let due = (s.end.saturating_duration_since(start).as_secs_f64() * rate).ceil() as u64;
+            due.saturating_sub(s.due_sent)
+        }
+        _ => 0,
     }
-    (tally, failure)
 }
 
+/// Queues the requests due by `now` (and the `Overloaded` ones due again);
+/// when the writer should look again.
+fn queue_due(
+    s: &mut State,
+    w: &Workload,
+    now: Instant,
+    start: Instant,
+    measure_from: Instant,
+) -> Instant {
+    let end = s.end;
+    let conn = &mut s.conn;
+    let retry = retry_due(conn, w, now);
+    let next = match w.rate {
+        None => {
+            while conn.session.outstanding() < w.outstanding && conn.room() {
+                conn.queue(w, now);
+            }
+            end
+        }
+        Some(rate) => {
+            // Request k is due at start + k / rate: those due by now.
+            let elapsed = now.saturating_duration_since(start).as_secs_f64();
+            let due = if now < start {
+                0
+            } else {
+                (elapsed * rate) as u64 + 1
+            };
+            while s.due_sent < due && conn.room() {
+                // Latency counts from when the request was due.
+                let intended = start + Duration::from_secs_f64(s.due_sent as f64 / rate);
+                conn.queue(w, intended);
+                if intended >= measure_from && intended < end {
+                    let late = now.saturating_duration_since(intended).as_nanos() as u64;
+                    s.lag.saturating_record(late.max(1));
+                }
+                s.due_sent += 1;
+            }
+            if conn.room() {
+                (start + Duration::from_secs_f64(s.due_sent as f64 / rate)).min(end)
+            } else {
+                // The window is full: only an answer can make room.
+                end
+            }
+        }
+    };
+    retry.map_or(next, |at| next.min(at))
+}
+
+/// Queues again the `Overloaded` requests due by `now`; when the next one
+/// falls due.
+fn retry_due(conn: &mut Conn, w: &Workload, now: Instant) -> Option<Instant> {
+    while let Some(&(at, request)) = conn.retries.front() {
+        if at > now {
+            return Some(at);
+        }
+        conn.retries.pop_front();
+        conn.resend(request, w);
+    }
+    None
+}
+
+/// Reads responses and records their latency until the run has ended and
+/// every request is answered (or the drain time ran out), or the socket
+/// broke.
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     rx: &mut (impl AsyncRead + Unpin),
@@ -434,31 +625,47 @@ async fn receive(
     wake: &Wake,
     w: &Workload,
     measure_from: Instant,
-    live: Live,
+    live: &Live,
     tally: &mut Tally,
-) -> Result<(), String> {
+) -> Result<(), Broken> {
     loop {
         match read_more(rx, &mut inbuf).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Broken::Socket(format!("read: {e}"))),
         }
         let now = Instant::now();
         let mut s = state.borrow_mut();
+        if let Some(why) = &s.broken {
+            return Err(Broken::Socket(why.clone()));
+        }
         let end = s.end;
-        while let Some(f) = reader.next(inbuf.received()).map_err(|e| e.to_string())? {
-            let r = match s.conn.session.on_frame(f).map_err(|e| e.to_string())? {
+        while let Some(f) = reader
+            .next(inbuf.received())
+            .map_err(|e| Broken::Protocol(e.to_string()))?
+        {
+            let received = s
+                .conn
+                .session
+                .on_frame(f)
+                .map_err(|e| Broken::Protocol(e.to_string()))?;
+            let r = match received {
                 Received::Answer(r) => r,
                 Received::Stale(_) => continue, // a retry's answer
+                Received::Retry(r) => {
+                    // It did not run: again, under its number, a little later.
+                    s.conn.retries.push_back((now + RETRY_DELAY, r.request));
+                    tally.retried += 1;
+                    continue;
+                }
                 Received::Admin(_) => unreachable!("blaster sends no Admin"),
             };
             let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
-            let slot = (r.request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
-            let sent = s.conn.sent_at[slot]
-                .take()
-                .expect("an outstanding request has its send time");
+            let sent = s.conn.answered(r.request);
             s.conn.verify_answer(r.request, ok);
-            s.conn.history_answer(r.request, r.code, &r.value, now);
+            if let Some(h) = &mut s.conn.history {
+                h.answered(r.request, r.code, &r.value, now);
+            }
             let ns = now.duration_since(sent).as_nanos().max(1) as u64;
             // The progress lines show the warm-up too (marked as such).
             let mut l = live.borrow_mut();
@@ -472,12 +679,8 @@ async fn receive(
             }
         }
         wake.notify();
-        let inflight = s.conn.session.outstanding() as u64;
+        let inflight = s.conn.session.outstanding();
         if now >= end && (inflight == 0 || now > end + w.drain) {
-            tally.timeouts += inflight;
-            live.borrow_mut().timeouts += inflight;
-            tally.checks = s.conn.checks(w.value_bytes);
-            tally.history = s.conn.history_unanswered();
             return Ok(());
         }
     }
@@ -501,58 +704,29 @@ struct Conn {
     session: Session,
     /// Send (or due) time of each outstanding request, by number mod window.
     sent_at: Vec<Option<Instant>>,
+    /// What each outstanding request said, by number mod window, to say it
+    /// again after a reconnect or an `Overloaded` answer.
+    said: Vec<Option<Said>>,
+    /// Requests answered `Overloaded`, to send again at the time beside each.
+    retries: VecDeque<(Instant, u64)>,
     rng: Rng,
     keys: Vec<Vec<u8>>,
     value: Vec<u8>,
     /// Cumulative Zipf weights over `keys`, if `--zipf`.
     zipf_cdf: Option<Vec<f64>>,
-    /// With `--history`: each outstanding request's operation, by number
-    /// mod window, and the finished lines.
+    /// With `--history`: the operations, answered and not.
     history: Option<History>,
-    /// When the run started (history times count from it).
-    epoch: Instant,
-    /// This connection's index in the run: the `client` of its history
-    /// lines (a small number any JSON reader takes exactly, unlike the
-    /// random 64-bit client id).
-    index: usize,
     shard: u8,
-    /// With `--verify`: the key (own keys only) and PUT-ness of each
-    /// outstanding request, by number mod window, and per key what was
-    /// written.
-    verify: Option<Verify>,
+    /// With `--verify`: what was written to own keys.
+    written: Option<Written>,
 }
 
-struct History {
-    pending: Vec<Option<Invoked>>,
-    lines: Vec<String>,
-}
-
-struct Invoked {
-    put: bool,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    at: Instant,
-}
-
-/// One operation as a JSON line: times in ns since the run started; a GET's
-/// result is the value read, `null` when the key had none.
-fn history_line(
-    client: u64,
-    op: &Invoked,
-    epoch: Instant,
-    done: Option<Instant>,
-    result: &str,
-) -> String {
-    let invoke = op.at.saturating_duration_since(epoch).as_nanos();
-    let ret = done.map_or("null".to_string(), |d| {
-        d.saturating_duration_since(epoch).as_nanos().to_string()
-    });
-    format!(
-        "{{\"client\": {client}, \"op\": \"{}\", \"key\": {}, \"value\": {}, \"invoke_ns\": {invoke}, \"return_ns\": {ret}, \"result\": {result}}}",
-        if op.put { "put" } else { "get" },
-        json_str(&op.key),
-        if op.put { json_str(&op.value) } else { "null".to_string() },
-    )
+/// One request's operation and key (its value follows from its number).
+#[derive(Clone, Copy)]
+struct Said {
+    read: bool,
+    /// Index in the connection's keys; `None`: the shared hot key.
+    key: Option<u32>,
 }
 
 /// Cumulative weights of ranks 1..=n under Zipf's law with exponent `s`.
@@ -568,65 +742,32 @@ fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
     cdf
 }
 
-fn json_str(bytes: &[u8]) -> String {
-    let mut out = String::from("\"");
-    for c in String::from_utf8_lossy(bytes).chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+impl Conn {
+    fn new(
+        session: Session,
+        keys: Vec<Vec<u8>>,
+        seed: u64,
+        epoch: Instant,
+        target: &Target,
+        w: &Workload,
+    ) -> Conn {
+        let window = CLIENT_WINDOW_REQUESTS_MAX as usize;
+        let client = session.client_id();
+        Conn {
+            session,
+            sent_at: vec![None; window],
+            said: vec![None; window],
+            retries: VecDeque::new(),
+            rng: Rng::new(seed),
+            zipf_cdf: w.zipf.map(|s| zipf_cdf(keys.len(), s)),
+            keys,
+            value: vec![b'v'; w.value_bytes],
+            history: w.history.then(|| History::new(target.index as u64, epoch)),
+            shard: target.shard,
+            written: w.verify.then(|| Written::new(client)),
         }
     }
-    out.push('"');
-    out
-}
 
-struct Verify {
-    sent: Vec<Option<u32>>,
-    keys: HashMap<u32, KeyLog>,
-}
-
-/// The PUTs of one key: the highest acknowledged request, and the ones
-/// never answered (which may or may not have been applied).
-#[derive(Default)]
-struct KeyLog {
-    acked: u64,
-    unanswered: Vec<u64>,
-}
-
-/// What `--verify` must find for one key at every replica.
-pub struct KeyCheck {
-    pub shard: u8,
-    pub key: Vec<u8>,
-    /// Values the key may hold: the last acknowledged write's, and those of
-    /// later writes that were never answered.
-    pub acceptable: Vec<Vec<u8>>,
-    /// Whether some write of the key was acknowledged (else it may be absent).
-    pub acked: bool,
-}
-
-/// Writes into `v` the value request `request` of client `client` puts:
-/// unique per write and per run (client ids are drawn afresh for every
-/// connection), so neither an earlier run's data nor another connection's
-/// can pass for it; padded to `size` with '.' (longer if `size` is too
-/// small).
-fn write_value(v: &mut Vec<u8>, client: u64, request: u64, size: usize) {
-    use std::io::Write;
-    v.clear();
-    write!(v, "{client:x}:{request}").expect("writing to a Vec");
-    if v.len() < size {
-        v.resize(size, b'.');
-    }
-}
-
-fn value_of(client: u64, request: u64, size: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    write_value(&mut v, client, request, size);
-    v
-}
-
-impl Conn {
     fn queue(&mut self, w: &Workload, at: Instant) {
         // Verified and history values carry their request's number.
         let request = self.session.next_request();
@@ -647,23 +788,19 @@ impl Conn {
             (Some(i as u32), &self.keys[i])
         };
         let read = self.rng.chance(w.reads_pct);
-        if let Some(v) = &mut self.verify {
-            let own_put = key_index.filter(|_| !read);
-            v.sent[slot] = own_put;
-            if let Some(k) = own_put {
-                v.keys.entry(k).or_default().unanswered.push(request);
-            }
+        self.said[slot] = Some(Said {
+            read,
+            key: key_index,
+        });
+        if let (Some(v), Some(k), false) = (&mut self.written, key_index, read) {
+            v.put(request, k);
         }
-        if !read && (self.verify.is_some() || self.history.is_some()) {
+        if !read && (self.written.is_some() || self.history.is_some()) {
             write_value(&mut self.value, client, request, w.value_bytes);
         }
         if let Some(h) = &mut self.history {
-            h.pending[slot] = Some(Invoked {
-                put: !read,
-                key: key.to_vec(),
-                value: if read { Vec::new() } else { self.value.clone() },
-                at: Instant::now(),
-            });
+            let value: &[u8] = if read { b"" } else { &self.value };
+            h.invoked(request, !read, key, value, Instant::now());
         }
         let (op, value): (Op, &[u8]) = if read {
             (Op::Get, b"")
@@ -678,77 +815,62 @@ impl Conn {
         debug_assert_eq!(queued, request);
     }
 
-    /// Records the answer to `request` for `--history`.
-    fn history_answer(&mut self, request: u64, code: Code, value: &[u8], now: Instant) {
-        let (client, epoch) = (self.index as u64, self.epoch);
-        let Some(h) = &mut self.history else {
-            return;
-        };
+    /// Queues outstanding request `request` again, as it was first queued.
+    fn resend(&mut self, request: u64, w: &Workload) {
         let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
-        if let Some(op) = h.pending[slot].take() {
-            let result = match code {
-                Code::Done => "\"ok\"".to_string(),
-                Code::Value => json_str(value),
-                Code::NotFound => "null".to_string(),
-                other => json_str(format!("error: {other:?}").as_bytes()),
-            };
-            h.lines
-                .push(history_line(client, &op, epoch, Some(now), &result));
+        let said = self.said[slot].expect("an outstanding request was recorded");
+        let key: &[u8] = match said.key {
+            Some(i) => &self.keys[i as usize],
+            None => HOT_KEY,
+        };
+        if said.read {
+            self.session.requeue(request, Op::Get, key, b"");
+            return;
         }
+        if w.verify || w.history {
+            write_value(
+                &mut self.value,
+                self.session.client_id(),
+                request,
+                w.value_bytes,
+            );
+        }
+        self.session.requeue(request, Op::Put, key, &self.value);
     }
 
-    /// History lines of requests never answered (result unknown).
-    fn history_unanswered(&mut self) -> Vec<String> {
-        let (client, epoch) = (self.index as u64, self.epoch);
-        let Some(h) = &mut self.history else {
-            return Vec::new();
-        };
-        let mut lines = std::mem::take(&mut h.lines);
-        for op in h.pending.iter_mut().filter_map(Option::take) {
-            lines.push(history_line(client, &op, epoch, None, "\"timeout\""));
+    /// After a reconnect: queues every outstanding request again (those
+    /// waiting to be retried too); how many.
+    fn resend_outstanding(&mut self, w: &Workload) -> u64 {
+        self.retries.clear();
+        let again: Vec<u64> = self.session.outstanding_requests().collect();
+        for &request in &again {
+            self.resend(request, w);
         }
-        lines
+        again.len() as u64
+    }
+
+    /// Forgets what answered request `request` said; when it was sent.
+    fn answered(&mut self, request: u64) -> Instant {
+        let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
+        self.said[slot] = None;
+        self.sent_at[slot]
+            .take()
+            .expect("an outstanding request has its send time")
     }
 
     /// Records the answer to an own-key PUT for `--verify`.
     fn verify_answer(&mut self, request: u64, ok: bool) {
-        let slot = (request % CLIENT_WINDOW_REQUESTS_MAX) as usize;
-        let Some(v) = &mut self.verify else {
-            return;
-        };
-        let Some(k) = v.sent[slot].take() else {
-            return;
-        };
-        let log = v.keys.get_mut(&k).expect("logged when sent");
-        log.unanswered.retain(|&r| r != request);
-        if ok {
-            log.acked = log.acked.max(request);
+        let horizon = self.session.next_request();
+        if let Some(v) = &mut self.written {
+            v.answered(request, ok, horizon);
         }
     }
 
     /// What every replica must hold for this connection's keys.
     fn checks(&self, value_bytes: usize) -> Vec<KeyCheck> {
-        let Some(v) = &self.verify else {
-            return Vec::new();
-        };
-        v.keys
-            .iter()
-            .map(|(&k, log)| {
-                let later = log.unanswered.iter().filter(|&&r| r > log.acked);
-                let mut acceptable: Vec<Vec<u8>> = later
-                    .map(|&r| value_of(self.session.client_id(), r, value_bytes))
-                    .collect();
-                if log.acked > 0 {
-                    acceptable.push(value_of(self.session.client_id(), log.acked, value_bytes));
-                }
-                KeyCheck {
-                    shard: self.shard,
-                    key: self.keys[k as usize].clone(),
-                    acceptable,
-                    acked: log.acked > 0,
-                }
-            })
-            .collect()
+        self.written.as_ref().map_or(Vec::new(), |v| {
+            v.checks(self.shard, &self.keys, value_bytes)
+        })
     }
 
     /// Whether one more request stays inside the client window.

@@ -7,10 +7,13 @@
 //! table (`--hgrm`) and a JSON summary (`--json`).
 
 mod cluster;
+mod history;
 mod load;
+mod nemesis;
 mod report;
 mod verify;
 mod wake;
+mod written;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -35,7 +38,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 pub struct Args {
     /// Replicas to load, HOST:PORT (base port), comma-separated.
-    #[arg(long, value_delimiter = ',', required_unless_present = "local_cluster")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present_any = ["local_cluster", "nemesis"]
+    )]
     targets: Vec<String>,
     /// Start N local replicas on free loopback ports, load them, stop them.
     #[arg(long, conflicts_with = "targets")]
@@ -46,10 +53,27 @@ pub struct Args {
     /// Local replicas send PreAccepts to a fast quorum only.
     #[arg(long)]
     pub thrifty: bool,
-    /// Local replicas keep their logs on disk (`--data-dir`), each in a
-    /// fresh directory under the system's temporary one, removed at the end.
-    #[arg(long)]
-    pub durable: bool,
+    /// Local replicas keep their state in memory only (`--in-memory`).
+    /// By default each keeps its logs on disk (`--data-dir`), in a fresh
+    /// directory under the system's temporary one, removed at the end.
+    #[arg(long, conflicts_with = "nemesis")]
+    pub in_memory: bool,
+    /// Faults on the local replicas while the load runs. `kill`: every
+    /// --nemesis-interval, SIGKILL to a random replica (never more than
+    /// (N-1)/2 down at once), restarted from its data dir
+    /// --nemesis-downtime later. Needs --local-cluster of 3 or more (on
+    /// disk, not --in-memory). Connections reconnect and send their unanswered
+    /// requests again (as they do requests answered Overloaded), under the
+    /// same numbers. The kill choices come from --seed.
+    #[arg(long, value_enum)]
+    nemesis: Option<NemesisKind>,
+    /// Seconds between kills on average (each wait drawn from half to one
+    /// and a half times this).
+    #[arg(long, default_value_t = 3.0, requires = "nemesis")]
+    nemesis_interval: f64,
+    /// Seconds a killed replica stays down before it is restarted.
+    #[arg(long, default_value_t = 1.0, requires = "nemesis")]
+    nemesis_downtime: f64,
     /// Extra flag for every local replica (repeat it), e.g.
     /// `--replica-arg=--batch-max=64`.
     #[arg(long, allow_hyphen_values = true)]
@@ -114,6 +138,18 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum NemesisKind {
+    /// kill -9 a replica, restart it later
+    Kill,
+}
+
+/// How long connections may take after the end to get their answers: with
+/// the nemesis, long enough for a replica killed just before the end to
+/// come back (the drain ends as soon as every request is answered).
+const DRAIN: Duration = Duration::from_secs(2);
+const DRAIN_NEMESIS: Duration = Duration::from_secs(30);
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = check(&args) {
@@ -169,6 +205,24 @@ fn check(args: &Args) -> Result<(), String> {
     if args.warmup < 0.0 || !args.warmup.is_finite() || !args.duration.is_finite() {
         return Err("--warmup and --duration must be finite, --warmup not negative".into());
     }
+    if args.nemesis.is_some() {
+        match args.local_cluster {
+            None => return Err("--nemesis needs --local-cluster: it kills local replicas".into()),
+            Some(n) if n < 3 => {
+                return Err(format!(
+                    "--nemesis needs --local-cluster of 3 or more replicas: with {n}, \
+                     (N-1)/2 = 0 may be down"
+                ))
+            }
+            Some(_) => {}
+        }
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !positive(args.nemesis_interval) || !positive(args.nemesis_downtime) {
+            return Err(
+                "--nemesis-interval and --nemesis-downtime must be positive seconds".into(),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -202,8 +256,13 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         value_bytes: args.value_size,
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.duration),
-        drain: Duration::from_secs(2),
+        drain: if args.nemesis.is_some() {
+            DRAIN_NEMESIS
+        } else {
+            DRAIN
+        },
         stop: stop.clone(),
+        reconnect: args.nemesis.is_some(),
         verify: args.verify,
         history: args.history.is_some(),
         zipf: args.zipf,
@@ -232,6 +291,31 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
             .map_err(|e| format!("cannot start executor {core}: {e}"))?;
         handles.push(h);
     }
+    // Started last: from here on nothing returns early, so the nemesis
+    // always hands the cluster back (and the cluster's drop stops it).
+    let (mut local, nemesis) = match (local, args.nemesis) {
+        (Some(cluster), Some(NemesisKind::Kill)) => {
+            let cfg = nemesis::Config {
+                interval: Duration::from_secs_f64(args.nemesis_interval),
+                downtime: Duration::from_secs_f64(args.nemesis_downtime),
+                seed: args.seed,
+                origin: start,
+                end: start + workload.warmup + workload.duration,
+                stop: stop.clone(),
+            };
+            eprintln!(
+                "blaster: nemesis kill: a replica every {:.1} s on average, down {:.1} s, \
+                 at most {} of {} down at once; seed {} (--seed)",
+                args.nemesis_interval,
+                args.nemesis_downtime,
+                (targets.len() - 1) / 2,
+                targets.len(),
+                args.seed
+            );
+            (None, Some(nemesis::start(cluster, cfg)))
+        }
+        (local, _) => (local, None),
+    };
     report::progress(&live, start, &workload, stop);
     // Ctrl-C ends the measured window early: throughput is over what ran.
     let measured = if stop_requested(stop) {
@@ -252,11 +336,24 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    let mut faults = None;
+    if let Some(h) = nemesis {
+        // It stopped killing when the measured time ended; it returns once
+        // every replica is back.
+        match h.join() {
+            Ok(o) => {
+                failures.extend(o.error.map(|e| format!("nemesis: {e}")));
+                faults = Some((o.kills, o.restarts));
+                local = Some(o.cluster);
+            }
+            Err(_) => failures.push("the nemesis thread panicked".into()),
+        }
+    }
     report::replica_counters(&targets, shards, args.cluster_id);
     for f in &failures {
         eprintln!("blaster: {f}");
     }
-    report::summary(&tally, measured, args)?;
+    report::summary(&tally, measured, args, faults)?;
     if let Some(path) = &args.history {
         let mut text = tally.history.join("\n");
         text.push('\n');

@@ -49,7 +49,13 @@ pub fn progress(live: &[Arc<Mutex<Tally>>], start: Instant, w: &Workload, stop: 
     }
 }
 
-pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String> {
+/// The run's summary; `faults`: the nemesis's kills and restarts, if it ran.
+pub fn summary(
+    t: &Tally,
+    duration: Duration,
+    args: &Args,
+    faults: Option<(u64, u64)>,
+) -> Result<(), String> {
     let secs = duration.as_secs_f64();
     let h = &t.hist;
     let q = |x: f64| us(h.value_at_quantile(x));
@@ -65,6 +71,13 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
             "failed connections {} (their errors are above; {} requests were in flight on them, \
              not counted as ops, errors or timeouts)",
             t.failed, t.lost_in_flight
+        );
+    }
+    if let Some((kills, restarts)) = faults {
+        println!(
+            "nemesis: {kills} kills, {restarts} restarts; {} reconnects, {} requests sent again \
+             after them, {} after Overloaded",
+            t.reconnects, t.resent, t.retried
         );
     }
     println!(
@@ -101,6 +114,7 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
             "{{\"ops\": {}, \"duration_s\": {secs}, \"throughput_ops_s\": {:.1}, \
              \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}, \
              \"max_us\": {:.1}, \"errors\": {}, \"timeouts\": {}, \
+             \"reconnects\": {}, \"resent\": {}, \"retried\": {}, \
              \"failed_connections\": {}, \"lost_in_flight\": {}}}\n",
             t.ops,
             t.ops as f64 / secs,
@@ -111,6 +125,9 @@ pub fn summary(t: &Tally, duration: Duration, args: &Args) -> Result<(), String>
             us(h.max()),
             t.errors,
             t.timeouts,
+            t.reconnects,
+            t.resent,
+            t.retried,
             t.failed,
             t.lost_in_flight
         );

@@ -1,6 +1,7 @@
 //! `--verify`: every key the run wrote, read back through every replica.
 //! A GET is ordered by consensus like any command, so each replica's answer
-//! must be the last acknowledged write (or a later one never answered).
+//! must be one of the values `written` says the key may hold: the last
+//! acknowledged write's, or that of a write it did not follow.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use epaxos_fast::client::Connection;
 use epaxos_fast::command::Op;
 use epaxos_fast::wire::client::Code;
 
-use crate::load::KeyCheck;
+use crate::written::KeyCheck;
 
 /// GETs in flight per connection while reading back.
 const PIPELINE: usize = 256;
