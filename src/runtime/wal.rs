@@ -20,7 +20,7 @@
 //! cleared the error, so neither a retry nor carrying on can be trusted.
 //! The failure is logged once, with the file and the operation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -113,11 +113,16 @@ async fn write_all(file: &DmaFile, data: &[u8], pos: u64) -> std::io::Result<()>
 
 /// Starts writing the next chunk of zeros, if the log wants one, in a task
 /// of its own, so that groups below it go on meanwhile.
-fn extend_if_wanted(shard: &Rc<Shard>, file: &Rc<DmaFile>, done: &Rc<Notify>, path: &PathBuf) {
+fn extend_if_wanted(shard: &Rc<Shard>, file: &Rc<DmaFile>, done: &Rc<Notify>, path: &Path) {
     let Some((pos, len)) = shard.with_log(|log| log.extension_wanted()) else {
         return;
     };
-    let (shard, file, done, path) = (shard.clone(), file.clone(), done.clone(), path.clone());
+    let (shard, file, done, path) = (
+        shard.clone(),
+        file.clone(),
+        done.clone(),
+        path.to_path_buf(),
+    );
     glommio::spawn_local(async move {
         let zeros = vec![0u8; len as usize];
         match write_all(&file, &zeros, pos).await {
