@@ -260,6 +260,10 @@ fn main() -> ExitCode {
             tracing::info!(replica = args.id, "stopped cleanly");
             ExitCode::SUCCESS
         }
+        Err(runtime::RunError::Refused(why)) => {
+            eprintln!("epaxos-fast: {why}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("epaxos-fast: error: {e}");
             ExitCode::from(1)

@@ -349,3 +349,60 @@ fn a_full_disk_stops_the_shard_with_an_explicit_error_and_nothing_invented() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn a_replica_restarted_on_an_emptied_directory_is_refused_when_its_peers_hold_its_instances() {
+    let root = scratch("emptied");
+    let mut cluster = Cluster::start_in(3, 1, &[], Some(root.clone()));
+    // Replica 2 leads these, so its peers hold instances of its space.
+    let mut c = cluster.connect(2, 0);
+    for i in 0..10u32 {
+        let r = c
+            .call(Op::Put, format!("k{i}").as_bytes(), &value(i))
+            .unwrap();
+        assert_eq!(r.code, Code::Done);
+    }
+    drop(c);
+    cluster.kill(2).unwrap();
+    // Its disk "replaced": the directory is empty again.
+    let dir = root.join("replica-2");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let peers: Vec<String> = cluster.peers.iter().map(|p| p.to_string()).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_epaxos-fast"))
+        .args(["--id", "2", "--peers", &peers.join(","), "--cpus", "none"])
+        .args([
+            "--cluster-id",
+            &CLUSTER_ID.to_string(),
+            "--log-level",
+            "warn",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("an emptied replica was not refused within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("refused to take part")
+            && err.contains("holds instances of this replica's space"),
+        "{err}"
+    );
+    // The other two still serve.
+    let r = cluster.connect(0, 0).call(Op::Get, b"k3", b"").unwrap();
+    assert_eq!((r.code, &r.value[..]), (Code::Value, &value(3)[..]));
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -61,7 +61,14 @@ impl<S: Storage> Node<S> {
         }
         // The answer is this replica's own view (role peer: a replica),
         // whoever asked; clients read the replica and shard counts from it.
-        let body = self.cfg.hello();
+        let mut body = self.cfg.hello();
+        if hello.role == Role::Peer as u8 {
+            // How much of the caller's space this shard holds: a caller
+            // that started empty refuses to take part if it is not nothing
+            // (`Node::peer_knows`).
+            let known = self.core.highest_slot_known(ReplicaId(hello.replica));
+            body.known_slot = known.into();
+        }
         self.queue_conn(conn, Kind::HelloOk, zerocopy::IntoBytes::as_bytes(&body));
         let who = if hello.role == Role::Peer as u8 {
             Peer::Replica(ReplicaId(hello.replica))

@@ -292,8 +292,16 @@ pub struct Node<S: Storage> {
     outputs: VecDeque<Output>,
     trace: Vec<TraceEvent>,
     counters: Counters,
-    /// Why the shard stopped, once its storage failed (`storage_failed`).
+    /// Why the shard stopped, once its storage failed (`storage_failed`)
+    /// or it refused to rejoin (`peer_knows`).
     failed: Option<String>,
+    /// It refused to take part: it started on an empty log, and a peer holds
+    /// instances of its space (the driver stops the process).
+    refused: bool,
+    /// Started on an empty log in a cluster: until enough peers said they
+    /// hold nothing of this replica's space (`peer_knows`), it neither votes
+    /// nor proposes. The peers that said so, as a bit mask.
+    probation: Option<u16>,
 }
 
 impl<S: Storage> Node<S> {
@@ -322,6 +330,7 @@ impl<S: Storage> Node<S> {
             core.set_reachable(ReplicaId(p as u8), false);
         }
         let appended = Token(records.len() as u64);
+        let records_empty = records.is_empty();
         // Every slot below the next one is taken by a durable record.
         let taken = core.next_slot() - 1;
         Node {
@@ -351,6 +360,8 @@ impl<S: Storage> Node<S> {
             trace: Vec::new(),
             counters: Counters::default(),
             failed: None,
+            refused: false,
+            probation: (records_empty && cfg.replicas > 1).then_some(0),
             cfg,
         }
     }
@@ -437,8 +448,8 @@ impl<S: Storage> Node<S> {
         };
         match c.who {
             Peer::Unknown => self.on_hello(conn, frame),
-            // A stopped shard votes on nothing.
-            Peer::Replica(_) if self.failed.is_some() => Ok(()),
+            // A stopped shard votes on nothing, nor one on probation.
+            Peer::Replica(_) if self.failed.is_some() || self.probation.is_some() => Ok(()),
             Peer::Replica(from) => self.on_peer_frame(now, from, frame),
             Peer::Client => self.on_client_frame(conn, frame),
         }
@@ -507,6 +518,52 @@ impl<S: Storage> Node<S> {
         self.core.set_reachable(peer, false);
     }
 
+    /// Peer `peer` answered this shard's Hello: it holds this replica's
+    /// space up to `slot` (0: nothing; its HelloOk's `known_slot`).
+    ///
+    /// A shard that started on an empty log in a cluster is on probation
+    /// until (replicas - 1) / 2 peers (a majority, with itself) said they
+    /// hold nothing of its space. If one holds something, this replica took
+    /// part before and lost its state (a wiped or replaced data directory,
+    /// or a restart with --in-memory): voting again under its id could
+    /// contradict its lost votes, so it refuses for good (`refused`; the
+    /// driver stops the process). This catches a replica that led
+    /// instances; one that only voted on others' leaves no trace its peers
+    /// can show (safe rejoin needs snapshots and catch-up).
+    pub fn peer_knows(&mut self, peer: ReplicaId, slot: u64) {
+        let Some(cleared) = self.probation.as_mut() else {
+            return;
+        };
+        if slot > 0 {
+            let why = format!(
+                "refused to take part: replica {} holds instances of this replica's \
+                 space up to slot {slot}, but this replica started with an empty log, \
+                 so it took part before and lost its state (a wiped or replaced data \
+                 directory, or a restart with --in-memory); voting again as replica {} \
+                 could contradict its lost votes. Restore its data directory; a \
+                 replica that lost its state cannot rejoin under its id yet",
+                peer.0, self.cfg.replica.0
+            );
+            self.refused = true;
+            self.storage_failed(&why);
+            return;
+        }
+        *cleared |= 1 << peer.0;
+        if cleared.count_ones() as usize >= (self.cfg.replicas - 1) / 2 {
+            self.probation = None;
+        }
+    }
+
+    /// Whether the shard refused to take part (see `peer_knows`).
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// Whether the shard waits to hear from its peers before it takes part.
+    pub fn on_probation(&self) -> bool {
+        self.probation.is_some()
+    }
+
     /// Outgoing links up, not counting this replica.
     pub fn links_up(&self) -> usize {
         self.links.iter().filter(|l| l.up).count()
@@ -519,8 +576,8 @@ impl<S: Storage> Node<S> {
     /// and everything the turn produced is sealed: its records go to
     /// storage, and its messages and replies wait for them to be durable.
     pub fn turn(&mut self, now: u64) {
-        if self.failed.is_some() {
-            return;
+        if self.failed.is_some() || self.probation.is_some() {
+            return; // client commands wait in the open batch meanwhile
         }
         // Timers before proposals: a tick that commits an instance of ours
         // lets a held batch go in this same turn.

@@ -37,6 +37,17 @@ fn frame(shard: usize, kind: Kind, body: &[u8]) -> Frame {
     enc.encoded(kind, body)
 }
 
+/// A node that started on an empty log hears from enough peers that they
+/// hold nothing of its space, and takes part.
+fn peers_hold_nothing(node: &mut Node<MemStorage>) {
+    let me = node.config().replica.0;
+    let peers = (0..node.config().replicas as u8).filter(|&p| p != me);
+    for p in peers.take((node.config().replicas - 1) / 2) {
+        node.peer_knows(ReplicaId(p), 0);
+    }
+    assert!(!node.on_probation());
+}
+
 /// The driver's part: makes what the node asked for durable and says so.
 fn sync(node: &mut Node<MemStorage>) {
     let token = node.sync_wanted().expect("records to sync");
@@ -209,6 +220,7 @@ fn the_pipeline_limit_holds_a_partial_batch_while_instances_are_in_flight() {
     let mut cfg = config(3, 1, 0);
     cfg.pipeline = 1;
     let mut node = Node::start(cfg, MemStorage::new(), 0);
+    peers_hold_nothing(&mut node);
     node.link_up(ReplicaId(1));
     node.link_up(ReplicaId(2));
     let conn = connected_client(&mut node, 0);
@@ -224,6 +236,7 @@ fn the_pipeline_limit_holds_a_partial_batch_while_instances_are_in_flight() {
 #[test]
 fn messages_for_a_peer_whose_link_is_down_are_dropped_and_counted() {
     let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
+    peers_hold_nothing(&mut node);
     node.link_up(ReplicaId(1));
     let conn = connected_client(&mut node, 0);
     node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
@@ -320,6 +333,7 @@ fn link_kinds(node: &mut Node<MemStorage>, peer: u8) -> Vec<Kind> {
 #[test]
 fn a_preaccept_on_a_durably_reserved_slot_leaves_before_its_record() {
     let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
+    peers_hold_nothing(&mut node);
     node.link_up(ReplicaId(1));
     node.link_up(ReplicaId(2));
     let conn = connected_client(&mut node, 0);
@@ -359,6 +373,7 @@ fn a_vote_never_leaves_before_its_record_even_on_a_reserved_slot() {
     let mut leader_cfg = config(3, 1, 0);
     leader_cfg.replica = ReplicaId(1);
     let mut leader = Node::start(leader_cfg, MemStorage::new(), 0);
+    leader.peer_knows(ReplicaId(0), 0);
     leader.link_up(ReplicaId(0));
     let conn = connected_client(&mut leader, 0);
     leader.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
@@ -366,6 +381,7 @@ fn a_vote_never_leaves_before_its_record_even_on_a_reserved_slot() {
     sync(&mut leader);
     let mut to_acceptor = leader.take_link_bytes(ReplicaId(0), BytesMut::new());
     let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
+    peers_hold_nothing(&mut node);
     node.link_up(ReplicaId(1));
     let peer = node.accept();
     let mut hello = BytesMut::new();
@@ -381,4 +397,38 @@ fn a_vote_never_leaves_before_its_record_even_on_a_reserved_slot() {
     assert!(link_kinds(&mut node, 1).is_empty(), "the PreAcceptOk waits");
     sync(&mut node);
     assert_eq!(link_kinds(&mut node, 1), vec![Kind::PreAcceptOk]);
+}
+
+#[test]
+fn a_replica_that_starts_empty_waits_for_its_peers_and_refuses_if_one_holds_its_instances() {
+    // On probation: no proposal, no vote, until a majority (with itself)
+    // said they hold nothing of its space.
+    let mut node = Node::start(config(5, 1, 0), MemStorage::new(), 0);
+    assert!(node.on_probation());
+    let conn = connected_client(&mut node, 0);
+    node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    node.turn(1);
+    assert_eq!(node.core().stats().proposed, 0, "no proposal on probation");
+    node.peer_knows(ReplicaId(1), 0);
+    assert!(node.on_probation(), "one peer of four is not enough");
+    node.peer_knows(ReplicaId(2), 0);
+    assert!(!node.on_probation());
+    node.turn(2);
+    assert_eq!(node.core().stats().proposed, 1, "the waiting command goes");
+
+    // Another empty start, and a peer holds slot 3 of its space: refused,
+    // and its clients are told so.
+    let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
+    let conn = connected_client(&mut node, 0);
+    node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    node.peer_knows(ReplicaId(2), 3);
+    assert!(node.refused());
+    let why = node.failed().unwrap().to_string();
+    assert!(
+        why.contains("replica 2 holds instances of this replica's space up to slot 3"),
+        "{why}"
+    );
+    let answers = frames_for(&mut node, conn);
+    let r = decode_response(&answers[0].body).unwrap();
+    assert_eq!(r.code, Code::Unavailable);
 }

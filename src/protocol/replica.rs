@@ -176,6 +176,12 @@ impl<S: StateMachine> Replica<S> {
         r
     }
 
+    /// The highest slot of `replica`'s space this replica holds or held
+    /// (compacted instances count); 0 if it never heard of any.
+    pub fn highest_slot_known(&self, replica: ReplicaId) -> u64 {
+        self.spaces.last_slot(replica)
+    }
+
     /// The slot this replica's next proposal takes.
     pub fn next_slot(&self) -> u64 {
         self.next_slot

@@ -65,6 +65,29 @@ pub struct RuntimeConfig {
     pub test_lose_write: u64,
 }
 
+/// Why the replica stopped, other than by a signal.
+#[derive(Debug)]
+pub enum RunError {
+    /// A shard refused to take part (`Node::peer_knows`): the binary exits
+    /// with status 2, as for other refusals at start.
+    Refused(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Refused(why) | RunError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for RunError {
+    fn from(why: String) -> RunError {
+        RunError::Failed(why)
+    }
+}
+
 /// Cross-core channel depth, per pair of shards.
 const CROSS_CHANNEL_DEPTH: usize = 4096;
 
@@ -74,7 +97,7 @@ pub fn run(
     cfg: RuntimeConfig,
     stop: Arc<AtomicBool>,
     storages: Vec<Backend>,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     assert_eq!(storages.len(), cfg.cores, "one storage a shard");
     let cfg = Arc::new(cfg);
     let mut fds = Vec::with_capacity(cfg.cores);
@@ -126,8 +149,14 @@ pub fn run(
     for (s, h) in handles.into_iter().enumerate() {
         match h.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = Some(format!("shard {s}: {e}")),
-            Err(e) => failure = Some(format!("shard {s} failed: {e}")),
+            Ok(Err(RunError::Refused(why))) => {
+                failure = Some(RunError::Refused(format!("shard {s}: {why}")))
+            }
+            Ok(Err(e)) if !matches!(failure, Some(RunError::Refused(_))) => {
+                failure = Some(RunError::Failed(format!("shard {s}: {e}")))
+            }
+            Ok(Err(_)) => {}
+            Err(e) => failure = Some(RunError::Failed(format!("shard {s} failed: {e}"))),
         }
     }
     failure.map_or(Ok(()), Err)
@@ -172,17 +201,17 @@ async fn run_shard(
     mesh: MeshBuilder<Cross, Full>,
     stop: Arc<AtomicBool>,
     storage: Backend,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let s = cfg.shard;
     let (senders, receivers) = mesh
         .join()
         .await
         .map_err(|_| "could not join the cross-core channel mesh".to_string())?;
     if senders.peer_id() != s {
-        return Err(format!(
+        return Err(RunError::Failed(format!(
             "cross-core channel mesh gave shard {s} the index {}",
             senders.peer_id()
-        ));
+        )));
     }
     let seed = seed(cfg.node.replica, s);
     let started = std::time::Instant::now();
@@ -216,6 +245,9 @@ async fn run_shard(
     }
     start_cross(&shard, senders, receivers);
     turns(&shard, &stop).await;
+    if let Some(why) = shard.refusal() {
+        return Err(RunError::Refused(why));
+    }
     info!("stopped");
     Ok(())
 }
@@ -274,7 +306,7 @@ fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receiv
 async fn turns(shard: &Shard, stop: &AtomicBool) {
     let stop_check = Duration::from_millis(STOP_CHECK_MS);
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) || shard.refusal().is_some() {
             return;
         }
         let now = shard.now();

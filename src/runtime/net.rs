@@ -303,11 +303,23 @@ pub async fn peer_link(shard: Rc<Shard>, peer: ReplicaId) {
     let mut logged_down = false;
     loop {
         match connect_peer(&shard, addr).await {
-            Ok(mut stream) => {
+            Ok((mut stream, known)) => {
                 info!(%addr, "link to replica {} up", peer.0);
                 backoff = PEER_RECONNECT_MS_MIN;
                 logged_down = false;
-                shard.call(|node, _| node.link_up(peer));
+                let (was, refused, now) = shard.call(|node, _| {
+                    let was = node.on_probation();
+                    node.link_up(peer);
+                    node.peer_knows(peer, known);
+                    (was, node.refused(), node.on_probation())
+                });
+                if refused {
+                    shard.refuse();
+                    return;
+                }
+                if was && !now {
+                    info!("started with an empty log: enough peers hold nothing of this replica's space; taking part");
+                }
                 // Commits parked for this peer are due at once.
                 shard.wake.notify();
                 let e = write_link(&shard, peer, &mut stream).await;
@@ -354,7 +366,9 @@ async fn write_link(shard: &Shard, peer: ReplicaId, stream: &mut TcpStream) -> s
     }
 }
 
-async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Closed> {
+/// Connects and handshakes; with how much of this replica's space the peer
+/// holds (its HelloOk's `known_slot`).
+async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<(TcpStream, u64), Closed> {
     let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
     let mut stream = TcpStream::connect_timeout(addr, timeout)
         .await
@@ -370,6 +384,6 @@ async fn connect_peer(shard: &Shard, addr: SocketAddr) -> Result<TcpStream, Clos
     let frame = with_timeout(next_frame(&mut stream, &reader, &mut buf, shard)).await?;
     let f = frame.ok_or(Closed::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
     let answer = decode_hello_answer(f.kind, &f.body).inspect_err(|_| shard.count_bad_frame());
-    answer?.map_err(Closed::Refused)?;
-    Ok(stream)
+    let hello = answer?.map_err(Closed::Refused)?;
+    Ok((stream, hello.known_slot.get()))
 }

@@ -101,6 +101,7 @@ pub struct Shard {
     pub wake: Notify,
     /// Wakes the log writer (`runtime::wal`): a turn appended records.
     pub log_ready: Notify,
+    refusal: RefCell<Option<String>>,
     /// Per peer: bytes are waiting for the outgoing link.
     pub link_ready: Vec<Notify>,
     conns: RefCell<FxHashMap<ConnId, Rc<ConnIo>>>,
@@ -117,6 +118,7 @@ impl Shard {
             node: RefCell::new(node),
             wake: Notify::default(),
             log_ready: Notify::default(),
+            refusal: RefCell::new(None),
             link_ready: (0..cfg.replicas()).map(|_| Notify::default()).collect(),
             conns: RefCell::default(),
             cross_ready: (0..cfg.shards()).map(|_| Notify::default()).collect(),
@@ -180,6 +182,20 @@ impl Shard {
             Backend::File(log) => f(log),
             Backend::Memory(_) => unreachable!("no log writer runs in memory"),
         }
+    }
+
+    /// The node refused to take part (see `Node::peer_knows`): the reason
+    /// is logged and the shard's loop ends, which stops the process.
+    pub fn refuse(&self) {
+        let why = self.node.borrow().failed().unwrap_or_default().to_string();
+        tracing::error!("{why}");
+        *self.refusal.borrow_mut() = Some(why);
+        self.wake.notify();
+    }
+
+    /// Why the shard refused to take part, if it did.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal.borrow().clone()
     }
 
     /// Whether the shard stopped because its log failed.

@@ -470,6 +470,10 @@ impl<'c> Sim<'c> {
                 for s in 0..self.cfg.shards {
                     self.connect_peer(other, r, s);
                     self.connect_peer(r, other, s);
+                    // Each side's HelloOk says what it holds of the other's
+                    // space (what a replica that started empty checks).
+                    self.tell_known(r, other, s);
+                    self.tell_known(other, r, s);
                 }
             }
         }
@@ -507,6 +511,24 @@ impl<'c> Sim<'c> {
             node.on_frame(now, conn, frame)
                 .expect("a peer's hello is accepted")
         });
+    }
+
+    /// Shard `s` of `a` hears from the same shard of `b` how much of `a`'s
+    /// space `b` holds, as a HelloOk tells it.
+    fn tell_known(&mut self, a: usize, b: usize, s: usize) {
+        let known = self.shards[b][s]
+            .node
+            .as_ref()
+            .expect("up")
+            .core()
+            .highest_slot_known(ReplicaId(a as u8));
+        let node = self.shards[a][s].node.as_mut().expect("up");
+        node.peer_knows(ReplicaId(b as u8), known);
+        assert!(
+            !node.refused(),
+            "replica {a} shard {s} refused to take part: {:?}",
+            node.failed()
+        );
     }
 
     /// Picks a live replica (keeping at most F down) and a point to crash it.

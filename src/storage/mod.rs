@@ -234,4 +234,19 @@ mod tests {
         s.make_durable(Token(1));
         assert_eq!(s.durable_token(), t1);
     }
+
+    #[test]
+    fn a_crash_may_keep_a_prefix_of_what_was_not_durable_yet() {
+        let mut s = MemStorage::new();
+        s.append(&[record(1)]);
+        s.make_durable(Token(1));
+        s.append(&[record(2), record(3), record(4)]);
+        assert_eq!(s.not_durable(), 3);
+        s.crash_keeping(2);
+        assert_eq!(s.load(), vec![record(1), record(2), record(3)]);
+        assert_eq!(s.not_durable(), 0, "what survived is on disk now");
+        s.append(&[record(5)]);
+        s.crash_keeping(7);
+        assert_eq!(s.load().len(), 4, "never more than was appended");
+    }
 }

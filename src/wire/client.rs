@@ -39,7 +39,11 @@ pub struct HelloBody {
     /// The shard the connection is for.
     pub shard: u8,
     pub padding: [u8; 3],
-    pub reserved: U64,
+    /// In a HelloOk answering a replica: the highest slot of that replica's
+    /// instance space the answering shard holds (0: none), which a replica
+    /// that started with an empty log checks (`Node::peer_knows`). 0 in a
+    /// Hello and in answers to clients.
+    pub known_slot: U64,
 }
 
 const _: () = assert!(core::mem::size_of::<HelloBody>() == 16);
@@ -153,7 +157,8 @@ pub fn decode_hello(kind: Kind, body: &[u8]) -> Result<HelloBody, FrameError> {
         reason: format!("{} bytes, a hello is 16", body.len()),
     })?;
     let role_ok = hello.role == Role::Peer as u8 || hello.role == Role::Client as u8;
-    if !role_ok || hello.padding != [0; 3] || hello.reserved.get() != 0 {
+    let slot_ok = kind == Kind::HelloOk || hello.known_slot.get() == 0;
+    if !role_ok || hello.padding != [0; 3] || !slot_ok {
         return Err(FrameError::BadBody {
             kind,
             reason: format!("role {} or reserved bytes", hello.role),
