@@ -116,3 +116,8 @@ const _: () = assert!(LOG_PREALLOC_CHUNK_BYTES % LOG_WRITE_ALIGN_BYTES == 0);
 /// leave before the leader's own record of it is durable (see
 /// `protocol::outbox`). A restart recovers the reserved slots never used.
 pub const SLOT_RESERVATION_AHEAD: u64 = 32;
+
+/// A log write not complete after this long stops the shard as a failed
+/// write would: the disk hangs, and everything waiting on it would wait for
+/// ever while memory grows.
+pub const LOG_WRITE_STALL_MS: u64 = 30_000;

@@ -1,4 +1,5 @@
-//! `--data-dir DIR`: the replica's directory. `DIR/meta` names the cluster
+//! The data directory (`--data-dir DIR`, by default
+//! `epaxos-data/replica-<id>`): the replica's state. `DIR/meta` names the cluster
 //! the data belongs to (cluster id, replica id, replica and shard counts);
 //! `DIR/shard-S.log` is shard S's log. A directory written for another
 //! cluster, replica or shape is refused, naming both values: its records

@@ -53,7 +53,13 @@ impl<S: Storage> Node<S> {
             .into());
         }
         let hello = decode_hello(Kind::Hello, &frame.body)?;
-        if let Err(why) = self.check_hello(&hello) {
+        let stopped = match &self.failed {
+            // A stopped shard takes no peer: it votes on nothing, and a
+            // refused link makes the peer park its commits for it.
+            Some(why) if hello.role == Role::Peer as u8 => Err(why.clone()),
+            _ => Ok(()),
+        };
+        if let Err(why) = stopped.and_then(|()| self.check_hello(&hello)) {
             let text = &why.as_bytes()[..why.len().min(REFUSED_TEXT_BYTES_MAX)];
             self.queue_conn(conn, Kind::Refused, text);
             self.close_conn(conn);

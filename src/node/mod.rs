@@ -191,7 +191,7 @@ pub struct LogCounters {
     pub fsyncs: u64,
     pub records: u64,
     pub bytes: u64,
-    /// Microseconds per group commit (write and fdatasync).
+    /// Microseconds per group commit (its O_DSYNC write).
     pub micros: hdrhistogram::Histogram<u64>,
 }
 
@@ -394,6 +394,11 @@ impl<S: Storage> Node<S> {
 
     /// When `turn` next has timer work, if ever.
     pub fn next_deadline(&self) -> Option<u64> {
+        // A stopped shard, or one on probation, runs no timers: its turns
+        // do nothing, so a due deadline would never move.
+        if self.failed.is_some() || self.probation.is_some() {
+            return None;
+        }
         self.core.next_deadline()
     }
 
@@ -448,8 +453,13 @@ impl<S: Storage> Node<S> {
         };
         match c.who {
             Peer::Unknown => self.on_hello(conn, frame),
-            // A stopped shard votes on nothing, nor one on probation.
-            Peer::Replica(_) if self.failed.is_some() || self.probation.is_some() => Ok(()),
+            // A stopped shard votes on nothing: it closes the link, so the
+            // peer sees it down (and parks its commits) instead of
+            // re-sending to it for ever. One on probation waits quietly.
+            Peer::Replica(_) if self.failed.is_some() => {
+                Err(ConnError::Refused(self.failed.clone().unwrap_or_default()))
+            }
+            Peer::Replica(_) if self.probation.is_some() => Ok(()),
             Peer::Replica(from) => self.on_peer_frame(now, from, frame),
             Peer::Client => self.on_client_frame(conn, frame),
         }
@@ -521,35 +531,48 @@ impl<S: Storage> Node<S> {
     /// Peer `peer` answered this shard's Hello: it holds this replica's
     /// space up to `slot` (0: nothing; its HelloOk's `known_slot`).
     ///
-    /// A shard that started on an empty log in a cluster is on probation
-    /// until (replicas - 1) / 2 peers (a majority, with itself) said they
-    /// hold nothing of its space. If one holds something, this replica took
-    /// part before and lost its state (a wiped or replaced data directory,
-    /// or a restart with --in-memory): voting again under its id could
-    /// contradict its lost votes, so it refuses for good (`refused`; the
-    /// driver stops the process). This catches a replica that led
-    /// instances; one that only voted on others' leaves no trace its peers
-    /// can show (safe rejoin needs snapshots and catch-up).
+    /// A peer can only hold own slots this replica proposed, and this
+    /// replica's log names every slot it proposed (its record, or a
+    /// reservation, is durable before the PreAccept leaves). So a peer that
+    /// holds a slot at or above the next one to propose means this replica
+    /// lost its state, or part of it (a wiped or replaced data directory,
+    /// a restart with --in-memory, a log cut short): voting again under its
+    /// id could contradict what it lost, so it refuses for good (`refused`;
+    /// the driver stops the process). Checked on every HelloOk.
+    ///
+    /// A shard that started on an empty log in a cluster is also on
+    /// probation, neither voting nor proposing, until (replicas - 1) / 2 + 1
+    /// peers said they hold nothing of its space: any instance it committed
+    /// is held by at least (replicas - 1) / 2 peers, so that many answers
+    /// must include one of them. (So a replica starting empty needs that
+    /// many peers up: in a new three-replica cluster, both others.) One
+    /// that only voted on others' instances leaves no trace its peers can
+    /// show; safe rejoin needs snapshots and catch-up.
     pub fn peer_knows(&mut self, peer: ReplicaId, slot: u64) {
-        let Some(cleared) = self.probation.as_mut() else {
-            return;
-        };
-        if slot > 0 {
+        if self.failed.is_some() {
+            return; // stopped already
+        }
+        if slot >= self.core.next_slot() {
             let why = format!(
                 "refused to take part: replica {} holds instances of this replica's \
-                 space up to slot {slot}, but this replica started with an empty log, \
+                 space up to slot {slot}, but this replica's log ends below slot {}, \
                  so it took part before and lost its state (a wiped or replaced data \
-                 directory, or a restart with --in-memory); voting again as replica {} \
-                 could contradict its lost votes. Restore its data directory; a \
-                 replica that lost its state cannot rejoin under its id yet",
-                peer.0, self.cfg.replica.0
+                 directory, a restart with --in-memory, or a log cut short); voting \
+                 again as replica {} could contradict what it lost. Restore its data \
+                 directory; a replica that lost its state cannot rejoin under its id yet",
+                peer.0,
+                self.core.next_slot(),
+                self.cfg.replica.0
             );
             self.refused = true;
             self.storage_failed(&why);
             return;
         }
+        let Some(cleared) = self.probation.as_mut() else {
+            return;
+        };
         *cleared |= 1 << peer.0;
-        if cleared.count_ones() as usize >= (self.cfg.replicas - 1) / 2 {
+        if cleared.count_ones() as usize > (self.cfg.replicas - 1) / 2 {
             self.probation = None;
         }
     }

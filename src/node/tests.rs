@@ -42,10 +42,22 @@ fn frame(shard: usize, kind: Kind, body: &[u8]) -> Frame {
 fn peers_hold_nothing(node: &mut Node<MemStorage>) {
     let me = node.config().replica.0;
     let peers = (0..node.config().replicas as u8).filter(|&p| p != me);
-    for p in peers.take((node.config().replicas - 1) / 2) {
+    for p in peers.take((node.config().replicas - 1) / 2 + 1) {
         node.peer_knows(ReplicaId(p), 0);
     }
     assert!(!node.on_probation());
+}
+
+/// A fresh node taking part, its links to every peer up, and a client.
+fn linked_with_a_client(cfg: NodeConfig) -> (Node<MemStorage>, ConnId) {
+    let mut node = Node::start(cfg, MemStorage::new(), 0);
+    peers_hold_nothing(&mut node);
+    let (n, me) = (node.config().replicas as u8, node.config().replica.0);
+    for p in (0..n).filter(|&p| p != me) {
+        node.link_up(ReplicaId(p));
+    }
+    let conn = connected_client(&mut node, 0);
+    (node, conn)
 }
 
 /// The driver's part: makes what the node asked for durable and says so.
@@ -219,11 +231,7 @@ fn a_command_for_another_shard_is_forwarded_and_its_answer_comes_back() {
 fn the_pipeline_limit_holds_a_partial_batch_while_instances_are_in_flight() {
     let mut cfg = config(3, 1, 0);
     cfg.pipeline = 1;
-    let mut node = Node::start(cfg, MemStorage::new(), 0);
-    peers_hold_nothing(&mut node);
-    node.link_up(ReplicaId(1));
-    node.link_up(ReplicaId(2));
-    let conn = connected_client(&mut node, 0);
+    let (mut node, conn) = linked_with_a_client(cfg);
     node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
     node.turn(1);
     node.on_frame(2, conn, request(0, 7, 2, b"b")).unwrap();
@@ -332,11 +340,7 @@ fn link_kinds(node: &mut Node<MemStorage>, peer: u8) -> Vec<Kind> {
 
 #[test]
 fn a_preaccept_on_a_durably_reserved_slot_leaves_before_its_record() {
-    let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
-    peers_hold_nothing(&mut node);
-    node.link_up(ReplicaId(1));
-    node.link_up(ReplicaId(2));
-    let conn = connected_client(&mut node, 0);
+    let (mut node, conn) = linked_with_a_client(config(3, 1, 0));
     // Nothing reserved yet: the first PreAccept waits for its record (and
     // for the reservation the same turn appends).
     node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
@@ -373,7 +377,7 @@ fn a_vote_never_leaves_before_its_record_even_on_a_reserved_slot() {
     let mut leader_cfg = config(3, 1, 0);
     leader_cfg.replica = ReplicaId(1);
     let mut leader = Node::start(leader_cfg, MemStorage::new(), 0);
-    leader.peer_knows(ReplicaId(0), 0);
+    peers_hold_nothing(&mut leader);
     leader.link_up(ReplicaId(0));
     let conn = connected_client(&mut leader, 0);
     leader.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
@@ -401,7 +405,7 @@ fn a_vote_never_leaves_before_its_record_even_on_a_reserved_slot() {
 
 #[test]
 fn a_replica_that_starts_empty_waits_for_its_peers_and_refuses_if_one_holds_its_instances() {
-    // On probation: no proposal, no vote, until a majority (with itself)
+    // On probation: no proposal, no vote, until a majority of its peers
     // said they hold nothing of its space.
     let mut node = Node::start(config(5, 1, 0), MemStorage::new(), 0);
     assert!(node.on_probation());
@@ -410,8 +414,12 @@ fn a_replica_that_starts_empty_waits_for_its_peers_and_refuses_if_one_holds_its_
     node.turn(1);
     assert_eq!(node.core().stats().proposed, 0, "no proposal on probation");
     node.peer_knows(ReplicaId(1), 0);
-    assert!(node.on_probation(), "one peer of four is not enough");
     node.peer_knows(ReplicaId(2), 0);
+    assert!(
+        node.on_probation(),
+        "two peers of four may be exactly the two that never heard of it"
+    );
+    node.peer_knows(ReplicaId(3), 0);
     assert!(!node.on_probation());
     node.turn(2);
     assert_eq!(node.core().stats().proposed, 1, "the waiting command goes");
@@ -431,4 +439,20 @@ fn a_replica_that_starts_empty_waits_for_its_peers_and_refuses_if_one_holds_its_
     let answers = frames_for(&mut node, conn);
     let r = decode_response(&answers[0].body).unwrap();
     assert_eq!(r.code, Code::Unavailable);
+}
+
+#[test]
+fn a_replica_whose_log_lost_its_tail_is_refused_when_a_peer_holds_more() {
+    // A restarted shard whose log names slots up to 4 (the next is 5) while
+    // a peer holds slot 5: part of its log is gone.
+    let mut storage = MemStorage::new();
+    let id = crate::protocol::InstanceId::new(ReplicaId(0), 4);
+    let token = storage.append(&[crate::protocol::Record::reservation(id)]);
+    storage.make_durable(token);
+    let mut node = Node::start(config(3, 1, 0), storage, 0);
+    assert!(!node.on_probation(), "its log is not empty");
+    node.peer_knows(ReplicaId(1), 4);
+    assert!(!node.refused(), "a peer may hold every slot the log names");
+    node.peer_knows(ReplicaId(2), 5);
+    assert!(node.refused());
 }

@@ -164,7 +164,12 @@ impl<S: StateMachine> Replica<S> {
         // replica's own record was durable. They are recovered like any
         // uncommitted instance (to the value a peer holds, or a no-op), so
         // no slot is proposed twice and no gap stalls compaction.
-        for slot in r.spaces.base(me)..r.next_slot {
+        let own_slots = if r.cfg.replicas > 1 {
+            r.spaces.base(me)..r.next_slot
+        } else {
+            0..0 // one replica sends no PreAccepts, so it reserves nothing
+        };
+        for slot in own_slots {
             let id = InstanceId::new(me, slot);
             let known = r.spaces.get_mut(id).map(|i| i.status);
             if known.is_none() || known == Some(Status::None) {

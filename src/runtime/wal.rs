@@ -22,14 +22,14 @@
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use glommio::io::{DmaFile, OpenOptions};
 use tracing::error;
 
 use super::notify::Notify;
 use super::shard::Shard;
-use crate::constants::LOG_WRITE_ALIGN_BYTES;
+use crate::constants::{LOG_WRITE_ALIGN_BYTES, LOG_WRITE_STALL_MS};
 use crate::storage::file::Next;
 
 /// Runs for the life of the shard.
@@ -65,7 +65,9 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
             if shard.failed() {
                 return; // stopped for good: nothing more is written
             }
-            extend_if_wanted(&shard, &file, &extension_done, &path);
+            // The group first, then the zeros after it: a group that
+            // outruns the zeros grows the file (slower, correct) rather than
+            // wait for a chunk of zeros to be written before it.
             let group = match shard.with_log(|log| log.next_group()) {
                 Next::Idle => break,
                 Next::WaitForExtension => {
@@ -74,8 +76,9 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
                 }
                 Next::Write(g) => g,
             };
+            extend_if_wanted(&shard, &file, &extension_done, &path);
             let started = Instant::now();
-            if let Err(e) = write_all(&file, &group.bytes, group.pos).await {
+            if let Err(e) = write_in_time(&file, &group.bytes, group.pos).await {
                 return fail("write (O_DSYNC)", &e);
             }
             let micros = started.elapsed().as_micros() as u64;
@@ -89,6 +92,21 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
             });
         }
     }
+}
+
+/// `write_all`, failing if it has not completed within
+/// `LOG_WRITE_STALL_MS` (a hung disk: the write is abandoned, and the shard
+/// stops, since its outcome is unknown).
+async fn write_in_time(file: &DmaFile, data: &[u8], pos: u64) -> std::io::Result<()> {
+    let stall = Duration::from_millis(LOG_WRITE_STALL_MS);
+    let timed_out = async {
+        glommio::timer::sleep(stall).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("not complete after {} s", stall.as_secs()),
+        ))
+    };
+    futures_lite::future::or(write_all(file, data, pos), timed_out).await
 }
 
 /// Writes `data` whole at `pos`, through a DMA buffer. A short write goes

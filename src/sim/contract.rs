@@ -25,7 +25,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::command::Batch;
-use crate::protocol::{Ballot, InstanceId, Message, PreAccept, Record, ReplicaId, Status};
+use crate::protocol::{Attrs, Ballot, InstanceId, Message, PreAccept, Record, ReplicaId, Status};
 
 /// What one shard of one replica has made durable, as far as the checks need.
 #[derive(Default)]
@@ -43,7 +43,7 @@ pub struct DurableView {
     seen: usize,
     /// The batch of every PreAccept this shard sent at the initial ballot
     /// of its own instances, in any incarnation.
-    proposed: FxHashMap<InstanceId, Batch>,
+    proposed: FxHashMap<InstanceId, (Attrs, Batch)>,
 }
 
 fn raise(map: &mut FxHashMap<InstanceId, Ballot>, id: InstanceId, b: Ballot) {
@@ -84,10 +84,14 @@ impl DurableView {
         if m.ballot != Ballot::initial(m.id.replica) {
             return None;
         }
-        let first = self.proposed.entry(m.id).or_insert_with(|| m.batch.clone());
-        (first.bytes() != m.batch.bytes()).then(|| {
+        let first = self
+            .proposed
+            .entry(m.id)
+            .or_insert_with(|| (m.attrs.clone(), m.batch.clone()));
+        (first.0 != m.attrs || first.1.bytes() != m.batch.bytes()).then(|| {
             format!(
-                "slot {} proposed twice at the initial ballot, with other commands",
+                "slot {} proposed twice at the initial ballot, with other commands or \
+                 attributes",
                 m.id
             )
         })

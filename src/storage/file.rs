@@ -1,6 +1,7 @@
 //! A shard's log in a file: the entries of `storage::log`, written in groups
 //! (one group per sync: everything appended since the last), each group one
-//! aligned write and one fdatasync.
+//! aligned write that is durable when it completes (the runtime opens the
+//! file with O_DIRECT and O_DSYNC).
 //!
 //! This type is the bookkeeping, not the IO: append encodes records into a
 //! buffer and [`Storage::sync`] answers [`Synced::Later`]; the driver takes
@@ -19,8 +20,17 @@
 //! [`LOG_PREALLOC_CHUNK_BYTES`] chunk at open, then one chunk at a time,
 //! asked for by [`FileLog::extension_wanted`] and written by the driver
 //! beside the groups), so a group overwrites allocated, written space and
-//! its fdatasync has no metadata to commit. A group never overlaps an
-//! extension in flight ([`Next::WaitForExtension`]).
+//! its sync has no metadata to commit. A group never overlaps an
+//! extension in flight ([`Next::WaitForExtension`]); one that outruns the
+//! zeros while none is in flight grows the file.
+//!
+//! What this relies on from the disk: a rewritten sector is written whole or
+//! not at all (the last block's earlier bytes are rewritten with the same
+//! content), as drives promise for their sector size. A multi-block group
+//! torn on power loss with a later block written and an earlier one not
+//! reads back as zeros followed by entries, which opening refuses as
+//! corruption (exit 2) rather than cuts: an operator must look. kill -9
+//! cannot cause it (the kernel completes or drops the whole write).
 //!
 //! Opening reads the whole file back (`storage::log::decode`): a torn last
 //! entry is cut off, corruption before it refuses to open.
@@ -55,7 +65,7 @@ pub struct Group {
     /// Whole blocks: the last group's unfilled block, the new entries,
     /// zeros to the boundary.
     pub bytes: BytesMut,
-    /// Durable once this write and an fdatasync after it completed.
+    /// Durable once this write completed (O_DSYNC).
     pub token: Token,
     /// Records and bytes of entries this group adds (for the counters).
     pub records: u64,
@@ -204,8 +214,8 @@ impl FileLog {
 
     /// Where to write the next chunk of zeros, when the zeros ahead of the
     /// last entry are down to less than a chunk and no extension is in
-    /// flight: `(offset, length)`. The driver writes them (no sync needed:
-    /// the next group's fdatasync covers them) and calls `extended`.
+    /// flight: `(offset, length)`. The driver writes them (durable on
+    /// completion, as every write to the file) and calls `extended`.
     pub fn extension_wanted(&mut self) -> Option<(u64, u64)> {
         let ahead = self
             .zeroed_to

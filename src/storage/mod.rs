@@ -143,8 +143,8 @@ impl Storage for MemStorage {
     }
 }
 
-/// Nothing survives the process: what the replica binary runs on without
-/// `--data-dir`. Records are counted and dropped (kept
+/// Nothing survives the process: what the replica binary runs on with
+/// `--in-memory`. Records are counted and dropped (kept
 /// in memory they would only grow, since a restarted process starts empty
 /// anyway); every append is durable at once, as far as this process can
 /// tell, so the node's contract holds trivially.
@@ -170,9 +170,9 @@ impl Storage for Volatile {
 
 /// The storages the replica binary runs a shard on.
 pub enum Backend {
-    /// No `--data-dir`: nothing survives the process.
+    /// `--in-memory`: nothing survives the process.
     Memory(Volatile),
-    /// `--data-dir`: the shard's log file.
+    /// The default: the shard's log file in the data directory.
     File(file::FileLog),
 }
 

@@ -225,9 +225,9 @@ pub struct AdminInfo {
     /// Commands this shard owns whose answer is still due to a client: in
     /// flight, or waiting to execute. Zero on an idle shard.
     pub awaiting_answers: U64,
-    /// The log's group commits (one write and one fdatasync each), the
-    /// records and entry bytes they made durable, and the time each took
-    /// (write and fdatasync), in microseconds: median, 99th percentile, most.
+    /// The log's group commits (one O_DSYNC write each: a write and its
+    /// sync), the records and entry bytes they made durable, and the time
+    /// each took, in microseconds: median, 99th percentile, most.
     /// All zero without a log (`--in-memory`).
     pub fsyncs: U64,
     pub synced_records: U64,

@@ -26,7 +26,7 @@ pub const SMALL_BODY_BYTES_MAX: usize = 4096;
 /// "EPXF" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
 /// Bumped on any change of a layout in `wire/`.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 pub const FRAME_HEADER_BYTES: usize = 32;
 
