@@ -87,7 +87,7 @@ impl DurableView {
         let first = self
             .proposed
             .entry(m.id)
-            .or_insert_with(|| (m.attrs.clone(), m.batch.clone()));
+            .or_insert_with(|| (m.attrs, m.batch.clone()));
         (first.0 != m.attrs || first.1.bytes() != m.batch.bytes()).then(|| {
             format!(
                 "slot {} proposed twice at the initial ballot, with other commands or \
