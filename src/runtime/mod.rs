@@ -222,12 +222,17 @@ async fn run_shard(
     let from_file = log_path.is_some();
     let shard = Rc::new(Shard::new(cfg, seed, storage));
     if from_file {
-        let (held, keys) = shard.call(|node, _| {
+        let (held, keys, highest) = shard.call(|node, _| {
             let core = node.core();
-            (core.instances_in_memory(), core.state_machine().len())
+            let highest: Vec<String> = (0..node.config().replicas)
+                .map(|r| core.highest_slot_known(ReplicaId(r as u8)).to_string())
+                .collect();
+            let held = core.instances_in_memory();
+            (held, core.state_machine().len(), highest.join(","))
         });
         info!(
-            "restored from the log in {:.3} s: {keys} keys, {held} instances held",
+            "restored from the log in {:.3} s: {keys} keys, {held} instances held, \
+             highest slot per replica {highest}",
             started.elapsed().as_secs_f64()
         );
     }
