@@ -189,6 +189,35 @@ fn a_directory_of_another_replica_or_a_corrupt_log_is_refused() {
     let _ = std::fs::remove_dir_all(root);
 }
 
+/// A tmpfs mounted for a test (needs root), unmounted when dropped, also
+/// when the test fails half-way.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` (with the reason printed) where this machine cannot mount one.
+    fn mount(at: &Path, options: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "skipped: cannot mount a tmpfs at {} (not root?)",
+                at.display()
+            );
+        }
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A listener the test holds, so that a replica told to use its port fails
 /// to bind after opening its data directory, and exits: what it logged at
 /// start is then in its stderr.
@@ -259,19 +288,10 @@ fn a_data_directory_that_cannot_be_created_or_written_is_refused_with_the_reason
     );
     // A read-only file system (a tmpfs mounted read-only; needs root).
     let ro = root.join("ro");
-    std::fs::create_dir_all(&ro).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
-        .arg(&ro)
-        .status()
-        .is_ok_and(|s| s.success());
-    if mounted {
+    if let Some(_mounted) = Tmpfs::mount(&ro, "ro,size=1m") {
         let (code, err) = one_replica(&ro.join("replica-0"), "0", "127.0.0.1:1");
-        let _ = Command::new("umount").arg(&ro).status();
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("Read-only file system"), "{err}");
-    } else {
-        eprintln!("skipped the read-only part: cannot mount a tmpfs here (not root?)");
     }
     let _ = std::fs::remove_dir_all(root);
 }
@@ -280,18 +300,11 @@ fn a_data_directory_that_cannot_be_created_or_written_is_refused_with_the_reason
 fn a_full_disk_stops_the_shard_with_an_explicit_error_and_nothing_invented() {
     let root = scratch("full");
     let disk = root.join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
     // 9 MiB: the log's first 4 MiB of zeros, one more 4 MiB chunk, and not
     // a third.
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=9m", "tmpfs"])
-        .arg(&disk)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+    let Some(mounted) = Tmpfs::mount(&disk, "size=9m") else {
         return;
-    }
+    };
     let cluster = Cluster::start_in(1, 1, &[], Some(disk.clone()));
     let mut c = cluster.connect(0, 0);
     let big = vec![b'x'; 64 << 10];
@@ -327,7 +340,7 @@ fn a_full_disk_stops_the_shard_with_an_explicit_error_and_nothing_invented() {
     for f in ["meta", "shard-0.log"] {
         std::fs::copy(disk.join("replica-0").join(f), copy.join(f)).unwrap();
     }
-    let _ = Command::new("umount").arg(&disk).status();
+    drop(mounted);
     let cluster = Cluster::start_in(1, 1, &[], Some(root.join("copy")));
     let mut c = cluster.connect(0, 0);
     for i in 0..done {
