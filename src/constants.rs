@@ -102,11 +102,11 @@ const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);
 /// logical block size a log may sit on (glommio reports 512 or 4096).
 pub const LOG_WRITE_ALIGN_BYTES: u64 = 4096;
 
-/// A shard's log file is zero-filled this far ahead of its last entry, and
-/// extended by this much at a time, so that a group commit overwrites space
-/// already allocated and written: its fdatasync then flushes data only.
-/// (On ext4 here, fdatasync of an append that grows the file costs an extra
-/// journal commit: 0.27-0.34 ms against 0.16-0.19 ms for an overwrite.)
+/// A shard's log file has this much space allocated ahead of its last
+/// entry (zeros written at open, fallocate after), extended by this much at
+/// a time, so that a group commit never grows the file. (On ext4 here,
+/// fdatasync of an append that grows the file costs an extra journal
+/// commit: 0.27-0.34 ms against 0.16-0.19 ms for an overwrite.)
 pub const LOG_PREALLOC_CHUNK_BYTES: u64 = 4 << 20;
 
 const _: () = assert!(LOG_PREALLOC_CHUNK_BYTES % LOG_WRITE_ALIGN_BYTES == 0);

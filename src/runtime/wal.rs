@@ -94,6 +94,26 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
     }
 }
 
+/// Allocates `[pos, pos + len)` of the file with fallocate (extents that
+/// read as zeros; the file's size grows, and the sync of that size is the
+/// allocation's, not a group's), or, where the file system has no
+/// fallocate, writes zeros there. fallocate was measured against writing
+/// zeros (every byte of the log then written twice): closed loop 314-325k
+/// against 267-275k ops/s, CPU 5.4-5.7 against 6.3-6.5 µs a command, p50 at
+/// 2k ops/s 3.6-3.8 against 3.4-4.3 ms (perf/RESULTS.md).
+async fn allocate(file: &DmaFile, pos: u64, len: u64) -> std::io::Result<()> {
+    match file.pre_allocate(pos + len, false).await {
+        Ok(()) => file
+            .fdatasync()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string())),
+        Err(e) if e.to_string().contains("not supported") => {
+            write_all(file, &vec![0u8; len as usize], pos).await
+        }
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
+}
+
 /// `write_all`, failing if it has not completed within
 /// `LOG_WRITE_STALL_MS` (a hung disk: the write is abandoned, and the shard
 /// stops, since its outcome is unknown).
@@ -142,11 +162,10 @@ fn extend_if_wanted(shard: &Rc<Shard>, file: &Rc<DmaFile>, done: &Rc<Notify>, pa
         path.to_path_buf(),
     );
     glommio::spawn_local(async move {
-        let zeros = vec![0u8; len as usize];
-        match write_all(&file, &zeros, pos).await {
+        match allocate(&file, pos, len).await {
             Ok(()) => shard.with_log(|log| log.extended()),
             Err(e) => {
-                let reason = format!("{}: writing zeros ahead failed: {e}", path.display());
+                let reason = format!("{}: allocating space ahead failed: {e}", path.display());
                 error!("{reason}; this shard stops acknowledging and voting");
                 shard.call(|node, _| node.storage_failed(&reason));
             }

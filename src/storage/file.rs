@@ -16,11 +16,11 @@
 //! next group overwrites. Rewriting the earlier bytes of that block with the
 //! same content is harmless even if the write is torn.
 //!
-//! The file is zero-filled ahead of the last entry (one
-//! [`LOG_PREALLOC_CHUNK_BYTES`] chunk at open, then one chunk at a time,
-//! asked for by [`FileLog::extension_wanted`] and written by the driver
-//! beside the groups), so a group overwrites allocated, written space and
-//! its sync has no metadata to commit. A group never overlaps an
+//! Space is allocated ahead of the last entry: one
+//! [`LOG_PREALLOC_CHUNK_BYTES`] chunk of zeros written at open, then one
+//! chunk at a time, asked for by [`FileLog::extension_wanted`] and
+//! allocated by the driver beside the groups (fallocate, then a sync of its
+//! own), so a group never grows the file and its sync commits no size. A group never overlaps an
 //! extension in flight ([`Next::WaitForExtension`]); one that outruns the
 //! zeros while none is in flight grows the file.
 //!
@@ -214,8 +214,8 @@ impl FileLog {
 
     /// Where to write the next chunk of zeros, when the zeros ahead of the
     /// last entry are down to less than a chunk and no extension is in
-    /// flight: `(offset, length)`. The driver writes them (durable on
-    /// completion, as every write to the file) and calls `extended`.
+    /// flight: `(offset, length)`. The driver allocates them (reading as
+    /// zeros), syncs that, and calls `extended`.
     pub fn extension_wanted(&mut self) -> Option<(u64, u64)> {
         let ahead = self
             .zeroed_to
