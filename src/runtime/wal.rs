@@ -12,7 +12,7 @@
 //! arrived during the previous group's write and sync: it grows with load,
 //! and there is never more than one in flight.
 //!
-//! Beside the groups, chunks of zeros are written ahead of the last entry
+//! Beside the groups, space is allocated ahead of the last entry
 //! (`FileLog::extension_wanted`), so that groups overwrite allocated space.
 //!
 //! A failed write stops the shard (`Node::storage_failed`):
@@ -65,9 +65,9 @@ pub async fn writer(shard: Rc<Shard>, path: PathBuf) {
             if shard.failed() {
                 return; // stopped for good: nothing more is written
             }
-            // The group first, then the zeros after it: a group that
-            // outruns the zeros grows the file (slower, correct) rather than
-            // wait for a chunk of zeros to be written before it.
+            // The group first, then the space after it: a group that
+            // outruns the allocation grows the file (slower, correct) rather
+            // than wait for a chunk to be allocated before it.
             let group = match shard.with_log(|log| log.next_group()) {
                 Next::Idle => break,
                 Next::WaitForExtension => {
@@ -149,7 +149,7 @@ async fn write_all(file: &DmaFile, data: &[u8], pos: u64) -> std::io::Result<()>
     Ok(())
 }
 
-/// Starts writing the next chunk of zeros, if the log wants one, in a task
+/// Starts allocating the next chunk of space, if the log wants one, in a task
 /// of its own, so that groups below it go on meanwhile.
 fn extend_if_wanted(shard: &Rc<Shard>, file: &Rc<DmaFile>, done: &Rc<Notify>, path: &Path) {
     let Some((pos, len)) = shard.with_log(|log| log.extension_wanted()) else {
