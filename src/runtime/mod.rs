@@ -1,46 +1,43 @@
-//! The thread-per-core runtime: one glommio executor per shard, TCP over
-//! glommio's io_uring sockets, timers that drive the core.
+//! The thread-per-core runtime: one thread per shard, pinned, each with its
+//! own io_uring (`uring`), which carries its sockets, its log file and its
+//! wake-ups; no async executor.
 //!
-//! `--cores C` starts C executors. Shard s owns the keys with
+//! `--cores C` starts C shard threads. Shard s owns the keys with
 //! `shard_of(key, C) == s` (see `command::shard_of`) and is a complete
-//! EPaxos group with shard s of every peer: its own core, its own listener
+//! EPaxos group with shard s of every peer: its own node, its own listener
 //! on base port + s, its own links. Shards of one process share nothing but
-//! the cross-core channels (glommio's channel mesh, created once at start),
-//! which carry commands a client sent to the wrong shard, and their answers.
+//! the cross-core mesh (`mesh`: lock-free queues and an eventfd per shard),
+//! which carries commands a client sent to the wrong shard, and their
+//! answers.
 //!
-//! This module never decides anything: it moves frames between sockets and
-//! the node (`crate::node`), carries the node's cross-shard messages, gives
-//! it the storage the binary opened (`storage::Backend`: the shard's log
-//! file, written by `wal` through io_uring off the turn, or `Volatile` with
-//! `--in-memory`, which syncs at once), and calls
-//! `turn` when input arrived or a deadline passed. The simulator drives the
-//! same node.
+//! This module never decides anything: its loop (`shard`) moves frames
+//! between sockets and the node (`crate::node`), carries the node's
+//! cross-shard messages, gives it the storage the binary opened
+//! (`storage::Backend`: the shard's log file, written by `log_writer` on the
+//! same ring beside the turns, or `Volatile` with `--in-memory`, which syncs
+//! at once), and runs a turn when input arrived or a deadline passed. The
+//! simulator drives the same node.
 
-mod net;
-mod notify;
+mod log_writer;
+mod mesh;
 mod shard;
 mod sockopt;
-mod wal;
+mod uring;
 
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
-use glommio::{LocalExecutorBuilder, Placement};
-use tracing::{error, info, info_span};
+use tracing::{info, info_span};
 
-use crate::constants::{BIND_RETRY_MS, STOP_CHECK_MS};
-use crate::node::Cross;
+use crate::constants::BIND_RETRY_MS;
 use crate::protocol::ReplicaId;
 use crate::storage::Backend;
 use crate::wire::client::shard_addr;
-pub use notify::Notify;
-use shard::Shard;
+use mesh::Mesh;
 pub use shard::ShardConfig;
+use shard::ShardLoop;
 
 /// Everything the binary resolved from its flags.
 #[derive(Clone, Debug)]
@@ -88,9 +85,6 @@ impl From<String> for RunError {
     }
 }
 
-/// Cross-core channel depth, per pair of shards.
-const CROSS_CHANNEL_DEPTH: usize = 4096;
-
 /// Runs the replica until `stop` is set. Binding errors come back before
 /// any shard starts.
 pub fn run(
@@ -100,49 +94,41 @@ pub fn run(
 ) -> Result<(), RunError> {
     assert_eq!(storages.len(), cfg.cores, "one storage a shard");
     let cfg = Arc::new(cfg);
-    let mut fds = Vec::with_capacity(cfg.cores);
+    let mut listeners = Vec::with_capacity(cfg.cores);
     for s in 0..cfg.cores {
         let addr = shard_addr(cfg.listen, s).expect("ports checked at start-up");
-        // std's listener, not glommio's: glommio sets SO_REUSEPORT, with
-        // which a second replica on the same port would silently share it.
+        // Bound here, without SO_REUSEPORT: with it, a second replica on
+        // the same port would silently share it.
         let listener =
             bind_retrying(addr).map_err(|e| format!("cannot listen on {addr} (shard {s}): {e}"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("listener on {addr}: {e}"))?;
-        fds.push(listener.into_raw_fd());
+        listeners.push(listener);
     }
-    let mesh = MeshBuilder::<Cross, Full>::full(cfg.cores, CROSS_CHANNEL_DEPTH);
+    let mesh =
+        Arc::new(Mesh::new(cfg.cores).map_err(|e| format!("cannot create an eventfd: {e}"))?);
     let mut handles = Vec::with_capacity(cfg.cores);
-    for (s, (fd, storage)) in fds.into_iter().zip(storages).enumerate() {
-        let placement = match &cfg.cpus {
-            Some(cpus) => Placement::Fixed(cpus[s]),
-            None => Placement::Unbound,
-        };
+    for (s, (listener, storage)) in listeners.into_iter().zip(storages).enumerate() {
         let shard_cfg = ShardConfig {
             shard: s,
             node: cfg.clone(),
         };
         let (mesh, stop) = (mesh.clone(), stop.clone());
-        let mut builder = LocalExecutorBuilder::new(placement);
-        if !cfg.spin.is_zero() {
-            builder = builder.spin_before_park(cfg.spin);
-        }
-        let handle = builder
-            .name(&format!("shard-{s}"))
-            .spawn(move || async move {
+        let cpu = cfg.cpus.as_ref().map(|c| c[s]);
+        let handle = std::thread::Builder::new()
+            .name(format!("shard-{s}"))
+            .spawn(move || {
                 // If this shard ends with an error, the others stop too: a
                 // replica with a dead shard must not keep half running. (A
                 // panic aborts the whole process: panic = "abort".)
                 let _stop_all = StopOnDrop(stop.clone());
                 let _span =
                     info_span!("shard", replica = shard_cfg.node.replica.0, shard = s).entered();
-                // SAFETY: `fd` is a listening socket this process owns and
-                // nothing else uses (into_raw_fd gave up std's ownership).
-                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                run_shard(shard_cfg, listener, mesh, stop, storage).await
+                if let Some(cpu) = cpu {
+                    pin(cpu)
+                        .map_err(|e| RunError::Failed(format!("cannot pin to CPU {cpu}: {e}")))?;
+                }
+                run_shard(shard_cfg, listener, mesh, stop, storage)
             })
-            .map_err(|e| format!("cannot start the executor of shard {s}: {e}"))?;
+            .map_err(|e| format!("cannot start the thread of shard {s}: {e}"))?;
         handles.push(handle);
     }
     let mut failure = None;
@@ -156,10 +142,24 @@ pub fn run(
                 failure = Some(RunError::Failed(format!("shard {s}: {e}")))
             }
             Ok(Err(_)) => {}
-            Err(e) => failure = Some(RunError::Failed(format!("shard {s} failed: {e}"))),
+            Err(_) => failure = Some(RunError::Failed(format!("shard {s} panicked"))),
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it (the
+    // binary checks --cpus against the machine's CPUs).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Sets the stop flag when dropped.
@@ -195,64 +195,37 @@ fn bind_retrying(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     }
 }
 
-async fn run_shard(
+fn run_shard(
     cfg: ShardConfig,
-    listener: glommio::net::TcpListener,
-    mesh: MeshBuilder<Cross, Full>,
+    listener: std::net::TcpListener,
+    mesh: Arc<Mesh>,
     stop: Arc<AtomicBool>,
     storage: Backend,
 ) -> Result<(), RunError> {
     let s = cfg.shard;
-    let (senders, receivers) = mesh
-        .join()
-        .await
-        .map_err(|_| "could not join the cross-core channel mesh".to_string())?;
-    if senders.peer_id() != s {
-        return Err(RunError::Failed(format!(
-            "cross-core channel mesh gave shard {s} the index {}",
-            senders.peer_id()
-        )));
-    }
     let seed = seed(cfg.node.replica, s);
     let started = std::time::Instant::now();
-    let log_path = match &storage {
-        Backend::File(log) => Some(log.path().to_path_buf()),
-        Backend::Memory(_) => None,
-    };
-    let from_file = log_path.is_some();
-    let shard = Rc::new(Shard::new(cfg, seed, storage));
+    let from_file = matches!(storage, Backend::File(_));
+    let replicas = cfg.replicas();
+    let shards = cfg.shards();
+    let shard = ShardLoop::new(cfg, seed, storage, listener, mesh, stop)?;
     if from_file {
-        let (held, keys, highest) = shard.call(|node, _| {
-            let core = node.core();
-            let highest: Vec<String> = (0..node.config().replicas)
-                .map(|r| core.highest_slot_known(ReplicaId(r as u8)).to_string())
-                .collect();
-            let held = core.instances_in_memory();
-            (held, core.state_machine().len(), highest.join(","))
-        });
+        let node = shard.node();
+        let core = node.core();
+        let highest: Vec<String> = (0..replicas)
+            .map(|r| core.highest_slot_known(ReplicaId(r as u8)).to_string())
+            .collect();
         info!(
-            "restored from the log in {:.3} s: {keys} keys, {held} instances held, \
-             highest slot per replica {highest}",
-            started.elapsed().as_secs_f64()
+            "restored from the log in {:.3} s: {} keys, {} instances held, \
+             highest slot per replica {}",
+            started.elapsed().as_secs_f64(),
+            core.state_machine().len(),
+            core.instances_in_memory(),
+            highest.join(",")
         );
     }
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    info!(%addr, "listening; {} replicas, {} shards", shard.cfg.replicas(), shard.cfg.shards());
-    if let Some(path) = log_path {
-        glommio::spawn_local(wal::writer(shard.clone(), path)).detach();
-    }
-    glommio::spawn_local(net::accept_loop(shard.clone(), listener)).detach();
-    for r in 0..shard.cfg.replicas() {
-        let peer = ReplicaId(r as u8);
-        if peer != shard.cfg.node.replica {
-            glommio::spawn_local(net::peer_link(shard.clone(), peer)).detach();
-        }
-    }
-    start_cross(&shard, senders, receivers);
-    turns(&shard, &stop).await;
-    if let Some(why) = shard.refusal() {
-        return Err(RunError::Refused(why));
-    }
+    info!(addr = %shard.local_addr(), "listening; {replicas} replicas, {shards} shards");
+    shard.run()?;
     info!("stopped");
     Ok(())
 }
@@ -264,67 +237,4 @@ fn seed(replica: ReplicaId, shard: usize) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     t ^ (u64::from(std::process::id()) << 32) ^ (u64::from(replica.0) << 8) ^ shard as u64
-}
-
-/// One task per other shard sends what the node queued for it; one per
-/// other shard hands what it sent to the node.
-fn start_cross(shard: &Rc<Shard>, senders: Senders<Cross>, mut receivers: Receivers<Cross>) {
-    let senders = Rc::new(senders);
-    for to in 0..shard.cfg.shards() {
-        if to == shard.cfg.shard {
-            continue;
-        }
-        let (shard, senders) = (shard.clone(), senders.clone());
-        glommio::spawn_local(async move {
-            let mut spare = Vec::new();
-            loop {
-                shard.cross_ready[to].wait().await;
-                let mut batch = shard.take_cross(to, spare);
-                for msg in batch.drain(..) {
-                    if senders.send_to(to, msg).await.is_err() {
-                        error!("shard {to} closed its channel");
-                        return;
-                    }
-                }
-                spare = batch;
-            }
-        })
-        .detach();
-    }
-    for (_, rx) in receivers.streams() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                shard.call(|node, _| node.on_cross(msg));
-                shard.wake.notify();
-                // A busy channel is always ready: let the turn loop and the
-                // sockets run too.
-                glommio::yield_if_needed().await;
-            }
-        })
-        .detach();
-    }
-}
-
-/// The shard's loop: wait for input or the core's next deadline, let every
-/// task with input ready queue it, then run one turn.
-async fn turns(shard: &Shard, stop: &AtomicBool) {
-    let stop_check = Duration::from_millis(STOP_CHECK_MS);
-    loop {
-        if stop.load(Ordering::Relaxed) || shard.refusal().is_some() {
-            return;
-        }
-        let now = shard.now();
-        let wait = match shard.next_deadline() {
-            Some(d) => Duration::from_nanos(d.saturating_sub(now)).min(stop_check),
-            None => stop_check,
-        };
-        if !wait.is_zero() {
-            futures_lite::future::or(shard.wake.wait(), glommio::timer::sleep(wait)).await;
-        }
-        // Readers woken in the same reactor pass run before this turn, so
-        // what arrived together is batched together; no fixed delay.
-        futures_lite::future::yield_now().await;
-        shard.turn();
-    }
 }

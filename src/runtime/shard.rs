@@ -1,30 +1,58 @@
-//! One shard's driver state: the node, the clock, and the wake-ups of the
-//! tasks that move its bytes.
+//! One shard's loop on its own thread and io_uring: the node, its sockets,
+//! its log file, its timers, and its queues to the other shards.
 //!
-//! Everything here lives on one executor thread (`Rc`, `RefCell`, `Cell`);
-//! nothing is shared with another core but the cross-core channels, which
-//! carry owned values. No task awaits while it holds the node's borrow.
+//! Each pass of the loop:
+//! 1. reaps every completion the ring holds, handing whole frames to the
+//!    node (receives are multishot, into the ring's provided buffers; the
+//!    bytes are copied into the connection's buffer and the buffer goes
+//!    straight back);
+//! 2. hands the node what other shards queued for it;
+//! 3. fires the driver's own timers (handshakes, reconnects, a stalled log
+//!    write);
+//! 4. runs one node turn if input arrived or the node's deadline passed;
+//! 5. starts the log's next group if none is in flight, and a send on every
+//!    connection with bytes queued and no send in flight (so everything
+//!    queued while a send is in flight leaves in the next one);
+//! 6. submits everything and waits for the next completion, the node's next
+//!    deadline or a driver timer: one `io_uring_enter`.
 //!
-//! Every call into the node goes through [`Shard::call`], which afterwards
-//! wakes whoever the node's outputs name: the writer of a peer link or a
-//! client connection, the sender towards another shard. The node decides
-//! everything; this file only connects its outputs to tasks.
+//! So under load a pass drains every completion before it runs the node
+//! once, and the work per kernel entry grows with the load. The node decides
+//! everything; this file only connects its outputs to the ring.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
-use std::time::Instant;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use io_uring::{opcode, types};
 use rustc_hash::FxHashMap;
+use tracing::{debug, error, info, warn};
 
-use super::notify::Notify;
-use super::RuntimeConfig;
-use crate::constants::SEND_BUFFER_KEPT_BYTES_MAX;
-use crate::node::{ConnId, Cross, Node, NodeConfig, Output};
+use super::log_writer::{LogWriter, ShardNode};
+use super::mesh::Mesh;
+use super::uring::{Done, Op, OpKind, Ring, RECV_GROUP};
+use super::{sockopt, RunError, RuntimeConfig};
+use crate::constants::{
+    HANDSHAKE_TIMEOUT_MS, LOG_WRITE_STALL_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN,
+    SEND_BUFFER_KEPT_BYTES_MAX, STOP_CHECK_MS, UNACKED_MS_MAX,
+};
+use crate::node::{ConnError, ConnId, Node, NodeConfig, Output, Peer};
 use crate::protocol::ReplicaId;
-use crate::storage::file::FileLog;
 use crate::storage::Backend;
-use crate::wire::client::shard_addr;
+use crate::wire::client::{decode_hello_answer, shard_addr};
+use crate::wire::{Frame, FrameError, FrameReader};
+
+/// Entries of each shard's submission queue.
+const RING_ENTRIES: u32 = 1024;
+/// Provided receive buffers per shard, and their size: 4 MiB a shard,
+/// however many connections it holds.
+const RECV_BUFFERS: u16 = 256;
+const RECV_BUFFER_BYTES: usize = 16 << 10;
 
 /// What one shard needs to know about the cluster and itself.
 #[derive(Clone, Debug)]
@@ -32,7 +60,7 @@ pub struct ShardConfig {
     /// This shard's index, 0..`shards()`.
     pub shard: usize,
     /// What the replica was started with, shared by its shards.
-    pub node: std::sync::Arc<RuntimeConfig>,
+    pub node: Arc<RuntimeConfig>,
 }
 
 impl ShardConfig {
@@ -47,7 +75,7 @@ impl ShardConfig {
     }
 
     /// Where shard `self.shard` of `replica` listens.
-    pub fn peer_addr(&self, replica: ReplicaId) -> std::net::SocketAddr {
+    pub fn peer_addr(&self, replica: ReplicaId) -> SocketAddr {
         shard_addr(self.node.peers[replica.index()], self.shard).expect("ports checked at start-up")
     }
 
@@ -72,189 +100,911 @@ impl ShardConfig {
     }
 }
 
-/// A client connection's writer wake-ups.
-#[derive(Default)]
-pub struct ConnIo {
-    /// Bytes are waiting in the node for this connection.
-    pub ready: Notify,
-    /// The node closed the connection: wakes a writer blocked on a socket.
-    pub closed: Notify,
-    pub closing: Cell<bool>,
-    /// The writer has ended (closed, or its socket failed): the reader stops
-    /// too, so the socket is closed and the client sees it, instead of
-    /// waiting for answers that will not come.
-    pub writer_gone: Notify,
+/// Why a connection ended.
+#[derive(Debug)]
+enum Closed {
+    /// The other side closed it.
+    End,
+    Io(std::io::Error),
+    Frame(FrameError),
+    /// Refused in the handshake; the text was sent to the other side.
+    Refused(String),
+    Timeout,
+    /// Closed before sending anything (a port probe, a health check).
+    EndBeforeHello,
+    /// The node closed it (a client that does not read).
+    ByNode,
+    /// The shard is stopping.
+    Stopping,
 }
 
-impl ConnIo {
-    fn close(&self) {
-        self.closing.set(true);
-        self.ready.notify();
-        self.closed.notify();
+impl From<ConnError> for Closed {
+    fn from(e: ConnError) -> Closed {
+        match e {
+            ConnError::Frame(e) => Closed::Frame(e),
+            ConnError::Refused(why) => Closed::Refused(why),
+        }
     }
 }
 
-pub struct Shard {
-    pub cfg: ShardConfig,
-    node: RefCell<Node<Backend>>,
-    /// Wakes the turn loop.
-    pub wake: Notify,
-    /// Wakes the log writer (`runtime::wal`): a turn appended records.
-    pub log_ready: Notify,
-    refusal: RefCell<Option<String>>,
-    /// Per peer: bytes are waiting for the outgoing link.
-    pub link_ready: Vec<Notify>,
-    conns: RefCell<FxHashMap<ConnId, Rc<ConnIo>>>,
-    /// Per other shard: messages are waiting for it.
-    pub cross_ready: Vec<Notify>,
-    epoch: Instant,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Accepted: a peer's link to us, or a client; the node has it as `ConnId`.
+    Accepted(ConnId),
+    /// Our link to a peer.
+    Link(ReplicaId),
 }
 
-impl Shard {
-    pub fn new(cfg: ShardConfig, rng_seed: u64, storage: Backend) -> Shard {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Our link's connect is in flight.
+    Connecting,
+    /// Waiting for the Hello (accepted) or the HelloOk (our link).
+    Handshake,
+    Open,
+    /// Ended: what is queued goes out (a refusal), then it closes.
+    Draining,
+    /// Shut down; the slot is freed once the kernel holds none of its
+    /// buffers.
+    Closed,
+}
+
+struct Conn {
+    sock: TcpStream,
+    remote: SocketAddr,
+    role: Role,
+    state: State,
+    /// Bumped whenever the slot is reused, so that a stale timer is ignored.
+    generation: u32,
+    /// Received bytes not yet cut into frames.
+    inbound: BytesMut,
+    recv_armed: bool,
+    connecting: bool,
+    /// The buffer of the send in flight, and how much of it went already.
+    sending: Option<(BytesMut, usize)>,
+    spare: BytesMut,
+    /// The address a connect is made to (the kernel reads it).
+    addr: Box<SockAddr>,
+}
+
+/// A socket address as the kernel takes it.
+#[repr(C)]
+union SockAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+fn sock_addr(addr: SocketAddr) -> (SockAddr, libc::socklen_t) {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: all-zero is a valid sockaddr_in.
+            let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            s.sin_family = libc::AF_INET as libc::sa_family_t;
+            s.sin_port = a.port().to_be();
+            s.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            (
+                SockAddr { v4: s },
+                std::mem::size_of::<libc::sockaddr_in>() as _,
+            )
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: all-zero is a valid sockaddr_in6.
+            let mut s: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            s.sin6_port = a.port().to_be();
+            s.sin6_addr.s6_addr = a.ip().octets();
+            s.sin6_flowinfo = a.flowinfo();
+            s.sin6_scope_id = a.scope_id();
+            (
+                SockAddr { v6: s },
+                std::mem::size_of::<libc::sockaddr_in6>() as _,
+            )
+        }
+    }
+}
+
+/// Our link to one peer.
+struct Link {
+    slot: Option<u32>,
+    up: bool,
+    backoff_ms: u64,
+    logged_down: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A connection's handshake (or drain) must be over by now.
+    Handshake {
+        slot: u32,
+        generation: u32,
+    },
+    Reconnect(ReplicaId),
+    AcceptAgain,
+    /// The log's group write number N must be complete by now.
+    LogStall(u64),
+}
+
+pub struct ShardLoop {
+    cfg: ShardConfig,
+    node: ShardNode,
+    ring: Ring,
+    epoch: Instant,
+    listener: TcpListener,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    generation: u32,
+    by_id: FxHashMap<ConnId, u32>,
+    links: Vec<Link>,
+    timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    mesh: Arc<Mesh>,
+    wake_buf: Box<u64>,
+    log: Option<LogWriter>,
+    reader: FrameReader,
+    stop: Arc<AtomicBool>,
+    refusal: Option<String>,
+    /// Input reached the node since its last turn.
+    dirty: bool,
+    done: Vec<Done>,
+    /// Connections with bytes to send, found by the outputs of this pass.
+    to_send: Vec<u32>,
+    /// The group write a stall timer was set for.
+    stall_armed: u64,
+}
+
+impl ShardLoop {
+    pub fn new(
+        cfg: ShardConfig,
+        rng_seed: u64,
+        storage: Backend,
+        listener: TcpListener,
+        mesh: Arc<Mesh>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<ShardLoop, String> {
+        let log_path = match &storage {
+            Backend::File(log) => Some(log.path().to_path_buf()),
+            Backend::Memory(_) => None,
+        };
+        let log = match &log_path {
+            Some(p) => Some(LogWriter::open(p)?),
+            None => None,
+        };
+        let ring = Ring::new(RING_ENTRIES, RECV_BUFFERS, RECV_BUFFER_BYTES)
+            .map_err(|e| format!("cannot set up io_uring: {e}"))?;
         let epoch = Instant::now();
         let node = Node::start(cfg.node_config(rng_seed), storage, 0);
-        Shard {
-            node: RefCell::new(node),
-            wake: Notify::default(),
-            log_ready: Notify::default(),
-            refusal: RefCell::new(None),
-            link_ready: (0..cfg.replicas()).map(|_| Notify::default()).collect(),
-            conns: RefCell::default(),
-            cross_ready: (0..cfg.shards()).map(|_| Notify::default()).collect(),
-            epoch,
+        let links = (0..cfg.replicas())
+            .map(|_| Link {
+                slot: None,
+                up: false,
+                backoff_ms: PEER_RECONNECT_MS_MIN,
+                logged_down: false,
+            })
+            .collect();
+        Ok(ShardLoop {
+            reader: FrameReader::new(cfg.node.cluster_id),
             cfg,
-        }
+            node,
+            ring,
+            epoch,
+            listener,
+            conns: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
+            by_id: FxHashMap::default(),
+            links,
+            timers: BinaryHeap::new(),
+            mesh,
+            wake_buf: Box::new(0),
+            log,
+            stop,
+            refusal: None,
+            dirty: true,
+            done: Vec::new(),
+            to_send: Vec::new(),
+            stall_armed: 0,
+        })
+    }
+
+    pub fn node(&self) -> &ShardNode {
+        &self.node
+    }
+
+    pub fn local_addr(&self) -> String {
+        self.listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string())
     }
 
     /// Nanoseconds since the shard started: the node's clock.
-    pub fn now(&self) -> u64 {
+    fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.node.borrow().next_deadline()
+    fn at(&mut self, after_ms: u64, timer: Timer) {
+        let when = self.now() + after_ms * 1_000_000;
+        self.timers.push(Reverse((when, timer)));
     }
 
-    /// Calls into the node with the current time, then wakes whoever its
-    /// outputs name.
-    pub fn call<R>(&self, f: impl FnOnce(&mut Node<Backend>, u64) -> R) -> R {
-        let now = self.now();
-        let mut node = self.node.borrow_mut();
-        let r = f(&mut node, now);
-        while let Some(o) = node.poll_output() {
+    /// Runs until the stop flag is set or the node refuses to take part.
+    pub fn run(mut self) -> Result<(), RunError> {
+        self.arm_accept();
+        self.arm_wake();
+        for r in 0..self.cfg.replicas() {
+            let peer = ReplicaId(r as u8);
+            if peer != self.cfg.node.replica {
+                self.connect(peer);
+            }
+        }
+        let stop_check = Duration::from_millis(STOP_CHECK_MS);
+        let spin = self.cfg.node.spin;
+        let mut done = std::mem::take(&mut self.done);
+        loop {
+            if self.stop.load(Ordering::Relaxed) || self.refusal.is_some() {
+                break;
+            }
+            self.ring.reap(&mut done);
+            for d in done.drain(..) {
+                self.on_done(d);
+            }
+            self.from_other_shards();
+            self.fire_timers();
+            let now = self.now();
+            if self.dirty || self.node.next_deadline().is_some_and(|d| d <= now) {
+                self.dirty = false;
+                self.node.turn(now);
+            }
+            self.outputs();
+            let mut wait = stop_check;
+            if let Some(d) = self.node.next_deadline() {
+                wait = wait.min(Duration::from_nanos(d.saturating_sub(self.now())));
+            }
+            if let Some(Reverse((t, _))) = self.timers.peek() {
+                wait = wait.min(Duration::from_nanos(t.saturating_sub(self.now())));
+            }
+            if self.dirty {
+                wait = Duration::ZERO;
+            }
+            if !spin.is_zero() && !wait.is_zero() {
+                wait = self.spin(spin, wait);
+            }
+            if let Err(e) = self.ring.submit_and_wait(wait) {
+                self.shut_down();
+                return Err(RunError::Failed(format!("io_uring: {e}")));
+            }
+        }
+        self.shut_down();
+        match self.refusal.take() {
+            Some(why) => Err(RunError::Refused(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Polls for up to `spin` before the loop sleeps; what is left to wait.
+    fn spin(&mut self, spin: Duration, wait: Duration) -> Duration {
+        let started = Instant::now();
+        let until = spin.min(wait);
+        // Entries queued by this pass go to the kernel first.
+        let _ = self.ring.submit_and_wait(Duration::ZERO);
+        while started.elapsed() < until {
+            if self.ring.ready() || self.mesh.pending(self.cfg.shard) {
+                return Duration::ZERO;
+            }
+            std::hint::spin_loop();
+        }
+        wait.saturating_sub(started.elapsed())
+    }
+
+    // ---- completions ----
+
+    fn on_done(&mut self, d: Done) {
+        match d.op.kind {
+            OpKind::Accept => self.on_accept(d),
+            OpKind::Recv => self.on_recv(d),
+            OpKind::Send => self.on_sent(d),
+            OpKind::Connect => self.on_connected(d),
+            OpKind::Wake => {
+                self.mesh.woken(self.cfg.shard);
+                self.arm_wake();
+            }
+            OpKind::LogWrite | OpKind::LogAllocate | OpKind::LogAllocateSync => {
+                if let Some(log) = self.log.as_mut() {
+                    log.on_done(&d, &mut self.node, &mut self.ring);
+                }
+            }
+            OpKind::Ignore => {}
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build();
+        // SAFETY: the entry points at no memory.
+        unsafe { self.ring.push(entry, Op::new(OpKind::Accept, 0)) };
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = self.mesh.wake_fd(self.cfg.shard);
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let entry = opcode::Read::new(types::Fd(fd), buf.cast(), 8).build();
+        // SAFETY: `wake_buf` is boxed and lives as long as the ring.
+        unsafe { self.ring.push(entry, Op::new(OpKind::Wake, 0)) };
+    }
+
+    fn on_accept(&mut self, d: Done) {
+        if !d.more() {
+            self.arm_accept_later(d.error().is_some());
+        }
+        if let Some(e) = d.error() {
+            warn!("accept failed: {e}");
+            return;
+        }
+        // SAFETY: a successful accept's result is a new descriptor we own.
+        let sock = unsafe { TcpStream::from_raw_fd(d.result) };
+        let remote = sock
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        tune(&sock, remote);
+        let id = self.node.accept();
+        let slot = self.insert(sock, remote, Role::Accepted(id), State::Handshake);
+        self.by_id.insert(id, slot);
+        self.arm_recv(slot);
+    }
+
+    fn arm_accept_later(&mut self, failed: bool) {
+        if failed {
+            // Out of descriptors, say: try again shortly rather than spin.
+            self.at(10, Timer::AcceptAgain);
+        } else {
+            self.arm_accept();
+        }
+    }
+
+    fn insert(&mut self, sock: TcpStream, remote: SocketAddr, role: Role, state: State) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        let (addr, _) = sock_addr(remote);
+        let conn = Conn {
+            sock,
+            remote,
+            role,
+            state,
+            generation: self.generation,
+            inbound: BytesMut::new(),
+            recv_armed: false,
+            connecting: false,
+            sending: None,
+            spare: BytesMut::new(),
+            addr: Box::new(addr),
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.conns[s as usize] = Some(conn);
+                s
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let generation = self.generation;
+        self.at(HANDSHAKE_TIMEOUT_MS, Timer::Handshake { slot, generation });
+        slot
+    }
+
+    fn conn(&mut self, slot: u32) -> &mut Conn {
+        self.conns[slot as usize].as_mut().expect("a live slot")
+    }
+
+    fn arm_recv(&mut self, slot: u32) {
+        let c = self.conn(slot);
+        if c.state == State::Closed || c.recv_armed {
+            return;
+        }
+        c.recv_armed = true;
+        let entry = opcode::RecvMulti::new(types::Fd(c.sock.as_raw_fd()), RECV_GROUP).build();
+        // SAFETY: the receive writes only into the ring's provided buffers.
+        unsafe { self.ring.push(entry, Op::new(OpKind::Recv, slot)) };
+    }
+
+    fn on_recv(&mut self, d: Done) {
+        let slot = d.op.slot;
+        let more = d.more();
+        let c = self.conns[slot as usize].as_mut().expect("a live slot");
+        if let Some(bid) = d.buffer() {
+            if d.result > 0 && c.state != State::Closed {
+                c.inbound
+                    .extend_from_slice(self.ring.buffer(bid, d.result as usize));
+            }
+            self.ring.recycle(bid);
+        }
+        if !more {
+            c.recv_armed = false;
+        }
+        if c.state == State::Closed {
+            return self.free_if_idle(slot);
+        }
+        if d.result > 0 {
+            self.node.counters_mut().bytes_in += d.result as u64;
+            self.frames(slot);
+        } else if d.result == 0 {
+            return self.at_end(slot);
+        } else if d.result != -libc::ENOBUFS {
+            // (ENOBUFS: every provided buffer was in use; they come back
+            // within this pass, so receive again.)
+            let e = d.error().expect("an error");
+            return self.close(slot, Closed::Io(e));
+        }
+        if !more {
+            self.arm_recv(slot);
+        }
+    }
+
+    /// Cuts and hands over every whole frame the connection received.
+    fn frames(&mut self, slot: u32) {
+        loop {
+            let c = self.conn(slot);
+            if matches!(c.state, State::Closed | State::Draining) {
+                return;
+            }
+            let next = self
+                .reader
+                .next(&mut self.conns[slot as usize].as_mut().unwrap().inbound);
+            match next {
+                Ok(Some(frame)) => {
+                    if let Err(why) = self.on_frame(slot, frame) {
+                        return self.end(slot, why);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.node.counters_mut().bad_frames += 1;
+                    return self.end(slot, Closed::Frame(e));
+                }
+            }
+        }
+    }
+
+    fn at_end(&mut self, slot: u32) {
+        let c = self.conns[slot as usize].as_ref().expect("a live slot");
+        let (state, role) = (c.state, c.role);
+        let rest = self.reader.at_end(&c.inbound);
+        let why = match rest {
+            Err(e) => {
+                self.node.counters_mut().bad_frames += 1;
+                Closed::Frame(e)
+            }
+            Ok(()) if state == State::Handshake && matches!(role, Role::Accepted(_)) => {
+                Closed::EndBeforeHello
+            }
+            Ok(()) => Closed::End,
+        };
+        // A bad frame's connection gets what is queued for it first (the
+        // HelloOk that came before it, say).
+        self.end(slot, why);
+    }
+
+    fn on_frame(&mut self, slot: u32, frame: Frame) -> Result<(), Closed> {
+        let (role, state) = {
+            let c = self.conn(slot);
+            (c.role, c.state)
+        };
+        match role {
+            Role::Accepted(id) => {
+                let now = self.now();
+                self.node.on_frame(now, id, frame)?;
+                self.dirty = true;
+                if state == State::Handshake {
+                    self.conn(slot).state = State::Open;
+                    let remote = self.conn(slot).remote;
+                    match self.node.who(id) {
+                        Peer::Replica(r) => info!(%remote, "replica {} connected", r.0),
+                        _ => debug!(%remote, "client connected"),
+                    }
+                }
+                Ok(())
+            }
+            Role::Link(peer) if state == State::Handshake => {
+                let answer = decode_hello_answer(frame.kind, &frame.body)
+                    .inspect_err(|_| self.node.counters_mut().bad_frames += 1);
+                let hello = answer.map_err(Closed::Frame)?.map_err(Closed::Refused)?;
+                self.link_up(slot, peer, hello.known_slot.get());
+                Ok(())
+            }
+            Role::Link(_) => {
+                self.node.counters_mut().bad_frames += 1;
+                Err(Closed::Frame(FrameError::Unexpected {
+                    kind: frame.kind,
+                    reason: "a frame on a link this replica opened",
+                }))
+            }
+        }
+    }
+
+    fn link_up(&mut self, slot: u32, peer: ReplicaId, known: u64) {
+        let addr = self.conn(slot).remote;
+        info!(%addr, "link to replica {} up", peer.0);
+        self.conn(slot).state = State::Open;
+        let link = &mut self.links[peer.index()];
+        link.up = true;
+        link.backoff_ms = PEER_RECONNECT_MS_MIN;
+        link.logged_down = false;
+        let was = self.node.on_probation();
+        self.node.link_up(peer);
+        self.node.peer_knows(peer, known);
+        if self.node.refused() {
+            let why = self.node.failed().unwrap_or_default().to_string();
+            error!("{why}");
+            self.refusal = Some(why);
+            return;
+        }
+        if was && !self.node.on_probation() {
+            info!("started with an empty log: enough peers hold nothing of this replica's space; taking part");
+        }
+        // Commits parked for this peer are due at once.
+        self.dirty = true;
+    }
+
+    // ---- sending ----
+
+    /// Sends what the node queued for the connection in `slot`, unless a
+    /// send is in flight there (then it goes when that one completes).
+    fn send(&mut self, slot: u32) {
+        let Some(c) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
+        if c.sending.is_some() || matches!(c.state, State::Closed | State::Connecting) {
+            return;
+        }
+        let spare = std::mem::take(&mut c.spare);
+        let data = match c.role {
+            Role::Accepted(id) => self.node.take_conn_bytes(id, spare),
+            Role::Link(peer) if c.state == State::Open => self.node.take_link_bytes(peer, spare),
+            Role::Link(_) => spare,
+        };
+        if data.is_empty() {
+            c.spare = data;
+            if c.state == State::Draining {
+                self.close(slot, Closed::End);
+            }
+            return;
+        }
+        self.node.counters_mut().bytes_out += data.len() as u64;
+        c.sending = Some((data, 0));
+        self.submit_send(slot);
+    }
+
+    fn submit_send(&mut self, slot: u32) {
+        let c = self.conn(slot);
+        let fd = c.sock.as_raw_fd();
+        let (data, at) = c.sending.as_ref().expect("a send in flight");
+        let rest = &data[*at..];
+        let entry = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        // SAFETY: the buffer stays in `sending` until this send's
+        // completion is reaped.
+        unsafe { self.ring.push(entry, Op::new(OpKind::Send, slot)) };
+    }
+
+    fn on_sent(&mut self, d: Done) {
+        let slot = d.op.slot;
+        let c = self.conn(slot);
+        let (mut data, at) = c.sending.take().expect("a send in flight");
+        if c.state == State::Closed {
+            return self.free_if_idle(slot);
+        }
+        if let Some(e) = d.error() {
+            return self.close(slot, Closed::Io(e));
+        }
+        let at = at + d.result as usize;
+        if at < data.len() {
+            c.sending = Some((data, at));
+            return self.submit_send(slot);
+        }
+        data.clear();
+        if data.capacity() <= SEND_BUFFER_KEPT_BYTES_MAX {
+            c.spare = data; // a burst's large buffer is not kept
+        }
+        self.send(slot);
+    }
+
+    /// Connects our link to `peer`.
+    fn connect(&mut self, peer: ReplicaId) {
+        let addr = self.cfg.peer_addr(peer);
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: socket returns a new descriptor or -1.
+        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return self.link_failed(peer, &format!("cannot create a socket: {e}"));
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let sock = unsafe { TcpStream::from_raw_fd(fd) };
+        let slot = self.insert(sock, addr, Role::Link(peer), State::Connecting);
+        self.links[peer.index()].slot = Some(slot);
+        let (_, len) = sock_addr(addr);
+        let c = self.conn(slot);
+        c.connecting = true;
+        let ptr: *const SockAddr = &*c.addr;
+        let entry = opcode::Connect::new(types::Fd(fd), ptr.cast(), len).build();
+        // SAFETY: the address is boxed in the connection, which lives until
+        // every entry of its slot has completed.
+        unsafe { self.ring.push(entry, Op::new(OpKind::Connect, slot)) };
+    }
+
+    fn on_connected(&mut self, d: Done) {
+        let slot = d.op.slot;
+        let c = self.conn(slot);
+        c.connecting = false;
+        if c.state == State::Closed {
+            return self.free_if_idle(slot);
+        }
+        if let Some(e) = d.error() {
+            return self.close(slot, Closed::Io(e));
+        }
+        let remote = c.remote;
+        tune(&c.sock, remote);
+        c.state = State::Handshake;
+        let mut hello = std::mem::take(&mut c.spare);
+        self.node.encode_hello(&mut hello);
+        self.conn(slot).sending = Some((hello, 0));
+        self.submit_send(slot);
+        self.arm_recv(slot);
+    }
+
+    fn link_failed(&mut self, peer: ReplicaId, why: &str) {
+        let link = &mut self.links[peer.index()];
+        let was_up = std::mem::take(&mut link.up);
+        link.slot = None;
+        let addr = self.cfg.peer_addr(peer);
+        if was_up {
+            // What was queued and not written is dropped: the core re-sends
+            // whatever is still unacknowledged.
+            warn!(%addr, "link to replica {} lost: {why}", peer.0);
+        } else if !link.logged_down {
+            link.logged_down = true;
+            if why.starts_with("refused") {
+                warn!(%addr, "replica {} {why}", peer.0);
+            } else {
+                info!(%addr, "replica {} not reachable yet: {why}", peer.0);
+            }
+        }
+        self.node.link_down(peer);
+        let link = &mut self.links[peer.index()];
+        let backoff = link.backoff_ms;
+        link.backoff_ms = (backoff * 2).min(PEER_RECONNECT_MS_MAX);
+        self.at(backoff, Timer::Reconnect(peer));
+    }
+
+    // ---- ending connections ----
+
+    /// Ends a connection after an error: what the node queued for it (the
+    /// answer to a refused handshake) goes out first.
+    fn end(&mut self, slot: u32, why: Closed) {
+        let c = self.conn(slot);
+        if let Role::Accepted(_) = c.role {
+            if matches!(why, Closed::Refused(_) | Closed::Frame(_)) {
+                self.log_close(slot, &why);
+                let c = self.conn(slot);
+                c.state = State::Draining;
+                let generation = c.generation;
+                self.at(HANDSHAKE_TIMEOUT_MS, Timer::Handshake { slot, generation });
+                return self.send(slot);
+            }
+        }
+        self.close(slot, why)
+    }
+
+    fn close(&mut self, slot: u32, why: Closed) {
+        let c = self.conn(slot);
+        if c.state == State::Closed {
+            return;
+        }
+        let (was, role) = (c.state, c.role);
+        c.state = State::Closed;
+        let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        let cancel = [
+            (c.recv_armed, OpKind::Recv),
+            (c.connecting, OpKind::Connect),
+        ];
+        for (armed, kind) in cancel {
+            if armed {
+                let entry = opcode::AsyncCancel::new(Op::new(kind, slot).pack()).build();
+                // SAFETY: the entry points at no memory.
+                unsafe { self.ring.push(entry, Op::new(OpKind::Ignore, slot)) };
+            }
+        }
+        if was != State::Draining {
+            self.log_close(slot, &why);
+        }
+        match role {
+            Role::Accepted(id) => {
+                self.by_id.remove(&id);
+                self.node.closed(id);
+            }
+            Role::Link(peer) => {
+                let text = match &why {
+                    Closed::Refused(w) => format!("refused us: {w}"),
+                    Closed::Io(e) => e.to_string(),
+                    other => format!("{other:?}"),
+                };
+                if !matches!(why, Closed::Stopping) {
+                    self.link_failed(peer, &text);
+                }
+            }
+        }
+        self.free_if_idle(slot);
+    }
+
+    fn log_close(&mut self, slot: u32, why: &Closed) {
+        let c = self.conn(slot);
+        let remote = c.remote;
+        let what = match c.role {
+            Role::Link(_) => return, // logged by `link_failed`
+            Role::Accepted(id) => match self.node.who(id) {
+                Peer::Replica(r) => format!("replica {}", r.0),
+                Peer::Client => "client".to_string(),
+                Peer::Unknown => "new connection".to_string(),
+            },
+        };
+        match why {
+            Closed::End => debug!(%remote, "{what} closed the connection"),
+            Closed::Frame(e) => {
+                warn!(%remote, "{what} sent a bad frame, closing the connection: {e}")
+            }
+            Closed::Refused(why) => warn!(%remote, "{what} refused: {why}"),
+            Closed::Timeout => warn!(%remote, "{what}: handshake timed out"),
+            Closed::EndBeforeHello => debug!(%remote, "{what} closed before its hello"),
+            Closed::Io(e) => debug!(%remote, "{what}: connection lost: {e}"),
+            Closed::ByNode => debug!(%remote, "{what}: closed for not reading"),
+            Closed::Stopping => {}
+        }
+    }
+
+    /// Frees a closed slot once the kernel holds nothing of it.
+    fn free_if_idle(&mut self, slot: u32) {
+        let c = self.conn(slot);
+        if c.state != State::Closed || c.recv_armed || c.connecting || c.sending.is_some() {
+            return;
+        }
+        self.conns[slot as usize] = None; // closes the socket
+        self.free.push(slot);
+    }
+
+    // ---- the node's outputs, other shards, timers ----
+
+    fn outputs(&mut self) {
+        if let Some(log) = self.log.as_mut() {
+            let _ = self.node.sync_wanted();
+            log.kick(&mut self.node, &mut self.ring);
+            if let Some(seq) = log.writing() {
+                if seq != self.stall_armed {
+                    self.stall_armed = seq;
+                    self.at(LOG_WRITE_STALL_MS, Timer::LogStall(seq));
+                }
+            }
+        }
+        while let Some(o) = self.node.poll_output() {
             match o {
-                Output::Link(p) => self.link_ready[p.index()].notify(),
+                Output::Link(p) => {
+                    if let Some(slot) = self.links[p.index()].slot {
+                        self.to_send.push(slot);
+                    }
+                }
                 Output::Conn(c) => {
-                    if let Some(io) = self.conns.borrow().get(&c) {
-                        io.ready.notify();
+                    if let Some(&slot) = self.by_id.get(&c) {
+                        self.to_send.push(slot);
                     }
                 }
                 Output::Close(c) => {
-                    if let Some(io) = self.conns.borrow().get(&c) {
-                        io.close();
+                    // A draining connection (a refused handshake) closes
+                    // once its answer is out.
+                    if let Some(&slot) = self.by_id.get(&c) {
+                        if self.conn(slot).state != State::Draining {
+                            self.close(slot, Closed::ByNode);
+                        }
                     }
                 }
-                Output::Cross(s) => self.cross_ready[s].notify(),
+                Output::Cross(to) => {
+                    let msgs = self.node.take_cross(to, Vec::new());
+                    self.mesh.send(self.cfg.shard, to, msgs.into_iter());
+                }
             }
         }
-        r
+        let mut to_send = std::mem::take(&mut self.to_send);
+        for slot in to_send.drain(..) {
+            self.send(slot);
+        }
+        self.to_send = to_send;
     }
 
-    /// One turn of the shard's loop. With a log file, the records the turn
-    /// appended are written by the log writer, which the turn wakes; the
-    /// turn's output waits in the node until they are durable. In memory,
-    /// they are "durable" at once and the output leaves now.
-    pub fn turn(&self) {
-        let wanted = self.call(|node, now| {
-            node.turn(now);
-            node.sync_wanted()
+    fn from_other_shards(&mut self) {
+        let node = &mut self.node;
+        let mut any = false;
+        self.mesh.drain(self.cfg.shard, |msg| {
+            node.on_cross(msg);
+            any = true;
         });
-        if wanted.is_some() {
-            self.log_ready.notify();
+        self.dirty |= any;
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.now();
+        while let Some(Reverse((t, timer))) = self.timers.peek().copied() {
+            if t > now {
+                return;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Handshake { slot, generation } => {
+                    let live = self.conns.get(slot as usize).and_then(|c| c.as_ref());
+                    if let Some(c) = live {
+                        let pending = matches!(
+                            c.state,
+                            State::Connecting | State::Handshake | State::Draining
+                        );
+                        if c.generation == generation && pending {
+                            self.close(slot, Closed::Timeout);
+                        }
+                    }
+                }
+                Timer::Reconnect(peer) => self.connect(peer),
+                Timer::AcceptAgain => self.arm_accept(),
+                Timer::LogStall(seq) => {
+                    if let Some(log) = self.log.as_mut() {
+                        if log.writing() == Some(seq) {
+                            log.stalled(&mut self.node, LOG_WRITE_STALL_MS / 1000);
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// Calls `f` on the shard's log file. Only the log writer calls it, and
-    /// only a shard started on one has a writer.
-    pub fn with_log<R>(&self, f: impl FnOnce(&mut FileLog) -> R) -> R {
-        match self.node.borrow_mut().storage_mut() {
-            Backend::File(log) => f(log),
-            Backend::Memory(_) => unreachable!("no log writer runs in memory"),
+    /// Closes every connection and waits (briefly) until the kernel holds
+    /// none of the shard's buffers.
+    fn shut_down(&mut self) {
+        for slot in 0..self.conns.len() as u32 {
+            if self.conns[slot as usize].is_some() {
+                self.close(slot, Closed::Stopping);
+            }
         }
-    }
-
-    /// The node refused to take part (see `Node::peer_knows`): the reason
-    /// is logged and the shard's loop ends, which stops the process.
-    pub fn refuse(&self) {
-        let why = self.node.borrow().failed().unwrap_or_default().to_string();
-        tracing::error!("{why}");
-        *self.refusal.borrow_mut() = Some(why);
-        self.wake.notify();
-    }
-
-    /// Why the shard refused to take part, if it did.
-    pub fn refusal(&self) -> Option<String> {
-        self.refusal.borrow().clone()
-    }
-
-    /// Whether the shard stopped because its log failed.
-    pub fn failed(&self) -> bool {
-        self.node.borrow().failed().is_some()
-    }
-
-    pub fn count_in(&self, bytes: usize) {
-        self.node.borrow_mut().counters_mut().bytes_in += bytes as u64;
-    }
-
-    pub fn count_bad_frame(&self) {
-        self.node.borrow_mut().counters_mut().bad_frames += 1;
-    }
-
-    /// A client connection's writer starts: its wake-ups are registered.
-    pub fn register_conn(&self, conn: ConnId) -> Rc<ConnIo> {
-        let io = Rc::new(ConnIo::default());
-        self.conns.borrow_mut().insert(conn, io.clone());
-        io
-    }
-
-    /// The connection ended: the node forgets it, its writer stops.
-    pub fn unregister_conn(&self, conn: ConnId) {
-        if let Some(io) = self.conns.borrow_mut().remove(&conn) {
-            io.close();
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut done = Vec::new();
+        while Instant::now() < deadline {
+            let busy = self.conns.iter().any(|c| c.is_some())
+                || self.log.as_ref().is_some_and(|l| l.in_flight());
+            if !busy {
+                break;
+            }
+            let _ = self.ring.submit_and_wait(Duration::from_millis(10));
+            self.ring.reap(&mut done);
+            for d in done.drain(..) {
+                match d.op.kind {
+                    OpKind::Recv | OpKind::Send | OpKind::Connect => self.on_done(d),
+                    OpKind::LogWrite | OpKind::LogAllocate | OpKind::LogAllocateSync => {
+                        self.on_done(d)
+                    }
+                    _ => {}
+                }
+            }
         }
-        self.node.borrow_mut().closed(conn);
-    }
-
-    /// What the node queued for the link to `peer`, or for connection
-    /// `conn`, in exchange for the buffer the writer used last time.
-    pub fn take_link_bytes(&self, peer: ReplicaId, spare: BytesMut) -> BytesMut {
-        let mut node = self.node.borrow_mut();
-        let data = node.take_link_bytes(peer, spare);
-        node.counters_mut().bytes_out += data.len() as u64;
-        data
-    }
-
-    pub fn take_conn_bytes(&self, conn: ConnId, spare: BytesMut) -> BytesMut {
-        let mut node = self.node.borrow_mut();
-        let data = node.take_conn_bytes(conn, spare);
-        node.counters_mut().bytes_out += data.len() as u64;
-        data
-    }
-
-    /// Messages for shard `to`, in exchange for the (emptied) vector the
-    /// sender used last time.
-    pub fn take_cross(&self, to: usize, spare: Vec<Cross>) -> Vec<Cross> {
-        self.node.borrow_mut().take_cross(to, spare)
     }
 }
 
-/// A written buffer, cleared, to be handed back next time; a burst's large
-/// buffer is not kept (it would pin its peak for the life of the link).
-pub fn reuse(mut written: BytesMut) -> BytesMut {
-    written.clear();
-    if written.capacity() > SEND_BUFFER_KEPT_BYTES_MAX {
-        return BytesMut::new();
+/// Sets the options every connection gets: no Nagle delay, and keepalive
+/// with a bound on unacknowledged data, so that a peer or client host that
+/// vanishes does not hold the connection for ever.
+fn tune(sock: &TcpStream, remote: SocketAddr) {
+    let _ = sock.set_nodelay(true);
+    let fd = sock.as_raw_fd();
+    if let Err(e) =
+        sockopt::keepalive(fd).and_then(|()| sockopt::unacked_timeout(fd, UNACKED_MS_MAX))
+    {
+        warn!(%remote, "cannot set TCP keepalive and user timeout: {e}");
     }
-    written
 }

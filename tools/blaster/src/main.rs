@@ -7,6 +7,7 @@
 //! table (`--hgrm`) and a JSON summary (`--json`).
 
 mod cluster;
+mod cpu;
 mod history;
 mod load;
 mod nemesis;
@@ -316,7 +317,13 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         }
         (local, _) => (local, None),
     };
-    report::progress(&live, start, &workload, stop);
+    // Replica CPU is measured only while the same processes run throughout.
+    let pids: Vec<u32> = match (&local, args.nemesis) {
+        (Some(c), None) => (0..targets.len()).map(|r| c.pid(r)).collect(),
+        _ => Vec::new(),
+    };
+    let cpu_from = report::progress(&live, start, &workload, stop, &pids);
+    let cpu_to = cpu::sample(&pids);
     // Ctrl-C ends the measured window early: throughput is over what ran.
     let measured = if stop_requested(stop) {
         Instant::now()
@@ -353,7 +360,13 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     for f in &failures {
         eprintln!("blaster: {f}");
     }
-    report::summary(&tally, measured, args, faults)?;
+    report::summary(
+        &tally,
+        measured,
+        args,
+        faults,
+        cpu::per_op(&cpu_from, &cpu_to, tally.ops),
+    )?;
     if let Some(path) = &args.history {
         let mut text = tally.history.join("\n");
         text.push('\n');

@@ -15,14 +15,33 @@ fn us(ns: u64) -> f64 {
 }
 
 /// One line per second until the measured period ends (or Ctrl-C).
-pub fn progress(live: &[Arc<Mutex<Tally>>], start: Instant, w: &Workload, stop: &AtomicBool) {
+/// Prints a line a second until the measured window ends; returns the CPU
+/// sample taken when the warm-up ended (`pids`: the local replicas).
+pub fn progress(
+    live: &[Arc<Mutex<Tally>>],
+    start: Instant,
+    w: &Workload,
+    stop: &AtomicBool,
+    pids: &[u32],
+) -> crate::cpu::Sample {
     let end = start + w.warmup + w.duration;
+    let warm_end = start + w.warmup;
+    let mut measured_from = None;
     let mut next = start + Duration::from_secs(1);
     while Instant::now() < end && !crate::stop_requested(stop) {
+        let target = if measured_from.is_none() {
+            next.min(warm_end)
+        } else {
+            next
+        };
         std::thread::sleep(
-            next.saturating_duration_since(Instant::now())
+            target
+                .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100)),
         );
+        if measured_from.is_none() && Instant::now() >= warm_end {
+            measured_from = Some(crate::cpu::sample(pids));
+        }
         if Instant::now() < next {
             continue;
         }
@@ -47,6 +66,7 @@ pub fn progress(live: &[Arc<Mutex<Tally>>], start: Instant, w: &Workload, stop: 
         );
         next += Duration::from_secs(1);
     }
+    measured_from.unwrap_or_else(|| crate::cpu::sample(pids))
 }
 
 /// The run's summary; `faults`: the nemesis's kills and restarts, if it ran.
@@ -55,6 +75,7 @@ pub fn summary(
     duration: Duration,
     args: &Args,
     faults: Option<(u64, u64)>,
+    cpu: (Option<f64>, f64),
 ) -> Result<(), String> {
     let secs = duration.as_secs_f64();
     let h = &t.hist;
@@ -88,6 +109,13 @@ pub fn summary(
         q(0.999),
         us(h.max())
     );
+    let (replica_cpu, blaster_cpu) = cpu;
+    match replica_cpu {
+        Some(r) => println!(
+            "CPU us per command (user + system, measured window): replicas {r:.1}  blaster {blaster_cpu:.1}"
+        ),
+        None => println!("CPU us per command (user + system, measured window): blaster {blaster_cpu:.1}"),
+    }
     if args.rate.is_some() {
         println!(
             "send lag us (blaster's own delay after each request was due, included above): \
@@ -115,7 +143,8 @@ pub fn summary(
              \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}, \
              \"max_us\": {:.1}, \"errors\": {}, \"timeouts\": {}, \
              \"reconnects\": {}, \"resent\": {}, \"retried\": {}, \
-             \"failed_connections\": {}, \"lost_in_flight\": {}}}\n",
+             \"failed_connections\": {}, \"lost_in_flight\": {}, \
+             \"replica_cpu_us_per_op\": {}, \"blaster_cpu_us_per_op\": {:.2}}}\n",
             t.ops,
             t.ops as f64 / secs,
             q(0.5),
@@ -129,7 +158,9 @@ pub fn summary(
             t.resent,
             t.retried,
             t.failed,
-            t.lost_in_flight
+            t.lost_in_flight,
+            replica_cpu.map_or("null".to_string(), |r| format!("{r:.2}")),
+            blaster_cpu
         );
         std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }

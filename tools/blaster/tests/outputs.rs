@@ -59,6 +59,8 @@ fn json_hgrm_and_plot_are_written() {
         "timeouts",
         "failed_connections",
         "lost_in_flight",
+        "replica_cpu_us_per_op",
+        "blaster_cpu_us_per_op",
     ] {
         assert!(
             json.contains(&format!("\"{key}\":")),
@@ -69,9 +71,20 @@ fn json_hgrm_and_plot_are_written() {
         json.contains("\"errors\": 0,")
             && json.contains("\"timeouts\": 0,")
             && json.contains("\"failed_connections\": 0,")
-            && json.contains("\"lost_in_flight\": 0}"),
+            && json.contains("\"lost_in_flight\": 0,"),
         "{json}"
     );
+    // CPU per command, from /proc: the local replicas' and blaster's own,
+    // both measured (a number, not null) and above zero.
+    for key in ["replica_cpu_us_per_op", "blaster_cpu_us_per_op"] {
+        let at = json.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
+        let value: String = json[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("{key}: {json}"));
+        assert!(v > 0.0, "{key}: {json}");
+    }
     let hgrm = std::fs::read_to_string(hgrm).unwrap();
     assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
     assert!(hgrm.contains("#[Max     ="), "{hgrm}");
