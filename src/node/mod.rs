@@ -515,6 +515,9 @@ impl<S: Storage> Node<S> {
         let link = &mut self.links[peer.index()];
         link.up = true;
         link.out.clear();
+        // A new connection: whatever it queues is announced again (an
+        // announcement for the old one may never have been taken).
+        link.listed = false;
         self.core.set_reachable(peer, true);
     }
 
@@ -525,6 +528,7 @@ impl<S: Storage> Node<S> {
         let link = &mut self.links[peer.index()];
         link.up = false;
         link.out.clear();
+        link.listed = false;
         self.core.set_reachable(peer, false);
     }
 
@@ -608,6 +612,8 @@ impl<S: Storage> Node<S> {
             self.core.tick(now, &mut self.out);
         }
         self.propose_batches(now);
+        // CommitOks owed to a peer ride with whatever else goes to it.
+        self.core.flush_acks(now, &mut self.out);
         self.reserve_slots();
         self.seal();
     }

@@ -262,6 +262,33 @@ fn messages_for_a_peer_whose_link_is_down_are_dropped_and_counted() {
 }
 
 #[test]
+fn a_link_that_comes_back_is_announced_again_even_if_the_old_one_was_never_drained() {
+    let mut node = Node::start(config(3, 1, 0), MemStorage::new(), 0);
+    peers_hold_nothing(&mut node);
+    node.link_up(ReplicaId(1));
+    node.link_up(ReplicaId(2));
+    let conn = connected_client(&mut node, 0);
+    node.on_frame(1, conn, request(0, 7, 1, b"a")).unwrap();
+    node.turn(1);
+    sync(&mut node);
+    assert!(outputs(&mut node).contains(&Output::Link(ReplicaId(1))));
+    // The driver lost the link before it took the bytes (its send was in
+    // flight), then connected again.
+    node.link_down(ReplicaId(1));
+    node.link_up(ReplicaId(1));
+    node.on_frame(2, conn, request(0, 7, 2, b"b")).unwrap();
+    node.turn(2);
+    sync(&mut node);
+    assert!(
+        outputs(&mut node).contains(&Output::Link(ReplicaId(1))),
+        "the new link's bytes must be announced, or they are never sent"
+    );
+    assert!(!node
+        .take_link_bytes(ReplicaId(1), BytesMut::new())
+        .is_empty());
+}
+
+#[test]
 fn on_a_storage_that_syncs_at_once_the_answer_leaves_within_the_turn() {
     let mut node = Node::start(config(1, 1, 0), crate::storage::Volatile::default(), 0);
     let conn = node.accept();

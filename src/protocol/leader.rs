@@ -294,6 +294,7 @@ impl<S: StateMachine> Replica<S> {
             self.watch_due(at, id, out);
         }
         self.settle(out);
+        self.flush_acks(now, out);
     }
 
     /// Returns whether the instance still needs its timer.
