@@ -90,8 +90,8 @@ struct Args {
     /// deliberately lost write, to show that `blaster --verify` finds it).
     #[arg(long, default_value_t = 0, hide = true)]
     test_lose_write: u64,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, default_value = "info")]
+    /// Log level: error, warn, info, debug or trace (the last one given wins).
+    #[arg(long, default_value = "info", overrides_with = "log_level")]
     log_level: tracing::Level,
 }
 

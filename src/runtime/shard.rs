@@ -249,6 +249,10 @@ pub struct ShardLoop {
     to_send: Vec<u32>,
     /// The group write a stall timer was set for.
     stall_armed: u64,
+    /// Passes of the loop, turns run, and sends started (logged at stop).
+    passes: u64,
+    turns: u64,
+    sends: u64,
 }
 
 impl ShardLoop {
@@ -302,6 +306,9 @@ impl ShardLoop {
             done: Vec::new(),
             to_send: Vec::new(),
             stall_armed: 0,
+            passes: 0,
+            turns: 0,
+            sends: 0,
         })
     }
 
@@ -342,15 +349,17 @@ impl ShardLoop {
             if self.stop.load(Ordering::Relaxed) || self.refusal.is_some() {
                 break;
             }
+            self.passes += 1;
             self.ring.reap(&mut done);
             for d in done.drain(..) {
                 self.on_done(d);
             }
-            self.from_other_shards();
+            self.take_cross_messages();
             self.fire_timers();
             let now = self.now();
             if self.dirty || self.node.next_deadline().is_some_and(|d| d <= now) {
                 self.dirty = false;
+                self.turns += 1;
                 self.node.turn(now);
             }
             self.outputs();
@@ -373,6 +382,10 @@ impl ShardLoop {
             }
         }
         self.shut_down();
+        info!(
+            "{} passes, {} turns, {} sends, {} kernel entries",
+            self.passes, self.turns, self.sends, self.ring.enters
+        );
         match self.refusal.take() {
             Some(why) => Err(RunError::Refused(why)),
             None => Ok(()),
@@ -669,6 +682,7 @@ impl ShardLoop {
             return;
         }
         self.node.counters_mut().bytes_out += data.len() as u64;
+        self.sends += 1;
         c.sending = Some((data, 0));
         self.submit_send(slot);
     }
@@ -922,7 +936,7 @@ impl ShardLoop {
         self.to_send = to_send;
     }
 
-    fn from_other_shards(&mut self) {
+    fn take_cross_messages(&mut self) {
         let node = &mut self.node;
         let mut any = false;
         self.mesh.drain(self.cfg.shard, |msg| {
