@@ -1,7 +1,9 @@
 //! Scripted runs of the core on replicas wired in memory.
 
 use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
-use epaxos_fast::protocol::{Config, Message, Outbox, Replica, ReplicaId};
+use epaxos_fast::protocol::{
+    Attrs, Ballot, Config, InstanceId, Message, Outbox, Replica, ReplicaId, Value,
+};
 use epaxos_fast::sim::wired::WiredCluster;
 use epaxos_fast::state_machine::{KvResult, KvStore};
 
@@ -247,4 +249,53 @@ fn commits_wait_for_an_unreachable_peer_instead_of_being_re_sent() {
     assert_eq!(c.replicas[2].stats().executed_commands, 10);
     let d = digests(&c);
     assert!(d.iter().all(|&x| x == d[0]));
+}
+
+#[test]
+fn a_commit_leaves_the_batch_out_only_for_peers_that_voted_for_it() {
+    // Replica 2 of 3 misses the PreAccept: replica 0 commits with replica 1
+    // alone. Replica 1 voted for the batch, so its Commit is slim; replica 2
+    // gets the batch in its Commit.
+    let slim = std::cell::RefCell::new(Vec::new());
+    let mut c = WiredCluster::new(3, |_| {});
+    c.propose(0, batch(&[(1, 1, Op::Put, "k", "v")]));
+    c.run_until_quiet_losing(|_, to, m| {
+        if let Message::Commit(v) = m {
+            slim.borrow_mut().push((to, v.is_slim()));
+        }
+        to == ReplicaId(2) && matches!(m, Message::PreAccept(_))
+    });
+    let mut seen = slim.borrow().clone();
+    seen.sort();
+    assert_eq!(seen, [(ReplicaId(1), true), (ReplicaId(2), false)]);
+    for r in &c.replicas {
+        assert_eq!(r.state_machine().get(b"k").unwrap(), &b"v"[..]);
+    }
+}
+
+#[test]
+fn a_slim_commit_for_commands_a_replica_never_saw_is_neither_applied_nor_acknowledged() {
+    let cfg = Config::new(3, ReplicaId(2)).unwrap();
+    let mut r = Replica::new(cfg, KvStore::new());
+    let mut out = Outbox::new(3);
+    let full = Value {
+        id: InstanceId::new(ReplicaId(0), 1),
+        ballot: Ballot::initial(ReplicaId(0)),
+        attrs: Attrs::default(),
+        batch: batch(&[(1, 1, Op::Put, "k", "v")]),
+        noop: false,
+    };
+    let slim = Value {
+        batch: Batch::empty(),
+        ..full.clone()
+    };
+    r.handle(0, ReplicaId(0), Message::Commit(slim), &mut out);
+    r.flush_all_acks(&mut out);
+    assert!(out.messages.iter().all(Vec::is_empty), "{:?}", out.messages);
+    assert_eq!(r.stats().executed_commands, 0);
+    // The leader's re-send carries the batch: applied and acknowledged.
+    r.handle(1, ReplicaId(0), Message::Commit(full), &mut out);
+    r.flush_all_acks(&mut out);
+    assert!(matches!(&out.messages[0][..], [Message::CommitOk(_)]));
+    assert_eq!(r.state_machine().get(b"k").unwrap(), &b"v"[..]);
 }

@@ -241,14 +241,33 @@ impl<S: StateMachine> Replica<S> {
         let inst = self.spaces.get_mut(id).expect("led instance");
         inst.voted = inst.promised;
         let lead = inst.lead.as_deref_mut().expect("leading");
+        // Peers that answered this ballot's PreAccept or Accept stored its
+        // batch with their vote: their Commit leaves the batch out.
+        let holders = match lead.phase {
+            Phase::PreAccept | Phase::Accept => lead.replied,
+            _ => 0,
+        };
         lead.phase = Phase::Commit;
         lead.sent = peers;
         lead.replied = 0;
         lead.recovery = None;
         self.mark_committed(id, out);
         let inst = self.spaces.get_mut(id).expect("led instance");
-        let msg = inst.commit_message(id);
-        send_to_mask(out, peers, self.cfg.replicas, |_| msg.clone());
+        let full = inst.commit_message(id);
+        let slim = match &full {
+            Message::Commit(v) if !v.noop => Message::Commit(Value {
+                batch: Batch::empty(),
+                ..v.clone()
+            }),
+            _ => full.clone(),
+        };
+        send_to_mask(out, peers, self.cfg.replicas, |to| {
+            if holders & to.bit() != 0 {
+                slim.clone()
+            } else {
+                full.clone()
+            }
+        });
     }
 
     pub(super) fn on_commit_ok(&mut self, from: ReplicaId, m: CommitOk) {

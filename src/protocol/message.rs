@@ -47,7 +47,8 @@ pub struct PreAcceptOk {
 /// An instance's value at a ballot, as Accept proposes it and Commit
 /// announces it decided (one type: the two carry the same fields). A no-op
 /// carries no batch; otherwise the batch travels so an acceptor that missed
-/// the PreAccept still knows the commands.
+/// the PreAccept still knows the commands, except in a slim Commit
+/// (`is_slim`) to a peer that voted for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Value {
     pub id: InstanceId,
@@ -55,6 +56,15 @@ pub struct Value {
     pub attrs: Attrs,
     pub batch: Batch,
     pub noop: bool,
+}
+
+impl Value {
+    /// A Commit that leaves the batch out, to a peer that stored it with its
+    /// vote at this ballot (no batch, and not a no-op: the core never
+    /// proposes an empty batch). The leader re-sends it whole.
+    pub fn is_slim(&self) -> bool {
+        !self.noop && self.batch.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

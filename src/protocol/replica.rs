@@ -462,11 +462,17 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_commit(&mut self, from: ReplicaId, m: Value, out: &mut Outbox<S::Output>) {
         let id = m.id;
+        // A slim commit (`Value::is_slim`) names commands this replica
+        // voted on, so holds; if it does not (a placeholder, a no-op it
+        // accepted from a recoverer), it is not acknowledged, and the
+        // leader's re-send carries the batch.
+        let slim = m.is_slim();
         match self.spaces.entry(id) {
+            Some(inst) if slim && !inst.is_committed() && inst.batch.is_empty() => return,
             Some(inst) => {
                 if !inst.is_committed() {
                     inst.voted = m.ballot;
-                    inst.set_value(m.attrs, m.noop, Some(m.batch));
+                    inst.set_value(m.attrs, m.noop, (!slim).then_some(m.batch));
                     // Somebody else decided it: whatever this replica was
                     // doing to decide it is moot.
                     inst.lead = None;

@@ -61,13 +61,15 @@ pub struct IdBallotBody {
 
 const FLAG_NOOP: u8 = 1;
 const FLAG_UNCHANGED: u8 = 2;
+/// A Commit without its batch, to a peer that voted for it (`Value::is_slim`).
+const FLAG_SLIM: u8 = 4;
 
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
 pub struct ValueBody {
     pub id: WireId,
     pub ballot: WireBallot,
-    /// `FLAG_NOOP` (Accept and Commit only).
+    /// `FLAG_NOOP` (Accept and Commit only), `FLAG_SLIM` (Commit only).
     pub flags: u8,
     pub padding: [u8; 3],
     pub attrs: WireAttrs,
@@ -192,12 +194,13 @@ pub fn encode(enc: &FrameEncoder, buf: &mut BytesMut, msg: &Message) {
             value(m.id, m.ballot, m.noop, &m.attrs),
             Some(&m.batch),
         ),
-        Message::Commit(m) => put_value(
-            buf,
-            Kind::Commit,
-            value(m.id, m.ballot, m.noop, &m.attrs),
-            Some(&m.batch),
-        ),
+        Message::Commit(m) => {
+            let mut body = value(m.id, m.ballot, m.noop, &m.attrs);
+            if m.is_slim() {
+                body.flags |= FLAG_SLIM;
+            }
+            put_value(buf, Kind::Commit, body, Some(&m.batch))
+        }
         Message::Validate(m) => put_value(
             buf,
             Kind::Validate,
@@ -431,12 +434,30 @@ pub fn decode(kind: Kind, body: &Bytes, replicas: usize) -> Result<Message, Fram
 fn decode_value(c: &Check, body: &Bytes) -> Result<Message, FrameError> {
     let (f, rest) = c.fixed::<ValueBody>(body)?;
     c.zero(&f.padding)?;
-    let noop_allowed = matches!(c.kind, Kind::Accept | Kind::Commit);
-    let noop = c.flags(f.flags, if noop_allowed { FLAG_NOOP } else { 0 })? != 0;
+    let allowed = match c.kind {
+        Kind::Accept => FLAG_NOOP,
+        Kind::Commit => FLAG_NOOP | FLAG_SLIM,
+        _ => 0,
+    };
+    let flags = c.flags(f.flags, allowed)?;
+    let noop = flags & FLAG_NOOP != 0;
     let (id, ballot, attrs) = (c.id(&f.id)?, c.ballot(&f.ballot)?, c.attrs(&f.attrs)?);
     if c.kind == Kind::PreAcceptOk {
         c.empty(rest)?;
         return Ok(Message::PreAcceptOk(PreAcceptOk { id, ballot, attrs }));
+    }
+    if flags & FLAG_SLIM != 0 {
+        c.empty(rest)?;
+        if noop {
+            return Err(c.bad("a slim commit of a no-op"));
+        }
+        return Ok(Message::Commit(Value {
+            id,
+            ballot,
+            attrs,
+            batch: Batch::empty(),
+            noop,
+        }));
     }
     let batch = c.batch(body, core::mem::size_of::<ValueBody>())?;
     // A no-op is exactly an empty batch: the core never proposes nothing.
@@ -531,6 +552,14 @@ mod tests {
                 batch: batch(),
                 noop: false,
             }),
+            // Slim: the batch left out, for a peer that voted for it.
+            Message::Commit(Value {
+                id,
+                ballot,
+                attrs,
+                batch: Batch::empty(),
+                noop: false,
+            }),
             Message::CommitOk(CommitOk { id }),
             Message::Prepare(Prepare { id, ballot }),
             Message::PrepareOk(PrepareOk {
@@ -603,6 +632,43 @@ mod tests {
                 assert!(decoded.is_err() || allowed, "{:?} cut at {cut}", f.kind);
             }
         }
+    }
+
+    #[test]
+    fn only_a_commit_may_be_slim_and_a_slim_one_carries_nothing_after_its_fixed_part() {
+        let full = samples()
+            .into_iter()
+            .find(|m| matches!(m, Message::Commit(v) if !v.batch.is_empty()))
+            .unwrap();
+        let accept = samples()
+            .into_iter()
+            .find(|m| matches!(m, Message::Accept(_)))
+            .unwrap();
+        for (m, set, clear, why) in [
+            (&full, FLAG_SLIM, 0, "a slim commit followed by its batch"),
+            (&accept, FLAG_SLIM, FLAG_NOOP, "a slim accept"),
+        ] {
+            let mut buf = BytesMut::new();
+            encode(&ENC, &mut buf, m);
+            let f = FrameReader::new(1).next(&mut buf).unwrap().unwrap();
+            let mut body = f.body.to_vec();
+            let (v, _) = ValueBody::mut_from_prefix(&mut body[..]).unwrap();
+            v.flags = (v.flags | set) & !clear;
+            let err = decode(f.kind, &Bytes::from(body), 5).unwrap_err();
+            assert!(matches!(err, FrameError::BadBody { .. }), "{why}: {err}");
+        }
+        // A slim no-op is refused too.
+        let mut buf = BytesMut::new();
+        let slim = samples()
+            .into_iter()
+            .find(|m| matches!(m, Message::Commit(v) if v.is_slim()))
+            .unwrap();
+        encode(&ENC, &mut buf, &slim);
+        let f = FrameReader::new(1).next(&mut buf).unwrap().unwrap();
+        assert_eq!(f.body.len(), core::mem::size_of::<ValueBody>());
+        let mut body = f.body.to_vec();
+        ValueBody::mut_from_prefix(&mut body[..]).unwrap().0.flags |= FLAG_NOOP;
+        assert!(decode(f.kind, &Bytes::from(body), 5).is_err());
     }
 
     #[test]

@@ -211,6 +211,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 
 /// One line per shard of every target: how it batched and committed.
 pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id: u64) {
+    let (mut frames, mut bytes, mut commands) = (0u64, 0u64, 0u64);
     for (r, &addr) in targets.iter().enumerate() {
         for s in 0..shards {
             let info = epaxos_fast::client::Connection::connect(
@@ -221,7 +222,11 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
             )
             .and_then(|mut c| c.admin());
             match info {
-                Ok(i) => eprintln!(
+                Ok(i) => {
+                    frames += i.frames_out.get();
+                    bytes += i.bytes_out.get();
+                    commands += i.batched_commands.get();
+                    eprintln!(
                     "replica {r} shard {s}: {} batches of {:.1} commands, {} fast / {} slow commits, \
                      {} recoveries, {} bad frames, {} peer messages dropped, {} MB in / {} MB out{}",
                     i.batches.get(),
@@ -234,10 +239,20 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
                     i.bytes_in.get() >> 20,
                     i.bytes_out.get() >> 20,
                     log_counters(&i),
-                ),
+                    )
+                }
                 Err(e) => eprintln!("replica {r} shard {s}: no counters: {e}"),
             }
         }
+    }
+    if commands > 0 {
+        // Lifetime counters (warm-up and drain included) over every command
+        // a leader batched: what one command costs the cluster on the wire.
+        eprintln!(
+            "replicas sent {:.1} frames to peers and {:.0} bytes in all (replies included) per command",
+            frames as f64 / commands as f64,
+            bytes as f64 / commands as f64
+        );
     }
 }
 
