@@ -22,7 +22,7 @@ mod log_writer;
 mod mesh;
 mod shard;
 mod sockopt;
-mod uring;
+pub mod uring;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

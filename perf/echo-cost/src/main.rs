@@ -1,13 +1,16 @@
 //! Echo round trips over loopback TCP: a blocking client thread sends a
 //! 64-byte message and waits for it back, N times, against one of three
-//! servers: blocking std sockets, glommio (as the replica uses it), or a
-//! raw io_uring loop (one `submit_and_wait` per message, sends by syscall).
+//! servers: blocking std sockets, glommio (as the replica used it until the
+//! ring driver), a raw io_uring loop (one `submit_and_wait` per message,
+//! sends by syscall), or `ring`: the replica's own ring (`runtime::uring`)
+//! as its shard loop uses it, a multishot receive into provided buffers,
+//! the bytes copied out, the send through the ring, one kernel entry a pass.
 //!
 //! Run under `taskset -c 0` and both ends share one CPU, so the round trip
 //! is the CPU cost of two hops (sends, receives, sleeps and wake-ups);
 //! unpinned it is the latency of waking the other CPU.
 //!
-//! Usage: echo-cost blocking|glommio|uring [ROUND_TRIPS]   (default 100000)
+//! Usage: echo-cost blocking|glommio|uring|ring [ROUND_TRIPS]   (default 100000)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -92,13 +95,54 @@ fn uring_server(l: TcpListener) {
     }
 }
 
+fn ring_server(l: TcpListener) {
+    use epaxos_fast::runtime::uring::{Op, OpKind, Ring, RECV_GROUP};
+    use io_uring::{opcode, types};
+    let (s, _) = l.accept().expect("accept");
+    s.set_nodelay(true).expect("nodelay");
+    let fd = types::Fd(s.as_raw_fd());
+    let mut ring = Ring::new(64, 16, 4096).expect("ring");
+    let recv = || opcode::RecvMulti::new(fd, RECV_GROUP).build();
+    // SAFETY: the receive writes only into the ring's provided buffers.
+    unsafe { ring.push(recv(), Op::new(OpKind::Recv, 0)) };
+    let mut done = Vec::new();
+    // The bytes of the send in flight (one at a time: an echo).
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        ring.submit_and_wait(std::time::Duration::from_secs(1))
+            .expect("submit");
+        ring.reap(&mut done);
+        for d in done.drain(..) {
+            if d.op.kind != OpKind::Recv {
+                continue; // a send completed
+            }
+            if d.result <= 0 {
+                return;
+            }
+            let bid = d.buffer().expect("a provided buffer");
+            out.clear();
+            out.extend_from_slice(ring.buffer(bid, d.result as usize));
+            ring.recycle(bid);
+            let send = opcode::Send::new(fd, out.as_ptr(), out.len() as u32).build();
+            // SAFETY: `out` is not touched again before this send completes:
+            // the client waits for the echo before sending the next message.
+            unsafe { ring.push(send, Op::new(OpKind::Send, 0)) };
+            if !d.more() {
+                // SAFETY: as above.
+                unsafe { ring.push(recv(), Op::new(OpKind::Recv, 0)) };
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: echo-cost blocking|glommio|uring [ROUND_TRIPS]";
+    let usage = "usage: echo-cost blocking|glommio|uring|ring [ROUND_TRIPS]";
     let server: fn(TcpListener) = match args.get(1).map(String::as_str) {
         Some("blocking") => blocking,
         Some("glommio") => glommio_server,
         Some("uring") => uring_server,
+        Some("ring") => ring_server,
         _ => {
             eprintln!("{usage}");
             std::process::exit(2);
