@@ -19,7 +19,10 @@
 # running: what the 2k ops/s row's durable p50 is compared with.
 #
 # Part 2, the runtime in memory: conflicts, one replica against five, open
-# loop, one request in flight (--in-memory, as these rows have always run).
+# loop at 2k, 10k and 50k ops/s, one request in flight (--in-memory, as
+# these rows have always run). Every row prints blaster's summary: latency,
+# CPU per command of the replicas and of blaster (from /proc, over the
+# measured window), and the frames and bytes the replicas sent per command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -94,8 +97,8 @@ run() {
     local name="$1"; shift
     local out rc=0
     # blaster exits 1 on errors or timeouts: report that row, go on.
-    out=$(timeout $((secs + 60)) "$b" --duration "$secs" --in-memory "$@" 2>/dev/null) || rc=$?
-    printf '%-44s %s\n' "$name" "$(echo "$out" | tr '\n' ' ')"
+    out=$(timeout $((secs + 60)) "$b" --duration "$secs" --in-memory "$@" 2>"$tmp/err") || rc=$?
+    printf '%-44s %s %s\n' "$name" "$(echo "$out" | tr '\n' ' ')" "$(grep '^replicas sent' "$tmp/err" || true)"
     [[ $rc -eq 0 ]] || printf '    (blaster exited %s: errors, timeouts or a failure; rerun the command to see)\n' "$rc"
     printf '    command: blaster --duration %s --in-memory %s\n' "$secs" "$*"
 }
@@ -105,7 +108,14 @@ for c in 0 2 100; do
     run "1 replica, ${c}% conflicts, closed loop"  --local-cluster 1 "${closed[@]}" --conflicts "$c"
 done
 run "5 replicas, 0%, 1000 keys per connection"   --local-cluster 5 --connections 10 --outstanding 800 --keys 1000
+run "5 replicas, 0%, 1M keys, closed loop"       --local-cluster 5 --connections 10 --outstanding 800 --keys 100000
+# Cost and latency by load (issue 14's rows): CPU per command of the
+# replicas and of blaster over the measured window, from /proc.
+run "1 replica, open loop 2k ops/s"              --local-cluster 1 --connections 10 --rate 2000
+run "5 replicas, open loop 2k ops/s"             --local-cluster 5 --connections 10 --rate 2000
+run "5 replicas, open loop 2k ops/s, thrifty"    --local-cluster 5 --connections 10 --rate 2000 --thrifty
+run "5 replicas, open loop 10k ops/s"            --local-cluster 5 --connections 10 --rate 10000
 run "5 replicas, open loop 50k ops/s"            --local-cluster 5 --connections 10 --rate 50000
-run "5 replicas, open loop 5k ops/s"             --local-cluster 5 --connections 10 --rate 5000
+run "5 replicas, open loop 50k ops/s, 1M keys"   --local-cluster 5 --connections 10 --rate 50000 --keys 100000
 run "1 replica, open loop 50k ops/s"             --local-cluster 1 --connections 10 --rate 50000
 run "5 replicas, 1 request in flight"            --local-cluster 5 --connections 1 --outstanding 1
