@@ -249,6 +249,8 @@ pub struct ShardLoop {
     to_send: Vec<u32>,
     /// The group write a stall timer was set for.
     stall_armed: u64,
+    /// The clock at the start of this pass.
+    clock: u64,
     /// Passes of the loop, turns run, and sends started (logged at stop).
     passes: u64,
     turns: u64,
@@ -306,6 +308,7 @@ impl ShardLoop {
             done: Vec::new(),
             to_send: Vec::new(),
             stall_armed: 0,
+            clock: 0,
             passes: 0,
             turns: 0,
             sends: 0,
@@ -327,8 +330,14 @@ impl ShardLoop {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    /// The clock as read at the start of this pass (one read a pass, not
+    /// one a frame: the node's clock only needs to be non-decreasing).
+    fn pass_now(&self) -> u64 {
+        self.clock
+    }
+
     fn at(&mut self, after_ms: u64, timer: Timer) {
-        let when = self.now() + after_ms * 1_000_000;
+        let when = self.pass_now() + after_ms * 1_000_000;
         self.timers.push(Reverse((when, timer)));
     }
 
@@ -350,13 +359,14 @@ impl ShardLoop {
                 break;
             }
             self.passes += 1;
+            self.clock = self.now();
             self.ring.reap(&mut done);
             for d in done.drain(..) {
                 self.on_done(d);
             }
             self.take_cross_messages();
             self.fire_timers();
-            let now = self.now();
+            let now = self.pass_now();
             if self.dirty || self.node.next_deadline().is_some_and(|d| d <= now) {
                 self.dirty = false;
                 self.turns += 1;
@@ -364,11 +374,12 @@ impl ShardLoop {
             }
             self.outputs();
             let mut wait = stop_check;
+            let now = self.now();
             if let Some(d) = self.node.next_deadline() {
-                wait = wait.min(Duration::from_nanos(d.saturating_sub(self.now())));
+                wait = wait.min(Duration::from_nanos(d.saturating_sub(now)));
             }
             if let Some(Reverse((t, _))) = self.timers.peek() {
-                wait = wait.min(Duration::from_nanos(t.saturating_sub(self.now())));
+                wait = wait.min(Duration::from_nanos(t.saturating_sub(now)));
             }
             if self.dirty {
                 wait = Duration::ZERO;
@@ -603,7 +614,7 @@ impl ShardLoop {
         };
         match role {
             Role::Accepted(id) => {
-                let now = self.now();
+                let now = self.pass_now();
                 self.node.on_frame(now, id, frame)?;
                 self.dirty = true;
                 if state == State::Handshake {
@@ -947,7 +958,7 @@ impl ShardLoop {
     }
 
     fn fire_timers(&mut self) {
-        let now = self.now();
+        let now = self.pass_now();
         while let Some(Reverse((t, timer))) = self.timers.peek().copied() {
             if t > now {
                 return;
