@@ -1,7 +1,7 @@
 //! A second opinion on blaster's open-loop latency: the same schedule (each
 //! connection's requests due at evenly interleaved instants) driven by plain
 //! blocking sockets, one thread per connection, through the crate's client
-//! library instead of glommio. If blaster and the probe read alike against
+//! library instead of an event loop. If blaster and the probe read alike against
 //! the same replicas, blaster's event loop is not what they measure.
 //!
 //! `cargo run --release -p blaster --example probe -- ADDR CONNECTIONS RATE SECONDS`

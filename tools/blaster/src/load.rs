@@ -25,9 +25,9 @@ use epaxos_fast::rng::Rng;
 use epaxos_fast::wire::client::{shard_addr, Code};
 use epaxos_fast::wire::{Frame, FrameReader, ReadBuffer};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 
+use crate::exec::{self, TcpStream};
 use crate::history::History;
 use crate::wake::Wake;
 use crate::written::{write_value, KeyCheck, Written};
@@ -320,7 +320,7 @@ async fn dial(
     reader: FrameReader,
 ) -> Result<(TcpStream, ReadBuffer, Frame), String> {
     let timeout = async {
-        glommio::timer::sleep(DIAL_TIMEOUT).await;
+        exec::sleep(DIAL_TIMEOUT).await;
         Err(format!("no answer to the hello within {DIAL_TIMEOUT:?}"))
     };
     futures_lite::future::or(dial_now(addr, hello, reader), timeout).await
@@ -396,7 +396,7 @@ async fn redial(
         if Instant::now() + backoff >= give_up {
             return Err(format!("cannot reconnect: {why}"));
         }
-        glommio::timer::sleep(backoff).await;
+        exec::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_BACKOFF_LAST);
     }
 }
@@ -424,9 +424,9 @@ async fn converse(
     let (mut rx, mut tx) = futures_lite::io::split(stream);
     let writer = {
         let (state, wake, w) = (state.clone(), wake.clone(), w.clone());
-        glommio::spawn_local(async move {
-            send_loop(&mut tx, &state, &wake, &w, schedule, measure_from).await
-        })
+        exec::spawn(
+            async move { send_loop(&mut tx, &state, &wake, &w, schedule, measure_from).await },
+        )
     };
     let received = receive(
         &mut rx,
@@ -533,7 +533,7 @@ async fn send_loop(
             // Let the reader run: a task that never waits starves the others.
             futures_lite::future::yield_now().await;
         } else {
-            futures_lite::future::or(wake.wait(), glommio::timer::sleep(wait)).await;
+            futures_lite::future::or(wake.wait(), exec::sleep(wait)).await;
         }
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! Connections are spread over the targets' replicas and shards (shard-aware:
 //! each connection uses keys its shard owns, but for the shared hot key of
-//! `--conflicts`). One glommio executor per `--cores`. A progress line each
-//! second; at the end a summary, and on request the HdrHistogram percentile
-//! table (`--hgrm`) and a JSON summary (`--json`).
+//! `--conflicts`). One executor thread per `--cores` (`exec`, blaster's own,
+//! on io_uring). A progress line each second; at the end a summary, and on
+//! request the HdrHistogram percentile table (`--hgrm`) and a JSON summary
+//! (`--json`).
 
 mod cluster;
 mod cpu;
+mod exec;
 mod history;
 mod load;
 mod nemesis;
@@ -26,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use epaxos_fast::constants::{CLIENT_WINDOW_REQUESTS_MAX, REPLICAS_MAX, VALUE_BYTES_MAX};
-use glommio::{LocalExecutorBuilder, Placement};
 use load::{Tally, Target, Workload};
 
 #[global_allocator]
@@ -286,10 +287,10 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     let mut handles = Vec::new();
     for (core, targets) in per_core.into_iter().enumerate() {
         let (w, seed, live) = (workload.clone(), args.seed, live[core].clone());
-        let h = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("blaster-{core}"))
-            .spawn(move || async move { drive(targets, w, seed, start, live).await })
-            .map_err(|e| format!("cannot start executor {core}: {e}"))?;
+        let h = exec::start(&format!("blaster-{core}"), move || {
+            drive(targets, w, seed, start, live)
+        })
+        .map_err(|e| format!("cannot start executor {core}: {e}"))?;
         handles.push(h);
     }
     // Started last: from here on nothing returns early, so the nemesis
@@ -340,7 +341,7 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
                 tally.absorb(t);
                 failures.extend(errors);
             }
-            Err(e) => failures.push(e.to_string()),
+            Err(_) => failures.push("a load executor thread panicked".into()),
         }
     }
     let mut faults = None;
@@ -400,15 +401,15 @@ async fn drive(
         .into_iter()
         .map(|t| {
             let seed = seed.wrapping_mul(1_000_003).wrapping_add(t.index as u64);
-            glommio::spawn_local(load::run(t, w.clone(), seed, start, live.clone()))
+            exec::spawn(load::run(t, w.clone(), seed, start, live.clone()))
         })
         .collect();
     // Hand the live tally to the progress reporter every 100 ms.
     let publisher = {
         let live = live.clone();
-        glommio::spawn_local(async move {
+        exec::spawn(async move {
             loop {
-                glommio::timer::sleep(Duration::from_millis(100)).await;
+                exec::sleep(Duration::from_millis(100)).await;
                 let mut l = live.borrow_mut();
                 shared.lock().expect("progress lock").add(&l);
                 l.clear();

@@ -3,31 +3,46 @@
 //! Notifying twice before the writer waits wakes it once: whatever one read
 //! brought becomes one write.
 //!
-//! A glommio local channel of one slot: a full slot is a wake-up not yet
-//! taken. (Blaster is a client: it keeps to glommio and the client library,
-//! not the replica's runtime.)
+//! A flag and the waiting task's waker: a set flag is a wake-up not yet
+//! taken. It needs nothing from the executor but the waker.
 
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use std::cell::{Cell, RefCell};
+use std::task::{Poll, Waker};
 
 pub struct Wake {
-    tx: LocalSender<()>,
-    rx: LocalReceiver<()>,
+    pending: Cell<bool>,
+    waiter: RefCell<Option<Waker>>,
 }
 
 impl Wake {
     pub fn new() -> Wake {
-        let (tx, rx) = local_channel::new_bounded(1);
-        Wake { tx, rx }
+        Wake {
+            pending: Cell::new(false),
+            waiter: RefCell::new(None),
+        }
     }
 
     pub fn notify(&self) {
-        // Full: a wake-up is pending already, and it is enough.
-        let _ = self.tx.try_send(());
+        // Set already: a wake-up is pending, and it is enough.
+        if !self.pending.replace(true) {
+            if let Some(w) = self.waiter.borrow_mut().take() {
+                w.wake();
+            }
+        }
     }
 
     /// Resolves once `notify` was called since the last wait returned.
     pub async fn wait(&self) {
-        // Never `None`: the sender lives as long as the receiver.
-        let _ = self.rx.recv().await;
+        std::future::poll_fn(|cx| {
+            if self.pending.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut waiter = self.waiter.borrow_mut();
+            if !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waiter = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
