@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use epaxos_fast::client::Connection;
-use epaxos_fast::harness::{ClusterConfig, LocalCluster};
+use epaxos_fast::harness::ClusterConfig;
+pub use epaxos_fast::harness::LocalCluster;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -92,6 +92,13 @@ pub struct Args {
     /// Open loop: requests per second in all, instead of --outstanding.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop at each of these rates in turn (requests per second in all,
+    /// comma-separated), against the same replicas, each with its own
+    /// warm-up and --duration; then one row per rate (throughput, p50, p99,
+    /// p99.9, CPU per command). With --plot, latency against throughput;
+    /// with --json, one object per rate.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["rate", "nemesis", "history", "hgrm"])]
+    pub rates: Option<Vec<f64>>,
     /// Distinct keys per connection.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
@@ -195,8 +202,12 @@ fn check(args: &Args) -> Result<(), String> {
     if args.zipf.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
         return Err("--zipf must be a positive exponent".into());
     }
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err("--rate must be a positive number of requests per second".into());
+    let rates = args.rate.iter().chain(args.rates.iter().flatten());
+    if rates.clone().any(|r| !(*r > 0.0 && r.is_finite())) {
+        return Err("--rate and --rates take positive numbers of requests per second".into());
+    }
+    if args.rates.as_ref().is_some_and(|r| r.is_empty()) {
+        return Err("--rates needs at least one rate".into());
     }
     if args.value_size > VALUE_BYTES_MAX {
         return Err(format!(
@@ -247,6 +258,45 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
             .collect::<Result<_, _>>()?,
     };
     let shards = cluster::shards_of(targets[0], args.cluster_id)?;
+    let Some(rates) = &args.rates else {
+        let (ok, local, _) = load(args, stop, local, &targets, shards)?;
+        if let Some(c) = local {
+            c.stop();
+        }
+        return Ok(ok);
+    };
+    // One phase per rate against the same replicas; the per-run outputs
+    // (JSON, plot) describe the whole sweep instead.
+    let mut phase = args.clone();
+    (phase.json, phase.plot) = (None, None);
+    let (mut rows, mut all_ok, mut local) = (Vec::new(), true, local);
+    for &rate in rates {
+        if stop_requested(stop) {
+            break;
+        }
+        phase.rate = Some(rate);
+        eprintln!("blaster: --rates: {rate} requests/s");
+        let (ok, back, row) = load(&phase, stop, local, &targets, shards)?;
+        local = back;
+        all_ok &= ok;
+        rows.push(row);
+    }
+    report::rates(&rows, args)?;
+    if let Some(c) = local {
+        c.stop();
+    }
+    Ok(all_ok)
+}
+
+/// One load phase against `targets` (the local cluster, if any, is handed
+/// back, still running): whether it passed, and its row for `--rates`.
+fn load(
+    args: &Args,
+    stop: &Arc<AtomicBool>,
+    local: Option<cluster::LocalCluster>,
+    targets: &[SocketAddr],
+    shards: u8,
+) -> Result<(bool, Option<cluster::LocalCluster>, report::Row), String> {
     let workload = Workload {
         cluster_id: args.cluster_id,
         outstanding: args.outstanding,
@@ -357,17 +407,13 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
             Err(_) => failures.push("the nemesis thread panicked".into()),
         }
     }
-    report::replica_counters(&targets, shards, args.cluster_id);
+    report::replica_counters(targets, shards, args.cluster_id);
     for f in &failures {
         eprintln!("blaster: {f}");
     }
-    report::summary(
-        &tally,
-        measured,
-        args,
-        faults,
-        cpu::per_op(&cpu_from, &cpu_to, tally.ops),
-    )?;
+    let cpu = cpu::per_op(&cpu_from, &cpu_to, tally.ops);
+    report::summary(&tally, measured, args, faults, cpu)?;
+    let row = report::Row::new(args.rate.unwrap_or(0.0), &tally, measured, cpu);
     if let Some(path) = &args.history {
         let mut text = tally.history.join("\n");
         text.push('\n');
@@ -379,11 +425,9 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         );
     }
     let verified =
-        !args.verify || verify::read_back(&targets, args.cluster_id, &tally.checks).passed();
-    if let Some(c) = local {
-        c.stop();
-    }
-    Ok(verified && failures.is_empty() && tally.errors == 0 && tally.timeouts == 0)
+        !args.verify || verify::read_back(targets, args.cluster_id, &tally.checks).passed();
+    let ok = verified && failures.is_empty() && tally.errors == 0 && tally.timeouts == 0;
+    Ok((ok, local, row))
 }
 
 /// All connections of one executor: the tallies of those that finished,

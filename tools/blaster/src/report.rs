@@ -364,3 +364,166 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
     );
     s
 }
+
+/// One phase of `--rates`.
+pub struct Row {
+    /// Requests per second asked for.
+    pub rate: f64,
+    pub throughput: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub errors: u64,
+    pub timeouts: u64,
+    /// CPU µs per command: the local replicas' (if measured), blaster's.
+    pub replica_cpu: Option<f64>,
+    pub blaster_cpu: f64,
+}
+
+impl Row {
+    pub fn new(rate: f64, t: &Tally, measured: Duration, cpu: (Option<f64>, f64)) -> Row {
+        let q = |x: f64| us(t.hist.value_at_quantile(x));
+        Row {
+            rate,
+            throughput: t.ops as f64 / measured.as_secs_f64(),
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            errors: t.errors,
+            timeouts: t.timeouts,
+            replica_cpu: cpu.0,
+            blaster_cpu: cpu.1,
+        }
+    }
+}
+
+/// The `--rates` table, and its JSON and plot if asked for.
+pub fn rates(rows: &[Row], args: &Args) -> Result<(), String> {
+    println!(
+        "{:>10} {:>11} {:>10} {:>10} {:>10} {:>17} {:>17}",
+        "rate/s", "ops/s", "p50 us", "p99 us", "p99.9 us", "replica CPU us/op", "blaster CPU us/op"
+    );
+    for r in rows {
+        let replica = r.replica_cpu.map_or("-".to_string(), |c| format!("{c:.1}"));
+        println!(
+            "{:>10.0} {:>11.0} {:>10.1} {:>10.1} {:>10.1} {:>17} {:>17.1}{}",
+            r.rate,
+            r.throughput,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            replica,
+            r.blaster_cpu,
+            if r.errors + r.timeouts > 0 {
+                format!("  errors {} timeouts {}", r.errors, r.timeouts)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(path) = &args.json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"rate\": {:.1}, \"throughput_ops_s\": {:.1}, \"p50_us\": {:.1}, \
+                     \"p99_us\": {:.1}, \"p999_us\": {:.1}, \"errors\": {}, \"timeouts\": {}, \
+                     \"replica_cpu_us_per_op\": {}, \"blaster_cpu_us_per_op\": {:.2}}}",
+                    r.rate,
+                    r.throughput,
+                    r.p50_us,
+                    r.p99_us,
+                    r.p999_us,
+                    r.errors,
+                    r.timeouts,
+                    r.replica_cpu
+                        .map_or("null".to_string(), |c| format!("{c:.2}")),
+                    r.blaster_cpu
+                )
+            })
+            .collect();
+        let json = format!("[\n  {}\n]\n", items.join(",\n  "));
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, rates_svg(rows)).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Latency (p50 and p99, log scale) against throughput, one point a rate.
+fn rates_svg(rows: &[Row]) -> String {
+    let (w, ht, left, right, top, bottom) = (800.0, 480.0, 80.0, 20.0, 40.0, 50.0);
+    let x_max = rows.iter().map(|r| r.throughput).fold(1.0f64, f64::max) * 1.05;
+    let lat = |v: f64| v.max(1.0).log10();
+    let y_min = rows
+        .iter()
+        .map(|r| lat(r.p50_us))
+        .fold(f64::MAX, f64::min)
+        .floor();
+    let y_max = rows
+        .iter()
+        .map(|r| lat(r.p99_us))
+        .fold(0.0f64, f64::max)
+        .ceil()
+        .max(y_min + 1.0);
+    let sx = |x: f64| left + x / x_max * (w - left - right);
+    let sy = |y: f64| ht - bottom - (y - y_min) / (y_max - y_min) * (ht - top - bottom);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">\
+         latency against throughput (p50 blue, p99 red)</text>\n",
+        w / 2.0
+    );
+    for e in (y_min as i32)..=(y_max as i32) {
+        let y = sy(f64::from(e));
+        let label = match e {
+            e if e < 3 => format!("{} us", 10u64.pow(e.max(0) as u32)),
+            e if e < 6 => format!("{} ms", 10u64.pow(e as u32 - 3)),
+            e => format!("{} s", 10u64.pow(e as u32 - 6)),
+        };
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>",
+            w - right,
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    for i in 0..=4 {
+        let v = x_max * f64::from(i) / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.0}k ops/s</text>",
+            sx(v),
+            ht - bottom + 18.0,
+            v / 1000.0
+        );
+    }
+    for (color, pick) in [
+        ("#1f77b4", (|r: &Row| r.p50_us) as fn(&Row) -> f64),
+        ("#d62728", |r: &Row| r.p99_us),
+    ] {
+        let points: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{:.1},{:.1}", sx(r.throughput), sy(lat(pick(r)))))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        for p in &points {
+            let (x, y) = p.split_once(',').expect("x,y");
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{color}\"/>"
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}

@@ -96,6 +96,60 @@ fn json_hgrm_and_plot_are_written() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--rates` runs each rate in turn against the same replicas: one table
+/// row, one JSON object and one plotted point per rate, each with the
+/// replicas' and blaster's CPU per command.
+#[test]
+fn rates_sweep_one_cluster_and_print_a_row_per_rate() {
+    let dir = std::env::temp_dir().join(format!("blaster-rates-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("rates.json"), dir.join("rates.svg"));
+    let out = run(&[
+        "--local-cluster",
+        "3",
+        "--in-memory",
+        "--connections",
+        "3",
+        "--rates",
+        "300,900",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    // One start of the cluster, two phases.
+    assert_eq!(out.matches("started 3 local replicas").count(), 1, "{out}");
+    let table: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("rate/s"))
+        .skip(1)
+        .take(2)
+        .collect();
+    assert_eq!(table.len(), 2, "{out}");
+    for (line, rate) in table.iter().zip(["300", "900"]) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[0], rate, "{line}");
+        let ops: f64 = cols[1].parse().unwrap();
+        let want: f64 = rate.parse().unwrap();
+        assert!((ops - want).abs() < want * 0.2, "{line}");
+        let replica_cpu: f64 = cols[5].parse().unwrap();
+        assert!(replica_cpu > 0.0, "{line}");
+    }
+    let json = std::fs::read_to_string(json).unwrap();
+    assert_eq!(json.matches("\"rate\": ").count(), 2, "{json}");
+    assert!(
+        json.trim_start().starts_with('[') && !json.contains("null"),
+        "{json}"
+    );
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 4, "two rates, p50 and p99");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn one_unreplicated_replica_is_the_baseline() {
     let out = run(&["--local-cluster", "1", "--duration", "1", "--warmup", "0.2"]);
@@ -166,6 +220,14 @@ fn impossible_flag_values_exit_2() {
         (
             &["--local-cluster", "1", "--outstanding", "5000"][..],
             "--outstanding takes 1 to",
+        ),
+        (
+            &["--local-cluster", "1", "--rates", "1000,0"][..],
+            "--rates take positive",
+        ),
+        (
+            &["--local-cluster", "1", "--rates", "1000", "--rate", "5"][..],
+            "cannot be used with",
         ),
     ] {
         let (code, err) = common::blaster_exit(args);
