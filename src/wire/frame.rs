@@ -25,8 +25,9 @@ pub const SMALL_BODY_BYTES_MAX: usize = 4096;
 
 /// "EPXF" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
-/// Bumped on any change of a layout in `wire/`.
-pub const WIRE_VERSION: u8 = 3;
+/// Bumped on any change of a layout or a meaning in `wire/` (4: slim
+/// commits, `FLAG_SLIM`, which a version-3 replica would refuse).
+pub const WIRE_VERSION: u8 = 4;
 
 pub const FRAME_HEADER_BYTES: usize = 32;
 
