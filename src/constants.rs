@@ -99,7 +99,7 @@ const _: () = assert!(32 + KEY_BYTES_MAX + VALUE_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);
 
 /// Log writes start and end on this boundary (O_DIRECT): a multiple of every
-/// logical block size a log may sit on (glommio reports 512 or 4096).
+/// logical block size a log may sit on (512 or 4096).
 pub const LOG_WRITE_ALIGN_BYTES: u64 = 4096;
 
 /// A shard's log file has this much space allocated ahead of its last

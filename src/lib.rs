@@ -7,7 +7,8 @@
 //! - [`node`]: one shard above the sockets, pure: handshakes, batching,
 //!   routing, forwarding, and the order persist, then send, then reply.
 //! - [`storage`]: what must survive a crash (the trait, in-memory impl).
-//! - [`runtime`]: the glommio driver of the nodes: sockets, timers, channels.
+//! - [`runtime`]: the driver of the nodes: a thread and an io_uring ring per
+//!   shard for sockets, the log, timers and the cross-core mesh.
 //! - [`client`]: the client session (no IO) and a blocking client of the
 //!   binary protocol on it (tests, tools).
 //! - [`harness`]: a local cluster of real replica processes (tests, blaster).

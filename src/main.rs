@@ -35,7 +35,7 @@ struct Args {
     /// a replica uses PORT + s. A single address runs one unreplicated replica.
     #[arg(long, value_delimiter = ',', required = true)]
     peers: Vec<String>,
-    /// Shards, one glommio executor each; must be the same on every replica.
+    /// Shards, one thread and io_uring ring each; must be the same on every replica.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     cores: u16,
     /// Address to bind, if not this replica's own entry in --peers
@@ -67,11 +67,11 @@ struct Args {
     /// measured (see perf/RESULTS.md, Part 2, for a lower limit tried).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pipeline: u32,
-    /// Microseconds an idle shard polls for work before it sleeps in the
-    /// kernel: saves a sleep and a wake-up per message under load, at the
-    /// price of CPU. 0 never polls (best when replicas share few cores).
-    /// Needs pinned executors (not --cpus none): glommio polls only on a
-    /// bound executor.
+    /// Microseconds an idle shard polls its ring for work before it sleeps
+    /// in the kernel: saves a sleep and a wake-up per message under load, at
+    /// the price of CPU. 0 never polls (best when replicas share few cores).
+    /// Needs pinned shards (not --cpus none): a spinning shard the kernel
+    /// moves around competes with whatever else runs on its CPU.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     spin_us: u32,
     /// Where this replica keeps its state: DIR/shard-S.log (each shard's
@@ -152,11 +152,9 @@ fn config(args: &Args) -> RuntimeConfig {
     }
     let cpus = cpus(&args.cpus, cores);
     if args.spin_us > 0 && cpus.is_none() {
-        // Glommio ignores spin_before_park on an unbound executor: the flag
-        // would do nothing.
         usage_error(
-            "--spin-us needs pinned executors (--cpus auto or a list); with --cpus none \
-             glommio never polls before sleeping"
+            "--spin-us needs pinned shards (--cpus auto or a list): an unpinned shard that \
+             spins competes with whatever shares its CPU"
                 .into(),
         );
     }

@@ -134,6 +134,13 @@ fn malformed_frames_are_refused_and_the_replica_keeps_serving() {
     let text = String::from_utf8_lossy(&back[32..]);
     assert_eq!(back[5], Kind::Refused as u8);
     assert!(text.contains('3') && text.contains('5'), "{text}");
+    // The same refusal still comes back when the end of stream arrives
+    // with the hello: the replica drains its answer before it closes.
+    let back = send_and_expect_close(&cluster, false, &frame(Kind::Hello, hello.as_bytes()), true);
+    assert!(
+        back.len() > 32 && back[5] == Kind::Refused as u8,
+        "{back:?}"
+    );
 
     // The well-behaved client, connected before all this, is still served.
     let r = good.call(Op::Put, b"after", b"garbage").unwrap();

@@ -196,7 +196,7 @@ fn bad_flag_values_exit_2_with_the_reason() {
                 "--spin-us",
                 "30",
             ],
-            "--spin-us needs pinned executors",
+            "--spin-us needs pinned shards",
         ),
     ];
     for (args, says) in cases {

@@ -87,8 +87,9 @@ impl<S: Storage> Node<S> {
         Ok(())
     }
 
-    /// No more bytes are queued for `conn`; the driver writes what is and
-    /// closes it.
+    /// No more bytes are queued for `conn`, and the driver closes it
+    /// (`Output::Close`): at once for a client that stopped reading (what is
+    /// queued is dropped); after writing the answer for a refused handshake.
     pub(super) fn close_conn(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
             if !c.closing {

@@ -5,7 +5,7 @@
 //! commands of one turn into one instance, the pipeline limit, routing each
 //! answer to the connection (or the shard) that waits for it, forwarding
 //! commands another shard owns, the state of the links to peers, and the
-//! order "persist, then send, then reply". The glommio runtime drives it
+//! order "persist, then send, then reply". The io_uring runtime drives it
 //! with real sockets and the simulator drives it with a seeded network; both
 //! see the same behaviour, because it is all here.
 //!

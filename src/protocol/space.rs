@@ -108,6 +108,12 @@ impl Instance {
     }
 
     pub fn commit_message(&self, id: InstanceId) -> Message {
+        // A whole commit: an empty batch that is not a no-op would go out
+        // as a slim one (`Value::is_slim`) and never be acknowledged.
+        debug_assert!(
+            self.noop || !self.batch.is_empty(),
+            "commit of {id:?} without its batch"
+        );
         Message::Commit(Value {
             id,
             ballot: self.voted,

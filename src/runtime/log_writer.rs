@@ -81,8 +81,6 @@ struct Writing {
     records: u64,
     entry_bytes: u64,
     started: Instant,
-    /// Its number, from 1.
-    seq: u64,
 }
 
 pub struct LogWriter {
@@ -97,8 +95,6 @@ pub struct LogWriter {
     /// A group waits for the allocation to finish.
     waiting: bool,
     failed: bool,
-    /// Groups started.
-    groups: u64,
 }
 
 /// The storage a shard's node runs on.
@@ -133,13 +129,12 @@ impl LogWriter {
             extend_at: (0, 0),
             waiting: false,
             failed: false,
-            groups: 0,
         })
     }
 
-    /// The number of the group write in flight, if one is.
-    pub fn writing(&self) -> Option<u64> {
-        self.writing.as_ref().map(|w| w.seq)
+    /// When the group write in flight started, if one is.
+    pub fn writing_since(&self) -> Option<Instant> {
+        self.writing.as_ref().map(|w| w.started)
     }
 
     fn fail(&mut self, node: &mut ShardNode, what: &str, e: &dyn std::fmt::Display) {
@@ -176,9 +171,7 @@ impl LogWriter {
         };
         let mut buf = Aligned::new(group.bytes.len());
         buf.bytes_mut().copy_from_slice(&group.bytes);
-        self.groups += 1;
         self.writing = Some(Writing {
-            seq: self.groups,
             buf,
             pos: group.pos,
             done: 0,
@@ -255,13 +248,26 @@ impl LogWriter {
                     unsafe { ring.push(entry, Op::new(OpKind::LogAllocateSync, 1)) };
                     self.extending = Some(Some(zeros));
                 }
-                Some(e) => self.fail(node, "allocating space ahead", &e),
+                Some(e) => {
+                    // Its linked sync completes cancelled, touching no
+                    // memory: the extension is over.
+                    self.extending = None;
+                    self.fail(node, "allocating space ahead", &e)
+                }
             },
             OpKind::LogAllocateSync => {
                 let zeros = d.op.slot == 1;
+                // The fallocate before it failed: handled there (and a
+                // write of zeros may be in flight instead).
+                if !zeros
+                    && d.error()
+                        .is_some_and(|e| e.raw_os_error() == Some(libc::ECANCELED))
+                {
+                    return;
+                }
+                // Otherwise the kernel is done with the extension.
+                self.extending = None;
                 match d.error() {
-                    // The fallocate before it failed: handled there.
-                    Some(e) if !zeros && e.raw_os_error() == Some(libc::ECANCELED) => return,
                     Some(e) => return self.fail(node, "allocating space ahead", &e),
                     None if zeros && d.result as u64 != self.extend_at.1 => {
                         let e = format!("wrote {} of {} bytes", d.result, self.extend_at.1);
@@ -269,7 +275,6 @@ impl LogWriter {
                     }
                     None => {}
                 }
-                self.extending = None;
                 if self.failed {
                     return;
                 }
@@ -288,11 +293,16 @@ impl LogWriter {
             return;
         }
         let w = self.writing.as_mut().expect("a group in flight");
-        if let Some(e) = d.error() {
-            return self.fail(node, "write (O_DSYNC)", &e);
-        }
-        if d.result == 0 {
-            let e = format!("wrote nothing at offset {}", w.pos + w.done as u64);
+        let failed = match d.error() {
+            Some(e) => Some(e.to_string()),
+            None if d.result == 0 => {
+                Some(format!("wrote nothing at offset {}", w.pos + w.done as u64))
+            }
+            None => None,
+        };
+        if let Some(e) = failed {
+            // The kernel is done with the buffer: it goes.
+            self.writing = None;
             return self.fail(node, "write (O_DSYNC)", &e);
         }
         w.done += d.result as usize;

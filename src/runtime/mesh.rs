@@ -62,7 +62,9 @@ impl Mesh {
             any = true;
         }
         let wake = &self.wakes[to];
-        if any && !wake.armed.swap(true, Ordering::AcqRel) {
+        // SeqCst here and in `woken`: the push, then this read of `armed`,
+        // must not pass the receiver's clear, then its drain.
+        if any && !wake.armed.swap(true, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to an eventfd.
             let _ = unsafe {
@@ -77,7 +79,7 @@ impl Mesh {
 
     /// Shard `to` woke for its eventfd: later messages wake it again.
     pub fn woken(&self, to: usize) {
-        self.wakes[to].armed.store(false, Ordering::Release);
+        self.wakes[to].armed.swap(false, Ordering::SeqCst);
     }
 
     /// Hands every message queued for shard `to` to `f`.

@@ -47,6 +47,8 @@ use crate::storage::Backend;
 use crate::wire::client::{decode_hello_answer, shard_addr};
 use crate::wire::{Frame, FrameError, FrameReader};
 
+/// How long a stopping shard waits for the kernel to let go of its buffers.
+const SHUTDOWN_DRAIN_MS: u64 = 200;
 /// Entries of each shard's submission queue.
 const RING_ENTRIES: u32 = 1024;
 /// Provided receive buffers per shard, and their size: 4 MiB a shard,
@@ -220,8 +222,8 @@ enum Timer {
     },
     Reconnect(ReplicaId),
     AcceptAgain,
-    /// The log's group write number N must be complete by now.
-    LogStall(u64),
+    /// Time to check that the log's write in flight is not stalled.
+    LogStall,
 }
 
 pub struct ShardLoop {
@@ -238,6 +240,9 @@ pub struct ShardLoop {
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
     mesh: Arc<Mesh>,
     wake_buf: Box<u64>,
+    /// The eventfd read and the multishot accept are in the kernel.
+    wake_armed: bool,
+    accept_armed: bool,
     log: Option<LogWriter>,
     reader: FrameReader,
     stop: Arc<AtomicBool>,
@@ -247,8 +252,10 @@ pub struct ShardLoop {
     done: Vec<Done>,
     /// Connections with bytes to send, found by the outputs of this pass.
     to_send: Vec<u32>,
-    /// The group write a stall timer was set for.
-    stall_armed: u64,
+    /// A `LogStall` timer is pending (one at a time, not one a group).
+    stall_armed: bool,
+    /// The shard is shutting down: nothing is armed again.
+    stopping: bool,
     /// The clock at the start of this pass.
     clock: u64,
     /// Passes of the loop, turns run, and sends started (logged at stop).
@@ -301,13 +308,16 @@ impl ShardLoop {
             timers: BinaryHeap::new(),
             mesh,
             wake_buf: Box::new(0),
+            wake_armed: false,
+            accept_armed: false,
             log,
             stop,
             refusal: None,
             dirty: true,
             done: Vec::new(),
             to_send: Vec::new(),
-            stall_armed: 0,
+            stall_armed: false,
+            stopping: false,
             clock: 0,
             passes: 0,
             turns: 0,
@@ -388,29 +398,37 @@ impl ShardLoop {
                 wait = self.spin(spin, wait);
             }
             if let Err(e) = self.ring.submit_and_wait(wait) {
-                self.shut_down();
+                if !self.shut_down() {
+                    std::mem::forget(self); // as at the end of `run`
+                }
                 return Err(RunError::Failed(format!("io_uring: {e}")));
             }
         }
-        self.shut_down();
+        let released = self.shut_down();
         info!(
             "{} passes, {} turns, {} sends, {} kernel entries",
             self.passes, self.turns, self.sends, self.ring.enters
         );
-        match self.refusal.take() {
+        let result = match self.refusal.take() {
             Some(why) => Err(RunError::Refused(why)),
             None => Ok(()),
+        };
+        if !released {
+            // The kernel may still write into buffers of this shard (a
+            // send or a log write that did not end in time): they are
+            // leaked, not freed, and go with the process, which is ending.
+            warn!("operations still in the kernel after {SHUTDOWN_DRAIN_MS} ms; their buffers are left to the process's exit");
+            std::mem::forget(self);
         }
+        result
     }
 
     /// Polls for up to `spin` before the loop sleeps; what is left to wait.
     fn spin(&mut self, spin: Duration, wait: Duration) -> Duration {
         let started = Instant::now();
         let until = spin.min(wait);
-        // Entries queued by this pass go to the kernel first.
-        let _ = self.ring.submit_and_wait(Duration::ZERO);
         while started.elapsed() < until {
-            if self.ring.ready() || self.mesh.pending(self.cfg.shard) {
+            if self.ring.poll() || self.mesh.pending(self.cfg.shard) {
                 return Duration::ZERO;
             }
             std::hint::spin_loop();
@@ -427,7 +445,18 @@ impl ShardLoop {
             OpKind::Send => self.on_sent(d),
             OpKind::Connect => self.on_connected(d),
             OpKind::Wake => {
+                self.wake_armed = false;
                 self.mesh.woken(self.cfg.shard);
+                if d.error()
+                    .is_some_and(|e| e.raw_os_error() != Some(libc::EINTR))
+                {
+                    // Not a wake-up: the queues are still drained every pass.
+                    warn!(
+                        "reading the cross-core eventfd failed: {}",
+                        d.error().unwrap()
+                    );
+                    return;
+                }
                 self.arm_wake();
             }
             OpKind::LogWrite | OpKind::LogAllocate | OpKind::LogAllocateSync => {
@@ -440,6 +469,7 @@ impl ShardLoop {
     }
 
     fn arm_accept(&mut self) {
+        self.accept_armed = true;
         let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
             .flags(libc::SOCK_CLOEXEC)
             .build();
@@ -448,6 +478,7 @@ impl ShardLoop {
     }
 
     fn arm_wake(&mut self) {
+        self.wake_armed = true;
         let fd = self.mesh.wake_fd(self.cfg.shard);
         let buf: *mut u64 = &mut *self.wake_buf;
         let entry = opcode::Read::new(types::Fd(fd), buf.cast(), 8).build();
@@ -457,7 +488,17 @@ impl ShardLoop {
 
     fn on_accept(&mut self, d: Done) {
         if !d.more() {
-            self.arm_accept_later(d.error().is_some());
+            self.accept_armed = false;
+            if !self.stopping {
+                self.arm_accept_later(d.error().is_some());
+            }
+        }
+        if self.stopping {
+            if d.result >= 0 {
+                // SAFETY: a successful accept's result is a descriptor we own.
+                drop(unsafe { TcpStream::from_raw_fd(d.result) });
+            }
+            return;
         }
         if let Some(e) = d.error() {
             warn!("accept failed: {e}");
@@ -547,7 +588,14 @@ impl ShardLoop {
         if c.state == State::Closed {
             return self.free_if_idle(slot);
         }
-        if d.result > 0 {
+        if c.state == State::Draining {
+            // Its answer is on the way out; what it sends now is moot, and
+            // its end of stream waits for the drain (or its timer).
+            c.inbound.clear();
+            if d.result <= 0 {
+                return;
+            }
+        } else if d.result > 0 {
             self.node.counters_mut().bytes_in += d.result as u64;
             self.frames(slot);
         } else if d.result == 0 {
@@ -558,7 +606,8 @@ impl ShardLoop {
             let e = d.error().expect("an error");
             return self.close(slot, Closed::Io(e));
         }
-        if !more {
+        // The frames may have closed and freed the slot.
+        if !more && self.conns[slot as usize].is_some() {
             self.arm_recv(slot);
         }
     }
@@ -719,6 +768,10 @@ impl ShardLoop {
             return self.free_if_idle(slot);
         }
         if let Some(e) = d.error() {
+            return self.close(slot, Closed::Io(e));
+        }
+        if d.result == 0 {
+            let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "sent nothing");
             return self.close(slot, Closed::Io(e));
         }
         let at = at + d.result as usize;
@@ -906,11 +959,9 @@ impl ShardLoop {
         if let Some(log) = self.log.as_mut() {
             let _ = self.node.sync_wanted();
             log.kick(&mut self.node, &mut self.ring);
-            if let Some(seq) = log.writing() {
-                if seq != self.stall_armed {
-                    self.stall_armed = seq;
-                    self.at(LOG_WRITE_STALL_MS, Timer::LogStall(seq));
-                }
+            if log.writing_since().is_some() && !self.stall_armed {
+                self.stall_armed = true;
+                self.at(LOG_WRITE_STALL_MS, Timer::LogStall);
             }
         }
         while let Some(o) = self.node.poll_output() {
@@ -979,10 +1030,21 @@ impl ShardLoop {
                 }
                 Timer::Reconnect(peer) => self.connect(peer),
                 Timer::AcceptAgain => self.arm_accept(),
-                Timer::LogStall(seq) => {
-                    if let Some(log) = self.log.as_mut() {
-                        if log.writing() == Some(seq) {
-                            log.stalled(&mut self.node, LOG_WRITE_STALL_MS / 1000);
+                Timer::LogStall => {
+                    self.stall_armed = false;
+                    let Some(log) = self.log.as_mut() else {
+                        continue;
+                    };
+                    let Some(since) = log.writing_since() else {
+                        continue; // nothing in flight; the next write re-arms
+                    };
+                    let stall = Duration::from_millis(LOG_WRITE_STALL_MS);
+                    match stall.checked_sub(since.elapsed()) {
+                        None => log.stalled(&mut self.node, stall.as_secs()),
+                        Some(left) => {
+                            // A later write: check it when its own time is up.
+                            self.stall_armed = true;
+                            self.at(left.as_millis() as u64 + 1, Timer::LogStall);
                         }
                     }
                 }
@@ -990,32 +1052,43 @@ impl ShardLoop {
         }
     }
 
-    /// Closes every connection and waits (briefly) until the kernel holds
-    /// none of the shard's buffers.
-    fn shut_down(&mut self) {
+    /// Closes every connection, cancels the accept and the eventfd read,
+    /// and waits (briefly) until the kernel holds none of the shard's
+    /// memory. Whether it let go of all of it.
+    fn shut_down(&mut self) -> bool {
+        self.stopping = true;
         for slot in 0..self.conns.len() as u32 {
             if self.conns[slot as usize].is_some() {
                 self.close(slot, Closed::Stopping);
             }
         }
-        let deadline = Instant::now() + Duration::from_millis(200);
+        for (armed, op) in [
+            (self.accept_armed, Op::new(OpKind::Accept, 0)),
+            (self.wake_armed, Op::new(OpKind::Wake, 0)),
+        ] {
+            if armed {
+                let entry = opcode::AsyncCancel::new(op.pack()).build();
+                // SAFETY: the entry points at no memory.
+                unsafe { self.ring.push(entry, Op::new(OpKind::Ignore, 0)) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
         let mut done = Vec::new();
-        while Instant::now() < deadline {
+        loop {
             let busy = self.conns.iter().any(|c| c.is_some())
-                || self.log.as_ref().is_some_and(|l| l.in_flight());
+                || self.log.as_ref().is_some_and(|l| l.in_flight())
+                || self.wake_armed
+                || self.accept_armed;
             if !busy {
-                break;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
             let _ = self.ring.submit_and_wait(Duration::from_millis(10));
             self.ring.reap(&mut done);
             for d in done.drain(..) {
-                match d.op.kind {
-                    OpKind::Recv | OpKind::Send | OpKind::Connect => self.on_done(d),
-                    OpKind::LogWrite | OpKind::LogAllocate | OpKind::LogAllocateSync => {
-                        self.on_done(d)
-                    }
-                    _ => {}
-                }
+                self.on_done(d);
             }
         }
     }

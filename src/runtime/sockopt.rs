@@ -1,4 +1,4 @@
-//! Socket options that glommio's sockets do not expose, set on the file
+//! Socket options std's sockets do not expose, set on the file
 //! descriptor: TCP keepalive on accepted connections, and a bound on how
 //! long sent data may stay unacknowledged on the links to peers.
 

@@ -173,8 +173,13 @@ impl Ring {
         }
     }
 
-    /// Whether completions are waiting to be reaped.
-    pub fn ready(&mut self) -> bool {
+    /// Whether completions are waiting to be reaped, after a kernel entry
+    /// that posts what finished (with COOP_TASKRUN, completions are posted
+    /// only when this thread enters the kernel): for a spinning shard.
+    pub fn poll(&mut self) -> bool {
+        self.pending = 0;
+        self.enters += 1;
+        let _ = self.ring.submit();
         !self.ring.completion().is_empty()
     }
 
@@ -242,8 +247,10 @@ impl BufRing {
             buffer_bytes,
             tail: 0,
         };
-        // SAFETY: the mapping lives as long as `bufs`, which unregisters it
-        // before unmapping (Drop), and the ring outlives neither.
+        // SAFETY: the mapping lives as long as `bufs`. `Ring` declares
+        // `ring` before `bufs`, so the ring is closed before the mapping is
+        // unmapped, and a shard drops its ring only once no receive is in
+        // flight (`ShardLoop::shut_down`; otherwise it leaks it).
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(ptr as u64, entries, RECV_GROUP, 0)?;
@@ -287,9 +294,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: the mapping was made in `new` with this size. The ring
-        // (which the kernel may still read) is dropped after this only if
-        // the shard is ending, and no receive is then reaped.
+        // SAFETY: the mapping was made in `new` with this size, and the
+        // ring using it was closed first (field order in `Ring`) with no
+        // receive in flight.
         unsafe {
             libc::munmap(self.ring.cast(), self.ring_bytes);
         }
