@@ -310,13 +310,7 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
         .max(y_min + 1.0);
     let sx = |x: f64| left + x / x_max * (w - left - right);
     let sy = |y: f64| ht - bottom - (y - y_min) / (y_max - y_min) * (ht - top - bottom);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">{title}</text>\n",
-        w / 2.0
-    );
+    let mut s = svg_open(w, ht, title);
     for d in 0..=(x_max as i32) {
         let x = sx(f64::from(d));
         let label = match d {
@@ -331,22 +325,7 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
             ht - bottom + 18.0
         );
     }
-    for e in (y_min as i32)..=(y_max as i32) {
-        let y = sy(f64::from(e));
-        let label = match e {
-            e if e < 3 => format!("{} us", 10u64.pow(e as u32)),
-            e if e < 6 => format!("{} ms", 10u64.pow(e as u32 - 3)),
-            e => format!("{} s", 10u64.pow(e as u32 - 6)),
-        };
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\
-             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>",
-            w - right,
-            left - 6.0,
-            y + 4.0
-        );
-    }
+    latency_axis(&mut s, (y_min as i32)..=(y_max as i32), sy, left, w - right);
     let path: Vec<String> = points
         .iter()
         .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
@@ -469,30 +448,8 @@ fn rates_svg(rows: &[Row]) -> String {
         .max(y_min + 1.0);
     let sx = |x: f64| left + x / x_max * (w - left - right);
     let sy = |y: f64| ht - bottom - (y - y_min) / (y_max - y_min) * (ht - top - bottom);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">\
-         latency against throughput (p50 blue, p99 red)</text>\n",
-        w / 2.0
-    );
-    for e in (y_min as i32)..=(y_max as i32) {
-        let y = sy(f64::from(e));
-        let label = match e {
-            e if e < 3 => format!("{} us", 10u64.pow(e.max(0) as u32)),
-            e if e < 6 => format!("{} ms", 10u64.pow(e as u32 - 3)),
-            e => format!("{} s", 10u64.pow(e as u32 - 6)),
-        };
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\
-             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>",
-            w - right,
-            left - 6.0,
-            y + 4.0
-        );
-    }
+    let mut s = svg_open(w, ht, "latency against throughput (p50 blue, p99 red)");
+    latency_axis(&mut s, (y_min as i32)..=(y_max as i32), sy, left, w - right);
     for i in 0..=4 {
         let v = x_max * f64::from(i) / 4.0;
         let _ = writeln!(
@@ -526,4 +483,41 @@ fn rates_svg(rows: &[Row]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// Horizontal grid lines and labels of a log-scale latency axis: one per
+/// power of ten of microseconds in `decades`, at `sy(decade)`.
+fn latency_axis(
+    s: &mut String,
+    decades: std::ops::RangeInclusive<i32>,
+    sy: impl Fn(f64) -> f64,
+    left: f64,
+    right_edge: f64,
+) {
+    for e in decades {
+        let y = sy(f64::from(e));
+        let label = match e.max(0) as u32 {
+            e if e < 3 => format!("{} us", 10u64.pow(e)),
+            e if e < 6 => format!("{} ms", 10u64.pow(e - 3)),
+            e => format!("{} s", 10u64.pow(e - 6)),
+        };
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{y}\" x2=\"{right_edge}\" y2=\"{y}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>",
+            left - 6.0,
+            y + 4.0
+        );
+    }
+}
+
+/// An SVG document's opening: size, white background, centred title.
+fn svg_open(w: f64, ht: f64, title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">{title}</text>\n",
+        w / 2.0
+    )
 }
