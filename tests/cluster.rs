@@ -294,3 +294,27 @@ fn every_connection_of_a_replica_has_keepalive() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// More connections than a shard has provided receive buffers (256), all
+/// sending at once: the multishot receives that run out of buffers start
+/// again, and every request is answered.
+#[test]
+fn a_burst_on_more_connections_than_receive_buffers_is_all_answered() {
+    let cluster = Cluster::start(1, 1);
+    let mut conns: Vec<_> = (0..400).map(|_| cluster.connect(0, 0)).collect();
+    let value = vec![b'v'; 8 << 10];
+    for (i, c) in conns.iter_mut().enumerate() {
+        for j in 0..4 {
+            c.queue(Op::Put, format!("k{i}-{j}").as_bytes(), &value)
+                .unwrap();
+        }
+    }
+    for c in &mut conns {
+        c.flush().unwrap();
+    }
+    for c in &mut conns {
+        for _ in 0..4 {
+            assert_eq!(c.recv().unwrap().code, Code::Done);
+        }
+    }
+}
