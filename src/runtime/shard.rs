@@ -281,8 +281,13 @@ impl ShardLoop {
             Some(p) => Some(LogWriter::open(p)?),
             None => None,
         };
-        let ring = Ring::new(RING_ENTRIES, RECV_BUFFERS, RECV_BUFFER_BYTES)
-            .map_err(|e| format!("cannot set up io_uring: {e}"))?;
+        let ring = Ring::new(RING_ENTRIES, RECV_BUFFERS, RECV_BUFFER_BYTES).map_err(|e| {
+            format!(
+                "cannot set up io_uring: {e} (the replica needs Linux 6.0 or later, for \
+                     multishot receives and provided-buffer rings, and io_uring not disabled \
+                     by kernel.io_uring_disabled)"
+            )
+        })?;
         let epoch = Instant::now();
         let node = Node::start(cfg.node_config(rng_seed), storage, 0);
         let links = (0..cfg.replicas())
