@@ -163,7 +163,7 @@ pub struct Target {
 const HOT_KEY: &[u8] = b"hot";
 
 /// Keys only this connection uses, owned by its shard (so no hop).
-fn own_keys(index: usize, count: u64, shard: u8, shards: usize) -> Vec<Vec<u8>> {
+pub fn own_keys(index: usize, count: u64, shard: u8, shards: usize) -> Vec<Vec<u8>> {
     let mut keys = Vec::with_capacity(count as usize);
     let mut i = 0u64;
     while (keys.len() as u64) < count {

@@ -102,6 +102,11 @@ pub struct Args {
     /// Distinct keys per connection.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
+    /// Before the load starts, write every key of every connection once
+    /// (pipelined, one thread per connection), so that what is measured is
+    /// the steady state of a full key set, not its first touch.
+    #[arg(long, conflicts_with = "nemesis")]
+    preload: bool,
     /// Choose keys by Zipf's law with this exponent (e.g. 0.99) instead of
     /// uniformly.
     #[arg(long)]
@@ -258,6 +263,9 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
             .collect::<Result<_, _>>()?,
     };
     let shards = cluster::shards_of(targets[0], args.cluster_id)?;
+    if args.preload {
+        preload(args, &targets, shards)?;
+    }
     let Some(rates) = &args.rates else {
         let (ok, local, _) = load(args, stop, local, &targets, shards)?;
         if let Some(c) = local {
@@ -286,6 +294,76 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
         c.stop();
     }
     Ok(all_ok)
+}
+
+/// Connection i's replica and shard, as the load spreads them.
+fn target(i: usize, targets: &[SocketAddr], shards: u8) -> Target {
+    Target {
+        addr: targets[i % targets.len()],
+        shard: ((i / targets.len()) % usize::from(shards)) as u8,
+        index: i,
+    }
+}
+
+/// `--preload`: every connection's keys written once, each connection's by
+/// a thread of its own on the blocking client, up to `PRELOAD_WINDOW`
+/// requests in flight.
+fn preload(args: &Args, targets: &[SocketAddr], shards: u8) -> Result<(), String> {
+    const PRELOAD_WINDOW: usize = 512;
+    let started = Instant::now();
+    let value = vec![b'p'; args.value_size];
+    let threads: Vec<_> = (0..args.connections)
+        .map(|i| {
+            let t = target(i, targets, shards);
+            let (keys, cluster_id, value) = (args.keys.max(1), args.cluster_id, value.clone());
+            std::thread::spawn(move || -> Result<u64, String> {
+                let keys = load::own_keys(t.index, keys, t.shard, usize::from(shards));
+                let mut c = epaxos_fast::client::Connection::connect(
+                    t.addr,
+                    t.shard,
+                    cluster_id,
+                    Duration::from_secs(10),
+                )
+                .map_err(|e| format!("preload: {}: {e}", t.addr))?;
+                let mut in_flight = 0;
+                let mut done = 0u64;
+                for key in &keys {
+                    if in_flight == PRELOAD_WINDOW {
+                        answered(&mut c, t.addr)?;
+                        (in_flight, done) = (in_flight - 1, done + 1);
+                    }
+                    c.queue(epaxos_fast::command::Op::Put, key, &value)
+                        .map_err(|e| format!("preload: {}: {e}", t.addr))?;
+                    in_flight += 1;
+                }
+                for _ in 0..in_flight {
+                    answered(&mut c, t.addr)?;
+                    done += 1;
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut written = 0;
+    for t in threads {
+        written += t
+            .join()
+            .map_err(|_| "preload: a thread panicked".to_string())??;
+    }
+    eprintln!(
+        "blaster: preloaded {written} keys in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The next answer of a preload connection, which must be `Done`.
+fn answered(c: &mut epaxos_fast::client::Connection, addr: SocketAddr) -> Result<(), String> {
+    let r = c.recv().map_err(|e| format!("preload: {addr}: {e}"))?;
+    if r.code != epaxos_fast::wire::client::Code::Done {
+        return Err(format!("preload: {addr}: a PUT was answered {:?}", r.code));
+    }
+    Ok(())
 }
 
 /// One load phase against `targets` (the local cluster, if any, is handed
@@ -320,11 +398,7 @@ fn load(
         zipf: args.zipf,
     };
     let conns: Vec<Target> = (0..args.connections)
-        .map(|i| Target {
-            addr: targets[i % targets.len()],
-            shard: ((i / targets.len()) % usize::from(shards)) as u8,
-            index: i,
-        })
+        .map(|i| target(i, targets, shards))
         .collect();
     let start = Instant::now() + Duration::from_millis(100);
     let live: Vec<Arc<Mutex<Tally>>> = (0..args.cores)

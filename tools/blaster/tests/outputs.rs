@@ -150,6 +150,29 @@ fn rates_sweep_one_cluster_and_print_a_row_per_rate() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--preload` writes every key of every connection once before the load,
+/// each acknowledged `Done` (it fails otherwise).
+#[test]
+fn preload_writes_every_key_once_before_the_load() {
+    let out = run(&[
+        "--local-cluster",
+        "1",
+        "--in-memory",
+        "--preload",
+        "--connections",
+        "3",
+        "--keys",
+        "700",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+    ]);
+    assert!(out.contains("preloaded 2100 keys"), "{out}");
+}
+
 #[test]
 fn one_unreplicated_replica_is_the_baseline() {
     let out = run(&["--local-cluster", "1", "--duration", "1", "--warmup", "0.2"]);
