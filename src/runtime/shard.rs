@@ -252,6 +252,8 @@ pub struct ShardLoop {
     done: Vec<Done>,
     /// Connections with bytes to send, found by the outputs of this pass.
     to_send: Vec<u32>,
+    /// Per other shard, the emptied vector of the last cross-shard batch.
+    cross_spare: Vec<Vec<crate::node::Cross>>,
     /// A `LogStall` timer is pending (one at a time, not one a group).
     stall_armed: bool,
     /// The shard is shutting down: nothing is armed again.
@@ -298,6 +300,7 @@ impl ShardLoop {
                 logged_down: false,
             })
             .collect();
+        let cross_spare = (0..cfg.shards()).map(|_| Vec::new()).collect();
         Ok(ShardLoop {
             reader: FrameReader::new(cfg.node.cluster_id),
             cfg,
@@ -321,6 +324,7 @@ impl ShardLoop {
             dirty: true,
             done: Vec::new(),
             to_send: Vec::new(),
+            cross_spare,
             stall_armed: false,
             stopping: false,
             clock: 0,
@@ -991,8 +995,12 @@ impl ShardLoop {
                     }
                 }
                 Output::Cross(to) => {
-                    let msgs = self.node.take_cross(to, Vec::new());
-                    self.mesh.send(self.cfg.shard, to, msgs.into_iter());
+                    // The node's vector and ours go round: no allocation a
+                    // batch of cross-shard messages.
+                    let spare = std::mem::take(&mut self.cross_spare[to]);
+                    let mut msgs = self.node.take_cross(to, spare);
+                    self.mesh.send(self.cfg.shard, to, msgs.drain(..));
+                    self.cross_spare[to] = msgs;
                 }
             }
         }

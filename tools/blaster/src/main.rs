@@ -104,8 +104,10 @@ pub struct Args {
     keys: u64,
     /// Before the load starts, write every key of every connection once
     /// (pipelined, one thread per connection), so that what is measured is
-    /// the steady state of a full key set, not its first touch.
-    #[arg(long, conflicts_with = "nemesis")]
+    /// the steady state of a full key set, not its first touch. Not with
+    /// --verify, which knows only the load's own writes (a key whose load
+    /// writes all went unanswered would hold the preloaded value).
+    #[arg(long, conflicts_with_all = ["nemesis", "verify"])]
     preload: bool,
     /// Choose keys by Zipf's law with this exponent (e.g. 0.99) instead of
     /// uniformly.

@@ -252,6 +252,10 @@ fn impossible_flag_values_exit_2() {
             &["--local-cluster", "1", "--rates", "1000", "--rate", "5"][..],
             "cannot be used with",
         ),
+        (
+            &["--local-cluster", "1", "--preload", "--verify"][..],
+            "cannot be used with",
+        ),
     ] {
         let (code, err) = common::blaster_exit(args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
