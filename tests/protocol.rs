@@ -202,6 +202,54 @@ fn memory_stays_bounded_over_a_long_run() {
 }
 
 #[test]
+fn keys_no_undecided_instance_touches_are_forgotten_without_costing_the_fast_path() {
+    // 400 rounds, 1 ms apart, of 5 x 8 commands, each on a key never used
+    // before: 16,000 keys. What the index holds follows the keys touched in
+    // the last few report intervals, not all of them.
+    let mut c = WiredCluster::new(5, |_| {});
+    let mut held_max = 0;
+    for round in 1..=400u64 {
+        for r in 0..5 {
+            let keys: Vec<String> = (0..8).map(|i| format!("k{round}.{r}.{i}")).collect();
+            let cmds: Vec<(u64, u64, Op, &str, &str)> = (0..8)
+                .map(|i| {
+                    (
+                        r as u64 * 8 + i as u64 + 1,
+                        round,
+                        Op::Put,
+                        keys[i].as_str(),
+                        "v",
+                    )
+                })
+                .collect();
+            c.propose(r, batch(&cmds));
+        }
+        c.run_until_quiet();
+        c.advance(1_000_000);
+        c.run_until_quiet();
+        held_max = held_max.max(c.replicas.iter().map(|r| r.indexed_keys()).max().unwrap());
+    }
+    eprintln!("held_max {held_max}");
+    assert!(held_max <= 2_000, "held up to {held_max} of 16,000 keys");
+    // Once quiet, a few intervals later, nothing is held.
+    for _ in 0..300 {
+        c.advance(1_000_000);
+        c.run_until_quiet();
+    }
+    for r in &c.replicas {
+        assert_eq!(r.indexed_keys(), 0);
+        assert_eq!(r.stats().executed_commands, 400 * 40);
+        assert_eq!(
+            r.stats().slow_commits,
+            0,
+            "a forgotten key cost a fast path"
+        );
+    }
+    let d = digests(&c);
+    assert!(d.iter().all(|&x| x == d[0]));
+}
+
+#[test]
 fn commits_wait_for_an_unreachable_peer_instead_of_being_re_sent() {
     // Replica 2 of 3 is down: whatever is sent to it is lost. Replica 0
     // leads ten commands and commits them with replica 1.

@@ -40,6 +40,10 @@ struct Args {
     /// Closed-loop clients (default: twice the replica count).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
     clients: Option<u64>,
+    /// Keys of its own each client picks among: many keys make the
+    /// replicas forget and re-create index entries under faults.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    keys: u64,
     /// Requests per client.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     ops: u64,
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
     let (mut crashes, mut recoveries, mut noops, mut unparked) = (0u64, 0u64, 0u64, 0u64);
     let mut torn_tails = 0u64;
     let mut forwarded = 0u64;
+    let mut forgotten = 0u64;
     let mut last_progress = Instant::now();
     for (i, &seed) in seeds.iter().enumerate() {
         let mut cfg = SimConfig::new(seed, args.replicas);
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
         cfg.conflicts_pct = args.conflicts;
         cfg.reads_pct = args.reads;
         cfg.clients = args.clients.map_or(2 * args.replicas, |c| c as usize);
+        cfg.keys_per_client = args.keys;
         cfg.ops_per_client = args.ops as usize;
         cfg.pipeline = args.pipeline as usize;
         cfg.thrifty = args.thrifty;
@@ -120,6 +126,7 @@ fn main() -> ExitCode {
         noops += report.recovered_noops;
         unparked += report.commits_unparked;
         forwarded += report.forwarded;
+        forgotten += report.keys_forgotten;
         if args.seed.is_some() {
             say!(
                 "seed {seed}: {} requests ({} completed during faults), {} instances ({} fast, {} slow), \
@@ -156,7 +163,7 @@ fn main() -> ExitCode {
     }
     say!(
         "{} seeds in {:.1}s; {crashes} crashes ({torn_tails} keeping part of what was not yet durable), {recoveries} recoveries ({noops} no-ops), \
-         {unparked} commits released from parking, {forwarded} commands forwarded between shards; liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
+         {unparked} commits released from parking, {forwarded} commands forwarded between shards, {forgotten} keys forgotten by the conflict indexes; liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         worst_recovery_ns as f64 / 1e6,

@@ -174,6 +174,7 @@ impl<S: StateMachine> Replica<S> {
         );
         inst.status = Status::Executed;
         inst.blocked_on = None;
+        self.seq_executed = self.seq_executed.max(inst.attrs.seq);
         self.exec.ready.append(&mut inst.waiters);
         if inst.noop {
             // A no-op keeps the batch its proposer had: if that is this

@@ -27,14 +27,22 @@
 //! the command was pre-accepted, which is then likely still in cache, and
 //! there is one table per client instead of two.
 
+use std::collections::VecDeque;
+
 use rustc_hash::FxHashMap;
 
 use super::hash::IdMap;
 use super::sessions::Session;
+use super::stable::Slots;
 use super::types::{Attrs, InstanceId};
 use crate::command::Batch;
 use crate::constants::REPLICAS_MAX;
 use crate::state_machine::{Access, InlineKey, StateMachine};
+
+/// Row pairs the sweep examines per call beyond twice those created.
+const SWEEP_ROWS_MIN: usize = 16;
+/// Below this many map entries the sweep never shrinks the map.
+const SWEEP_SHRINK_KEYS_MIN: usize = 4096;
 
 /// Rows of `[seq, slots..]`, one per key or client, in a flat vector, and
 /// rows of executed slots beside them.
@@ -97,6 +105,21 @@ impl Rows {
         self.executed[at] = self.executed[at].max(id.slot.0);
     }
 
+    /// Every instance the row records is at or below `floor`: executed at
+    /// every replica, so nothing the row says can matter any more.
+    #[inline]
+    fn stale(&self, row: u32, floor: &Slots) -> bool {
+        self.row(row)[1..].iter().zip(floor).all(|(s, f)| s <= f)
+    }
+
+    /// Forgets `rows` rows from `row` on, as if never touched.
+    fn reset(&mut self, row: u32, rows: usize) {
+        let at = row as usize * self.width;
+        self.words[at..at + rows * self.width].fill(0);
+        let at = row as usize * self.replicas;
+        self.executed[at..at + rows * self.replicas].fill(0);
+    }
+
     /// Folds the row's latest and latest executed slots into `frontier`.
     fn add_frontier(&self, row: u32, frontier: &mut Frontier) {
         let n = self.replicas;
@@ -118,13 +141,25 @@ pub(crate) struct Frontier {
 }
 
 /// Keyed by fixed hashers (no random state): the core is deterministic.
-/// One row per key and per client ever seen, so it grows with the key space
-/// and the client population, like the store itself, not with the number of
-/// commands.
+/// One row pair per key touched by an instance not yet executed at every
+/// replica (rows at or below the stable floor are dropped, `sweep`), and one
+/// row per client ever seen.
 pub(crate) struct ConflictIndex<S: StateMachine> {
     /// Key -> first of its two rows (any access; writes at +1).
     key_rows: FxHashMap<InlineKey, u32>,
     keys: Rows,
+    /// The key of each row pair (by first row / 2), to drop it from the map.
+    row_keys: Vec<InlineKey>,
+    /// Row pairs dropped, for new keys to reuse.
+    free: Vec<u32>,
+    /// Every held row pair once, oldest first: the sweep's round.
+    sweep: VecDeque<u32>,
+    /// Row pairs created since the last sweep: the sweep keeps up with them.
+    created: usize,
+    /// Rows recording nothing above this are stale (`stable.rs`'s floor).
+    floor: Slots,
+    /// Row pairs forgotten so far (dropped, or reset when found stale).
+    forgotten: u64,
     /// Client id -> its conflict row and its session.
     client_table: IdMap<u64, Client<S::Output>>,
     clients: Rows,
@@ -148,6 +183,12 @@ impl<S: StateMachine> ConflictIndex<S> {
         ConflictIndex {
             key_rows: FxHashMap::default(),
             keys: Rows::new(replicas),
+            row_keys: Vec::new(),
+            free: Vec::new(),
+            sweep: VecDeque::new(),
+            created: 0,
+            floor: [0; REPLICAS_MAX],
+            forgotten: 0,
             client_table: IdMap::default(),
             clients: Rows::new(replicas),
             touched: Vec::new(),
@@ -237,21 +278,78 @@ impl<S: StateMachine> ConflictIndex<S> {
             if last_client != Some(cmd.client) {
                 last_client = Some(cmd.client);
                 let row = self.client(cmd.client).row;
+                if self.clients.stale(row, &self.floor) {
+                    self.clients.reset(row, 1);
+                }
                 f(self, Touched::Client { row });
             }
             let Some((key, access)) = S::conflict_key(&cmd) else {
                 continue;
             };
             let row = match self.key_rows.get(key) {
-                Some(&row) => row,
-                None => {
-                    // A new key: the only place the index copies one.
-                    let row = self.keys.push_zeroed(2);
-                    self.key_rows.insert(InlineKey::from_slice(key), row);
+                Some(&row) => {
+                    if self.keys.stale(row, &self.floor) {
+                        self.keys.reset(row, 2);
+                        self.forgotten += 1;
+                    }
                     row
                 }
+                None => self.add_key(key),
             };
             f(self, Touched::Key { row, access });
+        }
+    }
+
+    /// A row pair for a key not held: the only place the index copies one.
+    fn add_key(&mut self, key: &[u8]) -> u32 {
+        let row = match self.free.pop() {
+            Some(row) => {
+                self.row_keys[row as usize / 2] = InlineKey::from_slice(key);
+                row
+            }
+            None => {
+                let row = self.keys.push_zeroed(2);
+                self.row_keys.push(InlineKey::from_slice(key));
+                row
+            }
+        };
+        self.key_rows.insert(InlineKey::from_slice(key), row);
+        self.sweep.push_back(row);
+        self.created += 1;
+        row
+    }
+
+    /// Rows recording nothing above `floor` are stale from now on. The
+    /// floor only rises.
+    pub fn set_floor(&mut self, floor: &Slots) {
+        debug_assert!(floor.iter().zip(&self.floor).all(|(a, b)| a >= b));
+        self.floor = *floor;
+    }
+
+    /// Drops the stale row pairs among the oldest held, a few more than
+    /// were created since the last call, so that the rows held follow the
+    /// keys touched by undecided instances, and no call does more than a
+    /// bounded amount of work. Rows not stale yet go round again.
+    pub fn sweep(&mut self) {
+        let budget = (2 * self.created + SWEEP_ROWS_MIN).min(self.sweep.len());
+        self.created = 0;
+        for _ in 0..budget {
+            let row = self.sweep.pop_front().expect("within the round");
+            if !self.keys.stale(row, &self.floor) {
+                self.sweep.push_back(row);
+                continue;
+            }
+            let key = std::mem::take(&mut self.row_keys[row as usize / 2]);
+            let dropped = self.key_rows.remove(key.as_slice());
+            debug_assert_eq!(dropped, Some(row));
+            self.keys.reset(row, 2);
+            self.free.push(row);
+            self.forgotten += 1;
+        }
+        // After a restart replays a long log, most rows go at once: give
+        // the memory back rather than keep the peak.
+        if self.key_rows.capacity() > SWEEP_SHRINK_KEYS_MIN.max(8 * self.key_rows.len()) {
+            self.key_rows.shrink_to(2 * self.key_rows.len());
         }
     }
 
@@ -280,6 +378,13 @@ impl<S: StateMachine> ConflictIndex<S> {
         }
     }
 
+    /// Keys forgotten so far: dropped by the sweep, or reset when found
+    /// stale on their next use.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// Keys held: touched by an instance not known executed everywhere.
     pub fn keys(&self) -> usize {
         self.key_rows.len()
     }

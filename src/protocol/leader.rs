@@ -12,7 +12,7 @@ use super::message::{
 use super::ops::{accept, record, reindex, send_to_mask};
 use super::outbox::Outbox;
 use super::replica::Replica;
-use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
+use super::types::{Attrs, Ballot, Deps, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
 use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
 use crate::state_machine::StateMachine;
@@ -40,7 +40,15 @@ impl<S: StateMachine> Replica<S> {
         self.next_slot += 1;
         self.own_uncommitted += 1;
         self.stats.proposed += 1;
-        let mut attrs = Attrs::default();
+        // Everything executed at every replica is a dependency already met;
+        // naming it keeps every acceptor's raise to its floor a no-op (see
+        // `stable.rs`), and a seq above everything executed here keeps the
+        // seq of a row one acceptor forgot and another did not from
+        // mattering: forgetting keys costs no fast path.
+        let mut attrs = Attrs {
+            seq: self.seq_executed + 1,
+            deps: Deps(*self.stability.stable()),
+        };
         self.index.add_conflicts_and_record(id, &batch, &mut attrs);
         let inst = self.spaces.entry(id).expect("own slot in window");
         inst.status = Status::PreAccepted;

@@ -6,6 +6,7 @@
 
 use super::types::{Attrs, Ballot, InstanceId, Status};
 use crate::command::Batch;
+use crate::constants::REPLICAS_MAX;
 
 /// One protocol message. The dispatch in `Replica::handle` is a single match.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +25,7 @@ pub enum Message {
     Validate(Validate),
     ValidateOk(ValidateOk),
     Waiting(Waiting),
+    Progress(Progress),
 }
 
 /// Command leader to acceptor, at the leader's initial ballot only: here is
@@ -139,4 +141,14 @@ pub struct ValidateOk {
 pub struct Waiting {
     pub id: InstanceId,
     pub votes: u8,
+}
+
+/// What the sender executed and what it knows executed everywhere, per
+/// instance space (`stable.rs`): every slot of space q at or below
+/// `executed[q]` is executed at the sender, and at or below `stable[q]` at
+/// every replica. It rides on other traffic every few milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub executed: [u64; REPLICAS_MAX],
+    pub stable: [u64; REPLICAS_MAX],
 }

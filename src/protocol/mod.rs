@@ -34,13 +34,14 @@ mod recovery;
 mod replica;
 mod sessions;
 mod space;
+mod stable;
 pub mod types;
 
 pub use config::{Config, ConfigError, InjectedBug};
 pub use leader::ProposeError;
 pub use message::{
-    AcceptOk, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk, Validate,
-    ValidateOk, Value, Waiting,
+    AcceptOk, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk, Progress,
+    Validate, ValidateOk, Value, Waiting,
 };
 pub use outbox::{Outbox, Record, Refused, Reply, TraceEvent};
 pub use replica::{Replica, ReplicaStats};

@@ -12,14 +12,16 @@ use super::exec::ExecScratch;
 use super::index::ConflictIndex;
 use super::lead::{Lead, Phase};
 use super::message::{
-    AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, PrepareOk, Validate, ValidateOk,
-    Value,
+    AcceptOk, CommitOk, Message, PreAccept, PreAcceptOk, Prepare, PrepareOk, Progress, Validate,
+    ValidateOk, Value,
 };
 use super::ops::{accept, committed_event, nack, prepare_ok, record, reindex, send_to_mask};
 use super::outbox::{Outbox, Record};
 use super::space::{Instance, Lookup, Spaces};
-use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
+use super::stable::Stability;
+use super::types::{Attrs, Ballot, Deps, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
+use crate::constants::REPLICAS_MAX;
 use crate::rng::Rng;
 use crate::state_machine::StateMachine;
 
@@ -64,6 +66,18 @@ pub struct Replica<S: StateMachine> {
     /// commit at low load.
     pub(super) acks: Vec<Vec<InstanceId>>,
     pub(super) acks_due: Vec<Option<u64>>,
+    /// What is executed at every replica (`stable.rs`), learnt from the
+    /// `Progress` reports that ride on other traffic.
+    pub(super) stability: Stability,
+    /// `stats.executed_instances` when this replica last computed its own
+    /// executed prefix: a report may be owed while they differ.
+    pub(super) executed_reported: u64,
+    /// The highest seq of an instance executed here. A command leader
+    /// starts its instances' seq above it, so that the seq of a forgotten
+    /// row (an instance executed everywhere, hence here) never raises an
+    /// acceptor's: a replica that still holds the row and one that forgot
+    /// it compute the same attributes.
+    pub(super) seq_executed: u64,
     pub(super) rng: Rng,
     pub(super) now: u64,
     pub(super) stats: ReplicaStats,
@@ -83,6 +97,9 @@ pub struct ReplicaStats {
     /// Recoveries this replica decided, by outcome.
     pub recovered_commands: u64,
     pub recovered_noops: u64,
+    /// Keys the conflict index forgot once every instance it recorded for
+    /// them was executed at every replica.
+    pub keys_forgotten: u64,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -93,6 +110,9 @@ impl<S: StateMachine> Replica<S> {
             rng: Rng::new(cfg.rng_seed),
             acks: (0..cfg.replicas).map(|_| Vec::new()).collect(),
             acks_due: vec![None; cfg.replicas],
+            stability: Stability::new(cfg.replicas, cfg.me),
+            executed_reported: 0,
+            seq_executed: 0,
             cfg,
             sm,
             exec: ExecScratch::default(),
@@ -285,7 +305,33 @@ impl<S: StateMachine> Replica<S> {
         let retry = self.retry.front().map(|&(at, _)| at);
         let watch = self.watches.peek().map(|Reverse((at, _))| *at);
         let acks = self.acks_due.iter().flatten().min().copied();
-        [retry, watch, acks].into_iter().flatten().min()
+        [retry, watch, acks, self.progress_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When a `Progress` report falls due: this replica's own executed
+    /// prefix changed since it was last computed, or a peer has not been
+    /// told the latest one.
+    fn progress_deadline(&self) -> Option<u64> {
+        // One replica has nobody to tell: it forgets keys as its turns go.
+        let own = (self.cfg.replicas > 1
+            && self.stats.executed_instances != self.executed_reported)
+            .then(|| self.stability.next_report());
+        let peers = self.cfg.peers().filter(|p| self.unreachable & p.bit() == 0);
+        let alone = self.stability.next_alone(peers, self.progress_alone());
+        own.into_iter().chain(alone).min()
+    }
+
+    /// A report rides on other traffic to its peer at most this often.
+    fn progress_interval(&self) -> u64 {
+        self.cfg.retransmit_timeout_ns / 4
+    }
+
+    /// A report goes alone after this long without traffic to ride on.
+    fn progress_alone(&self) -> u64 {
+        self.cfg.retransmit_timeout_ns * 5
     }
 
     /// How long a CommitOk may wait for other traffic to its peer: well
@@ -308,8 +354,41 @@ impl<S: StateMachine> Replica<S> {
     /// message for (they ride in the same write), and those due by `now`.
     /// Drivers call it once their call's messages are all in `out`; `tick`
     /// sends the due ones too.
+    ///
+    /// It also sends the `Progress` reports due, the same way, and lets the
+    /// conflict index forget a few keys no undecided instance touches.
     pub fn flush_acks(&mut self, now: u64, out: &mut Outbox<S::Output>) {
         self.send_acks(out, |due, riding| riding || due <= now);
+        self.send_progress(now, out);
+        self.index.sweep();
+        self.stats.keys_forgotten = self.index.forgotten();
+    }
+
+    fn send_progress(&mut self, now: u64, out: &mut Outbox<S::Output>) {
+        let interval = self.progress_interval();
+        if self.stability.report_due(now) && self.stats.executed_instances != self.executed_reported
+        {
+            self.executed_reported = self.stats.executed_instances;
+            let mut own = [0; REPLICAS_MAX];
+            for (q, e) in own.iter_mut().enumerate().take(self.cfg.replicas) {
+                *e = self.spaces.executed_below(ReplicaId(q as u8)) - 1;
+            }
+            if self.stability.set_own(now, interval, &own) {
+                self.index.set_floor(self.stability.floor());
+            }
+        }
+        let alone = self.progress_alone();
+        for p in self.cfg.peers() {
+            if self.unreachable & p.bit() != 0 {
+                continue;
+            }
+            let riding = !out.messages[p.index()].is_empty();
+            if let Some((executed, stable)) =
+                self.stability.report_for(p, now, riding, interval, alone)
+            {
+                out.send(p, Message::Progress(Progress { executed, stable }));
+            }
+        }
     }
 
     /// Sends every CommitOk owed, due or not (a harness whose network went
@@ -352,6 +431,7 @@ impl<S: StateMachine> Replica<S> {
             Message::Validate(m) => self.on_validate(from, m, out),
             Message::ValidateOk(m) => self.on_validate_ok(from, m, out),
             Message::Waiting(m) => self.on_waiting(m),
+            Message::Progress(m) => self.on_progress(from, m),
         }
         self.settle(out);
     }
@@ -369,6 +449,12 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn advance(&mut self, now: u64) {
         assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
         self.now = now;
+    }
+
+    fn on_progress(&mut self, from: ReplicaId, m: Progress) {
+        if self.stability.on_report(from, &m.executed, &m.stable) {
+            self.index.set_floor(self.stability.floor());
+        }
     }
 
     fn on_pre_accept(&mut self, from: ReplicaId, m: PreAccept, out: &mut Outbox<S::Output>) {
@@ -403,6 +489,11 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let mut attrs = m.attrs;
+        // Rows at or below the floor may be gone from the index: the
+        // dependencies must cover them all the same. A leader's PreAccept
+        // already does (it carries that leader's stable frontier, never
+        // below this floor) unless it was re-sent or the leader restarted.
+        attrs.deps.union(&Deps(*self.stability.floor()));
         self.index
             .add_conflicts_and_record(m.id, &m.batch, &mut attrs);
         inst.status = Status::PreAccepted;

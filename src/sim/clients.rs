@@ -16,7 +16,6 @@ use crate::wire::{Frame, FrameEncoder, Kind};
 const CLIENT_TIMEOUT_NS: u64 = 60_000_000;
 const THINK_NS_MAX: u64 = 1_000_000;
 const SHARED_KEYS: u64 = 3;
-const PRIVATE_KEYS: u64 = 4;
 const CLIENT_ID_BASE: u64 = 1000;
 
 pub(super) enum ClientEvent {
@@ -133,7 +132,7 @@ impl Sim<'_> {
         let key = if self.rng.chance(cfg.conflicts_pct) {
             format!("shared{}", self.rng.below(SHARED_KEYS))
         } else {
-            format!("c{id}k{}", self.rng.below(PRIVATE_KEYS))
+            format!("c{id}k{}", self.rng.below(cfg.keys_per_client))
         };
         let (op, value) = if self.rng.chance(cfg.reads_pct) {
             (Op::Get, Vec::new())

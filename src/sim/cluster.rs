@@ -1030,6 +1030,7 @@ impl<'c> Sim<'c> {
             messages_sent: self.messages_sent,
             messages_dropped: self.messages_dropped,
             commits_unparked: self.commits_unparked,
+            keys_forgotten: stats.iter().map(|s| s.keys_forgotten).sum(),
             forwarded: nodes().map(|n| n.admin_info().forwarded_in.get()).sum(),
             recovery_ns: self.last_completion_ns.saturating_sub(fault_end),
             end_ns: self.now,

@@ -10,7 +10,9 @@
 //!   and a client's answer only once a commit record holding that command
 //!   is durable at the replica (on any of its shards: a forwarded command
 //!   commits at its owner and is answered at the shard the client is
-//!   connected to). Nack, ValidateOk and Waiting report nothing voted;
+//!   connected to); a Progress report only once the commit of the highest
+//!   slot it reports executed is durable. Nack, ValidateOk and Waiting
+//!   report nothing voted;
 //! - **proposals**: a command leader never proposes a slot twice at the
 //!   initial ballot with other commands (a PreAccept may leave before the
 //!   leader's record of it, on a reserved slot: a restart must not reuse
@@ -136,6 +138,14 @@ impl DurableView {
             Message::PrepareOk(m) => {
                 need(covers(&self.promised, m.id, m.ballot), "a PrepareOk", m.id)
             }
+            // Executed here means committed here, durably: a report must
+            // not outlive a crash that forgets what it reports.
+            Message::Progress(m) => (0..m.executed.len()).find_map(|q| {
+                let id = InstanceId::new(ReplicaId(q as u8), m.executed[q]);
+                (m.executed[q] > 0 && !committed(id)).then(|| {
+                    format!("a Progress reporting {id} executed before its commit was durable")
+                })
+            }),
             Message::Nack(_) | Message::ValidateOk(_) | Message::Waiting(_) => None,
         }
     }

@@ -119,6 +119,8 @@ pub struct SimConfig {
     /// Percent of client commands that are GETs.
     pub reads_pct: u32,
     pub clients: usize,
+    /// Keys of its own each client picks among (the rest go to shared keys).
+    pub keys_per_client: u64,
     pub ops_per_client: usize,
     /// Requests each client keeps in flight at once (1: closed loop).
     pub pipeline: usize,
@@ -145,6 +147,7 @@ impl SimConfig {
             conflicts_pct: 30,
             reads_pct: 40,
             clients: 2 * replicas,
+            keys_per_client: 4,
             ops_per_client: 25,
             pipeline: 1,
             thrifty: false,
@@ -160,7 +163,7 @@ impl SimConfig {
     pub fn replay_command(&self) -> String {
         format!(
             "cargo run --release --bin epaxos-sim -- --seed {} --replicas {} --faults {} \
-             --conflicts {} --reads {} --clients {} --ops {} --pipeline {} --shards {} \
+             --conflicts {} --reads {} --clients {} --keys {} --ops {} --pipeline {} --shards {} \
              --node-pipeline {}{}{}{}",
             self.seed,
             self.replicas,
@@ -168,6 +171,7 @@ impl SimConfig {
             self.conflicts_pct,
             self.reads_pct,
             self.clients,
+            self.keys_per_client,
             self.ops_per_client,
             self.pipeline,
             self.shards,
@@ -207,6 +211,9 @@ pub struct SimReport {
     /// Commits a replica held for an unreachable peer and released when it
     /// became reachable again.
     pub commits_unparked: u64,
+    /// Keys the replicas' conflict indexes forgot (stable) and may have
+    /// re-created since (in the incarnations running at the end).
+    pub keys_forgotten: u64,
     /// Commands forwarded from the shard a client sent them to, to their
     /// owner.
     pub forwarded: u64,

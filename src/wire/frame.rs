@@ -25,9 +25,9 @@ pub const SMALL_BODY_BYTES_MAX: usize = 4096;
 
 /// "EPXF" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
-/// Bumped on any change of a layout or a meaning in `wire/` (4: slim
-/// commits, `FLAG_SLIM`, which a version-3 replica would refuse).
-pub const WIRE_VERSION: u8 = 4;
+/// Bumped on any change of a layout or a meaning in `wire/` (5: the
+/// `Progress` kind, and dependencies that name what is stable).
+pub const WIRE_VERSION: u8 = 5;
 
 pub const FRAME_HEADER_BYTES: usize = 32;
 
@@ -70,6 +70,7 @@ pub enum Kind {
     Validate = 10,
     ValidateOk = 11,
     Waiting = 12,
+    Progress = 13,
     // Connection set-up, both roles, see `wire::client`.
     Hello = 20,
     HelloOk = 21,
@@ -97,6 +98,7 @@ impl Kind {
             10 => Validate,
             11 => ValidateOk,
             12 => Waiting,
+            13 => Progress,
             20 => Hello,
             21 => HelloOk,
             22 => Refused,
@@ -124,8 +126,8 @@ impl Kind {
                 FRAME_BODY_BYTES_MAX
             }
             Response => SMALL_BODY_BYTES_MAX + VALUE_BYTES_MAX,
-            PreAcceptOk | AcceptOk | CommitOk | Prepare | Nack | Waiting | Hello | HelloOk
-            | Refused | Admin | AdminInfo => SMALL_BODY_BYTES_MAX,
+            PreAcceptOk | AcceptOk | CommitOk | Prepare | Nack | Waiting | Progress | Hello
+            | HelloOk | Refused | Admin | AdminInfo => SMALL_BODY_BYTES_MAX,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The protocol messages between replicas as fixed-layout frame bodies.
 //!
-//! Four layouts cover the twelve messages:
+//! Five layouts cover the thirteen messages:
 //! - [`IdBallotBody`]: AcceptOk, CommitOk, Prepare, Nack, Waiting;
+//! - [`ProgressBody`]: Progress, two vectors of slots;
 //! - [`ValueBody`]: PreAccept, PreAcceptOk, Accept, Commit, Validate, the
 //!   batch (if any) following it to the end of the frame;
 //! - [`PrepareOkBody`], then the batch;
@@ -21,7 +22,7 @@ use crate::command::Batch;
 use crate::constants::REPLICAS_MAX;
 use crate::protocol::{
     AcceptOk, Attrs, Ballot, CommitOk, Deps, InstanceId, Message, Nack, PreAccept, PreAcceptOk,
-    Prepare, PrepareOk, ReplicaId, Slot, Status, Validate, ValidateOk, Value, Waiting,
+    Prepare, PrepareOk, Progress, ReplicaId, Slot, Status, Validate, ValidateOk, Value, Waiting,
 };
 
 #[repr(C)]
@@ -104,6 +105,16 @@ pub struct WireConflict {
     pub padding: [u8; 7],
 }
 
+/// Per instance space, the sender's executed prefix and stable frontier.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default)]
+pub struct ProgressBody {
+    pub executed: [U64; REPLICAS_MAX],
+    pub stable: [U64; REPLICAS_MAX],
+}
+
+const _: () = assert!(core::mem::size_of::<ProgressBody>() == 16 * REPLICAS_MAX);
+const _: () = assert!(core::mem::size_of::<ProgressBody>() <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(core::mem::size_of::<WireId>() == 16);
 const _: () = assert!(core::mem::size_of::<WireBallot>() == 12);
 const _: () = assert!(core::mem::size_of::<WireAttrs>() == 8 + 8 * REPLICAS_MAX);
@@ -218,6 +229,13 @@ pub fn encode(enc: &FrameEncoder, buf: &mut BytesMut, msg: &Message) {
             Kind::Waiting,
             id_ballot(m.id, Ballot::default(), m.votes),
         ),
+        Message::Progress(m) => {
+            let body = ProgressBody {
+                executed: m.executed.map(U64::new),
+                stable: m.stable.map(U64::new),
+            };
+            enc.frame(buf, Kind::Progress, |b| b.put_slice(body.as_bytes()))
+        }
         Message::PrepareOk(m) => {
             let body = PrepareOkBody {
                 id: id_out(m.id),
@@ -390,6 +408,23 @@ pub fn decode(kind: Kind, body: &Bytes, replicas: usize) -> Result<Message, Fram
                 }),
                 _ => Message::Waiting(Waiting { id, votes: f.votes }),
             })
+        }
+        Kind::Progress => {
+            let (f, rest) = c.fixed::<ProgressBody>(body)?;
+            c.empty(rest)?;
+            let (executed, stable) = (f.executed.map(|s| s.get()), f.stable.map(|s| s.get()));
+            if executed[c.replicas..]
+                .iter()
+                .chain(&stable[c.replicas..])
+                .any(|&s| s != 0)
+            {
+                return Err(c.bad("a space beyond the cluster"));
+            }
+            // What is executed everywhere is executed at the sender.
+            if stable.iter().zip(&executed).any(|(s, e)| s > e) {
+                return Err(c.bad("stable above executed"));
+            }
+            Ok(Message::Progress(Progress { executed, stable }))
         }
         Kind::PrepareOk => {
             let (f, _) = c.fixed::<PrepareOkBody>(body)?;
@@ -588,6 +623,10 @@ mod tests {
                 conflicts: vec![(InstanceId::new(ReplicaId(0), 3), Status::Committed)],
             }),
             Message::Waiting(Waiting { id, votes: 3 }),
+            Message::Progress(Progress {
+                executed: [9, 8, 7, 0, 3, 0, 0, 0, 0],
+                stable: [5, 8, 1, 0, 2, 0, 0, 0, 0],
+            }),
         ]
     }
 
@@ -632,6 +671,19 @@ mod tests {
                 assert!(decoded.is_err() || allowed, "{:?} cut at {cut}", f.kind);
             }
         }
+    }
+
+    #[test]
+    fn a_progress_report_stable_above_executed_is_refused() {
+        let m = Message::Progress(Progress {
+            executed: [4, 0, 0, 0, 0, 0, 0, 0, 0],
+            stable: [5, 0, 0, 0, 0, 0, 0, 0, 0],
+        });
+        let mut buf = BytesMut::new();
+        encode(&ENC, &mut buf, &m);
+        let f = FrameReader::new(1).next(&mut buf).unwrap().unwrap();
+        let err = decode(f.kind, &f.body, 3).unwrap_err();
+        assert!(matches!(err, FrameError::BadBody { .. }), "{err}");
     }
 
     #[test]
