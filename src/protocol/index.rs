@@ -39,8 +39,9 @@ use crate::command::Batch;
 use crate::constants::REPLICAS_MAX;
 use crate::state_machine::{Access, InlineKey, StateMachine};
 
-/// Row pairs the sweep examines per call beyond twice those created.
-const SWEEP_ROWS_MIN: usize = 16;
+/// Row pairs the sweep examines beyond twice those created, when the floor
+/// rose: what empties the index once the load stops.
+const SWEEP_ROWS_ON_RISE: usize = 64;
 /// Below this many map entries the sweep never shrinks the map.
 const SWEEP_SHRINK_KEYS_MIN: usize = 4096;
 
@@ -156,6 +157,11 @@ pub(crate) struct ConflictIndex<S: StateMachine> {
     sweep: VecDeque<u32>,
     /// Row pairs created since the last sweep: the sweep keeps up with them.
     created: usize,
+    /// The floor rose since the last sweep: rows that were not stale may be.
+    floor_rose: bool,
+    /// The last sweep beyond what was created dropped rows: more may be
+    /// stale, worth another call even with nothing new (`sweep_owed`).
+    sweep_owed: bool,
     /// Rows recording nothing above this are stale (`stable.rs`'s floor).
     floor: Slots,
     /// Row pairs forgotten so far (dropped, or reset when found stale).
@@ -187,6 +193,8 @@ impl<S: StateMachine> ConflictIndex<S> {
             free: Vec::new(),
             sweep: VecDeque::new(),
             created: 0,
+            floor_rose: false,
+            sweep_owed: false,
             floor: [0; REPLICAS_MAX],
             forgotten: 0,
             client_table: IdMap::default(),
@@ -319,20 +327,37 @@ impl<S: StateMachine> ConflictIndex<S> {
         row
     }
 
+    /// The last sweep found stale rows and some remain to look at: the
+    /// driver should call again soon even if nothing else happens.
+    pub fn sweep_owed(&self) -> bool {
+        self.sweep_owed
+    }
+
     /// Rows recording nothing above `floor` are stale from now on. The
     /// floor only rises.
     pub fn set_floor(&mut self, floor: &Slots) {
         debug_assert!(floor.iter().zip(&self.floor).all(|(a, b)| a >= b));
+        self.floor_rose |= *floor != self.floor;
         self.floor = *floor;
     }
 
-    /// Drops the stale row pairs among the oldest held, a few more than
-    /// were created since the last call, so that the rows held follow the
-    /// keys touched by undecided instances, and no call does more than a
-    /// bounded amount of work. Rows not stale yet go round again.
+    /// Drops the stale row pairs among the oldest held: twice as many
+    /// looked at as were created since the last call, and a few more each
+    /// time the floor rose, so that the rows held follow the keys touched
+    /// by undecided instances, and no call does more than a bounded amount
+    /// of work. Rows not stale yet go round again. Each row looked at is
+    /// a likely cache miss, so the drivers' frequent calls with nothing
+    /// new cost nothing.
     pub fn sweep(&mut self) {
-        let budget = (2 * self.created + SWEEP_ROWS_MIN).min(self.sweep.len());
+        let extra = if self.floor_rose || self.sweep_owed {
+            SWEEP_ROWS_ON_RISE
+        } else {
+            0
+        };
+        let budget = (2 * self.created + extra).min(self.sweep.len());
         self.created = 0;
+        self.floor_rose = false;
+        let mut dropped = 0;
         for _ in 0..budget {
             let row = self.sweep.pop_front().expect("within the round");
             if !self.keys.stale(row, &self.floor) {
@@ -340,12 +365,14 @@ impl<S: StateMachine> ConflictIndex<S> {
                 continue;
             }
             let key = std::mem::take(&mut self.row_keys[row as usize / 2]);
-            let dropped = self.key_rows.remove(key.as_slice());
-            debug_assert_eq!(dropped, Some(row));
+            let removed = self.key_rows.remove(key.as_slice());
+            debug_assert_eq!(removed, Some(row));
             self.keys.reset(row, 2);
             self.free.push(row);
             self.forgotten += 1;
+            dropped += 1;
         }
+        self.sweep_owed = extra > 0 && dropped > 0 && !self.sweep.is_empty();
         // After a restart replays a long log, most rows go at once: give
         // the memory back rather than keep the peak.
         if self.key_rows.capacity() > SWEEP_SHRINK_KEYS_MIN.max(8 * self.key_rows.len()) {

@@ -47,6 +47,8 @@ impl WiredCluster {
         self.replicas[replica]
             .propose(now, batch, &mut self.outbox)
             .expect("wired runs stay far below the window");
+        // As a driver does at the end of a turn.
+        self.replicas[replica].flush_acks(now, &mut self.outbox);
         self.collect(replica);
     }
 
@@ -86,6 +88,11 @@ impl WiredCluster {
         }
     }
 
+    /// Advances the clock without ticking: the next calls see the time.
+    pub fn pass_time(&mut self, ns: u64) {
+        self.now += ns;
+    }
+
     /// Advances the clock and ticks every replica.
     pub fn advance(&mut self, ns: u64) {
         self.now += ns;
@@ -119,6 +126,9 @@ impl WiredCluster {
 }
 
 const VALUE: &[u8; 16] = b"0123456789abcdef";
+/// A large prime: `n * SPREAD_STRIDE mod keys` visits every key once per
+/// `keys` steps.
+const SPREAD_STRIDE: u64 = 2_147_483_647;
 
 /// The core benchmark's workload (all PUTs of 16-byte values). Builds each
 /// round's batches; keys and clients are fixed per replica so
@@ -129,6 +139,8 @@ pub struct RoundWorkload {
     hot: bool,
     round: u64,
     keys: Vec<Vec<Vec<u8>>>,
+    /// With `spread`: commands walk this many keys, each key once per walk.
+    spread: Option<u64>,
     builder: BatchBuilder,
 }
 
@@ -150,8 +162,18 @@ impl RoundWorkload {
             hot: conflicts_pct == 100,
             round: 0,
             keys,
+            spread: None,
             builder: BatchBuilder::new(),
         }
+    }
+
+    /// Every command writes the next of `keys` distinct keys, in an order
+    /// that visits each once per `keys` commands and scatters neighbours:
+    /// every command finds its key cold, as with a large uniform key space.
+    pub fn spread_over(mut self, keys: u64) -> RoundWorkload {
+        assert!(keys > 0);
+        self.spread = Some(keys);
+        self
     }
 
     /// Rounds produced so far.
@@ -165,7 +187,19 @@ impl RoundWorkload {
         (0..self.replicas)
             .map(|r| {
                 for i in 0..self.batch {
-                    let key: &[u8] = if self.hot { b"hot" } else { &self.keys[r][i] };
+                    let spread;
+                    let key: &[u8] = if self.hot {
+                        b"hot"
+                    } else if let Some(keys) = self.spread {
+                        let n = (self.round * self.replicas as u64 + r as u64) * self.batch as u64
+                            + i as u64;
+                        // A multiplier coprime with any `keys` that is not
+                        // a multiple of its prime: a permutation.
+                        spread = format!("key{:013}", n.wrapping_mul(SPREAD_STRIDE) % keys);
+                        spread.as_bytes()
+                    } else {
+                        &self.keys[r][i]
+                    };
                     self.builder.push(&CommandRef {
                         client: (r * self.batch + i) as u64 + 1,
                         request: self.round,
