@@ -759,6 +759,8 @@ impl<S: Storage> Node<S> {
             fsync_p50_us: c.log.micros.value_at_quantile(0.5).into(),
             fsync_p99_us: c.log.micros.value_at_quantile(0.99).into(),
             fsync_max_us: c.log.micros.max().into(),
+            indexed_keys: (self.core.indexed_keys() as u64).into(),
+            keys_forgotten: stats.keys_forgotten.into(),
         }
     }
 }

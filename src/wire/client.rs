@@ -235,9 +235,13 @@ pub struct AdminInfo {
     pub fsync_p50_us: U64,
     pub fsync_p99_us: U64,
     pub fsync_max_us: U64,
+    /// Keys the conflict index holds (touched by an instance not known
+    /// executed at every replica), and keys it forgot so far.
+    pub indexed_keys: U64,
+    pub keys_forgotten: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 27);
+const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 29);
 const _: () = assert!(core::mem::size_of::<AdminInfo>() <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(REFUSED_TEXT_BYTES_MAX <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(core::mem::size_of::<ResponseBody>() <= SMALL_BODY_BYTES_MAX);

@@ -228,7 +228,8 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
                     commands += i.batched_commands.get();
                     eprintln!(
                     "replica {r} shard {s}: {} batches of {:.1} commands, {} fast / {} slow commits, \
-                     {} recoveries, {} bad frames, {} peer messages dropped, {} MB in / {} MB out{}",
+                     {} recoveries, {} bad frames, {} peer messages dropped, {} MB in / {} MB out, \
+                     {} keys stored, {} in the conflict index ({} forgotten){}",
                     i.batches.get(),
                     i.batched_commands.get() as f64 / i.batches.get().max(1) as f64,
                     i.fast_commits.get(),
@@ -238,6 +239,9 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
                     i.dropped_messages.get(),
                     i.bytes_in.get() >> 20,
                     i.bytes_out.get() >> 20,
+                    i.keys.get(),
+                    i.indexed_keys.get(),
+                    i.keys_forgotten.get(),
                     log_counters(&i),
                     )
                 }
