@@ -22,12 +22,16 @@
 //! once and remembers its row, so recording the instance afterwards (once
 //! the seq is known) is array indexing, not a second hash lookup.
 //!
+//! Keys are forgotten once every instance recorded for them is executed at
+//! every replica (`stable.rs`): the index holds the keys touched in its
+//! last two generations, not the key space. What makes forgetting change
+//! no attributes, and why it is safe, is in ARCHITECTURE.md ("Forgetting
+//! keys"). Client rows are kept (with the sessions they sit beside).
+//!
 //! The client table also holds each client's exactly-once session
 //! (`sessions.rs`): execution looks up the same entry the index touched when
 //! the command was pre-accepted, which is then likely still in cache, and
 //! there is one table per client instead of two.
-
-use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
@@ -39,11 +43,10 @@ use crate::command::Batch;
 use crate::constants::REPLICAS_MAX;
 use crate::state_machine::{Access, InlineKey, StateMachine};
 
-/// Row pairs the sweep examines beyond twice those created, when the floor
-/// rose: what empties the index once the load stops.
-const SWEEP_ROWS_ON_RISE: usize = 64;
-/// Below this many map entries the sweep never shrinks the map.
-const SWEEP_SHRINK_KEYS_MIN: usize = 4096;
+/// A generation emptied with room for eight times this many keys, and for
+/// eight times what the other holds, gives its memory back (after a
+/// restart replayed a long log); otherwise its tables are reused.
+const GENERATION_KEEP_KEYS_MAX: usize = 4096;
 
 /// Rows of `[seq, slots..]`, one per key or client, in a flat vector, and
 /// rows of executed slots beside them.
@@ -113,6 +116,22 @@ impl Rows {
         self.row(row)[1..].iter().zip(floor).all(|(s, f)| s <= f)
     }
 
+    /// Copies the row pair at `from` of `other` (same width) to `row`.
+    fn copy_pair(&mut self, row: u32, other: &Rows, from: u32) {
+        let (to, from_at, w) = (
+            row as usize * self.width,
+            from as usize * self.width,
+            2 * self.width,
+        );
+        self.words[to..to + w].copy_from_slice(&other.words[from_at..from_at + w]);
+        let (to, from_at, w) = (
+            row as usize * self.replicas,
+            from as usize * self.replicas,
+            2 * self.replicas,
+        );
+        self.executed[to..to + w].copy_from_slice(&other.executed[from_at..from_at + w]);
+    }
+
     /// Forgets `rows` rows from `row` on, as if never touched.
     fn reset(&mut self, row: u32, rows: usize) {
         let at = row as usize * self.width;
@@ -133,6 +152,39 @@ impl Rows {
     }
 }
 
+/// The keys of one generation and their rows.
+struct Generation {
+    /// Key -> first of its two rows (any access; writes at +1).
+    map: FxHashMap<InlineKey, u32>,
+    rows: Rows,
+    /// Per space, the highest slot a row of this generation records.
+    max: Slots,
+}
+
+impl Generation {
+    fn new(replicas: usize) -> Generation {
+        Generation {
+            map: FxHashMap::default(),
+            rows: Rows::new(replicas),
+            max: [0; REPLICAS_MAX],
+        }
+    }
+
+    /// Forgets every key, keeping the tables' room unless it is far more
+    /// than `other_keys` (what the other generation holds) would need.
+    fn clear(&mut self, other_keys: usize) {
+        let keep = 8 * GENERATION_KEEP_KEYS_MAX.max(other_keys);
+        if self.map.capacity() > keep {
+            *self = Generation::new(self.rows.replicas);
+            return;
+        }
+        self.map.clear();
+        self.rows.words.clear();
+        self.rows.executed.clear();
+        self.max = [0; REPLICAS_MAX];
+    }
+}
+
 /// For one batch: per replica, the latest slot known here that conflicts with
 /// it, and the latest such slot executed here.
 #[derive(Clone, Copy, Debug, Default)]
@@ -143,25 +195,15 @@ pub(crate) struct Frontier {
 
 /// Keyed by fixed hashers (no random state): the core is deterministic.
 /// One row pair per key touched by an instance not yet executed at every
-/// replica (rows at or below the stable floor are dropped, `sweep`), and one
+/// replica (generations whose rows are all at or below the stable floor are
+/// dropped whole, `sweep`), and one
 /// row per client ever seen.
 pub(crate) struct ConflictIndex<S: StateMachine> {
-    /// Key -> first of its two rows (any access; writes at +1).
-    key_rows: FxHashMap<InlineKey, u32>,
-    keys: Rows,
-    /// The key of each row pair (by first row / 2), to drop it from the map.
-    row_keys: Vec<InlineKey>,
-    /// Row pairs dropped, for new keys to reuse.
-    free: Vec<u32>,
-    /// Every held row pair once, oldest first: the sweep's round.
-    sweep: VecDeque<u32>,
-    /// Row pairs created since the last sweep: the sweep keeps up with them.
-    created: usize,
-    /// The floor rose since the last sweep: rows that were not stale may be.
-    floor_rose: bool,
-    /// The last sweep beyond what was created dropped rows: more may be
-    /// stale, worth another call even with nothing new (`sweep_owed`).
-    sweep_owed: bool,
+    /// Keys touched since the last rotation, and in the one before: a key
+    /// is in one of them or forgotten. Using a key of `old` moves it to
+    /// `young`; `sweep` drops `old` whole once all it records is stable.
+    young: Generation,
+    old: Generation,
     /// Rows recording nothing above this are stale (`stable.rs`'s floor).
     floor: Slots,
     /// Row pairs forgotten so far (dropped, or reset when found stale).
@@ -187,14 +229,8 @@ enum Touched {
 impl<S: StateMachine> ConflictIndex<S> {
     pub fn new(replicas: usize) -> Self {
         ConflictIndex {
-            key_rows: FxHashMap::default(),
-            keys: Rows::new(replicas),
-            row_keys: Vec::new(),
-            free: Vec::new(),
-            sweep: VecDeque::new(),
-            created: 0,
-            floor_rose: false,
-            sweep_owed: false,
+            young: Generation::new(replicas),
+            old: Generation::new(replicas),
             floor: [0; REPLICAS_MAX],
             forgotten: 0,
             client_table: IdMap::default(),
@@ -215,7 +251,7 @@ impl<S: StateMachine> ConflictIndex<S> {
                 Touched::Key { row, access } => {
                     // Reads conflict with writes only, writes with everything.
                     let conflicting = if access == Access::Read { row + 1 } else { row };
-                    index.keys.add_to(conflicting, attrs, &mut seq_max);
+                    index.young.rows.add_to(conflicting, attrs, &mut seq_max);
                 }
                 Touched::Client { row } => index.clients.add_to(row, attrs, &mut seq_max),
             }
@@ -242,10 +278,13 @@ impl<S: StateMachine> ConflictIndex<S> {
             let Some((key, access)) = S::conflict_key(&cmd) else {
                 continue;
             };
-            if let Some(&row) = self.key_rows.get(key) {
-                self.keys.record_executed(row, id);
-                if access == Access::Write {
-                    self.keys.record_executed(row + 1, id);
+            for generation in [&mut self.young, &mut self.old] {
+                if let Some(&row) = generation.map.get(key) {
+                    generation.rows.record_executed(row, id);
+                    if access == Access::Write {
+                        generation.rows.record_executed(row + 1, id);
+                    }
+                    break;
                 }
             }
         }
@@ -270,7 +309,7 @@ impl<S: StateMachine> ConflictIndex<S> {
         self.visit_rows(batch, |index, touched| match touched {
             Touched::Key { row, access } => {
                 let conflicting = if access == Access::Read { row + 1 } else { row };
-                index.keys.add_frontier(conflicting, &mut frontier);
+                index.young.rows.add_frontier(conflicting, &mut frontier);
             }
             Touched::Client { row } => index.clients.add_frontier(row, &mut frontier),
         });
@@ -294,10 +333,10 @@ impl<S: StateMachine> ConflictIndex<S> {
             let Some((key, access)) = S::conflict_key(&cmd) else {
                 continue;
             };
-            let row = match self.key_rows.get(key) {
+            let row = match self.young.map.get(key) {
                 Some(&row) => {
-                    if self.keys.stale(row, &self.floor) {
-                        self.keys.reset(row, 2);
+                    if self.young.rows.stale(row, &self.floor) {
+                        self.young.rows.reset(row, 2);
                         self.forgotten += 1;
                     }
                     row
@@ -308,75 +347,55 @@ impl<S: StateMachine> ConflictIndex<S> {
         }
     }
 
-    /// A row pair for a key not held: the only place the index copies one.
+    /// A row pair in `young` for a key it lacks: moved from `old` (unless
+    /// stale there), or new (the only place the index copies a key).
     fn add_key(&mut self, key: &[u8]) -> u32 {
-        let row = match self.free.pop() {
-            Some(row) => {
-                self.row_keys[row as usize / 2] = InlineKey::from_slice(key);
-                row
+        let row = self.young.rows.push_zeroed(2);
+        let key = match self.old.map.remove_entry(key) {
+            Some((key, from)) => {
+                if self.old.rows.stale(from, &self.floor) {
+                    self.forgotten += 1;
+                } else {
+                    self.young.rows.copy_pair(row, &self.old.rows, from);
+                    let recorded = &self.young.rows.row(row)[1..];
+                    for (m, &s) in self.young.max.iter_mut().zip(recorded) {
+                        *m = (*m).max(s);
+                    }
+                }
+                key
             }
-            None => {
-                let row = self.keys.push_zeroed(2);
-                self.row_keys.push(InlineKey::from_slice(key));
-                row
-            }
+            None => InlineKey::from_slice(key),
         };
-        self.key_rows.insert(InlineKey::from_slice(key), row);
-        self.sweep.push_back(row);
-        self.created += 1;
+        self.young.map.insert(key, row);
         row
-    }
-
-    /// The last sweep found stale rows and some remain to look at: the
-    /// driver should call again soon even if nothing else happens.
-    pub fn sweep_owed(&self) -> bool {
-        self.sweep_owed
     }
 
     /// Rows recording nothing above `floor` are stale from now on. The
     /// floor only rises.
     pub fn set_floor(&mut self, floor: &Slots) {
         debug_assert!(floor.iter().zip(&self.floor).all(|(a, b)| a >= b));
-        self.floor_rose |= *floor != self.floor;
         self.floor = *floor;
     }
 
-    /// Drops the stale row pairs among the oldest held: twice as many
-    /// looked at as were created since the last call, and a few more each
-    /// time the floor rose, so that the rows held follow the keys touched
-    /// by undecided instances, and no call does more than a bounded amount
-    /// of work. Rows not stale yet go round again. Each row looked at is
-    /// a likely cache miss, so the drivers' frequent calls with nothing
-    /// new cost nothing.
+    /// Drops `old` once everything it records is at or below the floor,
+    /// and `young` becomes `old`: the keys held are those touched in the
+    /// last two generations, each about as long as the floor takes to
+    /// pass what was recorded, and forgetting a generation costs a clear
+    /// of its tables, not a lookup per key. Twice, so that once the load
+    /// stops the last report empties the index.
     pub fn sweep(&mut self) {
-        let extra = if self.floor_rose || self.sweep_owed {
-            SWEEP_ROWS_ON_RISE
-        } else {
-            0
-        };
-        let budget = (2 * self.created + extra).min(self.sweep.len());
-        self.created = 0;
-        self.floor_rose = false;
-        let mut dropped = 0;
-        for _ in 0..budget {
-            let row = self.sweep.pop_front().expect("within the round");
-            if !self.keys.stale(row, &self.floor) {
-                self.sweep.push_back(row);
-                continue;
+        for _ in 0..2 {
+            let n = self.young.rows.replicas;
+            if self.old.max[..n]
+                .iter()
+                .zip(&self.floor)
+                .any(|(m, f)| m > f)
+            {
+                return;
             }
-            let key = std::mem::take(&mut self.row_keys[row as usize / 2]);
-            let removed = self.key_rows.remove(key.as_slice());
-            debug_assert_eq!(removed, Some(row));
-            self.keys.reset(row, 2);
-            self.free.push(row);
-            self.forgotten += 1;
-            dropped += 1;
-        }
-        self.sweep_owed = extra > 0 && dropped > 0 && !self.sweep.is_empty();
-        // After a restart replays a long log, most rows go at once: give
-        // the memory back rather than keep the peak.
-        if self.key_rows.capacity() > SWEEP_SHRINK_KEYS_MIN.max(8 * self.key_rows.len()) {
-            self.key_rows.shrink_to(2 * self.key_rows.len());
+            self.forgotten += self.old.map.len() as u64;
+            self.old.clear(self.young.map.len());
+            std::mem::swap(&mut self.young, &mut self.old);
         }
     }
 
@@ -396,16 +415,18 @@ impl<S: StateMachine> ConflictIndex<S> {
     fn record_row(&mut self, touched: Touched, id: InstanceId, seq: u64) {
         match touched {
             Touched::Key { row, access } => {
-                self.keys.record(row, id, seq);
+                self.young.rows.record(row, id, seq);
                 if access == Access::Write {
-                    self.keys.record(row + 1, id, seq);
+                    self.young.rows.record(row + 1, id, seq);
                 }
+                let m = &mut self.young.max[id.replica.index()];
+                *m = (*m).max(id.slot.0);
             }
             Touched::Client { row } => self.clients.record(row, id, seq),
         }
     }
 
-    /// Keys forgotten so far: dropped by the sweep, or reset when found
+    /// Keys forgotten so far: dropped with their generation, or reset when found
     /// stale on their next use.
     pub fn forgotten(&self) -> u64 {
         self.forgotten
@@ -413,6 +434,6 @@ impl<S: StateMachine> ConflictIndex<S> {
 
     /// Keys held: touched by an instance not known executed everywhere.
     pub fn keys(&self) -> usize {
-        self.key_rows.len()
+        self.young.map.len() + self.old.map.len()
     }
 }

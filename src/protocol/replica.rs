@@ -305,13 +305,7 @@ impl<S: StateMachine> Replica<S> {
         let retry = self.retry.front().map(|&(at, _)| at);
         let watch = self.watches.peek().map(|Reverse((at, _))| *at);
         let acks = self.acks_due.iter().flatten().min().copied();
-        // Stale keys left in the index once the load stopped: a few more
-        // are dropped each interval (a bounded amount of work per call).
-        let sweep = self
-            .index
-            .sweep_owed()
-            .then(|| self.now + self.progress_interval());
-        [retry, watch, acks, self.progress_deadline(), sweep]
+        [retry, watch, acks, self.progress_deadline()]
             .into_iter()
             .flatten()
             .min()
