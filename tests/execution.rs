@@ -88,7 +88,7 @@ fn chain_of_100k_committed_newest_first_executes_in_order() {
         assert_eq!(order, (1..=N).collect::<Vec<_>>());
         assert_eq!(
             replica.state_machine().get(b"k").unwrap(),
-            &format!("v{N}")[..]
+            format!("v{N}").as_bytes()
         );
         assert_eq!(replica.stats().executed_instances, N);
         // Executed instances are compacted away.

@@ -148,7 +148,7 @@ fn a_retried_request_is_applied_once() {
     c.propose(1, batch(&[(7, 1, Op::Put, "k", "a")]));
     c.run_until_quiet();
     for r in &c.replicas {
-        assert_eq!(r.state_machine().get(b"k").unwrap(), "b");
+        assert_eq!(r.state_machine().get(b"k").unwrap(), b"b");
     }
     // The retry is answered, with the first result.
     assert_eq!(c.replies[1].len(), 1);

@@ -115,18 +115,18 @@ mod tests {
         assert_eq!(s.execute(&mut kv, &put(2, 1, b"b")), Ok(KvResult::Done));
         // Request 1 again, after 2 ran: must not overwrite "b".
         assert_eq!(s.execute(&mut kv, &put(1, 1, b"a")), Ok(KvResult::Done));
-        assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"b"[..]));
+        assert_eq!(kv.get(b"k"), Some(&b"b"[..]));
         // Out-of-order execution of pipelined requests: 4 before 3.
         assert_eq!(s.execute(&mut kv, &put(4, 3, b"d")), Ok(KvResult::Done));
         assert_eq!(s.execute(&mut kv, &put(3, 3, b"c")), Ok(KvResult::Done));
-        assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"c"[..]));
+        assert_eq!(kv.get(b"k"), Some(&b"c"[..]));
         // The client acknowledged everything below 5: a stale copy of 3 is dropped.
         assert_eq!(s.execute(&mut kv, &put(5, 5, b"e")), Ok(KvResult::Done));
         assert_eq!(
             s.execute(&mut kv, &put(3, 3, b"c")),
             Err(Refused::Acknowledged)
         );
-        assert_eq!(kv.get(b"k").map(|v| v.as_slice()), Some(&b"e"[..]));
+        assert_eq!(kv.get(b"k"), Some(&b"e"[..]));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 pub mod kv;
 
-pub use kv::{KvResult, KvStore, Value};
+pub use kv::{KvResult, KvStats, KvStore, Value};
 
 /// A key as hash maps store it: short keys (up to 24 bytes) live inside the
 /// map's entry, so comparing one after a hash match costs no extra cache
