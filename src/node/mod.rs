@@ -761,6 +761,7 @@ impl<S: Storage> Node<S> {
             fsync_max_us: c.log.micros.max().into(),
             indexed_keys: (self.core.indexed_keys() as u64).into(),
             keys_forgotten: stats.keys_forgotten.into(),
+            kv_bytes: (self.core.state_machine().stats().memory_bytes() as u64).into(),
         }
     }
 }

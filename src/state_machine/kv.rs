@@ -232,6 +232,14 @@ pub struct KvStats {
     pub rehash_entries_max: usize,
 }
 
+impl KvStats {
+    /// What the store's memory comes to: the live records and the index's
+    /// buckets (an entry and a control byte each).
+    pub fn memory_bytes(&self) -> usize {
+        self.arena_live_bytes + self.index_buckets * (core::mem::size_of::<Entry>() + 1)
+    }
+}
+
 /// An in-memory map. It owns copies of its keys and values: a value must not
 /// pin the whole received batch it arrived in.
 pub struct KvStore {

@@ -239,9 +239,12 @@ pub struct AdminInfo {
     /// executed at every replica), and keys it forgot so far.
     pub indexed_keys: U64,
     pub keys_forgotten: U64,
+    /// The KV store's own account of its memory: live records in the arena
+    /// and its index's buckets (`KvStats`).
+    pub kv_bytes: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 29);
+const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 30);
 const _: () = assert!(core::mem::size_of::<AdminInfo>() <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(REFUSED_TEXT_BYTES_MAX <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(core::mem::size_of::<ResponseBody>() <= SMALL_BODY_BYTES_MAX);

@@ -484,6 +484,13 @@ fn load(
         }
     }
     report::replica_counters(targets, shards, args.cluster_id);
+    if !pids.is_empty() {
+        let rss: Vec<String> = pids
+            .iter()
+            .map(|&p| cpu::rss_bytes(p).map_or("?".into(), |b| format!("{:.1}", b as f64 / 1e6)))
+            .collect();
+        eprintln!("replicas' resident memory (MB): {}", rss.join(" "));
+    }
     for f in &failures {
         eprintln!("blaster: {f}");
     }

@@ -229,7 +229,8 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
                     eprintln!(
                     "replica {r} shard {s}: {} batches of {:.1} commands, {} fast / {} slow commits, \
                      {} recoveries, {} bad frames, {} peer messages dropped, {} MB in / {} MB out, \
-                     {} keys stored, {} in the conflict index ({} forgotten){}",
+                     {} keys stored ({} MB by the store's account), {} in the conflict index \
+                     ({} forgotten){}",
                     i.batches.get(),
                     i.batched_commands.get() as f64 / i.batches.get().max(1) as f64,
                     i.fast_commits.get(),
@@ -240,6 +241,7 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
                     i.bytes_in.get() >> 20,
                     i.bytes_out.get() >> 20,
                     i.keys.get(),
+                    i.kv_bytes.get() >> 20,
                     i.indexed_keys.get(),
                     i.keys_forgotten.get(),
                     log_counters(&i),
