@@ -16,6 +16,7 @@ rows=(
     "--seeds 5000 --replicas 7 --faults all --conflicts 100"
     "--seeds 5000 --replicas 5 --faults all --shards 3"
     "--seeds 5000 --replicas 5 --faults all --sync-at-once"
+    "--seeds 5000 --replicas 5 --faults all --keys 200 --ops 100"
     "--seeds 100 --replicas 3 --shards 2 --node-bug release-before-durable"
     "--seeds 100 --replicas 3 --shards 2 --node-bug answer-forwarded-twice"
     "--seeds 100 --replicas 3 --faults crash --node-bug ignore-reservations"
