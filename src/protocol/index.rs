@@ -157,7 +157,8 @@ struct Generation {
     /// Key -> first of its two rows (any access; writes at +1).
     map: FxHashMap<InlineKey, u32>,
     rows: Rows,
-    /// Per space, the highest slot a row of this generation records.
+    /// Per space, at least the highest slot a row of this generation
+    /// records (an upper bound: never lowered when a row moves or resets).
     max: Slots,
 }
 
@@ -194,10 +195,10 @@ pub(crate) struct Frontier {
 }
 
 /// Keyed by fixed hashers (no random state): the core is deterministic.
-/// One row pair per key touched by an instance not yet executed at every
-/// replica (generations whose rows are all at or below the stable floor are
-/// dropped whole, `sweep`), and one
-/// row per client ever seen.
+/// One row pair per key touched in the last two generations (a generation
+/// whose rows are all at or below the stable floor is dropped whole,
+/// `sweep`; so every key touched by an instance not yet executed at every
+/// replica is held, and some stale ones), and one row per client ever seen.
 pub(crate) struct ConflictIndex<S: StateMachine> {
     /// Keys touched since the last rotation, and in the one before: a key
     /// is in one of them or forgotten. Using a key of `old` moves it to
@@ -336,8 +337,8 @@ impl<S: StateMachine> ConflictIndex<S> {
             let row = match self.young.map.get(key) {
                 Some(&row) => {
                     if self.young.rows.stale(row, &self.floor) {
+                        // Counted when its generation goes.
                         self.young.rows.reset(row, 2);
-                        self.forgotten += 1;
                     }
                     row
                 }
@@ -426,13 +427,14 @@ impl<S: StateMachine> ConflictIndex<S> {
         }
     }
 
-    /// Keys forgotten so far: dropped with their generation, or reset when found
-    /// stale on their next use.
+    /// Keys forgotten so far: dropped with their generation, or found stale
+    /// in `old` on their next use. (A row reset in `young` is counted when
+    /// its generation goes.)
     pub fn forgotten(&self) -> u64 {
         self.forgotten
     }
 
-    /// Keys held: touched by an instance not known executed everywhere.
+    /// Keys held: those of the last two generations.
     pub fn keys(&self) -> usize {
         self.young.map.len() + self.old.map.len()
     }

@@ -21,7 +21,6 @@ use super::space::{Instance, Lookup, Spaces};
 use super::stable::Stability;
 use super::types::{Attrs, Ballot, Deps, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
-use crate::constants::REPLICAS_MAX;
 use crate::rng::Rng;
 use crate::state_machine::StateMachine;
 
@@ -235,7 +234,10 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub fn stats(&self) -> ReplicaStats {
-        self.stats
+        ReplicaStats {
+            keys_forgotten: self.index.forgotten(),
+            ..self.stats
+        }
     }
 
     /// Instances held in memory (a measure of compaction).
@@ -283,6 +285,9 @@ impl<S: StateMachine> Replica<S> {
         let was = self.unreachable & peer.bit() == 0;
         if reachable {
             self.unreachable &= !peer.bit();
+            // What was sent on the old link may be lost, and the peer may
+            // have restarted knowing nothing: tell it again.
+            self.stability.forget_sent(peer);
             if !was {
                 // Due at once: ahead of everything queued, so the queue
                 // stays sorted.
@@ -356,12 +361,11 @@ impl<S: StateMachine> Replica<S> {
     /// sends the due ones too.
     ///
     /// It also sends the `Progress` reports due, the same way, and lets the
-    /// conflict index forget a few keys no undecided instance touches.
+    /// conflict index drop its old generation once the floor passed it.
     pub fn flush_acks(&mut self, now: u64, out: &mut Outbox<S::Output>) {
         self.send_acks(out, |due, riding| riding || due <= now);
         self.send_progress(now, out);
         self.index.sweep();
-        self.stats.keys_forgotten = self.index.forgotten();
     }
 
     fn send_progress(&mut self, now: u64, out: &mut Outbox<S::Output>) {
@@ -369,9 +373,12 @@ impl<S: StateMachine> Replica<S> {
         if self.stability.report_due(now) && self.stats.executed_instances != self.executed_reported
         {
             self.executed_reported = self.stats.executed_instances;
-            let mut own = [0; REPLICAS_MAX];
+            // The prefix only grows: start where the last count ended, so a
+            // long run of executed instances a leader keeps for acks (a peer
+            // down) is not walked again every interval.
+            let mut own = *self.stability.own_executed();
             for (q, e) in own.iter_mut().enumerate().take(self.cfg.replicas) {
-                *e = self.spaces.executed_below(ReplicaId(q as u8)) - 1;
+                *e = self.spaces.executed_below_from(ReplicaId(q as u8), *e + 1) - 1;
             }
             if self.stability.set_own(now, interval, &own) {
                 self.index.set_floor(self.stability.floor());

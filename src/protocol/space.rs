@@ -166,13 +166,20 @@ impl Spaces {
 
     /// The first slot of `replica` not executed here.
     pub fn executed_below(&self, replica: ReplicaId) -> u64 {
+        self.executed_below_from(replica, 0)
+    }
+
+    /// The same, known to be at least `from`: the walk starts there.
+    pub fn executed_below_from(&self, replica: ReplicaId, from: u64) -> u64 {
         let space = &self.spaces[replica.index()];
+        let start = from.max(space.base);
+        let skip = ((start - space.base) as usize).min(space.window.len());
         let run = space
             .window
-            .iter()
+            .range(skip..)
             .take_while(|i| i.status == Status::Executed)
             .count();
-        space.base + run as u64
+        space.base + (skip + run) as u64
     }
 
     /// The highest slot of `replica` held in the window (0: none).

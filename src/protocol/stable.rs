@@ -17,7 +17,7 @@
 //!   so the figure survives its crash.
 //! - `stable = min over y of executed[y]`: every slot at or below is
 //!   executed at every replica. A command leader raises its instances'
-//!   dependencies to it (`lead_floor`).
+//!   dependencies to it (`Replica::propose`).
 //! - `floor = min over y of reported[y]`, where `reported[y]` is the
 //!   `stable` that y last reported (own: `stable`). Every replica's
 //!   `stable` is at or above it, and a replica's `stable` only grows, so
@@ -91,6 +91,19 @@ impl Stability {
     /// prefix should be recomputed (at most once per `interval`).
     pub fn report_due(&self, now: u64) -> bool {
         now >= self.next_report
+    }
+
+    /// This replica's own executed prefix, as last computed.
+    pub fn own_executed(&self) -> &Slots {
+        &self.executed[self.me]
+    }
+
+    /// The link to `peer` was (re)established: whatever was sent before may
+    /// be lost, so the next report to it goes out whatever it says.
+    pub fn forget_sent(&mut self, peer: ReplicaId) {
+        let p = peer.index();
+        self.sent[p] = ([u64::MAX; REPLICAS_MAX], [u64::MAX; REPLICAS_MAX]);
+        self.sent_at[p] = 0;
     }
 
     /// When this replica's own executed prefix is next worth recomputing.

@@ -233,8 +233,9 @@ pub struct KvStats {
 }
 
 impl KvStats {
-    /// What the store's memory comes to: the live records and the index's
-    /// buckets (an entry and a control byte each).
+    /// What the store's memory comes to, roughly: the live records and the
+    /// index's buckets (an entry and a control byte each). Large values (the
+    /// slab of shared `Bytes`) and unused chunk space are left out.
     pub fn memory_bytes(&self) -> usize {
         self.arena_live_bytes + self.index_buckets * (core::mem::size_of::<Entry>() + 1)
     }

@@ -240,7 +240,8 @@ pub struct AdminInfo {
     pub indexed_keys: U64,
     pub keys_forgotten: U64,
     /// The KV store's own account of its memory: live records in the arena
-    /// and its index's buckets (`KvStats`).
+    /// and its index's buckets (`KvStats::memory_bytes`; large values and
+    /// unused chunk space left out).
     pub kv_bytes: U64,
 }
 
