@@ -23,7 +23,7 @@ use super::contract::{AnswerCount, DurableView};
 use super::linearizability::{check_history, HistoryOp};
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
 use crate::node::{ConnId, Cross, Node, NodeConfig, Output};
-use crate::protocol::{Message, ReplicaId, TraceEvent};
+use crate::protocol::{InstanceId, Message, ReplicaId, TraceEvent};
 use crate::rng::Rng;
 use crate::storage::{MemStorage, Token};
 use crate::wire::{peer, Frame, FrameReader, Kind};
@@ -874,12 +874,28 @@ impl<'c> Sim<'c> {
     fn check_sent(&mut self, r: usize, s: usize, frame: &Frame) {
         if !matches!(
             frame.kind,
-            Kind::PreAccept | Kind::PreAcceptOk | Kind::AcceptOk | Kind::Commit
+            Kind::PreAccept | Kind::PreAcceptOk | Kind::AcceptOk | Kind::Commit | Kind::Progress
         ) {
             return;
         }
         let msg = peer::decode(frame.kind, &frame.body, self.cfg.replicas)
             .expect("a node encodes valid messages");
+        if let Message::Progress(m) = &msg {
+            // What a replica reports stable must be executed, hence durably
+            // committed, at every replica of the group.
+            for (q, &slot) in m.stable.iter().enumerate().take(self.cfg.replicas) {
+                let id = InstanceId::new(ReplicaId(q as u8), slot);
+                if let Some(y) = (0..self.cfg.replicas)
+                    .find(|&y| slot > 0 && !self.shards[y][s].durable.committed(id))
+                {
+                    self.violations.push(format!(
+                        "stability: replica {r} shard {s} reported {id} stable, but replica {y} \
+                         holds no durable commit of it (at {} ns)",
+                        self.now
+                    ));
+                }
+            }
+        }
         if let Message::PreAccept(m) = &msg {
             if let Some(why) = self.shards[r][s].durable.reproposed(m) {
                 self.violations.push(format!(

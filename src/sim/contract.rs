@@ -11,7 +11,8 @@
 //!   is durable at the replica (on any of its shards: a forwarded command
 //!   commits at its owner and is answered at the shard the client is
 //!   connected to); a Progress report only once the commit of the highest
-//!   slot it reports executed is durable. Nack, ValidateOk and Waiting
+//!   slot it reports executed is durable (and, checked by the cluster,
+//!   only calling stable what every replica holds a durable commit of). Nack, ValidateOk and Waiting
 //!   report nothing voted;
 //! - **proposals**: a command leader never proposes a slot twice at the
 //!   initial ballot with other commands (a PreAccept may leave before the
@@ -97,6 +98,11 @@ impl DurableView {
                 m.id
             )
         })
+    }
+
+    /// A durable record here commits `id`.
+    pub fn committed(&self, id: InstanceId) -> bool {
+        self.committed.contains(&id)
     }
 
     /// Why `msg` must not have left yet, if it must not: every message that
