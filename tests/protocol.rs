@@ -201,6 +201,26 @@ fn memory_stays_bounded_over_a_long_run() {
     assert!(d.iter().all(|&x| x == d[0]));
 }
 
+/// One batch per replica of 8 PUTs, each on a key never used before, from
+/// 8 clients of its own.
+fn propose_fresh_keys(c: &mut WiredCluster, round: u64) {
+    for r in 0..c.replicas.len() {
+        let keys: Vec<String> = (0..8).map(|i| format!("k{round}.{r}.{i}")).collect();
+        let cmds: Vec<(u64, u64, Op, &str, &str)> = (0..8)
+            .map(|i| {
+                (
+                    r as u64 * 8 + i as u64 + 1,
+                    round,
+                    Op::Put,
+                    keys[i].as_str(),
+                    "v",
+                )
+            })
+            .collect();
+        c.propose(r, batch(&cmds));
+    }
+}
+
 #[test]
 fn keys_no_undecided_instance_touches_are_forgotten_without_costing_the_fast_path() {
     // 400 rounds, 1 ms apart, of 5 x 8 commands, each on a key never used
@@ -209,21 +229,7 @@ fn keys_no_undecided_instance_touches_are_forgotten_without_costing_the_fast_pat
     let mut c = WiredCluster::new(5, |_| {});
     let mut held_max = 0;
     for round in 1..=400u64 {
-        for r in 0..5 {
-            let keys: Vec<String> = (0..8).map(|i| format!("k{round}.{r}.{i}")).collect();
-            let cmds: Vec<(u64, u64, Op, &str, &str)> = (0..8)
-                .map(|i| {
-                    (
-                        r as u64 * 8 + i as u64 + 1,
-                        round,
-                        Op::Put,
-                        keys[i].as_str(),
-                        "v",
-                    )
-                })
-                .collect();
-            c.propose(r, batch(&cmds));
-        }
+        propose_fresh_keys(&mut c, round);
         c.run_until_quiet();
         c.advance(1_000_000);
         c.run_until_quiet();
@@ -256,21 +262,7 @@ fn progress_lost_on_a_dead_link_is_sent_again_when_the_link_comes_back() {
     let mut c = WiredCluster::new(3, |_| {});
     let lose = |_: ReplicaId, _: ReplicaId, m: &Message| matches!(m, Message::Progress(_));
     for round in 1..=5u64 {
-        for r in 0..3 {
-            let keys: Vec<String> = (0..8).map(|i| format!("k{round}.{r}.{i}")).collect();
-            let cmds: Vec<(u64, u64, Op, &str, &str)> = (0..8)
-                .map(|i| {
-                    (
-                        r as u64 * 8 + i as u64 + 1,
-                        round,
-                        Op::Put,
-                        keys[i].as_str(),
-                        "v",
-                    )
-                })
-                .collect();
-            c.propose(r, batch(&cmds));
-        }
+        propose_fresh_keys(&mut c, round);
         c.run_until_quiet_losing(lose);
     }
     for _ in 0..300 {
