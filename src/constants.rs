@@ -73,6 +73,26 @@ pub const STOP_CHECK_MS: u64 = 50;
 /// waits for. The exactly-once table keeps one result per number in this window.
 pub const CLIENT_WINDOW_REQUESTS_MAX: u64 = 1024;
 
+/// A client session no command of which executed for this long is
+/// dropped (by an `Op::Expire` command, so at every replica at the same
+/// point of the order); `--session-idle-s` sets it.
+pub const SESSION_IDLE_NS_DEFAULT: u64 = 300 * 1_000_000_000;
+
+/// Most client sessions one shard keeps; past it the least recently used
+/// are dropped, oldest first. `--sessions-max` sets it.
+pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
+
+/// A read's result longer than this is not kept for retries: a retried copy
+/// reads again, at its own place in the order (a read has no effect, so
+/// that answer is as linearizable as the first). Bounds what one session
+/// pins to `CLIENT_WINDOW_REQUESTS_MAX` times this.
+pub const RESULT_KEPT_BYTES_MAX: usize = 1024;
+
+/// Most sessions one turn proposes to expire (one `Op::Expire` each, in one
+/// batch), and how often a shard looks for them.
+pub const EXPIRE_BATCH_MAX: usize = 1024;
+pub const EXPIRE_CHECK_NS: u64 = 100_000_000;
+
 /// How far above its compaction base a slot of one replica may be. A slot
 /// beyond this is a bug or a hostile peer: the core refuses to allocate for it.
 pub const INSTANCE_WINDOW_SLOTS_MAX: u64 = 1 << 22;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
-use epaxos_fast::constants::{BATCH_COMMANDS_MAX, REPLICAS_MAX};
+use epaxos_fast::constants::{
+    BATCH_COMMANDS_MAX, REPLICAS_MAX, SESSIONS_MAX_DEFAULT, SESSION_IDLE_NS_DEFAULT,
+};
 use epaxos_fast::protocol::ReplicaId;
 use epaxos_fast::runtime::{self, RuntimeConfig};
 use epaxos_fast::storage::{Backend, Volatile};
@@ -86,6 +88,19 @@ struct Args {
     /// benchmarks and throwaway clusters.
     #[arg(long)]
     in_memory: bool,
+    /// Seconds a client session may go without a command before it is
+    /// expired (its exactly-once state dropped, at every replica at the
+    /// same point of the order). A client that comes back later is told
+    /// its session expired and starts a new one; requests it still had
+    /// outstanding then have an unknown outcome.
+    #[arg(long, default_value_t = SESSION_IDLE_NS_DEFAULT / 1_000_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    session_idle_s: u64,
+    /// Most client sessions each shard keeps; past it the least recently
+    /// used are expired first. Each costs about 200 bytes on every replica.
+    #[arg(long, default_value_t = SESSIONS_MAX_DEFAULT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    sessions_max: u64,
     /// TEST ONLY: acknowledge each shard's Nth PUT without applying it (a
     /// deliberately lost write, to show that `blaster --verify` finds it).
     #[arg(long, default_value_t = 0, hide = true)]
@@ -170,6 +185,8 @@ fn config(args: &Args) -> RuntimeConfig {
         pipeline: args.pipeline as usize,
         spin: std::time::Duration::from_micros(u64::from(args.spin_us)),
         test_lose_write: args.test_lose_write,
+        session_idle_ns: args.session_idle_s * 1_000_000_000,
+        sessions_max: args.sessions_max as usize,
     }
 }
 

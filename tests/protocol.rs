@@ -386,3 +386,140 @@ fn a_slim_commit_for_commands_a_replica_never_saw_is_neither_applied_nor_acknowl
     assert!(matches!(&out.messages[0][..], [Message::CommitOk(_)]));
     assert_eq!(r.state_machine().get(b"k").unwrap(), &b"v"[..]);
 }
+
+/// One command of client `client`: (request, first outstanding, op, key, value).
+fn command(client: u64, request: u64, first: u64, op: Op, key: &str, value: &str) -> Batch {
+    let mut b = BatchBuilder::new();
+    b.push(&CommandRef {
+        client,
+        request,
+        first_outstanding: first,
+        op,
+        key: key.as_bytes(),
+        value: value.as_bytes(),
+    });
+    b.finish()
+}
+
+#[test]
+fn sessions_past_the_bound_expire_at_every_replica_and_their_entries_go() {
+    // 3,000 clients, each with one PUT and never seen again (a reconnecting
+    // client gets a new id): the table keeps at most the bound.
+    const CLIENTS: u64 = 3_000;
+    const MAX: usize = 100;
+    let mut c = WiredCluster::new(3, |_| {});
+    for i in 0..CLIENTS {
+        let client = 1_000 + i;
+        c.propose(
+            (i % 3) as usize,
+            command(client, 1, 1, Op::Put, &format!("k{i}"), "v"),
+        );
+        c.run_until_quiet();
+        if i % 50 == 49 {
+            c.advance(1_000_000);
+            for r in 0..3 {
+                c.expire_sessions(r, u64::MAX / 4, MAX);
+            }
+            c.run_until_quiet();
+        }
+    }
+    // Quiet for a while: Progress reports go alone, and the floor passes
+    // what the expired clients' rows recorded.
+    for _ in 0..40 {
+        c.advance(10_000_000);
+        for r in 0..3 {
+            c.expire_sessions(r, u64::MAX / 4, MAX);
+        }
+        c.run_until_quiet();
+    }
+    for r in &c.replicas {
+        assert!(
+            r.client_sessions() <= MAX,
+            "replica {:?}: {} sessions, bound {MAX}",
+            r.id(),
+            r.client_sessions()
+        );
+        assert!(
+            r.client_entries() <= 2 * MAX,
+            "replica {:?}: {} client entries held",
+            r.id(),
+            r.client_entries()
+        );
+        assert!(r.stats().sessions_expired >= CLIENTS - MAX as u64);
+    }
+    // Every replica expired the same sessions, at the same point.
+    let retired: Vec<u64> = c
+        .replicas
+        .iter()
+        .map(|r| r.sessions_retired_below())
+        .collect();
+    assert!(
+        retired.iter().all(|&w| w == retired[0] && w > 1_000),
+        "{retired:?}"
+    );
+    let counts: Vec<usize> = c.replicas.iter().map(|r| r.client_sessions()).collect();
+    assert!(counts.iter().all(|&n| n == counts[0]), "{counts:?}");
+    assert_eq!(
+        digests(&c)
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn an_idle_session_expires_and_a_late_copy_of_its_request_is_never_applied_again() {
+    let mut c = WiredCluster::new(3, |_| {});
+    c.keep_replies = true;
+    const IDLE: u64 = 1_000_000_000;
+    // Client 7 writes, then another client overwrites the key.
+    c.propose(0, command(7, 1, 1, Op::Put, "k", "first"));
+    c.run_until_quiet();
+    c.propose(1, command(8, 1, 1, Op::Put, "k", "second"));
+    c.run_until_quiet();
+    // Not idle long enough: nothing to expire.
+    c.advance(IDLE / 2);
+    assert_eq!(c.expire_sessions(7 % 3, IDLE, 1_000), 0);
+    c.advance(IDLE);
+    // Replica 7 mod 3 = 1 is the one assigned client 7 (and 8 mod 3 = 2, 8).
+    assert_eq!(c.expire_sessions(0, IDLE, 1_000), 0, "not assigned to 0");
+    assert_eq!(c.expire_sessions(1, IDLE, 1_000), 1);
+    c.run_until_quiet();
+    for r in &c.replicas {
+        assert!(r.sessions_retired_below() > 7, "{:?}", r.id());
+    }
+    // A late copy of client 7's request 1 (a retry that was delayed) and a
+    // new request of the expired session: neither runs.
+    c.propose(2, command(7, 1, 1, Op::Put, "k", "first"));
+    c.run_until_quiet();
+    c.propose(0, command(7, 2, 2, Op::Get, "k", ""));
+    c.run_until_quiet();
+    let mine: Vec<_> = c
+        .replies
+        .iter()
+        .flatten()
+        .filter(|r| r.client == 7)
+        .collect();
+    assert_eq!(mine.len(), 3, "{mine:?}");
+    assert_eq!(mine[0].result, Ok(KvResult::Done));
+    for late in &mine[1..] {
+        assert!(
+            matches!(late.result, Err(epaxos_fast::protocol::Refused::SessionExpired { retired_below }) if retired_below > 7),
+            "{late:?}"
+        );
+    }
+    // The key keeps the second write at every replica.
+    for r in &c.replicas {
+        assert_eq!(r.state_machine().get(b"k"), Some(&b"second"[..]));
+    }
+    // A new session above the watermark works.
+    let fresh = c.replicas[0].sessions_retired_below() + 1_000;
+    c.propose(0, command(fresh, 1, 1, Op::Get, "k", ""));
+    c.run_until_quiet();
+    let last = c.replies[0].last().unwrap();
+    assert_eq!(
+        (last.client, &last.result),
+        (fresh, &Ok(KvResult::Value("second".into())))
+    );
+}

@@ -65,6 +65,13 @@ struct Args {
     /// after a simulated fdatasync of 20 to 400 µs.
     #[arg(long)]
     sync_at_once: bool,
+    /// Most client sessions a shard keeps [default: 2 x replicas - 1, one
+    /// fewer than the clients, so that sessions in use are expired too].
+    #[arg(long)]
+    sessions_max: Option<u64>,
+    /// Milliseconds (virtual) a client session may idle before it expires.
+    #[arg(long, default_value_t = epaxos_fast::sim::SESSION_IDLE_NS_SIM / 1_000_000)]
+    session_idle_ms: u64,
     /// Test only: give every node this defect, to see the checkers catch it
     /// (release-before-durable, answer-forwarded-twice).
     #[arg(long, hide = true)]
@@ -103,6 +110,7 @@ fn main() -> ExitCode {
     let mut torn_tails = 0u64;
     let mut forwarded = 0u64;
     let mut forgotten = 0u64;
+    let (mut expiries, mut sessions_lost) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     for (i, &seed) in seeds.iter().enumerate() {
         let mut cfg = SimConfig::new(seed, args.replicas);
@@ -118,6 +126,10 @@ fn main() -> ExitCode {
         cfg.node_pipeline = args.node_pipeline as usize;
         cfg.node_bug = args.node_bug;
         cfg.sync_at_once = args.sync_at_once;
+        if let Some(max) = args.sessions_max {
+            cfg.sessions_max = max as usize;
+        }
+        cfg.session_idle_ns = args.session_idle_ms * 1_000_000;
         let report = sim::run(&cfg);
         worst_recovery_ns = worst_recovery_ns.max(report.recovery_ns);
         crashes += report.crashes;
@@ -127,6 +139,8 @@ fn main() -> ExitCode {
         unparked += report.commits_unparked;
         forwarded += report.forwarded;
         forgotten += report.keys_forgotten;
+        expiries += report.expiries;
+        sessions_lost += report.sessions_lost;
         if args.seed.is_some() {
             say!(
                 "seed {seed}: {} requests ({} completed during faults), {} instances ({} fast, {} slow), \
@@ -163,7 +177,7 @@ fn main() -> ExitCode {
     }
     say!(
         "{} seeds in {:.1}s; {crashes} crashes ({torn_tails} keeping part of what was not yet durable), {recoveries} recoveries ({noops} no-ops), \
-         {unparked} commits released from parking, {forwarded} commands forwarded between shards, {forgotten} keys forgotten by the conflict indexes; liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
+         {unparked} commits released from parking, {forwarded} commands forwarded between shards, {forgotten} keys forgotten by the conflict indexes, {expiries} session expiries executed ({sessions_lost} sessions clients were told had expired); liveness: every request completed within {:.1} ms of the last fault (bound {} ms)",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         worst_recovery_ns as f64 / 1e6,

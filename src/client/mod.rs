@@ -84,19 +84,31 @@ impl From<SessionError> for ClientError {
     }
 }
 
-/// A client id nobody else is likely to use (exactly-once is keyed by it).
+/// Random bits below the time in a client id.
+const CLIENT_ID_RANDOM_BITS: u32 = 23;
+
+/// A client id nobody else is likely to use (exactly-once is keyed by it):
+/// the wall clock's milliseconds above 23 random bits. Ids grow with time
+/// because a replica retires expired sessions by a watermark (ids below it
+/// never start a session again), which only ever passes ids of the past.
 pub fn fresh_client_id() -> u64 {
+    fresh_client_id_above(0)
+}
+
+/// A fresh client id at or above `retired_below` (the watermark a
+/// `Received::Expired` carries), for a client whose clock is behind it.
+pub fn fresh_client_id_above(retired_below: u64) -> u64 {
     let mut bytes = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_ok()
-    {
-        return u64::from_le_bytes(bytes) | 1;
-    }
-    let t = std::time::SystemTime::now()
+    let random =
+        match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        } & ((1 << CLIENT_ID_RANDOM_BITS) - 1);
+    let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (t ^ (u64::from(std::process::id()) << 40)) | 1
+        .map_or(0, |d| d.as_millis() as u64);
+    let timed = (ms << CLIENT_ID_RANDOM_BITS) | random;
+    timed.max(retired_below.saturating_add(random)).max(1)
 }
 
 /// The next frame from `stream`, reading into `buf` as needed: the
@@ -214,6 +226,10 @@ impl Connection {
         let request = self.queue(op, key, value)?;
         self.flush()?;
         loop {
+            // An expired session answers all its requests at once.
+            if let Some(i) = self.ready.iter().position(|r| r.request == request) {
+                return Ok(self.ready.remove(i).expect("found"));
+            }
             let r = self.read_response()?;
             if r.request == request {
                 return Ok(r);
@@ -235,6 +251,14 @@ impl Connection {
                 Received::Answer(r) => self.ready.push_back(r),
                 Received::Stale(_) => {}
                 Received::Retry(_) => unreachable!("a Connection does not retry"),
+                Received::Expired {
+                    response,
+                    lost,
+                    retired_below,
+                } => {
+                    let first = self.expired(response, lost, retired_below);
+                    self.ready.push_back(first);
+                }
             }
         }
     }
@@ -248,8 +272,27 @@ impl Connection {
                 // A retry's answer, or that of an `admin` that timed out.
                 Received::Stale(_) | Received::Admin(_) => {}
                 Received::Retry(_) => unreachable!("a Connection does not retry"),
+                Received::Expired {
+                    response,
+                    lost,
+                    retired_below,
+                } => return Ok(self.expired(response, lost, retired_below)),
             }
         }
+    }
+
+    /// The session expired: every request it had outstanding is answered
+    /// `SessionExpired` (outcome unknown), and the connection goes on as a
+    /// new session. Returns the answer that said so.
+    fn expired(&mut self, response: Response, lost: Vec<u64>, retired_below: u64) -> Response {
+        for request in lost {
+            self.ready.push_back(Response {
+                request,
+                ..response.clone()
+            });
+        }
+        self.session.restart(fresh_client_id_above(retired_below));
+        response
     }
 
     /// Writes what `wbuf` holds and empties it.

@@ -99,6 +99,17 @@ pub enum Received {
     /// With `set_retry_overloaded`: the request was answered `Overloaded`
     /// (it did not run) and is still outstanding; `requeue` it.
     Retry(Response),
+    /// The replica no longer holds this client's session (it was idle past
+    /// the replica's bound, or evicted past its size bound): `response`'s
+    /// request and every request in `lost` (all outstanding ones) have an
+    /// unknown outcome, each may or may not have taken effect. No request
+    /// is outstanding any more; call `restart` with a new client id from
+    /// `retired_below` on (`fresh_client_id_above`) before queuing more.
+    Expired {
+        response: Response,
+        lost: Vec<u64>,
+        retired_below: u64,
+    },
 }
 
 pub struct Session {
@@ -121,6 +132,11 @@ pub struct Session {
     admins: usize,
     /// `Overloaded` leaves the request outstanding (`Received::Retry`).
     retry_overloaded: bool,
+    /// The session expired (`Received::Expired`) and awaits `restart`.
+    expired: bool,
+    /// The id of the session before the last `restart`: late answers to it
+    /// are stale, not an error.
+    old_client: Option<u64>,
 }
 
 impl Session {
@@ -144,7 +160,26 @@ impl Session {
             closed: Vec::new(),
             admins: 0,
             retry_overloaded: false,
+            expired: false,
+            old_client: None,
         }
+    }
+
+    /// Goes on as a new session of client `client` after the old one
+    /// expired (`Received::Expired`): request numbers start again from 1,
+    /// on the same connection.
+    pub fn restart(&mut self, client: u64) {
+        let mut fresh = Session::new(client, self.enc.cluster_id, self.enc.shard);
+        fresh.server = self.server;
+        fresh.retry_overloaded = self.retry_overloaded;
+        fresh.admins = self.admins;
+        fresh.old_client = Some(self.client);
+        *self = fresh;
+    }
+
+    /// Whether the session expired and awaits `restart`.
+    pub fn expired(&self) -> bool {
+        self.expired
     }
 
     /// Whether an `Overloaded` answer is `Received::Retry` (the request
@@ -248,6 +283,14 @@ impl Session {
         if op != Op::Put && !value.is_empty() {
             return Err(SessionError::Invalid(format!("{op:?} takes no value")));
         }
+        if op == Op::Expire {
+            return Err(SessionError::Invalid("Expire is for replicas only".into()));
+        }
+        if self.expired {
+            return Err(SessionError::Invalid(
+                "the session expired: restart it under a new client id".into(),
+            ));
+        }
         let request = self.next_request;
         if self.window_left() == 0 {
             return Err(SessionError::WindowFull {
@@ -342,6 +385,9 @@ impl Session {
 
     fn on_response(&mut self, frame: &Frame) -> Result<Received, SessionError> {
         let response = decode_response(&frame.body)?;
+        if Some(response.client) == self.old_client {
+            return Ok(Received::Stale(response));
+        }
         if response.client != self.client {
             return Err(SessionError::Frame(FrameError::Unexpected {
                 kind: Kind::Response,
@@ -353,6 +399,27 @@ impl Session {
         }
         if self.retry_overloaded && response.code == Code::Overloaded {
             return Ok(Received::Retry(response));
+        }
+        if response.code == Code::SessionExpired {
+            let retired_below = <[u8; 8]>::try_from(&response.value[..])
+                .map(u64::from_le_bytes)
+                .map_err(|_| FrameError::BadBody {
+                    kind: Kind::Response,
+                    reason: "SessionExpired without its 8-byte watermark".into(),
+                })?;
+            let lost = self
+                .outstanding_requests()
+                .filter(|&r| r != response.request)
+                .collect();
+            self.unanswered = [0; WINDOW_WORDS];
+            self.outstanding = 0;
+            self.first_outstanding = self.next_request;
+            self.expired = true;
+            return Ok(Received::Expired {
+                response,
+                lost,
+                retired_below,
+            });
         }
         let (word, bit) = Self::bit(response.request);
         self.unanswered[word] &= !bit;

@@ -40,6 +40,11 @@ pub enum Op {
     Get = 1,
     Put = 2,
     Delete = 3,
+    /// Drops the exactly-once session of `client` if it saw no command
+    /// since the proposer looked: `first_outstanding` carries how many of
+    /// the client's commands had executed then, `request` is 0. Proposed
+    /// by replicas only (a client's is refused); see `protocol::sessions`.
+    Expire = 4,
 }
 
 impl Op {
@@ -48,6 +53,7 @@ impl Op {
             1 => Some(Op::Get),
             2 => Some(Op::Put),
             3 => Some(Op::Delete),
+            4 => Some(Op::Expire),
             _ => None,
         }
     }
@@ -141,6 +147,17 @@ impl std::fmt::Display for CommandError {
 
 impl std::error::Error for CommandError {}
 
+/// A client's request numbers start at 1 and it waits for none above the
+/// request; an `Op::Expire` has request 0 (nobody waits for it) and a count
+/// in `first_outstanding`.
+fn request_numbers_valid(op: Op, request: u64, first_outstanding: u64) -> bool {
+    if op == Op::Expire {
+        request == 0
+    } else {
+        request >= 1 && first_outstanding <= request
+    }
+}
+
 /// Reads one record at the start of `buf`; returns it and its length.
 fn read_record(buf: &[u8], offset: usize) -> Result<(CommandRef<'_>, usize), CommandError> {
     let (header, rest) =
@@ -170,7 +187,7 @@ fn read_record(buf: &[u8], offset: usize) -> Result<(CommandRef<'_>, usize), Com
         return Err(CommandError::ValueOnNonPut { offset });
     }
     let (request, first) = (header.request.get(), header.first_outstanding.get());
-    if request == 0 || first > request {
+    if !request_numbers_valid(op, request, first) {
         return Err(CommandError::BadRequestNumbers { offset });
     }
     if rest.len() < key_len + value_len {
@@ -316,7 +333,11 @@ impl BatchBuilder {
             cmd.op == Op::Put || cmd.value.is_empty(),
             "value on non-PUT"
         );
-        assert!(cmd.request >= 1 && cmd.first_outstanding <= cmd.request);
+        assert!(request_numbers_valid(
+            cmd.op,
+            cmd.request,
+            cmd.first_outstanding
+        ));
         let header = CommandHeader {
             client: U64::new(cmd.client),
             request: U64::new(cmd.request),

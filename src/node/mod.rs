@@ -46,6 +46,7 @@ use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 
 use crate::command::{Batch, BatchBuilder};
+use crate::constants::{EXPIRE_BATCH_MAX, EXPIRE_CHECK_NS};
 use crate::protocol::{Config, InjectedBug, Outbox, Replica, ReplicaId, TraceEvent};
 use crate::state_machine::{KvResult, KvStore};
 use crate::storage::{Storage, Token};
@@ -81,6 +82,12 @@ pub struct NodeConfig {
     /// Test only: acknowledge the shard's Nth PUT (from 1) without
     /// proposing it, so that tests can show a lost write is caught. 0: off.
     pub test_lose_write: u64,
+    /// A client session no command of which executed for this long is
+    /// expired (`--session-idle-s`).
+    pub session_idle_ns: u64,
+    /// Most sessions the shard keeps; past it the least recently used are
+    /// expired (`--sessions-max`).
+    pub sessions_max: usize,
 }
 
 /// A deliberate defect of the node, for proving that the simulator catches
@@ -181,6 +188,8 @@ pub struct Counters {
     pub dropped_messages: u64,
     /// PUTs submitted (counted only with `test_lose_write`).
     pub puts_seen: u64,
+    /// `Op::Expire` commands this shard proposed.
+    pub expiries_proposed: u64,
     pub log: LogCounters,
 }
 
@@ -302,6 +311,8 @@ pub struct Node<S: Storage> {
     /// hold nothing of this replica's space (`peer_knows`), it neither votes
     /// nor proposes. The peers that said so, as a bit mask.
     probation: Option<u16>,
+    /// When the next turn looks for sessions to expire.
+    expiry_due: u64,
 }
 
 impl<S: Storage> Node<S> {
@@ -362,6 +373,7 @@ impl<S: Storage> Node<S> {
             failed: None,
             refused: false,
             probation: (records_empty && cfg.replicas > 1).then_some(0),
+            expiry_due: now,
             cfg,
         }
     }
@@ -399,7 +411,11 @@ impl<S: Storage> Node<S> {
         if self.failed.is_some() || self.probation.is_some() {
             return None;
         }
-        self.core.next_deadline()
+        let expiry = (self.core.client_sessions() > 0).then_some(self.expiry_due);
+        match (self.core.next_deadline(), expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Commands whose answer is still due (routes held).
@@ -611,6 +627,9 @@ impl<S: Storage> Node<S> {
         if self.core.next_deadline().is_some_and(|d| d <= now) {
             self.core.tick(now, &mut self.out);
         }
+        if now >= self.expiry_due {
+            self.expire_sessions(now);
+        }
         self.propose_batches(now);
         // CommitOks owed to a peer ride with whatever else goes to it.
         self.core.flush_acks(now, &mut self.out);
@@ -629,7 +648,7 @@ impl<S: Storage> Node<S> {
             self.counters.batched_commands += batch.len() as u64;
             if let Err(e) = self.core.propose(now, batch.clone(), &mut self.out) {
                 let reason = e.to_string();
-                for cmd in batch.iter() {
+                for cmd in batch.iter().filter(|c| c.op != crate::command::Op::Expire) {
                     let (c, r) = (cmd.client, cmd.request);
                     self.answer(
                         c,
@@ -639,6 +658,26 @@ impl<S: Storage> Node<S> {
                     );
                 }
             }
+        }
+    }
+
+    /// Proposes the expiry of the sessions idle past the bound, and of the
+    /// least recently used past the table's bound, in one batch of
+    /// `Op::Expire` commands, ahead of the clients' batches.
+    fn expire_sessions(&mut self, now: u64) {
+        let every = (self.cfg.session_idle_ns / 4).clamp(1_000_000, EXPIRE_CHECK_NS);
+        self.expiry_due = now + every;
+        let mut batch = BatchBuilder::new();
+        let bounds = crate::protocol::SessionBounds {
+            idle_ns: self.cfg.session_idle_ns,
+            max: self.cfg.sessions_max,
+        };
+        let found = self
+            .core
+            .expire_sessions(now, bounds, EXPIRE_BATCH_MAX, &mut batch);
+        if found > 0 {
+            self.counters.expiries_proposed += found as u64;
+            self.closed.push_front(batch.finish());
         }
     }
 

@@ -82,6 +82,11 @@ impl<S: Storage> Node<S> {
         // Kept across requests: no allocation per forwarded request.
         let mut others = std::mem::take(&mut self.forward);
         for cmd in batch.iter() {
+            if cmd.op == Op::Expire {
+                let why = b"Expire is proposed by replicas only";
+                self.respond(conn, cmd.client, cmd.request, Code::Error, why);
+                continue;
+            }
             let owner = shard_of(cmd.key, self.cfg.shards);
             if owner == me {
                 self.submit(route, &cmd);
@@ -176,11 +181,16 @@ impl<S: Storage> Node<S> {
 
     /// A reply of the core, released after its records are durable.
     pub(super) fn reply(&mut self, reply: Reply<KvResult>) {
+        let retired;
         let (code, value): (Code, &[u8]) = match &reply.result {
             Ok(KvResult::Done) => (Code::Done, b""),
             Ok(KvResult::Value(v)) => (Code::Value, v.as_slice()),
             Ok(KvResult::NotFound) => (Code::NotFound, b""),
             Err(Refused::BeyondClientWindow) => (Code::BeyondWindow, b""),
+            Err(Refused::SessionExpired { retired_below }) => {
+                retired = retired_below.to_le_bytes();
+                (Code::SessionExpired, &retired[..])
+            }
             // Retryable, with the reason as text, like a full window.
             Err(e @ Refused::Superseded) => {
                 let reason = e.to_string();

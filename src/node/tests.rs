@@ -25,6 +25,8 @@ fn config(replicas: usize, shards: usize, shard: usize) -> NodeConfig {
         injected_bug: None,
         node_bug: None,
         test_lose_write: 0,
+        session_idle_ns: crate::constants::SESSION_IDLE_NS_DEFAULT,
+        sessions_max: crate::constants::SESSIONS_MAX_DEFAULT,
     }
 }
 

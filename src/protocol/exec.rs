@@ -191,8 +191,10 @@ impl<S: StateMachine> Replica<S> {
         } else {
             self.index.record_executed_keys(id, &inst.batch);
             for cmd in inst.batch.iter() {
-                let session = self.index.session_executing(id, cmd.client);
-                let result = session.execute(&mut self.sm, &cmd);
+                let now = self.now;
+                let Some(result) = self.index.execute_command(&mut self.sm, id, &cmd, now) else {
+                    continue; // an expiry: nobody waits for it
+                };
                 if id.replica == me {
                     out.replies.push(super::outbox::Reply {
                         client: cmd.client,

@@ -33,13 +33,16 @@
 //! the command was pre-accepted, which is then likely still in cache, and
 //! there is one table per client instead of two.
 
+use std::collections::VecDeque;
+
 use rustc_hash::FxHashMap;
 
 use super::hash::IdMap;
+use super::outbox::Refused;
 use super::sessions::Session;
 use super::stable::Slots;
 use super::types::{Attrs, InstanceId};
-use crate::command::Batch;
+use crate::command::{Batch, CommandRef, Op};
 use crate::constants::REPLICAS_MAX;
 use crate::state_machine::{Access, InlineKey, StateMachine};
 
@@ -212,19 +215,67 @@ pub(crate) struct ConflictIndex<S: StateMachine> {
     /// Client id -> its conflict row and its session.
     client_table: IdMap<u64, Client<S::Output>>,
     clients: Rows,
+    /// Client rows given back, for reuse (zeroed when taken).
+    free_client_rows: Vec<u32>,
+    /// Clients whose entry may hold no session (new, or expired): each is
+    /// dropped once it holds none and its row is stale (`sweep`).
+    unused: VecDeque<u64>,
+    /// The session table's own conflict rows (any access; expiries at +1):
+    /// a command that may start a session reads it, an `Op::Expire`
+    /// writes it, so every replica sees the same watermark when it
+    /// decides whether a session may start.
+    sessions_rows: Rows,
+    /// Sessions held (entries with a session).
+    sessions: usize,
+    /// Session ids below this that hold no session are expired: they never
+    /// start one again. Replicated state (raised by `Op::Expire`).
+    retired_below: u64,
+    /// Sessions in order of their last use, roughly (each once): where
+    /// the search for idle ones starts. (client, local time queued.)
+    idle: VecDeque<(u64, u64)>,
+    /// Sessions expired, and client entries dropped, so far.
+    expired: u64,
+    clients_dropped: u64,
     /// Rows a batch touches, between computing its attributes and recording it.
     touched: Vec<Touched>,
 }
 
 struct Client<O> {
     row: u32,
-    session: Session<O>,
+    /// None until a command starts the session (`execute_command`), and
+    /// again once it expired.
+    session: Option<Session<O>>,
 }
 
 #[derive(Clone, Copy)]
 enum Touched {
     Key { row: u32, access: Access },
     Client { row: u32 },
+    Sessions { access: Access },
+}
+
+/// The first of the session table's conflict rows read by a command with
+/// `access` (reads conflict with expiries only).
+fn sessions_row(access: Access) -> u32 {
+    u32::from(access == Access::Read)
+}
+
+/// When a session is expired: idle for `idle_ns`, or the least recently
+/// used past `max` sessions.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionBounds {
+    pub idle_ns: u64,
+    pub max: usize,
+}
+
+/// Most entries one `sweep` looks at for dropping.
+const UNUSED_CHECKS_MAX: usize = 4096;
+
+/// A command that may start a session: any client command (a client that
+/// talks to several shards starts a session at each with whichever of its
+/// commands executes there first).
+fn may_start_session(cmd: &CommandRef<'_>) -> bool {
+    cmd.op != Op::Expire
 }
 
 impl<S: StateMachine> ConflictIndex<S> {
@@ -236,6 +287,18 @@ impl<S: StateMachine> ConflictIndex<S> {
             forgotten: 0,
             client_table: IdMap::default(),
             clients: Rows::new(replicas),
+            free_client_rows: Vec::new(),
+            unused: VecDeque::new(),
+            sessions_rows: {
+                let mut rows = Rows::new(replicas);
+                rows.push_zeroed(2);
+                rows
+            },
+            sessions: 0,
+            retired_below: 0,
+            idle: VecDeque::new(),
+            expired: 0,
+            clients_dropped: 0,
             touched: Vec::new(),
         }
     }
@@ -255,6 +318,10 @@ impl<S: StateMachine> ConflictIndex<S> {
                     index.young.rows.add_to(conflicting, attrs, &mut seq_max);
                 }
                 Touched::Client { row } => index.clients.add_to(row, attrs, &mut seq_max),
+                Touched::Sessions { access } => {
+                    let conflicting = sessions_row(access);
+                    index.sessions_rows.add_to(conflicting, attrs, &mut seq_max);
+                }
             }
             index.touched.push(touched);
         });
@@ -291,16 +358,104 @@ impl<S: StateMachine> ConflictIndex<S> {
         }
     }
 
-    /// The client's exactly-once session, for executing one of its commands
-    /// in instance `id` (recorded as executed for the client's row).
-    pub fn session_executing(&mut self, id: InstanceId, client: u64) -> &mut Session<S::Output> {
-        let clients = &mut self.clients;
-        let entry = self.client_table.entry(client).or_insert_with(|| Client {
-            row: clients.push_zeroed(1),
-            session: Session::new(),
-        });
-        clients.record_executed(entry.row, id);
-        &mut entry.session
+    /// Executes one command of instance `id` against its client's session
+    /// (recorded as executed for the client's row): the result to answer
+    /// with, or why it did not run; `None` for an `Op::Expire`, which
+    /// answers nobody.
+    ///
+    /// A client without a session starts one if its id is not below
+    /// `retired_below`; otherwise the command is refused as
+    /// `SessionExpired`, so a late copy of a request of an expired session
+    /// is never applied again. Every replica decides the same: a client's
+    /// commands are ordered with each other and with its expiry (its row),
+    /// and every command is ordered with every expiry (the session rows),
+    /// so all see the same session and watermark.
+    pub fn execute_command(
+        &mut self,
+        sm: &mut S,
+        id: InstanceId,
+        cmd: &CommandRef<'_>,
+        now: u64,
+    ) -> Option<Result<S::Output, Refused>> {
+        let row = self.client(cmd.client).row;
+        self.clients.record_executed(row, id);
+        let entry = self.client_table.get_mut(&cmd.client).expect("just made");
+        if cmd.op == Op::Expire {
+            // Only if the client ran nothing since its proposer looked.
+            if entry
+                .session
+                .as_ref()
+                .is_some_and(|s| s.executed == cmd.first_outstanding)
+            {
+                entry.session = None;
+                self.sessions -= 1;
+                self.expired += 1;
+                self.retired_below = self.retired_below.max(cmd.client.saturating_add(1));
+                self.unused.push_back(cmd.client);
+            }
+            return None;
+        }
+        if entry.session.is_none() {
+            if cmd.client < self.retired_below {
+                let retired_below = self.retired_below;
+                return Some(Err(Refused::SessionExpired { retired_below }));
+            }
+            entry.session = Some(Session::new(now));
+            self.sessions += 1;
+            self.idle.push_back((cmd.client, now));
+        }
+        let session = entry.session.as_mut().expect("a session");
+        Some(session.execute(sm, cmd, now))
+    }
+
+    /// Sessions to expire now, each as (client, commands it executed), at
+    /// most `limit`, appended to `out`: those idle for `idle_ns` (by this
+    /// replica's clock), and the least recently used past `max` sessions.
+    /// Replica `me` of `replicas` proposes those whose id it is assigned
+    /// (id mod N), and any idle twice as long (its assignee may be down).
+    pub fn expiry_candidates(
+        &mut self,
+        now: u64,
+        bounds: SessionBounds,
+        (me, replicas): (usize, usize),
+        limit: usize,
+        out: &mut Vec<(u64, u64)>,
+    ) {
+        let SessionBounds { idle_ns, max } = bounds;
+        let mut over = self.sessions.saturating_sub(max);
+        let mut steps = 0;
+        while let Some(&(client, queued)) = self.idle.front() {
+            if out.len() >= limit || steps >= 4 * limit || queued >= now {
+                return; // went round once, or enough for now
+            }
+            steps += 1;
+            let Some(session) = self
+                .client_table
+                .get(&client)
+                .and_then(|c| c.session.as_ref())
+            else {
+                self.idle.pop_front(); // expired already
+                continue;
+            };
+            let (last, executed) = (session.last_ns, session.executed);
+            if last > queued {
+                // Used since it was queued: to the back, in order of use.
+                self.idle.pop_front();
+                self.idle.push_back((client, last));
+                continue;
+            }
+            let idle_for = now.saturating_sub(last);
+            if idle_for < idle_ns && over == 0 {
+                return; // the least recently used is in use
+            }
+            over = over.saturating_sub(1);
+            self.idle.pop_front();
+            self.idle.push_back((client, now));
+            let assigned = (client % replicas as u64) as usize == me;
+            if assigned || idle_for >= 2 * idle_ns || self.sessions > 2 * max {
+                out.push((client, executed));
+            }
+        }
     }
 
     /// Per replica, the latest instance known here that conflicts with
@@ -313,6 +468,10 @@ impl<S: StateMachine> ConflictIndex<S> {
                 index.young.rows.add_frontier(conflicting, &mut frontier);
             }
             Touched::Client { row } => index.clients.add_frontier(row, &mut frontier),
+            Touched::Sessions { access } => {
+                let conflicting = sessions_row(access);
+                index.sessions_rows.add_frontier(conflicting, &mut frontier);
+            }
         });
         frontier
     }
@@ -322,6 +481,7 @@ impl<S: StateMachine> ConflictIndex<S> {
     /// its row: one lookup.
     fn visit_rows(&mut self, batch: &Batch, mut f: impl FnMut(&mut Self, Touched)) {
         let mut last_client = None;
+        let (mut starts, mut expires) = (false, false);
         for cmd in batch.iter() {
             if last_client != Some(cmd.client) {
                 last_client = Some(cmd.client);
@@ -330,6 +490,23 @@ impl<S: StateMachine> ConflictIndex<S> {
                     self.clients.reset(row, 1);
                 }
                 f(self, Touched::Client { row });
+            }
+            if cmd.op == Op::Expire && !expires {
+                expires = true;
+                f(
+                    self,
+                    Touched::Sessions {
+                        access: Access::Write,
+                    },
+                );
+            } else if may_start_session(&cmd) && !starts {
+                starts = true;
+                f(
+                    self,
+                    Touched::Sessions {
+                        access: Access::Read,
+                    },
+                );
             }
             let Some((key, access)) = S::conflict_key(&cmd) else {
                 continue;
@@ -385,6 +562,7 @@ impl<S: StateMachine> ConflictIndex<S> {
     /// of its tables, not a lookup per key. Twice, so that once the load
     /// stops the last report empties the index.
     pub fn sweep(&mut self) {
+        self.drop_unused();
         for _ in 0..2 {
             let n = self.young.rows.replicas;
             if self.old.max[..n]
@@ -400,17 +578,69 @@ impl<S: StateMachine> ConflictIndex<S> {
         }
     }
 
-    /// The client's entry, created (with a conflict row) on first sight.
+    /// The client's entry, created (with a conflict row, and no session)
+    /// on first sight.
     fn client(&mut self, client: u64) -> &mut Client<S::Output> {
-        let clients = &mut self.clients;
-        self.client_table.entry(client).or_insert_with(|| Client {
-            row: clients.push_zeroed(1),
-            session: Session::new(),
+        let (clients, free, unused) = (
+            &mut self.clients,
+            &mut self.free_client_rows,
+            &mut self.unused,
+        );
+        self.client_table.entry(client).or_insert_with(|| {
+            unused.push_back(client);
+            let row = match free.pop() {
+                Some(row) => {
+                    clients.reset(row, 1);
+                    row
+                }
+                None => clients.push_zeroed(1),
+            };
+            Client { row, session: None }
         })
     }
 
+    /// Drops the entries of clients without a session whose rows are
+    /// stale: what they record is executed everywhere, so the entry says
+    /// nothing any more (a later command of the client finds no session
+    /// either way, and a fresh row).
+    fn drop_unused(&mut self) {
+        for _ in 0..UNUSED_CHECKS_MAX {
+            let Some(&client) = self.unused.front() else {
+                return;
+            };
+            match self.client_table.get(&client) {
+                Some(c) if c.session.is_none() => {
+                    if !self.clients.stale(c.row, &self.floor) {
+                        return; // later ones are about as recent
+                    }
+                    self.free_client_rows.push(c.row);
+                    self.client_table.remove(&client);
+                    self.clients_dropped += 1;
+                }
+                _ => {} // gone already, or in a session (queued again when it expires)
+            }
+            self.unused.pop_front();
+        }
+    }
+
+    /// Client entries held (with or without a session).
     pub fn clients(&self) -> usize {
         self.client_table.len()
+    }
+
+    /// Sessions held.
+    pub fn sessions(&self) -> usize {
+        self.sessions
+    }
+
+    /// Sessions expired so far, and client entries dropped.
+    pub fn sessions_expired(&self) -> (u64, u64) {
+        (self.expired, self.clients_dropped)
+    }
+
+    /// Session ids below this that hold no session never start one.
+    pub fn retired_below(&self) -> u64 {
+        self.retired_below
     }
 
     fn record_row(&mut self, touched: Touched, id: InstanceId, seq: u64) {
@@ -424,6 +654,12 @@ impl<S: StateMachine> ConflictIndex<S> {
                 *m = (*m).max(id.slot.0);
             }
             Touched::Client { row } => self.clients.record(row, id, seq),
+            Touched::Sessions { access } => {
+                self.sessions_rows.record(0, id, seq);
+                if access == Access::Write {
+                    self.sessions_rows.record(1, id, seq);
+                }
+            }
         }
     }
 

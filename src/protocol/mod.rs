@@ -38,6 +38,7 @@ mod stable;
 pub mod types;
 
 pub use config::{Config, ConfigError, InjectedBug};
+pub use index::SessionBounds;
 pub use leader::ProposeError;
 pub use message::{
     AcceptOk, CommitOk, Message, Nack, PreAccept, PreAcceptOk, Prepare, PrepareOk, Progress,

@@ -98,6 +98,12 @@ pub enum Refused {
     /// applied again, and its result is forgotten. Nobody waits for it, so
     /// the runtime answers nobody; it only drops the copy's route.
     Acknowledged,
+    /// The client's session is gone (it expired, or the id was never
+    /// seen and is below the watermark): not applied. Session ids below
+    /// the watermark carried here are never taken again; the client starts
+    /// a new session with an id above it. Its requests still outstanding
+    /// in the old session have an unknown outcome.
+    SessionExpired { retired_below: u64 },
 }
 
 impl std::fmt::Display for Refused {
@@ -115,6 +121,10 @@ impl std::fmt::Display for Refused {
             Refused::Acknowledged => write!(
                 f,
                 "the client had acknowledged this request before this copy of it executed"
+            ),
+            Refused::SessionExpired { retired_below } => write!(
+                f,
+                "the client's session expired (new sessions need an id from {retired_below} on)"
             ),
         }
     }

@@ -77,6 +77,8 @@ pub struct Replica<S: StateMachine> {
     /// acceptor's: a replica that still holds the row and one that forgot
     /// it compute the same attributes.
     pub(super) seq_executed: u64,
+    /// Scratch for `expire_sessions`.
+    pub(super) expiring: Vec<(u64, u64)>,
     pub(super) rng: Rng,
     pub(super) now: u64,
     pub(super) stats: ReplicaStats,
@@ -99,6 +101,10 @@ pub struct ReplicaStats {
     /// Keys the conflict index forgot once every instance it recorded for
     /// them was executed at every replica.
     pub keys_forgotten: u64,
+    /// Client sessions expired (idle, or the least recently used past the
+    /// bound), and client entries dropped once stale.
+    pub sessions_expired: u64,
+    pub clients_dropped: u64,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -112,6 +118,7 @@ impl<S: StateMachine> Replica<S> {
             stability: Stability::new(cfg.replicas, cfg.me),
             executed_reported: 0,
             seq_executed: 0,
+            expiring: Vec::new(),
             cfg,
             sm,
             exec: ExecScratch::default(),
@@ -236,6 +243,8 @@ impl<S: StateMachine> Replica<S> {
     pub fn stats(&self) -> ReplicaStats {
         ReplicaStats {
             keys_forgotten: self.index.forgotten(),
+            sessions_expired: self.index.sessions_expired().0,
+            clients_dropped: self.index.sessions_expired().1,
             ..self.stats
         }
     }
@@ -252,7 +261,48 @@ impl<S: StateMachine> Replica<S> {
 
     /// Client sessions in the exactly-once table.
     pub fn client_sessions(&self) -> usize {
+        self.index.sessions()
+    }
+
+    /// Client entries of the conflict index (sessions, and clients whose
+    /// rows are not yet stale).
+    pub fn client_entries(&self) -> usize {
         self.index.clients()
+    }
+
+    /// Session ids below this that hold no session never start one again
+    /// (replicated state).
+    pub fn sessions_retired_below(&self) -> u64 {
+        self.index.retired_below()
+    }
+
+    /// Sessions to expire now (see `ConflictIndex::expiry_candidates`), as
+    /// `Op::Expire` commands appended to `out`; how many.
+    pub fn expire_sessions(
+        &mut self,
+        now: u64,
+        bounds: super::index::SessionBounds,
+        limit: usize,
+        out: &mut crate::command::BatchBuilder,
+    ) -> usize {
+        let mut found = std::mem::take(&mut self.expiring);
+        found.clear();
+        let (me, n) = (self.cfg.me.index(), self.cfg.replicas);
+        self.index
+            .expiry_candidates(now, bounds, (me, n), limit, &mut found);
+        for &(client, executed) in &found {
+            out.push(&crate::command::CommandRef {
+                client,
+                request: 0,
+                first_outstanding: executed,
+                op: crate::command::Op::Expire,
+                key: b"",
+                value: b"",
+            });
+        }
+        let count = found.len();
+        self.expiring = found;
+        count
     }
 
     /// Instances this replica proposed that are not committed here yet. A

@@ -60,6 +60,10 @@ pub struct RuntimeConfig {
     /// Test only: acknowledge each shard's Nth PUT (from 1) without
     /// proposing it, so that tests can show a lost write is caught. 0: off.
     pub test_lose_write: u64,
+    /// Client sessions idle this long are expired (nanoseconds).
+    pub session_idle_ns: u64,
+    /// Most client sessions a shard keeps.
+    pub sessions_max: usize,
 }
 
 /// Why the replica stopped, other than by a signal.

@@ -98,6 +98,8 @@ impl ShardConfig {
             injected_bug: None,
             node_bug: None,
             test_lose_write: n.test_lose_write,
+            session_idle_ns: n.session_idle_ns,
+            sessions_max: n.sessions_max,
         }
     }
 }

@@ -28,6 +28,8 @@ pub(super) enum ClientEvent {
     },
     Reply {
         client: usize,
+        /// The session the answer is for: one the client left is moot.
+        id: u64,
         request: u64,
         code: Code,
         value: Vec<u8>,
@@ -109,10 +111,15 @@ impl Sim<'_> {
             } => self.arrive(client, replica, shard, frame),
             ClientEvent::Reply {
                 client,
+                id,
                 request,
                 code,
                 value,
-            } => self.on_reply(client, request, code, value),
+            } => {
+                if self.clients[client].id == id {
+                    self.on_reply(client, request, code, value)
+                }
+            }
             ClientEvent::Timeout {
                 client,
                 request,
@@ -132,7 +139,7 @@ impl Sim<'_> {
         let key = if self.rng.chance(cfg.conflicts_pct) {
             format!("shared{}", self.rng.below(SHARED_KEYS))
         } else {
-            format!("c{id}k{}", self.rng.below(cfg.keys_per_client))
+            format!("c{c}k{}", self.rng.below(cfg.keys_per_client))
         };
         let (op, value) = if self.rng.chance(cfg.reads_pct) {
             (Op::Get, Vec::new())
@@ -259,9 +266,10 @@ impl Sim<'_> {
                 response.request, response.client, self.now
             ));
         }
-        let client = (response.client - CLIENT_ID_BASE) as usize;
+        let client = ((response.client - CLIENT_ID_BASE) % self.clients.len() as u64) as usize;
         let reply = ClientEvent::Reply {
             client,
+            id: response.client,
             request: response.request,
             code: response.code,
             value: response.value.to_vec(),
@@ -294,6 +302,7 @@ impl Sim<'_> {
             // Recovery replaced the command's instance with a no-op: it did
             // not run; the client sends it again when its timer fires.
             (_, Code::Overloaded) => return,
+            (_, Code::SessionExpired) => return self.session_expired(c, &value),
             (op, code) => {
                 let why = format!("client {c}: answer {code:?} does not fit {op:?} {request}");
                 self.violations.push(why);
@@ -318,6 +327,57 @@ impl Sim<'_> {
             self.clients_done += 1;
         } else if client.unscheduled > 0 {
             client.unscheduled -= 1;
+            let at = self.now + self.rng.below(THINK_NS_MAX);
+            self.schedule(at, EventKind::Client(ClientEvent::Next { client: c }));
+        }
+    }
+}
+
+impl Sim<'_> {
+    /// The client's session expired: what it had in flight has an unknown
+    /// outcome (open-ended in the history: it may have taken effect), and
+    /// it goes on under a new id at or above the watermark it was told, as
+    /// the client library does.
+    fn session_expired(&mut self, c: usize, value: &[u8]) {
+        let Ok(retired_below) = <[u8; 8]>::try_from(value).map(u64::from_le_bytes) else {
+            self.violations
+                .push(format!("client {c}: SessionExpired without a watermark"));
+            return;
+        };
+        self.sessions_expired += 1;
+        let n = self.clients.len() as u64;
+        let client = &mut self.clients[c];
+        // Ids of client c are BASE + c + k * n: unique, and answers map back.
+        let mut id = client.id + n;
+        if id < retired_below {
+            id += (retired_below - id).div_ceil(n) * n;
+        }
+        let lost = client.in_flight.len();
+        for done in client.in_flight.drain(..) {
+            let kind = match done.op {
+                Op::Get => OpKind::Get,
+                Op::Put => OpKind::Put(done.value),
+                Op::Delete => OpKind::Delete,
+                Op::Expire => unreachable!("clients send no expiry"),
+            };
+            self.history.push(HistoryOp {
+                client: client.id,
+                key: done.key,
+                kind,
+                invoke_ns: done.invoke_ns,
+                return_ns: None,
+                read: None,
+            });
+        }
+        client.id = id;
+        client.next_request = 1;
+        client.ops_left -= lost;
+        let next = lost.min(client.unscheduled);
+        client.unscheduled -= next;
+        if client.ops_left == 0 {
+            self.clients_done += 1;
+        }
+        for _ in 0..next {
             let at = self.now + self.rng.below(THINK_NS_MAX);
             self.schedule(at, EventKind::Client(ClientEvent::Next { client: c }));
         }

@@ -191,6 +191,8 @@ pub(super) struct Sim<'c> {
     /// Commits released from parking when a peer became reachable again.
     commits_unparked: u64,
     pub ops_during_faults: usize,
+    /// SessionExpired answers clients acted on (each a new session).
+    pub sessions_expired: u64,
     /// Contract violations seen as frames left (see `contract.rs`).
     pub violations: Vec<String>,
     reader: FrameReader,
@@ -253,6 +255,7 @@ impl<'c> Sim<'c> {
             messages_dropped: 0,
             commits_unparked: 0,
             ops_during_faults: 0,
+            sessions_expired: 0,
             violations: Vec::new(),
             reader: FrameReader::new(CLUSTER_ID),
         };
@@ -444,6 +447,8 @@ impl<'c> Sim<'c> {
             injected_bug: self.cfg.injected_bug,
             node_bug: self.cfg.node_bug,
             test_lose_write: 0,
+            session_idle_ns: self.cfg.session_idle_ns,
+            sessions_max: self.cfg.sessions_max,
         }
     }
 
@@ -1047,6 +1052,8 @@ impl<'c> Sim<'c> {
             messages_dropped: self.messages_dropped,
             commits_unparked: self.commits_unparked,
             keys_forgotten: stats.iter().map(|s| s.keys_forgotten).sum(),
+            expiries: stats.iter().map(|s| s.sessions_expired).sum(),
+            sessions_lost: self.sessions_expired,
             forwarded: nodes().map(|n| n.admin_info().forwarded_in.get()).sum(),
             recovery_ns: self.last_completion_ns.saturating_sub(fault_end),
             end_ns: self.now,

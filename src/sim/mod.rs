@@ -108,6 +108,10 @@ pub const LIVENESS_BOUND_NS: u64 = 2_000_000_000;
 /// The simulated shards' pipeline limit: the runtime's default (`--pipeline`).
 pub const NODE_PIPELINE_DEFAULT: usize = 64;
 
+/// Client sessions idle this long (virtual time) are expired in the
+/// simulator: a client waiting out a partition loses its session.
+pub const SESSION_IDLE_NS_SIM: u64 = 200_000_000;
+
 /// One simulation run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -136,6 +140,12 @@ pub struct SimConfig {
     /// Storage syncs complete in the call that asks (as the runtime's do
     /// today) instead of after a simulated fdatasync.
     pub sync_at_once: bool,
+    /// Client sessions idle this long (virtual time) are expired; short,
+    /// so that expiry happens under the faults.
+    pub session_idle_ns: u64,
+    /// Most sessions a shard keeps: fewer than the clients, so that the
+    /// least recently used are expired while in use.
+    pub sessions_max: usize,
 }
 
 impl SimConfig {
@@ -156,6 +166,8 @@ impl SimConfig {
             injected_bug: None,
             node_bug: None,
             sync_at_once: false,
+            session_idle_ns: SESSION_IDLE_NS_SIM,
+            sessions_max: 2 * replicas - 1,
         }
     }
 
@@ -164,7 +176,7 @@ impl SimConfig {
         format!(
             "cargo run --release --bin epaxos-sim -- --seed {} --replicas {} --faults {} \
              --conflicts {} --reads {} --clients {} --keys {} --ops {} --pipeline {} --shards {} \
-             --node-pipeline {}{}{}{}",
+             --node-pipeline {} --sessions-max {} --session-idle-ms {}{}{}{}",
             self.seed,
             self.replicas,
             self.faults.name(),
@@ -176,6 +188,8 @@ impl SimConfig {
             self.pipeline,
             self.shards,
             self.node_pipeline,
+            self.sessions_max,
+            self.session_idle_ns / 1_000_000,
             if self.thrifty { " --thrifty" } else { "" },
             if self.sync_at_once {
                 " --sync-at-once"
@@ -214,6 +228,10 @@ pub struct SimReport {
     /// Keys the replicas' conflict indexes forgot (stable) and may have
     /// re-created since (in the incarnations running at the end).
     pub keys_forgotten: u64,
+    /// Sessions expired, summed over replicas (each replica expires each).
+    pub expiries: u64,
+    /// Sessions clients were told had expired (each started a new one).
+    pub sessions_lost: u64,
     /// Commands forwarded from the shard a client sent them to, to their
     /// owner.
     pub forwarded: u64,

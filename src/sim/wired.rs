@@ -88,6 +88,24 @@ impl WiredCluster {
         }
     }
 
+    /// The cluster's clock.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Replica `r` proposes the expiry of the sessions it finds idle past
+    /// `idle_ns` or past `max` (as a node's turn does); how many.
+    pub fn expire_sessions(&mut self, r: usize, idle_ns: u64, max: usize) -> usize {
+        let mut b = BatchBuilder::new();
+        let now = self.now;
+        let bounds = crate::protocol::SessionBounds { idle_ns, max };
+        let n = self.replicas[r].expire_sessions(now, bounds, 1024, &mut b);
+        if n > 0 {
+            self.propose(r, b.finish());
+        }
+        n
+    }
+
     /// Advances the clock without ticking: the next calls see the time.
     pub fn pass_time(&mut self, ns: u64) {
         self.now += ns;

@@ -986,6 +986,8 @@ impl StateMachine for KvStore {
         let access = match cmd.op {
             Op::Get => Access::Read,
             Op::Put | Op::Delete => Access::Write,
+            // The session table's own business (`protocol::sessions`).
+            Op::Expire => return None,
         };
         Some((cmd.key, access))
     }
@@ -1006,6 +1008,15 @@ impl StateMachine for KvStore {
                 self.compact_step();
                 KvResult::Done
             }
+            // Never reaches the store: the session table executes it.
+            Op::Expire => KvResult::Done,
+        }
+    }
+
+    fn result_bytes(out: &KvResult) -> usize {
+        match out {
+            KvResult::Value(v) => v.len(),
+            KvResult::Done | KvResult::NotFound => 0,
         }
     }
 }

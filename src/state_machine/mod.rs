@@ -37,4 +37,12 @@ pub trait StateMachine {
     /// Executes `cmd`. Must be deterministic: every replica applies the same
     /// commands in the same order and must end in the same state.
     fn apply(&mut self, cmd: &CommandRef<'_>) -> Self::Output;
+
+    /// Bytes a result holds beyond its fixed size: the exactly-once table
+    /// keeps a large result of a read only until the client acknowledges
+    /// it, and not at all past `RESULT_KEPT_BYTES_MAX` (a copy executed
+    /// again reads again).
+    fn result_bytes(_out: &Self::Output) -> usize {
+        0
+    }
 }

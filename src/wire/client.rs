@@ -75,6 +75,11 @@ pub enum Code {
     /// send it to another replica (same client id and request number) to
     /// learn its outcome.
     Unavailable = 6,
+    /// The client's session expired (idle too long, or the least recently
+    /// used past the replica's bound): the command did not run. The value
+    /// holds 8 bytes, little-endian: new sessions need an id from there on.
+    /// Requests outstanding in the old session have an unknown outcome.
+    SessionExpired = 7,
 }
 
 impl Code {
@@ -87,6 +92,7 @@ impl Code {
             4 => Code::Overloaded,
             5 => Code::Error,
             6 => Code::Unavailable,
+            7 => Code::SessionExpired,
             _ => return None,
         })
     }

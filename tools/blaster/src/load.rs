@@ -659,6 +659,14 @@ async fn receive(
                     continue;
                 }
                 Received::Admin(_) => unreachable!("blaster sends no Admin"),
+                Received::Expired { lost, .. } => {
+                    return Err(Broken::Protocol(format!(
+                        "the replica expired this connection's session (idle past its \
+                         --session-idle-s, or evicted past its --sessions-max); {} requests \
+                         outstanding have an unknown outcome",
+                        lost.len() + 1
+                    )))
+                }
             };
             let ok = matches!(r.code, Code::Done | Code::Value | Code::NotFound);
             let sent = s.conn.answered(r.request);

@@ -106,7 +106,8 @@ fn read_replica(
                     | Code::BeyondWindow
                     | Code::Overloaded
                     | Code::Error
-                    | Code::Unavailable => {
+                    | Code::Unavailable
+                    | Code::SessionExpired => {
                         v.refused += 1;
                         eprintln!(
                             "verify: replica {r}: key {:?} not read: {:?} {}",
