@@ -188,7 +188,9 @@ impl<S: Storage> Node<S> {
             claim.challenger = None;
             if y != x {
                 tracing::error!(
-                    "replica {r}: the process at its advertised address (incarnation {x:016x},                      connected from {}) replaces incarnation {y:016x} (connected from {}),                      whose connection closes",
+                    "replica {r}: the process at its advertised address (incarnation {x:016x}, \
+                     connected from {}) replaces incarnation {y:016x} (connected from {}), \
+                     whose connection closes",
                     self.remote(conn),
                     self.remote(old)
                 );
@@ -208,11 +210,17 @@ impl<S: Storage> Node<S> {
         let (here, there) = (self.remote(conn), self.remote(old));
         if fresh && self.claims[r].at_address == Some(y) {
             return Err(format!(
-                "{REFUSED_DUPLICATE} {r}: replica {r} is served by the process at its advertised                  address (incarnation {y:016x}, connected from {there}); this process                  (incarnation {x:016x}, connected from {here}) is a second one started with                  --id {r}"
+                "{REFUSED_DUPLICATE} {r}: replica {r} is served by the process at its advertised \
+                 address (incarnation {y:016x}, connected from {there}); this process \
+                 (incarnation {x:016x}, connected from {here}) is a second one started with \
+                 --id {r}"
             ));
         }
         Err(format!(
-            "{REFUSED_CONTESTED} {r}: a connection from {there} (incarnation {y:016x}) holds              replica id {r} and is open; this one from {here} (incarnation {x:016x}) waits              until it closes or until replica {r}'s advertised address is found to answer              as this process"
+            "{REFUSED_CONTESTED} {r}: a connection from {there} (incarnation {y:016x}) holds \
+             replica id {r} and is open; this one from {here} (incarnation {x:016x}) waits \
+             until it closes or until replica {r}'s advertised address is found to answer \
+             as this process"
         ))
     }
 
@@ -300,7 +308,8 @@ impl<S: Storage> Node<S> {
         }
         if (peer || h.shards != 0) && usize::from(h.shards) != cfg.shards {
             return Err(format!(
-                "{REFUSED_CONFIG}: shard count: this replica runs {} shards (--cores), {who}                  says {}",
+                "{REFUSED_CONFIG}: shard count: this replica runs {} shards (--cores), {who} \
+                 says {}",
                 cfg.shards, h.shards
             ));
         }
