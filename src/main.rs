@@ -19,6 +19,7 @@ use epaxos_fast::storage::{Backend, Volatile};
 use epaxos_fast::wire::client::shard_addr;
 
 mod data_dir;
+mod peers;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,8 +34,10 @@ struct Args {
     #[arg(long)]
     id: u8,
     /// Every replica's address, HOST:PORT, comma-separated, the same list in
-    /// the same order on every replica (1, 3, 5, 7 or 9 of them). Shard s of
-    /// a replica uses PORT + s. A single address runs one unreplicated replica.
+    /// the same order on every replica (1, 3, 5, 7 or 9 of them), written the
+    /// same way (a peer whose list differs is refused). Shard s of a replica
+    /// uses PORT + s; ranges must not overlap. A single address runs one
+    /// unreplicated replica.
     #[arg(long, value_delimiter = ',', required = true)]
     peers: Vec<String>,
     /// Shards, one thread and io_uring ring each; must be the same on every replica.
@@ -165,6 +168,10 @@ fn config(args: &Args) -> RuntimeConfig {
             usize::from(listen.port()) + cores
         ));
     }
+    let peer_names: Vec<String> = args.peers.iter().map(|p| peers::normalise(p)).collect();
+    if let Err(e) = peers::check(&peer_names, &peers, usize::from(args.id), listen, cores) {
+        usage_error(e);
+    }
     let cpus = cpus(&args.cpus, cores);
     if args.spin_us > 0 && cpus.is_none() {
         usage_error(
@@ -176,6 +183,8 @@ fn config(args: &Args) -> RuntimeConfig {
     RuntimeConfig {
         replica: ReplicaId(args.id),
         peers,
+        peer_names,
+        incarnation: peers::incarnation(),
         listen,
         cores,
         cpus,

@@ -1,17 +1,72 @@
 //! The handshake: every connection opens with a Hello saying who calls.
 //! A peer's shard s, which then sends protocol messages on it, or a client.
-//! A mismatch (replica or shard count, shard, id) is refused with a text
-//! naming both values, and the connection closes.
+//! A mismatch (replica or shard count, shard, id, the digest of the cluster
+//! configuration) is refused with a text naming both values, and the
+//! connection closes.
+//!
+//! Two live processes claiming one replica id. Each shard remembers, per
+//! replica id, the incarnation (random, drawn at the process's start) of
+//! the accepted connection that holds it (`Claim::holder`), and the
+//! incarnation its own link to that replica's advertised address answered
+//! with (`Claim::at_address`). The rule: replica r is the process that
+//! answers at r's advertised address. A Hello claiming r with another
+//! incarnation than the holder's, while the holder's connection is open:
+//! - accepted, replacing the holder (whose connection is closed), if the
+//!   newcomer is the process at r's address: a restart whose old
+//!   connection still looks open;
+//! - refused as a duplicate (`REFUSED_DUPLICATE`: the newcomer exits) if a
+//!   link that came up after this newcomer's first Hello found the holder
+//!   at r's address;
+//! - otherwise refused for now (`REFUSED_CONTESTED`: it tries again), and
+//!   the link to r is opened afresh (`Output::Reprobe`) to learn who
+//!   answers there now; an old holder whose connection closes meanwhile
+//!   makes room at once.
+//!
+//! So a newcomer exits only on seeing the holder at the address after it
+//! started, and only one process at a time can answer at an address: two
+//! live processes cannot both be told to exit, and a restarted replica is
+//! refused only until one reconnection of the link shows it at its address.
 
 use bytes::BytesMut;
 
+use super::config::Topology;
 use super::{ConnError, ConnId, Node, NodeConfig, Output, Peer};
 use crate::protocol::ReplicaId;
 use crate::storage::Storage;
-use crate::wire::client::{decode_hello, HelloBody, Role, REFUSED_TEXT_BYTES_MAX};
+use crate::wire::client::{
+    decode_hello_with_text, HelloBody, Refusal, Role, HELLO_PEERS_TEXT_BYTES_MAX, REFUSED_CONFIG,
+    REFUSED_CONTESTED, REFUSED_DUPLICATE, REFUSED_TEXT_BYTES_MAX,
+};
 use crate::wire::{Frame, FrameEncoder, FrameError, Kind};
 
+/// What a shard knows of who holds one replica id (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Claim {
+    /// The accepted connection from that replica whose Hello was taken,
+    /// while it is open, and its incarnation.
+    holder: Option<(ConnId, u64)>,
+    /// The incarnation this shard's own link to the replica's advertised
+    /// address answered with, while that link is up.
+    pub(super) at_address: Option<u64>,
+    /// A newcomer refused while the holder's connection is open.
+    challenger: Option<u64>,
+    /// The link came up since the challenger's first Hello.
+    probed: bool,
+    /// Why this replica refused our link for its configuration, until the
+    /// link comes up (`Node::link_refused`).
+    pub(super) config_refusal: Option<String>,
+}
+
 impl NodeConfig {
+    /// The cluster configuration every peer must share.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            cluster_id: self.cluster_id,
+            peers: self.peers.clone(),
+            shards: self.shards,
+        }
+    }
+
     /// This shard's Hello, as a replica: what its links open with, and what
     /// it answers every accepted Hello with.
     pub fn hello(&self) -> HelloBody {
@@ -21,6 +76,8 @@ impl NodeConfig {
             replicas: self.replicas as u8,
             shards: self.shards as u8,
             shard: self.shard as u8,
+            config_digest: self.topology().digest().into(),
+            incarnation: self.incarnation.into(),
             ..HelloBody::default()
         }
     }
@@ -34,11 +91,17 @@ impl NodeConfig {
         }
     }
 
-    /// This shard's Hello frame, appended to `buf`.
+    /// This shard's Hello frame, with its peer list, appended to `buf`.
     pub fn encode_hello(&self, buf: &mut BytesMut) {
         let body = self.hello();
+        let text = self.topology().peers_text();
+        let mut cut = text.len().min(HELLO_PEERS_TEXT_BYTES_MAX);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
         self.encoder().frame(buf, Kind::Hello, |b| {
-            b.extend_from_slice(zerocopy::IntoBytes::as_bytes(&body))
+            b.extend_from_slice(zerocopy::IntoBytes::as_bytes(&body));
+            b.extend_from_slice(&text.as_bytes()[..cut]);
         });
     }
 }
@@ -52,14 +115,17 @@ impl<S: Storage> Node<S> {
             }
             .into());
         }
-        let hello = decode_hello(Kind::Hello, &frame.body)?;
+        let (hello, text) = decode_hello_with_text(Kind::Hello, &frame.body)?;
         let stopped = match &self.failed {
             // A stopped shard takes no peer: it votes on nothing, and a
             // refused link makes the peer park its commits for it.
             Some(why) if hello.role == Role::Peer as u8 => Err(why.clone()),
             _ => Ok(()),
         };
-        if let Err(why) = stopped.and_then(|()| self.check_hello(&hello)) {
+        let checked = stopped
+            .and_then(|()| self.check_hello(&hello, text))
+            .and_then(|()| self.claim(conn, &hello));
+        if let Err(why) = checked {
             let text = &why.as_bytes()[..why.len().min(REFUSED_TEXT_BYTES_MAX)];
             self.queue_conn(conn, Kind::Refused, text);
             self.close_conn(conn);
@@ -99,8 +165,131 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// A Hello from replica `h.replica` that passed the checks: it takes
+    /// the replica id, or is refused as a second process claiming it (see
+    /// the module docs).
+    fn claim(&mut self, conn: ConnId, h: &HelloBody) -> Result<(), String> {
+        if h.role != Role::Peer as u8 {
+            return Ok(());
+        }
+        let r = usize::from(h.replica);
+        let x = h.incarnation.get();
+        let claim = &mut self.claims[r];
+        let Some((old, y)) = claim.holder.filter(|&(old, _)| old != conn) else {
+            claim.holder = Some((conn, x));
+            claim.challenger = None;
+            return Ok(());
+        };
+        if y == x || claim.at_address == Some(x) {
+            // The same process on a new connection (its old one is dead on
+            // its side), or the one at the replica's address: the old
+            // connection is stale, or a duplicate's, and closes.
+            claim.holder = Some((conn, x));
+            claim.challenger = None;
+            if y != x {
+                tracing::error!(
+                    "replica {r}: the process at its advertised address (incarnation {x:016x}, \
+                     connected from {}) replaces incarnation {y:016x} (connected from {}), \
+                     whose connection closes",
+                    self.remote(conn),
+                    self.remote(old)
+                );
+            }
+            self.close_conn(old);
+            return Ok(());
+        }
+        let fresh = claim.challenger == Some(x) && claim.probed;
+        if claim.challenger != Some(x) {
+            claim.challenger = Some(x);
+            claim.probed = false;
+            // Even a link not up yet is opened afresh: an answer to one
+            // opened before this Hello could come from a process gone since.
+            self.outputs
+                .push_back(Output::Reprobe(ReplicaId(h.replica)));
+        }
+        let (here, there) = (self.remote(conn), self.remote(old));
+        if fresh && self.claims[r].at_address == Some(y) {
+            return Err(format!(
+                "{REFUSED_DUPLICATE} {r}: replica {r} is served by the process at its advertised \
+                 address (incarnation {y:016x}, connected from {there}); this process \
+                 (incarnation {x:016x}, connected from {here}) is a second one started with \
+                 --id {r}"
+            ));
+        }
+        Err(format!(
+            "{REFUSED_CONTESTED} {r}: a connection from {there} (incarnation {y:016x}) holds \
+             replica id {r} and is open; this one from {here} (incarnation {x:016x}) waits \
+             until it closes or until replica {r}'s advertised address is found to answer \
+             as this process"
+        ))
+    }
+
+    fn remote(&self, conn: ConnId) -> String {
+        match self.conns.get(&conn) {
+            Some(c) if !c.remote.is_empty() => c.remote.clone(),
+            _ => "an unknown address".to_string(),
+        }
+    }
+
+    /// The accepted connection `conn` ended: it no longer holds a replica id.
+    pub(super) fn release_claim(&mut self, conn: ConnId) {
+        for claim in &mut self.claims {
+            if claim.holder.is_some_and(|(c, _)| c == conn) {
+                claim.holder = None;
+                claim.challenger = None;
+            }
+        }
+    }
+
+    /// Our link to `peer`'s advertised address is up, and answered as
+    /// incarnation `incarnation` (its HelloOk).
+    pub fn peer_incarnation(&mut self, peer: ReplicaId, incarnation: u64) {
+        let claim = &mut self.claims[peer.index()];
+        claim.at_address = Some(incarnation);
+        claim.probed = true;
+        claim.config_refusal = None;
+    }
+
+    /// Our link to `peer` was refused with `why`. A refusal for the
+    /// configuration is counted: a shard refused so by more than F peers
+    /// can commit nothing, and answers its clients `Unavailable` (naming
+    /// what differs) until enough links come up. The reason, when this
+    /// refusal made the shard unable to serve.
+    pub fn link_refused(&mut self, peer: ReplicaId, why: &str) -> Option<String> {
+        if Refusal::of(why) != Refusal::Config {
+            return None;
+        }
+        let before = self.misconfigured();
+        self.claims[peer.index()].config_refusal = Some(why.to_string());
+        match (before, self.misconfigured()) {
+            (None, Some(now)) => Some(now),
+            _ => None,
+        }
+    }
+
+    /// Why the shard cannot serve for its configuration, if it cannot.
+    pub fn misconfigured(&self) -> Option<String> {
+        // On every client request: no allocation unless it cannot serve.
+        let f = (self.cfg.replicas - 1) / 2;
+        let refused = || self.claims.iter().filter(|c| c.config_refusal.is_some());
+        if refused().count() <= f {
+            return None;
+        }
+        let (r, first) = self
+            .claims
+            .iter()
+            .enumerate()
+            .find_map(|(r, c)| Some((r, c.config_refusal.as_ref()?)))?;
+        Some(format!(
+            "this replica cannot serve: {} of its {} peers refuse its configuration; \
+             replica {r} says: {first}",
+            refused().count(),
+            self.cfg.replicas - 1
+        ))
+    }
+
     /// A mismatch, described with both values.
-    fn check_hello(&self, h: &HelloBody) -> Result<(), String> {
+    fn check_hello(&self, h: &HelloBody, text: &str) -> Result<(), String> {
         let cfg = &self.cfg;
         let peer = h.role == Role::Peer as u8;
         if !peer && h.role != Role::Client as u8 {
@@ -113,13 +302,14 @@ impl<S: Storage> Node<S> {
         };
         if (peer || h.replicas != 0) && usize::from(h.replicas) != cfg.replicas {
             return Err(format!(
-                "replica count mismatch: this replica runs {} replicas, {who} says {}",
+                "{REFUSED_CONFIG}: replica count: this replica runs {} replicas, {who} says {}",
                 cfg.replicas, h.replicas
             ));
         }
         if (peer || h.shards != 0) && usize::from(h.shards) != cfg.shards {
             return Err(format!(
-                "shard count mismatch: this replica runs {} shards (--cores), {who} says {}",
+                "{REFUSED_CONFIG}: shard count: this replica runs {} shards (--cores), {who} \
+                 says {}",
                 cfg.shards, h.shards
             ));
         }
@@ -133,6 +323,14 @@ impl<S: Storage> Node<S> {
             return Err(format!(
                 "replica id {} is not a peer of replica {} (ids 0..{})",
                 h.replica, cfg.replica.0, cfg.replicas
+            ));
+        }
+        let mine = cfg.topology();
+        if (peer || h.config_digest.get() != 0) && h.config_digest.get() != mine.digest() {
+            let theirs = Topology::from_hello(cfg.cluster_id, text, usize::from(h.shards));
+            return Err(format!(
+                "{REFUSED_CONFIG}: {}",
+                mine.describe_difference(&who, &theirs)
             ));
         }
         Ok(())

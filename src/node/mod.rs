@@ -36,6 +36,7 @@
 //! random number generator, nor use `Rc`/`RefCell` wake-ups: time comes in
 //! as a number, and the driver decides when to call.
 
+pub mod config;
 mod hello;
 mod release;
 mod routes;
@@ -53,6 +54,7 @@ use crate::storage::{Storage, Token};
 use crate::wire::client::AdminInfo;
 use crate::wire::{peer, Frame, FrameEncoder, FrameError, Kind};
 
+pub use config::Topology;
 pub use routes::{Answer, Cross};
 
 /// What one shard needs to know about the cluster and itself.
@@ -66,6 +68,13 @@ pub struct NodeConfig {
     /// Shards of every replica (`--cores`).
     pub shards: usize,
     pub cluster_id: u64,
+    /// Every replica's advertised address, in `--peers` order, as the
+    /// binary normalised them (strings: this layer has no `std::net`);
+    /// their digest is checked in every peer's Hello (`Topology`).
+    pub peers: Vec<String>,
+    /// This process's incarnation: random, drawn at its start, the same
+    /// for all its shards (see `hello`).
+    pub incarnation: u64,
     pub thrifty: bool,
     /// Most commands in one instance.
     pub batch_max: usize,
@@ -154,6 +163,10 @@ pub enum Output {
     Close(ConnId),
     /// Messages are waiting for this other shard.
     Cross(usize),
+    /// Close the link to this peer and open it again: two processes claim
+    /// its id, and the node must learn which one answers at its advertised
+    /// address (`Node::peer_incarnation`).
+    Reprobe(ReplicaId),
 }
 
 /// Why a connection must end, from the node's side.
@@ -239,6 +252,8 @@ pub enum Peer {
 
 struct Conn {
     who: Peer,
+    /// The remote address, as the driver wrote it (for logs and refusals).
+    remote: String,
     out: BytesMut,
     /// Named in `outputs` since the last take.
     listed: bool,
@@ -294,6 +309,8 @@ pub struct Node<S: Storage> {
     conns: FxHashMap<ConnId, Conn>,
     next_conn: u64,
     links: Vec<Link>,
+    /// Per replica id: who holds it, and what our link to it found.
+    claims: Vec<hello::Claim>,
     /// Per destination shard: what to send it.
     cross: Vec<Vec<Cross>>,
     cross_listed: Vec<bool>,
@@ -365,6 +382,7 @@ impl<S: Storage> Node<S> {
             conns: FxHashMap::default(),
             next_conn: 1,
             links: (0..cfg.replicas).map(|_| Link::default()).collect(),
+            claims: vec![hello::Claim::default(); cfg.replicas],
             cross: (0..cfg.shards).map(|_| Vec::new()).collect(),
             cross_listed: vec![false; cfg.shards],
             outputs: VecDeque::new(),
@@ -428,10 +446,17 @@ impl<S: Storage> Node<S> {
     /// A connection was accepted; frames on it go to `on_frame` under the
     /// returned id, and its first must be a Hello.
     pub fn accept(&mut self) -> ConnId {
+        self.accept_from(String::new())
+    }
+
+    /// `accept`, with the remote address as text, for what the node logs
+    /// and the refusals it writes.
+    pub fn accept_from(&mut self, remote: String) -> ConnId {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         let conn = Conn {
             who: Peer::Unknown,
+            remote,
             out: BytesMut::new(),
             listed: false,
             closing: false,
@@ -443,7 +468,11 @@ impl<S: Storage> Node<S> {
     /// The connection ended (either side closed it): what was queued for it
     /// is dropped.
     pub fn closed(&mut self, conn: ConnId) {
-        self.conns.remove(&conn);
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Peer::Replica(_) = c.who {
+                self.release_claim(conn);
+            }
+        }
     }
 
     /// Who the connection's Hello said it is.
@@ -534,6 +563,7 @@ impl<S: Storage> Node<S> {
         // A new connection: whatever it queues is announced again (an
         // announcement for the old one may never have been taken).
         link.listed = false;
+        self.claims[peer.index()].config_refusal = None;
         self.core.set_reachable(peer, true);
     }
 
@@ -541,6 +571,7 @@ impl<S: Storage> Node<S> {
     /// written is dropped: the core re-sends whatever is unacknowledged, and
     /// holds its commits for that peer until the link is up again.
     pub fn link_down(&mut self, peer: ReplicaId) {
+        self.claims[peer.index()].at_address = None;
         let link = &mut self.links[peer.index()];
         link.up = false;
         link.out.clear();

@@ -59,10 +59,16 @@ pub enum Cross {
 }
 
 impl<S: Storage> Node<S> {
+    /// Why client commands are answered `Unavailable`: the shard stopped,
+    /// or more than F peers refuse its configuration.
+    fn unavailable(&self) -> Option<String> {
+        self.failed.clone().or_else(|| self.misconfigured())
+    }
+
     /// A client's Request: the commands this shard owns join the open batch,
     /// the others go to their shards, one batch per shard.
     pub(super) fn on_request(&mut self, conn: ConnId, batch: &Batch) {
-        if let Some(why) = self.failed.clone() {
+        if let Some(why) = self.unavailable() {
             for cmd in batch.iter() {
                 self.respond(
                     conn,
@@ -120,7 +126,7 @@ impl<S: Storage> Node<S> {
                 conn,
                 batch,
             } => {
-                if let Some(why) = self.failed.clone() {
+                if let Some(why) = self.unavailable() {
                     for cmd in batch.iter() {
                         let answer = Answer {
                             client: cmd.client,

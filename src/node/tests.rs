@@ -17,6 +17,10 @@ fn config(replicas: usize, shards: usize, shard: usize) -> NodeConfig {
         shard,
         shards,
         cluster_id: CLUSTER,
+        peers: (0..replicas)
+            .map(|p| format!("127.0.0.1:{}", 7000 + 10 * p))
+            .collect(),
+        incarnation: 11,
         thrifty: false,
         batch_max: 64,
         pipeline: 64,
@@ -484,4 +488,170 @@ fn a_replica_whose_log_lost_its_tail_is_refused_when_a_peer_holds_more() {
     assert!(!node.refused(), "a peer may hold every slot the log names");
     node.peer_knows(ReplicaId(2), 5);
     assert!(node.refused());
+}
+
+/// Shard 0 of replica `from` (incarnation `incarnation`) opens a link to
+/// the node: its Hello, as the node config encodes it.
+fn peer_hello(from: u8, incarnation: u64, peers: Vec<String>) -> Frame {
+    let mut cfg = config(3, 1, 0);
+    cfg.replica = ReplicaId(from);
+    cfg.incarnation = incarnation;
+    cfg.peers = peers;
+    let mut buf = BytesMut::new();
+    cfg.encode_hello(&mut buf);
+    FrameReader::new(CLUSTER).next(&mut buf).unwrap().unwrap()
+}
+
+fn refused_text(node: &mut Node<MemStorage>, conn: ConnId) -> String {
+    let answer = frames_for(node, conn);
+    assert_eq!(answer.len(), 1);
+    assert_eq!(answer[0].kind, Kind::Refused);
+    String::from_utf8(answer[0].body.to_vec()).unwrap()
+}
+
+#[test]
+fn a_peer_with_its_peer_list_in_another_order_is_refused_naming_both_lists() {
+    let cfg = config(3, 1, 0);
+    let mut swapped = cfg.peers.clone();
+    swapped.swap(0, 1);
+    let mut node = Node::start(cfg.clone(), MemStorage::new(), 0);
+    let conn = node.accept_from("127.0.0.1:40000".into());
+    let Err(ConnError::Refused(why)) = node.on_frame(0, conn, peer_hello(2, 5, swapped)) else {
+        panic!("a hello with a swapped peer list is accepted");
+    };
+    assert_eq!(refused_text(&mut node, conn), why);
+    assert!(
+        why.starts_with(crate::wire::client::REFUSED_CONFIG),
+        "{why}"
+    );
+    let mine = "--peers 127.0.0.1:7000,127.0.0.1:7010,127.0.0.1:7020";
+    let theirs = "--peers 127.0.0.1:7010,127.0.0.1:7000,127.0.0.1:7020";
+    assert!(why.contains(mine) && why.contains(theirs), "{why}");
+    assert!(
+        why.contains("entry 0: \"127.0.0.1:7000\" here, \"127.0.0.1:7010\" at replica 2"),
+        "{why}"
+    );
+    assert!(outputs(&mut node).contains(&Output::Close(conn)));
+    assert_eq!(node.who(conn), Peer::Unknown);
+    // The same list is taken.
+    let ok = node.accept();
+    node.on_frame(0, ok, peer_hello(2, 5, cfg.peers)).unwrap();
+    assert_eq!(node.who(ok), Peer::Replica(ReplicaId(2)));
+}
+
+#[test]
+fn a_second_process_with_a_replica_id_is_refused_then_told_it_is_the_duplicate() {
+    let cfg = config(3, 1, 0);
+    let mut node = Node::start(cfg.clone(), MemStorage::new(), 0);
+    // Our link to replica 2's advertised address answers as incarnation 100.
+    node.link_up(ReplicaId(2));
+    node.peer_incarnation(ReplicaId(2), 100);
+    let first = node.accept_from("127.0.0.1:40001".into());
+    node.on_frame(0, first, peer_hello(2, 100, cfg.peers.clone()))
+        .unwrap();
+    outputs(&mut node);
+    // A second process claims id 2 while the first's connection is open.
+    // The link's answer predates it: refused for now, the link re-opened.
+    let second = node.accept_from("127.0.0.1:40002".into());
+    let Err(ConnError::Refused(why)) =
+        node.on_frame(0, second, peer_hello(2, 200, cfg.peers.clone()))
+    else {
+        panic!("a second incarnation is accepted while the first is connected");
+    };
+    assert!(
+        why.starts_with(crate::wire::client::REFUSED_CONTESTED),
+        "{why}"
+    );
+    assert!(
+        why.contains("127.0.0.1:40001") && why.contains("127.0.0.1:40002"),
+        "{why}"
+    );
+    assert!(outputs(&mut node).contains(&Output::Reprobe(ReplicaId(2))));
+    // The re-opened link finds the first process at the address: the
+    // second, trying again, is the duplicate.
+    node.link_down(ReplicaId(2));
+    node.link_up(ReplicaId(2));
+    node.peer_incarnation(ReplicaId(2), 100);
+    let again = node.accept_from("127.0.0.1:40003".into());
+    let Err(ConnError::Refused(why)) =
+        node.on_frame(0, again, peer_hello(2, 200, cfg.peers.clone()))
+    else {
+        panic!("the duplicate is accepted");
+    };
+    assert!(
+        why.starts_with(crate::wire::client::REFUSED_DUPLICATE),
+        "{why}"
+    );
+    assert!(
+        why.contains("127.0.0.1:40001") && why.contains("127.0.0.1:40003"),
+        "{why}"
+    );
+    assert_eq!(refused_text(&mut node, again), why);
+    // The first keeps its place.
+    assert_eq!(node.who(first), Peer::Replica(ReplicaId(2)));
+    assert!(!outputs(&mut node).contains(&Output::Close(first)));
+}
+
+#[test]
+fn a_restarted_replica_replaces_its_old_connection_once_seen_at_its_address() {
+    let cfg = config(3, 1, 0);
+    let mut node = Node::start(cfg.clone(), MemStorage::new(), 0);
+    node.link_up(ReplicaId(1));
+    node.peer_incarnation(ReplicaId(1), 100);
+    let old = node.accept();
+    node.on_frame(0, old, peer_hello(1, 100, cfg.peers.clone()))
+        .unwrap();
+    // Replica 1 restarted (incarnation 300); its old connection still
+    // looks open here.
+    let new = node.accept();
+    assert!(node
+        .on_frame(0, new, peer_hello(1, 300, cfg.peers.clone()))
+        .is_err());
+    assert!(outputs(&mut node).contains(&Output::Reprobe(ReplicaId(1))));
+    node.link_down(ReplicaId(1));
+    node.link_up(ReplicaId(1));
+    node.peer_incarnation(ReplicaId(1), 300);
+    let retry = node.accept();
+    node.on_frame(0, retry, peer_hello(1, 300, cfg.peers.clone()))
+        .unwrap();
+    assert_eq!(node.who(retry), Peer::Replica(ReplicaId(1)));
+    assert!(outputs(&mut node).contains(&Output::Close(old)));
+    // And once a holder's connection closed, a new incarnation is taken at
+    // once, whatever the link knows.
+    node.closed(old);
+    node.closed(retry);
+    let later = node.accept();
+    node.on_frame(0, later, peer_hello(1, 400, cfg.peers))
+        .unwrap();
+    assert_eq!(node.who(later), Peer::Replica(ReplicaId(1)));
+}
+
+#[test]
+fn a_shard_refused_for_its_configuration_by_most_peers_answers_unavailable() {
+    let (mut node, conn) = linked_with_a_client(config(3, 1, 0));
+    let why = "configuration mismatch: shard count: this replica runs 1 shards (--cores), \
+               replica 0 says 2";
+    // One peer of two refusing leaves a quorum: it serves.
+    assert_eq!(node.link_refused(ReplicaId(1), why), None);
+    assert_eq!(node.misconfigured(), None);
+    let cannot = node.link_refused(ReplicaId(2), why).expect("cannot serve");
+    assert!(
+        cannot.contains("2 of its 2 peers") && cannot.contains("runs 1 shards"),
+        "{cannot}"
+    );
+    node.on_frame(0, conn, request(0, 7, 1, b"k")).unwrap();
+    let answer = frames_for(&mut node, conn);
+    let r = decode_response(&answer[0].body).unwrap();
+    assert_eq!(r.code, Code::Unavailable);
+    assert!(
+        String::from_utf8_lossy(&r.value).contains("says 2"),
+        "{r:?}"
+    );
+    // Other refusals are not counted; a link that comes up clears its own.
+    assert_eq!(
+        node.link_refused(ReplicaId(1), "shard 0 stopped: disk full"),
+        None
+    );
+    node.link_up(ReplicaId(2));
+    assert_eq!(node.misconfigured(), None);
 }

@@ -45,6 +45,11 @@ pub struct RuntimeConfig {
     pub replica: ReplicaId,
     /// Advertised base address of every replica, this one's at `replica`.
     pub peers: Vec<SocketAddr>,
+    /// The `--peers` entries as given, normalised (what the configuration
+    /// digest covers: `node::Topology`).
+    pub peer_names: Vec<String>,
+    /// This process's incarnation: random, drawn at start.
+    pub incarnation: u64,
     /// Base address to bind (shard s binds port + s).
     pub listen: SocketAddr,
     pub cores: usize,

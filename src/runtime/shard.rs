@@ -44,7 +44,7 @@ use crate::constants::{
 use crate::node::{ConnError, ConnId, Node, NodeConfig, Output, Peer};
 use crate::protocol::ReplicaId;
 use crate::storage::Backend;
-use crate::wire::client::{decode_hello_answer, shard_addr};
+use crate::wire::client::{decode_hello_answer, shard_addr, Refusal};
 use crate::wire::{Frame, FrameError, FrameReader};
 
 /// How long a stopping shard waits for the kernel to let go of its buffers.
@@ -90,6 +90,8 @@ impl ShardConfig {
             shard: self.shard,
             shards: self.shards(),
             cluster_id: n.cluster_id,
+            peers: n.peer_names.clone(),
+            incarnation: n.incarnation,
             thrifty: n.thrifty,
             batch_max: n.batch_max,
             pipeline: n.pipeline,
@@ -521,7 +523,7 @@ impl ShardLoop {
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         tune(&sock, remote);
-        let id = self.node.accept();
+        let id = self.node.accept_from(remote.to_string());
         let slot = self.insert(sock, remote, Role::Accepted(id), State::Handshake);
         self.by_id.insert(id, slot);
         self.arm_recv(slot);
@@ -690,7 +692,9 @@ impl ShardLoop {
             Role::Link(peer) if state == State::Handshake => {
                 let answer = decode_hello_answer(frame.kind, &frame.body)
                     .inspect_err(|_| self.node.counters_mut().bad_frames += 1);
-                let hello = answer.map_err(Closed::Frame)?.map_err(Closed::Refused)?;
+                let hello = answer.map_err(Closed::Frame)?;
+                let hello = hello.map_err(|why| self.link_refused(peer, why))?;
+                self.node.peer_incarnation(peer, hello.incarnation.get());
                 self.link_up(slot, peer, hello.known_slot.get());
                 Ok(())
             }
@@ -702,6 +706,31 @@ impl ShardLoop {
                 }))
             }
         }
+    }
+
+    /// Our link's Hello was refused: a duplicate of the replica id stops
+    /// the process; a configuration the peer refuses is counted by the node.
+    fn link_refused(&mut self, peer: ReplicaId, why: String) -> Closed {
+        let addr = self.cfg.peer_addr(peer);
+        match Refusal::of(&why) {
+            Refusal::Duplicate => {
+                let why = format!(
+                    "replica {} ({addr}) refused this process as a second one with --id {}: \
+                     {why}; stopping",
+                    peer.0, self.cfg.node.replica.0
+                );
+                error!("{why}");
+                self.refusal = Some(why);
+            }
+            Refusal::Contested => error!(%addr, "replica {} refused us: {why}", peer.0),
+            Refusal::Config => {
+                if let Some(cannot) = self.node.link_refused(peer, &why) {
+                    error!("{cannot}; client requests are answered Unavailable");
+                }
+            }
+            Refusal::Other => {}
+        }
+        Closed::Refused(why)
     }
 
     fn link_up(&mut self, slot: u32, peer: ReplicaId, known: u64) {
@@ -945,7 +974,12 @@ impl ShardLoop {
             Closed::Frame(e) => {
                 warn!(%remote, "{what} sent a bad frame, closing the connection: {e}")
             }
-            Closed::Refused(why) => warn!(%remote, "{what} refused: {why}"),
+            Closed::Refused(why) => match Refusal::of(why) {
+                Refusal::Duplicate | Refusal::Contested => {
+                    error!(%remote, "{what} refused: {why}")
+                }
+                _ => warn!(%remote, "{what} refused: {why}"),
+            },
             Closed::Timeout => warn!(%remote, "{what}: handshake timed out"),
             Closed::EndBeforeHello => debug!(%remote, "{what} closed before its hello"),
             Closed::Io(e) => debug!(%remote, "{what}: connection lost: {e}"),
@@ -994,6 +1028,13 @@ impl ShardLoop {
                         if self.conn(slot).state != State::Draining {
                             self.close(slot, Closed::ByNode);
                         }
+                    }
+                }
+                Output::Reprobe(p) => {
+                    if let Some(slot) = self.links[p.index()].slot {
+                        let why = "re-opened to learn which process answers at its address \
+                                   (two processes claim its id)";
+                        self.close(slot, Closed::Io(std::io::Error::other(why)));
                     }
                 }
                 Output::Cross(to) => {

@@ -439,6 +439,8 @@ impl<'c> Sim<'c> {
             shard: s,
             shards: self.cfg.shards,
             cluster_id: CLUSTER_ID,
+            peers: (0..self.cfg.replicas).map(|p| format!("sim-{p}")).collect(),
+            incarnation: self.incarnation[r],
             thrifty: self.cfg.thrifty,
             batch_max: crate::constants::BATCH_COMMANDS_MAX,
             pipeline: self.cfg.node_pipeline,
@@ -774,7 +776,8 @@ impl<'c> Sim<'c> {
                     }
                 }
                 // Simulated clients read everything; nothing is closed.
-                Output::Close(_) => {}
+                // No two incarnations of a replica are connected at once.
+                Output::Close(_) | Output::Reprobe(_) => {}
                 Output::Cross(to) => {
                     let incarnation = self.incarnation[r];
                     for msg in node.take_cross(to, Vec::new()) {

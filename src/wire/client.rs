@@ -44,9 +44,37 @@ pub struct HelloBody {
     /// that started with an empty log checks (`Node::peer_knows`). 0 in a
     /// Hello and in answers to clients.
     pub known_slot: U64,
+    /// The digest of the sender's cluster configuration
+    /// (`node::config::Topology::digest`: cluster id, peer list, counts);
+    /// a client sends 0 for "any". A peer's Hello is followed by the text
+    /// of its peer list (`HELLO_PEERS_TEXT_BYTES_MAX`), for the refusal
+    /// to name both lists.
+    pub config_digest: U64,
+    /// The sending process's incarnation: 64 random bits drawn at its
+    /// start, so that two live processes claiming one replica id are told
+    /// apart (`Node::on_hello`). 0 from a client.
+    pub incarnation: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<HelloBody>() == 16);
+const _: () = assert!(core::mem::size_of::<HelloBody>() == 32);
+
+/// Longest peer list text after a peer's Hello (a longer one is cut, and
+/// only the refusal's wording suffers: the digest covers the whole list).
+pub const HELLO_PEERS_TEXT_BYTES_MAX: usize =
+    SMALL_BODY_BYTES_MAX - core::mem::size_of::<HelloBody>();
+
+/// How a `Refused` text from a peer starts when the refusal is about the
+/// cluster's configuration (peer list, counts, id): the refused shard
+/// counts it (`Node::link_refused`).
+pub const REFUSED_CONFIG: &str = "configuration mismatch";
+/// How it starts when another live process holds the replica id and the
+/// refusing peer found that one at the id's advertised address: the
+/// refused process is the duplicate, and exits.
+pub const REFUSED_DUPLICATE: &str = "duplicate replica id";
+/// How it starts when another live connection holds the replica id and the
+/// refusing peer has not yet seen which process answers at the id's
+/// advertised address: the refused process tries again.
+pub const REFUSED_CONTESTED: &str = "contested replica id";
 
 /// Longest `Refused` text.
 pub const REFUSED_TEXT_BYTES_MAX: usize = 1024;
@@ -70,7 +98,9 @@ pub enum Code {
     /// The command was refused; the value holds the reason as text.
     Error = 5,
     /// The shard stopped: its log could not be written or synced, so it
-    /// neither acknowledges nor votes any more. The value holds the reason.
+    /// neither acknowledges nor votes any more; or it cannot serve because
+    /// its configuration differs from its peers' (`--peers`, `--cores`),
+    /// and more than F of them refuse it. The value holds the reason.
     /// A command sent before may still commit through the other replicas;
     /// send it to another replica (same client id and request number) to
     /// learn its outcome.
@@ -157,20 +187,59 @@ pub fn decode_response(body: &Bytes) -> Result<Response, FrameError> {
     })
 }
 
+/// A Hello or HelloOk without the text a peer's Hello may carry.
 pub fn decode_hello(kind: Kind, body: &[u8]) -> Result<HelloBody, FrameError> {
-    let hello = HelloBody::read_from_bytes(body).map_err(|_| FrameError::BadBody {
+    decode_hello_with_text(kind, body).map(|(hello, _)| hello)
+}
+
+/// A Hello or HelloOk, and the peer list text after a peer's Hello (empty
+/// otherwise).
+pub fn decode_hello_with_text(kind: Kind, body: &[u8]) -> Result<(HelloBody, &str), FrameError> {
+    let size = core::mem::size_of::<HelloBody>();
+    let (hello, text) = HelloBody::read_from_prefix(body).map_err(|_| FrameError::BadBody {
         kind,
-        reason: format!("{} bytes, a hello is 16", body.len()),
+        reason: format!("{} bytes, a hello is at least {size}", body.len()),
     })?;
     let role_ok = hello.role == Role::Peer as u8 || hello.role == Role::Client as u8;
     let slot_ok = kind == Kind::HelloOk || hello.known_slot.get() == 0;
-    if !role_ok || hello.padding != [0; 3] || !slot_ok {
+    let text_ok = text.is_empty() || (kind == Kind::Hello && hello.role == Role::Peer as u8);
+    if !role_ok || hello.padding != [0; 3] || !slot_ok || !text_ok {
         return Err(FrameError::BadBody {
             kind,
             reason: format!("role {} or reserved bytes", hello.role),
         });
     }
-    Ok(hello)
+    let text = std::str::from_utf8(text).map_err(|_| FrameError::BadBody {
+        kind,
+        reason: "peer list text is not UTF-8".into(),
+    })?;
+    Ok((hello, text))
+}
+
+/// What kind of refusal a `Refused` text from a peer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The configurations differ (`REFUSED_CONFIG`).
+    Config,
+    /// This process is a duplicate of the replica id (`REFUSED_DUPLICATE`).
+    Duplicate,
+    /// Another connection holds the replica id for now (`REFUSED_CONTESTED`).
+    Contested,
+    Other,
+}
+
+impl Refusal {
+    pub fn of(text: &str) -> Refusal {
+        if text.starts_with(REFUSED_CONFIG) {
+            Refusal::Config
+        } else if text.starts_with(REFUSED_DUPLICATE) {
+            Refusal::Duplicate
+        } else if text.starts_with(REFUSED_CONTESTED) {
+            Refusal::Contested
+        } else {
+            Refusal::Other
+        }
+    }
 }
 
 /// The answer to a Hello: the replica's view (`HelloOk`), or `Err` with the

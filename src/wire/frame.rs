@@ -26,8 +26,10 @@ pub const SMALL_BODY_BYTES_MAX: usize = 4096;
 /// "EPXF" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
 /// Bumped on any change of a layout or a meaning in `wire/` (5: the
-/// `Progress` kind, and dependencies that name what is stable).
-pub const WIRE_VERSION: u8 = 5;
+/// `Progress` kind, and dependencies that name what is stable; 6: the
+/// Hello carries the configuration digest, the process's incarnation and,
+/// from a peer, its peer list).
+pub const WIRE_VERSION: u8 = 6;
 
 pub const FRAME_HEADER_BYTES: usize = 32;
 
