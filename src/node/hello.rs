@@ -59,7 +59,10 @@ impl<S: Storage> Node<S> {
             Some(why) if hello.role == Role::Peer as u8 => Err(why.clone()),
             _ => Ok(()),
         };
-        if let Err(why) = stopped.and_then(|()| self.check_hello(&hello)) {
+        let checked = stopped
+            .and_then(|()| self.check_hello(&hello))
+            .and_then(|()| self.check_room(&hello));
+        if let Err(why) = checked {
             let text = &why.as_bytes()[..why.len().min(REFUSED_TEXT_BYTES_MAX)];
             self.queue_conn(conn, Kind::Refused, text);
             self.close_conn(conn);
@@ -83,6 +86,7 @@ impl<S: Storage> Node<S> {
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.who = who;
+            self.clients += usize::from(who == Peer::Client);
         }
         Ok(())
     }
@@ -97,6 +101,18 @@ impl<S: Storage> Node<S> {
                 self.outputs.push_back(Output::Close(conn));
             }
         }
+    }
+
+    /// A client beyond `max_clients` is refused, with the limit named.
+    fn check_room(&self, h: &HelloBody) -> Result<(), String> {
+        if h.role == Role::Client as u8 && self.clients >= self.cfg.max_clients {
+            return Err(format!(
+                "too many clients: shard {} serves at most {} client connections \
+                 (--max-clients); try again later or another replica",
+                self.cfg.shard, self.cfg.max_clients
+            ));
+        }
+        Ok(())
     }
 
     /// A mismatch, described with both values.

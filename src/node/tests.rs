@@ -25,6 +25,7 @@ fn config(replicas: usize, shards: usize, shard: usize) -> NodeConfig {
         injected_bug: None,
         node_bug: None,
         test_lose_write: 0,
+        max_clients: usize::MAX,
     }
 }
 

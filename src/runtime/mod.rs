@@ -60,6 +60,13 @@ pub struct RuntimeConfig {
     /// Test only: acknowledge each shard's Nth PUT (from 1) without
     /// proposing it, so that tests can show a lost write is caught. 0: off.
     pub test_lose_write: u64,
+    /// Client connections each shard serves at once (`--max-clients`).
+    pub max_clients: usize,
+    /// Seconds a client may send nothing before it is closed; 0: never.
+    pub client_idle_timeout_s: u64,
+    /// How long a frame may take to arrive once its first bytes did
+    /// (`FRAME_DEADLINE_MS`; tests shorten it).
+    pub frame_deadline_ms: u64,
 }
 
 /// Why the replica stopped, other than by a signal.

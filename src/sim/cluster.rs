@@ -444,6 +444,7 @@ impl<'c> Sim<'c> {
             injected_bug: self.cfg.injected_bug,
             node_bug: self.cfg.node_bug,
             test_lose_write: 0,
+            max_clients: usize::MAX,
         }
     }
 
