@@ -468,7 +468,12 @@ impl<S: Storage> Node<S> {
         let waiting: Vec<(u64, u64)> = self.pending.keys().copied().collect();
         for &(client, request) in &waiting {
             self.counters.refused_stopping += 1;
-            self.answer(client, request, crate::wire::client::Code::Unavailable, why.as_bytes());
+            self.answer(
+                client,
+                request,
+                crate::wire::client::Code::Unavailable,
+                why.as_bytes(),
+            );
         }
         waiting.len()
     }

@@ -138,12 +138,12 @@ impl<S: Storage> Node<S> {
             Cross::Answer { conn, answer } => {
                 self.counters.forwarded_answers += 1;
                 self.respond(
-                conn,
-                answer.client,
-                answer.request,
-                answer.code,
-                &answer.value,
-            )
+                    conn,
+                    answer.client,
+                    answer.request,
+                    answer.code,
+                    &answer.value,
+                )
             }
         }
     }

@@ -128,9 +128,14 @@ enum Closed {
     /// The shard is stopping.
     Stopping,
     /// It sat inside a frame past the frame deadline, holding this much.
-    FrameDeadline { held: usize, ms: u64 },
+    FrameDeadline {
+        held: usize,
+        ms: u64,
+    },
     /// A client that sent nothing for the idle timeout.
-    Idle { s: u64 },
+    Idle {
+        s: u64,
+    },
 }
 
 impl From<ConnError> for Closed {
@@ -670,8 +675,8 @@ impl ShardLoop {
             if !self.pause_logged {
                 self.pause_logged = true;
                 warn!(
-                    "{} bytes held in partial frames (limit {}): receiving on client \
-                     connections stops until they complete or close",
+                    "{} bytes held in partial frames (limit {}): receiving stops on client \
+                     connections inside a frame until the frames complete or close",
                     self.budget.held(),
                     self.budget.max()
                 );
@@ -682,6 +687,9 @@ impl ShardLoop {
                 };
                 if c.state == State::Closed || !c.recv_armed || c.recv_cancelling {
                     continue;
+                }
+                if c.inbound.held() == 0 && !self.budget.overflowing() {
+                    continue; // holds no partial frame: see `overflowing`
                 }
                 if !self.pausable(slot) {
                     continue;
@@ -765,9 +773,8 @@ impl ShardLoop {
             }
             let waiting = self.node.awaiting_answers();
             info!("stopping: no new connections; answering the {waiting} request(s) received");
-            self.node.stop_taking(
-                "this replica is stopping; send the request to another replica",
-            );
+            self.node
+                .stop_taking("this replica is stopping; send the request to another replica");
             self.dirty = true;
             self.stop_phase = Some(StopPhase::Draining {
                 since: now,
@@ -827,7 +834,11 @@ impl ShardLoop {
                         "stopped: {} answer(s) sent while stopping, {refused} request(s) \
                          refused as unavailable{}",
                         sent.saturating_sub(refused),
-                        if out { "" } else { "; some answers were still being written" }
+                        if out {
+                            ""
+                        } else {
+                            "; some answers were still being written"
+                        }
                     );
                     return true;
                 }
@@ -845,7 +856,8 @@ impl ShardLoop {
         if c.state == State::Closed || c.recv_armed {
             return;
         }
-        if self.budget.exhausted() && self.pausable(slot) {
+        let pause = self.budget.overflowing() || (self.budget.exhausted() && c.inbound.held() > 0);
+        if pause && self.pausable(slot) {
             let c = self.conns[slot as usize].as_mut().expect("a live slot");
             if !c.recv_paused {
                 c.recv_paused = true;
