@@ -55,8 +55,48 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 /// A connection whose sent data stays unacknowledged this long is closed
 /// (TCP_USER_TIMEOUT; a link to a peer then reconnects). Without it, a host
 /// that vanished while data was on its way keeps the connection, and a
-/// blocked writer, for the kernel's ~15 minutes of retransmissions.
-pub const UNACKED_MS_MAX: u32 = 10_000;
+/// blocked writer, for the kernel's ~15 minutes of retransmissions. Linux
+/// applies it to keepalive probes too: it closes an idle connection once
+/// this long passed without an ACK, so it must be longer than keepalive's
+/// own idle + interval x probes (16 s), or one lost probe (at ~12 s with
+/// 10 s) closes a healthy idle connection. Checked below.
+pub const UNACKED_MS_MAX: u32 = 20_000;
+
+// Every keepalive probe, and one interval more, fits in the user timeout.
+const _: () = assert!(
+    UNACKED_MS_MAX as u64
+        >= (KEEPALIVE_IDLE_S as u64 + KEEPALIVE_INTERVAL_S as u64 * (KEEPALIVE_PROBES as u64 + 1))
+            * 1000
+);
+
+/// A frame must have arrived whole this long after its first bytes; a
+/// connection that sits inside one longer (a header, then silence) is
+/// closed, with what it held.
+pub const FRAME_DEADLINE_MS: u64 = 10_000;
+
+/// Bytes a shard holds in partial frames, across all its connections. Past
+/// it the shard stops receiving on client connections (and ones still in
+/// their handshake) until the frames it holds complete or their
+/// connections close; peer links keep receiving.
+pub const SHARD_INPUT_BYTES_MAX: usize = 64 << 20;
+
+/// Client connections one shard serves at once unless `--max-clients`
+/// says otherwise; the next client's Hello is refused with a text naming
+/// the limit.
+pub const CLIENTS_PER_SHARD_DEFAULT: usize = 10_000;
+
+/// A failed accept (out of descriptors, say) is tried again after a
+/// delay that doubles from the first value to the second, back to the
+/// first after an accept succeeds; failures are logged at most once per
+/// `ACCEPT_FAILURE_LOG_MS`, with their count.
+pub const ACCEPT_RETRY_MS_MIN: u64 = 10;
+pub const ACCEPT_RETRY_MS_MAX: u64 = 1_000;
+pub const ACCEPT_FAILURE_LOG_MS: u64 = 10_000;
+
+/// How long a stopping replica (SIGTERM) waits for the answers to requests
+/// it already received before it refuses the rest (`Unavailable`) and
+/// exits. A second signal exits at once.
+pub const STOP_DRAIN_MS: u64 = 5_000;
 
 /// Capacity of a written send buffer kept for reuse, at most: reuse saves
 /// faulting pages in for every write, but a burst must not pin its peak

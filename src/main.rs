@@ -11,7 +11,8 @@ use std::sync::Arc;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use epaxos_fast::constants::{
-    BATCH_COMMANDS_MAX, REPLICAS_MAX, SESSIONS_MAX_DEFAULT, SESSION_IDLE_NS_DEFAULT,
+    BATCH_COMMANDS_MAX, CLIENTS_PER_SHARD_DEFAULT, FRAME_DEADLINE_MS, REPLICAS_MAX,
+    SESSIONS_MAX_DEFAULT, SESSION_IDLE_NS_DEFAULT,
 };
 use epaxos_fast::protocol::ReplicaId;
 use epaxos_fast::runtime::{self, RuntimeConfig};
@@ -104,6 +105,24 @@ struct Args {
     #[arg(long, default_value_t = SESSIONS_MAX_DEFAULT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     sessions_max: u64,
+    /// Client connections each shard serves at once; the next client's
+    /// hello is refused with a message naming this limit (peer links do not
+    /// count). Bounds what idle or hostile clients can hold: descriptors,
+    /// and their buffers.
+    #[arg(long, default_value_t = CLIENTS_PER_SHARD_DEFAULT as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_clients: u32,
+    /// Close a client connection that sent nothing for this many seconds
+    /// (0: never). Off by default: pooled client connections may rightly
+    /// sit idle for long, keepalive already closes those whose host
+    /// vanished, and --max-clients bounds how many can be held.
+    #[arg(long, default_value_t = 0)]
+    client_idle_timeout_s: u64,
+    /// TEST ONLY: milliseconds a frame may take to arrive once its first
+    /// bytes did (a connection that sits inside a frame longer is closed).
+    #[arg(long, default_value_t = FRAME_DEADLINE_MS, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    test_frame_deadline_ms: u64,
     /// TEST ONLY: acknowledge each shard's Nth PUT without applying it (a
     /// deliberately lost write, to show that `blaster --verify` finds it).
     #[arg(long, default_value_t = 0, hide = true)]
@@ -196,6 +215,9 @@ fn config(args: &Args) -> RuntimeConfig {
         test_lose_write: args.test_lose_write,
         session_idle_ns: args.session_idle_s * 1_000_000_000,
         sessions_max: args.sessions_max as usize,
+        max_clients: args.max_clients as usize,
+        client_idle_timeout_s: args.client_idle_timeout_s,
+        frame_deadline_ms: args.test_frame_deadline_ms,
     }
 }
 
@@ -242,8 +264,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let stop = Arc::new(AtomicBool::new(false));
+    // The first SIGINT or SIGTERM starts a graceful stop (the shards answer
+    // what they received, then exit 0); a second one exits at once, status 1.
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
+        if let Err(e) = registered {
             eprintln!("epaxos-fast: cannot handle signal {signal}: {e}");
             return ExitCode::from(1);
         }

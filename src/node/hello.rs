@@ -124,6 +124,7 @@ impl<S: Storage> Node<S> {
         };
         let checked = stopped
             .and_then(|()| self.check_hello(&hello, text))
+            .and_then(|()| self.check_room(&hello))
             .and_then(|()| self.claim(conn, &hello));
         if let Err(why) = checked {
             let text = &why.as_bytes()[..why.len().min(REFUSED_TEXT_BYTES_MAX)];
@@ -149,6 +150,7 @@ impl<S: Storage> Node<S> {
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.who = who;
+            self.clients += usize::from(who == Peer::Client);
         }
         Ok(())
     }
@@ -286,6 +288,18 @@ impl<S: Storage> Node<S> {
             refused().count(),
             self.cfg.replicas - 1
         ))
+    }
+
+    /// A client beyond `max_clients` is refused, with the limit named.
+    fn check_room(&self, h: &HelloBody) -> Result<(), String> {
+        if h.role == Role::Client as u8 && self.clients >= self.cfg.max_clients {
+            return Err(format!(
+                "too many clients: shard {} serves at most {} client connections \
+                 (--max-clients); try again later or another replica",
+                self.cfg.shard, self.cfg.max_clients
+            ));
+        }
+        Ok(())
     }
 
     /// A mismatch, described with both values.

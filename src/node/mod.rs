@@ -97,6 +97,9 @@ pub struct NodeConfig {
     /// Most sessions the shard keeps; past it the least recently used are
     /// expired (`--sessions-max`).
     pub sessions_max: usize,
+    /// Client connections served at once; the next client's Hello is
+    /// refused with a text naming the limit.
+    pub max_clients: usize,
 }
 
 /// A deliberate defect of the node, for proving that the simulator catches
@@ -203,6 +206,12 @@ pub struct Counters {
     pub puts_seen: u64,
     /// `Op::Expire` commands this shard proposed.
     pub expiries_proposed: u64,
+    /// Responses written to this shard's clients.
+    pub responses: u64,
+    /// Requests answered `Unavailable` because the shard is stopping.
+    pub refused_stopping: u64,
+    /// Answers that came back for commands forwarded to another shard.
+    pub forwarded_answers: u64,
     pub log: LogCounters,
 }
 
@@ -330,6 +339,10 @@ pub struct Node<S: Storage> {
     probation: Option<u16>,
     /// When the next turn looks for sessions to expire.
     expiry_due: u64,
+    /// Client connections that completed their Hello (`max_clients`).
+    clients: usize,
+    /// Set by `stop_taking`: new requests are answered `Unavailable` with it.
+    stopping: Option<String>,
 }
 
 impl<S: Storage> Node<S> {
@@ -392,6 +405,8 @@ impl<S: Storage> Node<S> {
             refused: false,
             probation: (records_empty && cfg.replicas > 1).then_some(0),
             expiry_due: now,
+            clients: 0,
+            stopping: None,
             cfg,
         }
     }
@@ -472,7 +487,46 @@ impl<S: Storage> Node<S> {
             if let Peer::Replica(_) = c.who {
                 self.release_claim(conn);
             }
+            if c.who == Peer::Client {
+                self.clients -= 1;
+            }
         }
+    }
+
+    /// Client connections served now.
+    pub fn clients(&self) -> usize {
+        self.clients
+    }
+
+    /// The replica is stopping: from now on a request is answered
+    /// `Unavailable` with `why` (the client retries elsewhere); those
+    /// already received are still answered as usual.
+    pub fn stop_taking(&mut self, why: &str) {
+        self.stopping = Some(why.to_string());
+    }
+
+    /// Answers every command still waiting `Unavailable` with `why` (a
+    /// stopping replica's last step); how many. A client that sends it
+    /// again elsewhere has it run at most once (its request number).
+    pub fn refuse_pending(&mut self, why: &str) -> usize {
+        let waiting: Vec<(u64, u64)> = self.pending.keys().copied().collect();
+        for &(client, request) in &waiting {
+            self.counters.refused_stopping += 1;
+            self.answer(
+                client,
+                request,
+                crate::wire::client::Code::Unavailable,
+                why.as_bytes(),
+            );
+        }
+        waiting.len()
+    }
+
+    /// Commands forwarded to other shards whose answer has not come back.
+    pub fn forwards_awaiting(&self) -> u64 {
+        self.counters
+            .forwarded_out
+            .saturating_sub(self.counters.forwarded_answers)
     }
 
     /// Who the connection's Hello said it is.

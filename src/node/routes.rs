@@ -68,7 +68,10 @@ impl<S: Storage> Node<S> {
     /// A client's Request: the commands this shard owns join the open batch,
     /// the others go to their shards, one batch per shard.
     pub(super) fn on_request(&mut self, conn: ConnId, batch: &Batch) {
-        if let Some(why) = self.unavailable() {
+        if let Some(why) = self.unavailable().or_else(|| self.stopping.clone()) {
+            if self.stopping.is_some() {
+                self.counters.refused_stopping += batch.len() as u64;
+            }
             for cmd in batch.iter() {
                 self.respond(
                     conn,
@@ -143,13 +146,16 @@ impl<S: Storage> Node<S> {
                     self.submit(Route { origin, conn }, &cmd);
                 }
             }
-            Cross::Answer { conn, answer } => self.respond(
-                conn,
-                answer.client,
-                answer.request,
-                answer.code,
-                &answer.value,
-            ),
+            Cross::Answer { conn, answer } => {
+                self.counters.forwarded_answers += 1;
+                self.respond(
+                    conn,
+                    answer.client,
+                    answer.request,
+                    answer.code,
+                    &answer.value,
+                )
+            }
         }
     }
 
@@ -283,6 +289,7 @@ impl<S: Storage> Node<S> {
         self.enc.frame(&mut c.out, Kind::Response, |b| {
             put_response(b, client, request, code, value)
         });
+        self.counters.responses += 1;
         if !c.listed {
             c.listed = true;
             self.outputs.push_back(Output::Conn(conn));

@@ -31,6 +31,7 @@ fn config(replicas: usize, shards: usize, shard: usize) -> NodeConfig {
         test_lose_write: 0,
         session_idle_ns: crate::constants::SESSION_IDLE_NS_DEFAULT,
         sessions_max: crate::constants::SESSIONS_MAX_DEFAULT,
+        max_clients: usize::MAX,
     }
 }
 

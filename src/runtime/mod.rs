@@ -69,6 +69,13 @@ pub struct RuntimeConfig {
     pub session_idle_ns: u64,
     /// Most client sessions a shard keeps.
     pub sessions_max: usize,
+    /// Client connections each shard serves at once (`--max-clients`).
+    pub max_clients: usize,
+    /// Seconds a client may send nothing before it is closed; 0: never.
+    pub client_idle_timeout_s: u64,
+    /// How long a frame may take to arrive once its first bytes did
+    /// (`FRAME_DEADLINE_MS`; tests shorten it).
+    pub frame_deadline_ms: u64,
 }
 
 /// Why the replica stopped, other than by a signal.

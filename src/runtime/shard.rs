@@ -38,14 +38,15 @@ use super::mesh::Mesh;
 use super::uring::{Done, Op, OpKind, Ring, RECV_GROUP};
 use super::{sockopt, RunError, RuntimeConfig};
 use crate::constants::{
-    HANDSHAKE_TIMEOUT_MS, LOG_WRITE_STALL_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN,
-    SEND_BUFFER_KEPT_BYTES_MAX, STOP_CHECK_MS, UNACKED_MS_MAX,
+    ACCEPT_FAILURE_LOG_MS, ACCEPT_RETRY_MS_MAX, ACCEPT_RETRY_MS_MIN, HANDSHAKE_TIMEOUT_MS,
+    LOG_WRITE_STALL_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, SEND_BUFFER_KEPT_BYTES_MAX,
+    SHARD_INPUT_BYTES_MAX, STOP_CHECK_MS, STOP_DRAIN_MS, UNACKED_MS_MAX,
 };
 use crate::node::{ConnError, ConnId, Node, NodeConfig, Output, Peer};
 use crate::protocol::ReplicaId;
 use crate::storage::Backend;
 use crate::wire::client::{decode_hello_answer, shard_addr, Refusal};
-use crate::wire::{Frame, FrameError, FrameReader};
+use crate::wire::{Frame, FrameError, FrameReader, Inbound, InputBudget};
 
 /// How long a stopping shard waits for the kernel to let go of its buffers.
 const SHUTDOWN_DRAIN_MS: u64 = 200;
@@ -55,6 +56,13 @@ const RING_ENTRIES: u32 = 1024;
 /// however many connections it holds.
 const RECV_BUFFERS: u16 = 256;
 const RECV_BUFFER_BYTES: usize = 16 << 10;
+/// A stopping shard has drained once its clients sent nothing for this
+/// long (and every answer due is out): requests they sent just before the
+/// signal are still on their way in.
+const STOP_QUIET_MS: u64 = 100;
+/// After the drain, how long a stopping shard waits for its last answers
+/// to leave.
+const STOP_FLUSH_MS: u64 = 500;
 
 /// What one shard needs to know about the cluster and itself.
 #[derive(Clone, Debug)]
@@ -102,6 +110,7 @@ impl ShardConfig {
             test_lose_write: n.test_lose_write,
             session_idle_ns: n.session_idle_ns,
             sessions_max: n.sessions_max,
+            max_clients: n.max_clients,
         }
     }
 }
@@ -122,6 +131,15 @@ enum Closed {
     ByNode,
     /// The shard is stopping.
     Stopping,
+    /// It sat inside a frame past the frame deadline, holding this much.
+    FrameDeadline {
+        held: usize,
+        ms: u64,
+    },
+    /// A client that sent nothing for the idle timeout.
+    Idle {
+        s: u64,
+    },
 }
 
 impl From<ConnError> for Closed {
@@ -162,9 +180,14 @@ struct Conn {
     state: State,
     /// Bumped whenever the slot is reused, so that a stale timer is ignored.
     generation: u32,
-    /// Received bytes not yet cut into frames.
-    inbound: BytesMut,
+    /// Received bytes not yet cut into frames, counted in the shard's
+    /// input budget.
+    inbound: Inbound,
     recv_armed: bool,
+    /// Its receive is being cancelled because the input budget ran out.
+    recv_cancelling: bool,
+    /// Not receiving until the input budget frees (in `ShardLoop::paused`).
+    recv_paused: bool,
     connecting: bool,
     /// The buffer of the send in flight, and how much of it went already.
     sending: Option<(BytesMut, usize)>,
@@ -228,6 +251,9 @@ enum Timer {
     AcceptAgain,
     /// Time to check that the log's write in flight is not stalled.
     LogStall,
+    /// Time to look for connections inside a frame past its deadline, and
+    /// idle clients.
+    Sweep,
 }
 
 pub struct ShardLoop {
@@ -268,6 +294,28 @@ pub struct ShardLoop {
     passes: u64,
     turns: u64,
     sends: u64,
+    /// Bytes held in partial frames by every connection, against the limit.
+    budget: InputBudget,
+    /// Connections whose receive waits for the budget: (slot, generation).
+    paused: Vec<(u32, u32)>,
+    /// Receives were stopped since the budget last ran out (logged once).
+    pause_logged: bool,
+    /// Delay before the next accept after a failed one, failures not yet
+    /// logged, and when failures were last logged.
+    accept_retry_ms: u64,
+    accept_failures: u64,
+    accept_logged_at: Option<u64>,
+    /// Once SIGTERM (or SIGINT) came: how far the stop is.
+    stop_phase: Option<StopPhase>,
+}
+
+/// A graceful stop: no new connections; requests already received are
+/// answered (new ones refused `Unavailable`), for at most `STOP_DRAIN_MS`;
+/// then what is left is refused, and the answers leave.
+#[derive(Clone, Copy, Debug)]
+enum StopPhase {
+    Draining { since: u64, responses_before: u64 },
+    Flushing { since: u64, responses_before: u64 },
 }
 
 impl ShardLoop {
@@ -335,6 +383,13 @@ impl ShardLoop {
             passes: 0,
             turns: 0,
             sends: 0,
+            budget: InputBudget::new(SHARD_INPUT_BYTES_MAX),
+            paused: Vec::new(),
+            pause_logged: false,
+            accept_retry_ms: ACCEPT_RETRY_MS_MIN,
+            accept_failures: 0,
+            accept_logged_at: None,
+            stop_phase: None,
         })
     }
 
@@ -377,16 +432,22 @@ impl ShardLoop {
         let stop_check = Duration::from_millis(STOP_CHECK_MS);
         let spin = self.cfg.node.spin;
         let mut done = std::mem::take(&mut self.done);
+        self.clock = self.now();
+        self.at(self.sweep_ms(), Timer::Sweep);
         loop {
-            if self.stop.load(Ordering::Relaxed) || self.refusal.is_some() {
+            if self.refusal.is_some() {
                 break;
             }
             self.passes += 1;
             self.clock = self.now();
+            if self.stop.load(Ordering::Relaxed) && self.stopped() {
+                break;
+            }
             self.ring.reap(&mut done);
             for d in done.drain(..) {
                 self.on_done(d);
             }
+            self.balance_input();
             self.take_cross_messages();
             self.fire_timers();
             let now = self.pass_now();
@@ -500,13 +561,14 @@ impl ShardLoop {
     }
 
     fn on_accept(&mut self, d: Done) {
+        let stopping = self.stopping || self.stop_phase.is_some();
         if !d.more() {
             self.accept_armed = false;
-            if !self.stopping {
+            if !stopping {
                 self.arm_accept_later(d.error().is_some());
             }
         }
-        if self.stopping {
+        if stopping {
             if d.result >= 0 {
                 // SAFETY: a successful accept's result is a descriptor we own.
                 drop(unsafe { TcpStream::from_raw_fd(d.result) });
@@ -514,9 +576,9 @@ impl ShardLoop {
             return;
         }
         if let Some(e) = d.error() {
-            warn!("accept failed: {e}");
-            return;
+            return self.accept_failed(e);
         }
+        self.accept_retry_ms = ACCEPT_RETRY_MS_MIN;
         // SAFETY: a successful accept's result is a new descriptor we own.
         let sock = unsafe { TcpStream::from_raw_fd(d.result) };
         let remote = sock
@@ -531,24 +593,53 @@ impl ShardLoop {
 
     fn arm_accept_later(&mut self, failed: bool) {
         if failed {
-            // Out of descriptors, say: try again shortly rather than spin.
-            self.at(10, Timer::AcceptAgain);
+            // Out of descriptors, say: try again after a growing delay
+            // rather than spin.
+            let delay = self.accept_retry_ms;
+            self.accept_retry_ms = (delay * 2).min(ACCEPT_RETRY_MS_MAX);
+            self.at(delay, Timer::AcceptAgain);
         } else {
             self.arm_accept();
+        }
+    }
+
+    /// Counts a failed accept; logs the count at most once per
+    /// `ACCEPT_FAILURE_LOG_MS`, not once per retry.
+    fn accept_failed(&mut self, e: std::io::Error) {
+        self.accept_failures += 1;
+        let now = self.pass_now();
+        let due = self
+            .accept_logged_at
+            .is_none_or(|t| now.saturating_sub(t) >= ACCEPT_FAILURE_LOG_MS * 1_000_000);
+        if due {
+            warn!(
+                "accept failed {} time(s) since the last report: {e}; retrying in {} ms \
+                 (growing to {ACCEPT_RETRY_MS_MAX} ms while it fails)",
+                self.accept_failures, self.accept_retry_ms
+            );
+            self.accept_failures = 0;
+            self.accept_logged_at = Some(now);
         }
     }
 
     fn insert(&mut self, sock: TcpStream, remote: SocketAddr, role: Role, state: State) -> u32 {
         self.generation = self.generation.wrapping_add(1);
         let (addr, _) = sock_addr(remote);
+        let now = self.pass_now();
+        let inbound = match role {
+            Role::Accepted(_) => Inbound::new(now),
+            Role::Link(_) => Inbound::trusted(now),
+        };
         let conn = Conn {
             sock,
             remote,
             role,
             state,
             generation: self.generation,
-            inbound: BytesMut::new(),
+            inbound,
             recv_armed: false,
+            recv_cancelling: false,
+            recv_paused: false,
             connecting: false,
             sending: None,
             spare: BytesMut::new(),
@@ -569,15 +660,216 @@ impl ShardLoop {
         slot
     }
 
+    /// Whether receiving on `slot` stops while the input budget is spent:
+    /// every connection but a peer's (a peer link carries the protocol,
+    /// and there are at most REPLICAS_MAX - 1 of them).
+    fn pausable(&self, slot: u32) -> bool {
+        let c = self.conns[slot as usize].as_ref().expect("a live slot");
+        match c.role {
+            Role::Accepted(id) => !matches!(self.node.who(id), Peer::Replica(_)),
+            Role::Link(_) => false,
+        }
+    }
+
+    /// Stops receiving on pausable connections once the input budget is
+    /// spent (their multishot receives are cancelled; bytes that arrive
+    /// meanwhile are still counted), and starts them again once it frees.
+    fn balance_input(&mut self) {
+        if self.budget.exhausted() {
+            if !self.pause_logged {
+                self.pause_logged = true;
+                warn!(
+                    "{} bytes held in partial frames (limit {}): receiving stops on client \
+                     connections inside a frame until the frames complete or close",
+                    self.budget.held(),
+                    self.budget.max()
+                );
+            }
+            for slot in 0..self.conns.len() as u32 {
+                let Some(c) = self.conns[slot as usize].as_ref() else {
+                    continue;
+                };
+                if c.state == State::Closed || !c.recv_armed || c.recv_cancelling {
+                    continue;
+                }
+                if c.inbound.held() == 0 && !self.budget.overflowing() {
+                    continue; // holds no partial frame: see `overflowing`
+                }
+                if !self.pausable(slot) {
+                    continue;
+                }
+                self.conn(slot).recv_cancelling = true;
+                let entry = opcode::AsyncCancel::new(Op::new(OpKind::Recv, slot).pack()).build();
+                // SAFETY: the entry points at no memory.
+                unsafe { self.ring.push(entry, Op::new(OpKind::Ignore, slot)) };
+            }
+        } else if !self.paused.is_empty() && self.budget.may_resume() {
+            self.pause_logged = false;
+            for (slot, generation) in std::mem::take(&mut self.paused) {
+                let Some(c) = self.conns[slot as usize].as_mut() else {
+                    continue;
+                };
+                if c.generation != generation {
+                    continue;
+                }
+                c.recv_paused = false;
+                self.arm_recv(slot);
+            }
+        }
+    }
+
+    fn frame_deadline_ms(&self) -> u64 {
+        self.cfg.node.frame_deadline_ms
+    }
+
+    /// How often the sweep looks: a quarter of the shortest deadline it
+    /// enforces, 10 ms to 1 s.
+    fn sweep_ms(&self) -> u64 {
+        let idle_ms = self.cfg.node.client_idle_timeout_s.saturating_mul(1000);
+        let shortest = match idle_ms {
+            0 => self.frame_deadline_ms(),
+            ms => ms.min(self.frame_deadline_ms()),
+        };
+        (shortest / 4).clamp(10, 1000)
+    }
+
+    /// Closes connections inside a frame past the frame deadline, and
+    /// clients idle past the idle timeout.
+    fn sweep(&mut self) {
+        let now = self.pass_now();
+        let deadline_ms = self.frame_deadline_ms();
+        let idle_s = self.cfg.node.client_idle_timeout_s;
+        for slot in 0..self.conns.len() as u32 {
+            let Some(c) = self.conns[slot as usize].as_ref() else {
+                continue;
+            };
+            if matches!(c.state, State::Closed | State::Draining) {
+                continue;
+            }
+            if c.inbound.overdue(now, deadline_ms * 1_000_000) {
+                let held = c.inbound.held();
+                self.close(
+                    slot,
+                    Closed::FrameDeadline {
+                        held,
+                        ms: deadline_ms,
+                    },
+                );
+                continue;
+            }
+            let client = matches!(c.role, Role::Accepted(id) if self.node.who(id) == Peer::Client);
+            if client && c.inbound.idle(now, idle_s.saturating_mul(1_000_000_000)) {
+                self.close(slot, Closed::Idle { s: idle_s });
+            }
+        }
+    }
+
+    /// One step of a graceful stop; whether the loop may end. See
+    /// `StopPhase`.
+    fn stopped(&mut self) -> bool {
+        let now = self.pass_now();
+        let responses = self.node.counters_mut().responses;
+        let Some(phase) = self.stop_phase else {
+            if self.accept_armed {
+                let entry = opcode::AsyncCancel::new(Op::new(OpKind::Accept, 0).pack()).build();
+                // SAFETY: the entry points at no memory.
+                unsafe { self.ring.push(entry, Op::new(OpKind::Ignore, 0)) };
+            }
+            let waiting = self.node.awaiting_answers();
+            info!("stopping: no new connections; answering the {waiting} request(s) received");
+            self.node
+                .stop_taking("this replica is stopping; send the request to another replica");
+            self.dirty = true;
+            self.stop_phase = Some(StopPhase::Draining {
+                since: now,
+                responses_before: responses,
+            });
+            return false;
+        };
+        let quiet_ns = STOP_QUIET_MS * 1_000_000;
+        match phase {
+            StopPhase::Draining {
+                since,
+                responses_before,
+            } => {
+                let over = now.saturating_sub(since) >= STOP_DRAIN_MS * 1_000_000;
+                let node = &self.node;
+                let quiet = self.conns.iter().flatten().all(|c| match c.role {
+                    Role::Accepted(id) if node.who(id) != Peer::Client => true,
+                    Role::Accepted(_) => c.inbound.idle(now, quiet_ns),
+                    Role::Link(_) => true,
+                });
+                if self.node.awaiting_answers() == 0 && self.node.forwards_awaiting() == 0 && quiet
+                {
+                    self.stop_phase = Some(StopPhase::Flushing {
+                        since: now,
+                        responses_before,
+                    });
+                } else if over {
+                    let left = self.node.refuse_pending(
+                        "this replica stopped before answering; send the request to another \
+                         replica (it runs at most once)",
+                    );
+                    warn!("stopping: {left} request(s) not answered within {STOP_DRAIN_MS} ms, refused as unavailable");
+                    self.dirty = true;
+                    self.stop_phase = Some(StopPhase::Flushing {
+                        since: now,
+                        responses_before,
+                    });
+                }
+                false
+            }
+            StopPhase::Flushing {
+                since,
+                responses_before,
+            } => {
+                let node = &self.node;
+                let out = self.conns.iter().flatten().all(|c| match c.role {
+                    Role::Accepted(id) if node.who(id) == Peer::Client => {
+                        c.sending.is_none() || c.state == State::Closed
+                    }
+                    _ => true,
+                });
+                let over = now.saturating_sub(since) >= STOP_FLUSH_MS * 1_000_000;
+                if (out && !self.dirty) || over {
+                    let refused = self.node.counters_mut().refused_stopping;
+                    let sent = responses - responses_before;
+                    info!(
+                        "stopped: {} answer(s) sent while stopping, {refused} request(s) \
+                         refused as unavailable{}",
+                        sent.saturating_sub(refused),
+                        if out {
+                            ""
+                        } else {
+                            "; some answers were still being written"
+                        }
+                    );
+                    return true;
+                }
+                false
+            }
+        }
+    }
+
     fn conn(&mut self, slot: u32) -> &mut Conn {
         self.conns[slot as usize].as_mut().expect("a live slot")
     }
 
     fn arm_recv(&mut self, slot: u32) {
-        let c = self.conn(slot);
+        let c = self.conns[slot as usize].as_ref().expect("a live slot");
         if c.state == State::Closed || c.recv_armed {
             return;
         }
+        let pause = self.budget.overflowing() || (self.budget.exhausted() && c.inbound.held() > 0);
+        if pause && self.pausable(slot) {
+            let c = self.conns[slot as usize].as_mut().expect("a live slot");
+            if !c.recv_paused {
+                c.recv_paused = true;
+                self.paused.push((slot, c.generation));
+            }
+            return;
+        }
+        let c = self.conn(slot);
         c.recv_armed = true;
         let entry = opcode::RecvMulti::new(types::Fd(c.sock.as_raw_fd()), RECV_GROUP).build();
         // SAFETY: the receive writes only into the ring's provided buffers.
@@ -590,13 +882,16 @@ impl ShardLoop {
         let c = self.conns[slot as usize].as_mut().expect("a live slot");
         if let Some(bid) = d.buffer() {
             if d.result > 0 && c.state != State::Closed {
-                c.inbound
-                    .extend_from_slice(self.ring.buffer(bid, d.result as usize));
+                // Counted even past the budget: these are bytes that came
+                // in while the receive was being cancelled.
+                let bytes = self.ring.buffer(bid, d.result as usize);
+                c.inbound.received(bytes, self.clock, &mut self.budget);
             }
             self.ring.recycle(bid);
         }
         if !more {
             c.recv_armed = false;
+            c.recv_cancelling = false;
         }
         if c.state == State::Closed {
             return self.free_if_idle(slot);
@@ -604,7 +899,7 @@ impl ShardLoop {
         if c.state == State::Draining {
             // Its answer is on the way out; what it sends now is moot, and
             // its end of stream waits for the drain (or its timer).
-            c.inbound.clear();
+            c.inbound.release(&mut self.budget);
             if d.result <= 0 {
                 return;
             }
@@ -613,9 +908,10 @@ impl ShardLoop {
             self.frames(slot);
         } else if d.result == 0 {
             return self.at_end(slot);
-        } else if d.result != -libc::ENOBUFS {
+        } else if d.result != -libc::ENOBUFS && d.result != -libc::ECANCELED {
             // (ENOBUFS: every provided buffer was in use; they come back
-            // within this pass, so receive again.)
+            // within this pass, so receive again. ECANCELED: paused for
+            // the input budget; `arm_recv` decides when it starts again.)
             let e = d.error().expect("an error");
             return self.close(slot, Closed::Io(e));
         }
@@ -632,9 +928,8 @@ impl ShardLoop {
             if matches!(c.state, State::Closed | State::Draining) {
                 return;
             }
-            let next = self
-                .reader
-                .next(&mut self.conns[slot as usize].as_mut().unwrap().inbound);
+            let c = self.conns[slot as usize].as_mut().expect("a live slot");
+            let next = c.inbound.next(&self.reader, &mut self.budget);
             match next {
                 Ok(Some(frame)) => {
                     if let Err(why) = self.on_frame(slot, frame) {
@@ -653,7 +948,7 @@ impl ShardLoop {
     fn at_end(&mut self, slot: u32) {
         let c = self.conns[slot as usize].as_ref().expect("a live slot");
         let (state, role) = (c.state, c.role);
-        let rest = self.reader.at_end(&c.inbound);
+        let rest = c.inbound.at_end(&self.reader);
         let why = match rest {
             Err(e) => {
                 self.node.counters_mut().bad_frames += 1;
@@ -680,7 +975,9 @@ impl ShardLoop {
                 self.node.on_frame(now, id, frame)?;
                 self.dirty = true;
                 if state == State::Handshake {
-                    self.conn(slot).state = State::Open;
+                    let c = self.conn(slot);
+                    c.state = State::Open;
+                    c.inbound.trust();
                     let remote = self.conn(slot).remote;
                     match self.node.who(id) {
                         Peer::Replica(r) => info!(%remote, "replica {} connected", r.0),
@@ -925,6 +1222,8 @@ impl ShardLoop {
         let (was, role) = (c.state, c.role);
         c.state = State::Closed;
         let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        let c = self.conns[slot as usize].as_mut().expect("a live slot");
+        c.inbound.release(&mut self.budget);
         let cancel = [
             (c.recv_armed, OpKind::Recv),
             (c.connecting, OpKind::Connect),
@@ -985,6 +1284,14 @@ impl ShardLoop {
             Closed::Io(e) => debug!(%remote, "{what}: connection lost: {e}"),
             Closed::ByNode => debug!(%remote, "{what}: closed for not reading"),
             Closed::Stopping => {}
+            Closed::FrameDeadline { held, ms } => warn!(
+                %remote,
+                "{what} sat inside a frame for over {ms} ms ({held} bytes held); closing the connection"
+            ),
+            Closed::Idle { s } => info!(
+                %remote,
+                "{what} sent nothing for {s} s (--client-idle-timeout-s); closing the connection"
+            ),
         }
     }
 
@@ -1085,7 +1392,12 @@ impl ShardLoop {
                     }
                 }
                 Timer::Reconnect(peer) => self.connect(peer),
-                Timer::AcceptAgain => self.arm_accept(),
+                Timer::AcceptAgain if self.stop_phase.is_none() => self.arm_accept(),
+                Timer::AcceptAgain => {}
+                Timer::Sweep => {
+                    self.sweep();
+                    self.at(self.sweep_ms(), Timer::Sweep);
+                }
                 Timer::LogStall => {
                     self.stall_armed = false;
                     let Some(log) = self.log.as_mut() else {

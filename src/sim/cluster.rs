@@ -451,6 +451,7 @@ impl<'c> Sim<'c> {
             test_lose_write: 0,
             session_idle_ns: self.cfg.session_idle_ns,
             sessions_max: self.cfg.sessions_max,
+            max_clients: usize::MAX,
         }
     }
 

@@ -23,6 +23,13 @@ use crate::constants::{FRAME_BODY_BYTES_MAX, VALUE_BYTES_MAX};
 /// is laid out.
 pub const SMALL_BODY_BYTES_MAX: usize = 4096;
 
+/// Longest body a connection may announce before its handshake is done: a
+/// Hello's, with a peer's list text after it
+/// (`FrameReader::next_before_hello`), so that a connection that has proved
+/// nothing can make the replica hold no more than this.
+pub const HELLO_BODY_BYTES_MAX: usize =
+    core::mem::size_of::<super::client::HelloBody>() + super::client::HELLO_PEERS_TEXT_BYTES_MAX;
+
 /// "EPXF" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
 /// Bumped on any change of a layout or a meaning in `wire/` (5: the
@@ -117,10 +124,9 @@ impl Kind {
         (self as u8) < 20
     }
 
-    /// Longest body a frame of this kind may announce. A header alone makes
-    /// a reader reserve room for its whole body, so kinds with a fixed body
-    /// or a short text get a small limit: a connection that has not even
-    /// finished its handshake cannot make a replica hold megabytes.
+    /// Longest body a frame of this kind may announce. Kinds with a fixed
+    /// body or a short text get a small limit, so a frame that claims more
+    /// is refused from its header alone.
     pub fn body_bytes_max(self) -> usize {
         use Kind::*;
         match self {
@@ -143,6 +149,8 @@ pub enum FrameError {
     TooLong {
         kind: Kind,
         len: usize,
+        /// The limit it passed: the kind's, or a Hello's before a handshake.
+        limit: usize,
     },
     WrongCluster {
         expected: u64,
@@ -179,11 +187,9 @@ impl std::fmt::Display for FrameError {
                 write!(f, "wire version {v}, this build speaks {WIRE_VERSION}")
             }
             FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
-            FrameError::TooLong { kind, len } => write!(
-                f,
-                "{kind:?} body of {len} bytes (limit {})",
-                kind.body_bytes_max()
-            ),
+            FrameError::TooLong { kind, len, limit } => {
+                write!(f, "{kind:?} body of {len} bytes (limit {limit})")
+            }
             FrameError::WrongCluster { expected, got } => {
                 write!(f, "cluster id {got}, this cluster is {expected}")
             }
@@ -291,16 +297,45 @@ impl FrameReader {
 
     /// The next whole frame at the front of `buf`, taken out of it; `None`
     /// until one has fully arrived. A header is checked as soon as its 32
-    /// bytes are in, before any of its body is waited for.
+    /// bytes are in, before any of its body is waited for. Nothing is
+    /// reserved for the body it announces: the buffer grows only with the
+    /// bytes that arrive (a header alone must not make a reader hold
+    /// megabytes).
     pub fn next(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        self.cut(buf, false)
+    }
+
+    /// As `next`, on a connection that has not completed its handshake:
+    /// only a Hello of at most `HELLO_BODY_BYTES_MAX` bytes may come, and
+    /// any other kind or length is refused as soon as its header is in.
+    pub fn next_before_hello(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        self.cut(buf, true)
+    }
+
+    fn cut(&self, buf: &mut BytesMut, before_hello: bool) -> Result<Option<Frame>, FrameError> {
         if buf.len() < FRAME_HEADER_BYTES {
             return Ok(None);
         }
         let (header, _) = FrameHeader::ref_from_prefix(&buf[..]).expect("32 unaligned bytes");
         let kind = self.check_header(header)?;
-        let total = FRAME_HEADER_BYTES + header.body_len.get() as usize;
+        let len = header.body_len.get() as usize;
+        if before_hello {
+            if kind != Kind::Hello {
+                return Err(FrameError::Unexpected {
+                    kind,
+                    reason: "the first frame must be a Hello",
+                });
+            }
+            if len > HELLO_BODY_BYTES_MAX {
+                return Err(FrameError::TooLong {
+                    kind,
+                    len,
+                    limit: HELLO_BODY_BYTES_MAX,
+                });
+            }
+        }
+        let total = FRAME_HEADER_BYTES + len;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
             return Ok(None);
         }
         let (sender, shard, sent) = (header.sender, header.shard, header.checksum.get());
@@ -346,8 +381,9 @@ impl FrameReader {
         }
         let kind = Kind::from_code(h.kind).ok_or(FrameError::UnknownKind(h.kind))?;
         let len = h.body_len.get() as usize;
-        if len > kind.body_bytes_max() {
-            return Err(FrameError::TooLong { kind, len });
+        let limit = kind.body_bytes_max();
+        if len > limit {
+            return Err(FrameError::TooLong { kind, len, limit });
         }
         if h.cluster_id.get() != self.cluster_id {
             return Err(FrameError::WrongCluster {
@@ -500,7 +536,8 @@ mod tests {
             refused(b),
             FrameError::TooLong {
                 kind: Kind::Hello,
-                len: SMALL_BODY_BYTES_MAX + 1
+                len: SMALL_BODY_BYTES_MAX + 1,
+                limit: SMALL_BODY_BYTES_MAX,
             }
         );
         let b = one_frame(Kind::Request, b"x");

@@ -11,9 +11,11 @@
 
 pub mod client;
 pub mod frame;
+pub mod inbound;
 pub mod peer;
 
 pub use frame::{Frame, FrameEncoder, FrameError, FrameReader, Kind, ReadBuffer};
+pub use inbound::{Inbound, InputBudget};
 
 /// Runs every decoder this crate has over untrusted bytes, as a replica
 /// would meet them: split into frames, each body decoded as its kind.
