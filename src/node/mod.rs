@@ -886,6 +886,9 @@ impl<S: Storage> Node<S> {
             indexed_keys: (self.core.indexed_keys() as u64).into(),
             keys_forgotten: stats.keys_forgotten.into(),
             kv_bytes: (self.core.state_machine().stats().memory_bytes() as u64).into(),
+            sessions: (self.core.client_sessions() as u64).into(),
+            sessions_expired: stats.sessions_expired.into(),
+            sessions_retired_below: self.core.sessions_retired_below().into(),
         }
     }
 }

@@ -318,9 +318,15 @@ pub struct AdminInfo {
     /// and its index's buckets (`KvStats::memory_bytes`; large values and
     /// unused chunk space left out).
     pub kv_bytes: U64,
+    /// Client sessions in the exactly-once table, sessions expired so far
+    /// (idle, or evicted past `--sessions-max`), and the watermark below
+    /// which session ids never start one again.
+    pub sessions: U64,
+    pub sessions_expired: U64,
+    pub sessions_retired_below: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 30);
+const _: () = assert!(core::mem::size_of::<AdminInfo>() == 8 + 8 * 33);
 const _: () = assert!(core::mem::size_of::<AdminInfo>() <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(REFUSED_TEXT_BYTES_MAX <= SMALL_BODY_BYTES_MAX);
 const _: () = assert!(core::mem::size_of::<ResponseBody>() <= SMALL_BODY_BYTES_MAX);

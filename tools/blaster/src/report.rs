@@ -230,7 +230,7 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
                     "replica {r} shard {s}: {} batches of {:.1} commands, {} fast / {} slow commits, \
                      {} recoveries, {} bad frames, {} peer messages dropped, {} MB in / {} MB out, \
                      {} keys stored ({} MB by the store's account), {} in the conflict index \
-                     ({} forgotten){}",
+                     ({} forgotten), {} client sessions ({} expired){}",
                     i.batches.get(),
                     i.batched_commands.get() as f64 / i.batches.get().max(1) as f64,
                     i.fast_commits.get(),
@@ -244,6 +244,8 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
                     i.kv_bytes.get() >> 20,
                     i.indexed_keys.get(),
                     i.keys_forgotten.get(),
+                    i.sessions.get(),
+                    i.sessions_expired.get(),
                     log_counters(&i),
                     )
                 }
