@@ -47,7 +47,9 @@ use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 
 use crate::command::{Batch, BatchBuilder};
-use crate::constants::{EXPIRE_BATCH_MAX, EXPIRE_CHECK_NS};
+use crate::constants::{
+    EXPIRE_BATCHES_MAX, EXPIRE_BATCH_MAX, EXPIRE_CHECK_NS, EXPIRE_OVER_CHECK_NS,
+};
 use crate::protocol::{Config, InjectedBug, Outbox, Replica, ReplicaId, TraceEvent};
 use crate::state_machine::{KvResult, KvStore};
 use crate::storage::{Storage, Token};
@@ -337,8 +339,10 @@ pub struct Node<S: Storage> {
     /// hold nothing of this replica's space (`peer_knows`), it neither votes
     /// nor proposes. The peers that said so, as a bit mask.
     probation: Option<u16>,
-    /// When the next turn looks for sessions to expire.
+    /// When the next turn looks for sessions to expire, and when the last
+    /// one did.
     expiry_due: u64,
+    expiry_last: u64,
     /// Client connections that completed their Hello (`max_clients`).
     clients: usize,
     /// Set by `stop_taking`: new requests are answered `Unavailable` with it.
@@ -405,6 +409,7 @@ impl<S: Storage> Node<S> {
             refused: false,
             probation: (records_empty && cfg.replicas > 1).then_some(0),
             expiry_due: now,
+            expiry_last: now,
             clients: 0,
             stopping: None,
             cfg,
@@ -712,7 +717,8 @@ impl<S: Storage> Node<S> {
         if self.core.next_deadline().is_some_and(|d| d <= now) {
             self.core.tick(now, &mut self.out);
         }
-        if now >= self.expiry_due {
+        let over = self.core.client_sessions() > self.cfg.sessions_max;
+        if now >= self.expiry_due || (over && now >= self.expiry_last + EXPIRE_OVER_CHECK_NS) {
             self.expire_sessions(now);
         }
         self.propose_batches(now);
@@ -752,17 +758,17 @@ impl<S: Storage> Node<S> {
     fn expire_sessions(&mut self, now: u64) {
         let every = (self.cfg.session_idle_ns / 4).clamp(1_000_000, EXPIRE_CHECK_NS);
         self.expiry_due = now + every;
-        let mut batch = BatchBuilder::new();
+        self.expiry_last = now;
         let bounds = crate::protocol::SessionBounds {
             idle_ns: self.cfg.session_idle_ns,
             max: self.cfg.sessions_max,
         };
-        let found = self
-            .core
-            .expire_sessions(now, bounds, EXPIRE_BATCH_MAX, &mut batch);
-        if found > 0 {
-            self.counters.expiries_proposed += found as u64;
-            self.closed.push_front(batch.finish());
+        let mut batches = Vec::new();
+        let limit = EXPIRE_BATCHES_MAX * EXPIRE_BATCH_MAX;
+        let found = self.core.expire_sessions(now, bounds, limit, &mut batches);
+        self.counters.expiries_proposed += found as u64;
+        for batch in batches.into_iter().rev() {
+            self.closed.push_front(batch);
         }
     }
 

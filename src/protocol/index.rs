@@ -377,9 +377,14 @@ impl<S: StateMachine> ConflictIndex<S> {
         cmd: &CommandRef<'_>,
         now: u64,
     ) -> Option<Result<S::Output, Refused>> {
-        let row = self.client(cmd.client).row;
-        self.clients.record_executed(row, id);
-        let entry = self.client_table.get_mut(&cmd.client).expect("just made");
+        let entry = Self::client_in(
+            &mut self.client_table,
+            &mut self.clients,
+            &mut self.free_client_rows,
+            &mut self.unused,
+            cmd.client,
+        );
+        self.clients.record_executed(entry.row, id);
         if cmd.op == Op::Expire {
             // Only if the client ran nothing since its proposer looked.
             if entry
@@ -581,12 +586,25 @@ impl<S: StateMachine> ConflictIndex<S> {
     /// The client's entry, created (with a conflict row, and no session)
     /// on first sight.
     fn client(&mut self, client: u64) -> &mut Client<S::Output> {
-        let (clients, free, unused) = (
+        Self::client_in(
+            &mut self.client_table,
             &mut self.clients,
             &mut self.free_client_rows,
             &mut self.unused,
-        );
-        self.client_table.entry(client).or_insert_with(|| {
+            client,
+        )
+    }
+
+    /// `client`, on the index's fields one by one (so that the caller may
+    /// use the others while it holds the entry).
+    fn client_in<'a>(
+        table: &'a mut IdMap<u64, Client<S::Output>>,
+        clients: &mut Rows,
+        free: &mut Vec<u32>,
+        unused: &mut VecDeque<u64>,
+        client: u64,
+    ) -> &'a mut Client<S::Output> {
+        table.entry(client).or_insert_with(|| {
             unused.push_back(client);
             let row = match free.pop() {
                 Some(row) => {

@@ -276,22 +276,27 @@ impl<S: StateMachine> Replica<S> {
         self.index.retired_below()
     }
 
-    /// Sessions to expire now (see `ConflictIndex::expiry_candidates`), as
-    /// `Op::Expire` commands appended to `out`; how many.
+    /// Sessions to expire now (see `ConflictIndex::expiry_candidates`), at
+    /// most `limit`, as batches of `Op::Expire` commands (each full but the
+    /// last) appended to `out`; how many sessions.
     pub fn expire_sessions(
         &mut self,
         now: u64,
         bounds: super::index::SessionBounds,
         limit: usize,
-        out: &mut crate::command::BatchBuilder,
+        out: &mut Vec<crate::command::Batch>,
     ) -> usize {
         let mut found = std::mem::take(&mut self.expiring);
         found.clear();
         let (me, n) = (self.cfg.me.index(), self.cfg.replicas);
         self.index
             .expiry_candidates(now, bounds, (me, n), limit, &mut found);
+        let mut batch = crate::command::BatchBuilder::new();
         for &(client, executed) in &found {
-            out.push(&crate::command::CommandRef {
+            if batch.len() == crate::constants::BATCH_COMMANDS_MAX {
+                out.push(batch.finish());
+            }
+            batch.push(&crate::command::CommandRef {
                 client,
                 request: 0,
                 first_outstanding: executed,
@@ -299,6 +304,9 @@ impl<S: StateMachine> Replica<S> {
                 key: b"",
                 value: b"",
             });
+        }
+        if !batch.is_empty() {
+            out.push(batch.finish());
         }
         let count = found.len();
         self.expiring = found;

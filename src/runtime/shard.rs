@@ -975,9 +975,14 @@ impl ShardLoop {
                 self.node.on_frame(now, id, frame)?;
                 self.dirty = true;
                 if state == State::Handshake {
+                    let peer = matches!(self.node.who(id), Peer::Replica(_));
                     let c = self.conn(slot);
                     c.state = State::Open;
-                    c.inbound.trust();
+                    if peer {
+                        c.inbound.trust_peer();
+                    } else {
+                        c.inbound.trust();
+                    }
                     let remote = self.conn(slot).remote;
                     match self.node.who(id) {
                         Peer::Replica(r) => info!(%remote, "replica {} connected", r.0),

@@ -96,12 +96,12 @@ impl WiredCluster {
     /// Replica `r` proposes the expiry of the sessions it finds idle past
     /// `idle_ns` or past `max` (as a node's turn does); how many.
     pub fn expire_sessions(&mut self, r: usize, idle_ns: u64, max: usize) -> usize {
-        let mut b = BatchBuilder::new();
+        let mut batches = Vec::new();
         let now = self.now;
         let bounds = crate::protocol::SessionBounds { idle_ns, max };
-        let n = self.replicas[r].expire_sessions(now, bounds, 1024, &mut b);
-        if n > 0 {
-            self.propose(r, b.finish());
+        let n = self.replicas[r].expire_sessions(now, bounds, 1 << 16, &mut batches);
+        for b in batches {
+            self.propose(r, b);
         }
         n
     }

@@ -76,9 +76,13 @@ impl InputBudget {
     }
 }
 
-/// Received bytes past which an emptied buffer is dropped rather than kept
-/// for the next frame (its room would count against the budget).
-const KEPT_ROOM_BYTES_MAX: usize = 64 << 10;
+/// Room past which an emptied buffer is dropped rather than kept for the
+/// next frame (its room counts against the budget): for a client, and for
+/// a replica's link, whose PreAccepts carry whole batches (dropping a
+/// large room there costs a fresh allocation, grown by doubling, for every
+/// frame: 0.85-0.90 of the throughput at a million keys in one sitting).
+const KEPT_ROOM_BYTES_MAX: usize = 256 << 10;
+const PEER_KEPT_ROOM_BYTES_MAX: usize = 4 << 20;
 
 /// One connection's received bytes, not yet cut into frames. The memory its
 /// buffer holds (its capacity: a growing buffer holds more than its bytes)
@@ -97,6 +101,8 @@ pub struct Inbound {
     frame_since: Option<u64>,
     /// When bytes last arrived (or the connection was opened).
     last_in: u64,
+    /// A replica's connection: keeps more room (`PEER_KEPT_ROOM_BYTES_MAX`).
+    peer: bool,
 }
 
 impl Inbound {
@@ -120,6 +126,12 @@ impl Inbound {
     /// Its handshake completed: frames of every kind, at their own limits.
     pub fn trust(&mut self) {
         self.trusted = true;
+    }
+
+    /// It is a replica's: it keeps the room its (large) frames need.
+    pub fn trust_peer(&mut self) {
+        self.trusted = true;
+        self.peer = true;
     }
 
     /// Bytes held in a partial frame.
@@ -164,7 +176,12 @@ impl Inbound {
             reader.next_before_hello(&mut self.buf)
         }?;
         if frame.is_some() {
-            if self.buf.is_empty() && self.buf.capacity() > KEPT_ROOM_BYTES_MAX {
+            let keep = if self.peer {
+                PEER_KEPT_ROOM_BYTES_MAX
+            } else {
+                KEPT_ROOM_BYTES_MAX
+            };
+            if self.buf.is_empty() && self.buf.capacity() > keep {
                 self.buf = BytesMut::new();
             }
             self.recount(budget);
