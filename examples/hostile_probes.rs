@@ -621,7 +621,12 @@ fn config_mistakes(binary: &str) {
             .join(",")
     };
     let args = |id: usize, peers: &str, more: &[&str]| -> Vec<String> {
-        let mut a = vec!["--id".into(), id.to_string(), "--peers".into(), peers.into()];
+        let mut a = vec![
+            "--id".into(),
+            id.to_string(),
+            "--peers".into(),
+            peers.into(),
+        ];
         a.extend(more.iter().map(|s| s.to_string()));
         a
     };
@@ -660,9 +665,9 @@ fn config_mistakes(binary: &str) {
     report(
         "replica 2 restarted with --peers entries 0 and 1 swapped",
         "refused naming both lists",
-        &line
-            .as_ref()
-            .map_or("silent".into(), |(l, s)| format!("after {s:.1} s: {}", short(l))),
+        &line.as_ref().map_or("silent".into(), |(l, s)| {
+            format!("after {s:.1} s: {}", short(l))
+        }),
         line.is_some(),
     );
     drop(p);
@@ -672,9 +677,9 @@ fn config_mistakes(binary: &str) {
     report(
         "replica 2 restarted with --cores 2 (others 1)",
         "refused naming both counts",
-        &line
-            .as_ref()
-            .map_or("silent".into(), |(l, s)| format!("after {s:.1} s: {}", short(l))),
+        &line.as_ref().map_or("silent".into(), |(l, s)| {
+            format!("after {s:.1} s: {}", short(l))
+        }),
         line.is_some(),
     );
     drop(p);

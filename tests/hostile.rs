@@ -391,7 +391,10 @@ fn accept_failures_out_of_descriptors_are_logged_once_with_a_count() {
         .filter(|l| l.contains("accept failed"))
         .cloned()
         .collect();
-    eprintln!("{} connections held; accept failures logged: {failed:#?}", held.len());
+    eprintln!(
+        "{} connections held; accept failures logged: {failed:#?}",
+        held.len()
+    );
     assert!(!failed.is_empty(), "no accept failed with 64 descriptors");
     assert!(failed.len() <= 3, "{failed:#?}");
     assert!(
@@ -451,7 +454,9 @@ fn idle_clients_survive_a_lost_keepalive_probe() {
     let ns = net.name.as_str();
     for step in [
         &["netns", "add", ns][..],
-        &["link", "add", &net.outer, "type", "veth", "peer", "name", &inner],
+        &[
+            "link", "add", &net.outer, "type", "veth", "peer", "name", &inner,
+        ],
         &["link", "set", &inner, "netns", ns],
         &["addr", "add", &outer_ip, "dev", &net.outer],
         &["link", "set", &net.outer, "up"],
@@ -499,12 +504,18 @@ fn sessions_past_sessions_max_expire_and_their_client_starts_again() {
     const CLIENTS: usize = 500;
     let cluster = Cluster::start_with(1, 1, &["--sessions-max", "50"]);
     let mut first = cluster.connect(0, 0);
-    assert_eq!(first.call(Op::Put, b"first", b"v").unwrap().code, Code::Done);
+    assert_eq!(
+        first.call(Op::Put, b"first", b"v").unwrap().code,
+        Code::Done
+    );
     let old_id = first.client_id();
     for i in 0..CLIENTS {
         let mut c = cluster.connect(0, 0);
         let key = format!("key-{i}");
-        assert_eq!(c.call(Op::Put, key.as_bytes(), b"v").unwrap().code, Code::Done);
+        assert_eq!(
+            c.call(Op::Put, key.as_bytes(), b"v").unwrap().code,
+            Code::Done
+        );
     }
     // The shard looks for sessions to expire every 100 ms: give it two
     // looks after the last client (`first`'s, the oldest, goes first).
