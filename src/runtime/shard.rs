@@ -521,9 +521,10 @@ impl ShardLoop {
             OpKind::Wake => {
                 self.wake_armed = false;
                 self.mesh.woken(self.cfg.shard);
-                if d.error()
-                    .is_some_and(|e| e.raw_os_error() != Some(libc::EINTR))
-                {
+                // (EINTR: try again; ECANCELED: the shard is stopping.)
+                if d.error().is_some_and(|e| {
+                    !matches!(e.raw_os_error(), Some(libc::EINTR | libc::ECANCELED))
+                }) {
                     // Not a wake-up: the queues are still drained every pass.
                     warn!(
                         "reading the cross-core eventfd failed: {}",
