@@ -161,6 +161,11 @@ const _: () = assert!(RECOVERY_TIMEOUT_NS_DEFAULT > RETRANSMIT_TIMEOUT_NS_DEFAUL
 /// leader's clients and buried the peer (perf/RESULTS.md, issue 19). 32
 /// a millisecond is 32k a second, far above what a healthy cluster re-sends.
 pub const RESENDS_PER_PACE_MAX: u64 = 32;
+/// A queue of the core's (an instance window, the re-send queue, parked
+/// commits) whose capacity passes this and four times its length is
+/// shrunk to twice its length: a backlog's peak is given back once it
+/// drains.
+pub const QUEUE_KEPT_SLOTS_MIN: usize = 4096;
 pub const RESEND_PACE_NS: u64 = 1_000_000;
 
 const _: () = assert!(RESENDS_PER_PACE_MAX > 0 && RESEND_PACE_NS < RETRANSMIT_TIMEOUT_NS_DEFAULT);

@@ -15,7 +15,9 @@ use super::replica::Replica;
 use super::space::{Instance, Lookup};
 use super::types::{Attrs, Ballot, Deps, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
-use crate::constants::{INSTANCE_WINDOW_SLOTS_MAX, RESENDS_PER_PACE_MAX, RESEND_PACE_NS};
+use crate::constants::{
+    INSTANCE_WINDOW_SLOTS_MAX, QUEUE_KEPT_SLOTS_MIN, RESENDS_PER_PACE_MAX, RESEND_PACE_NS,
+};
 use crate::state_machine::StateMachine;
 
 impl<S: StateMachine> Replica<S> {
@@ -331,6 +333,10 @@ impl<S: StateMachine> Replica<S> {
             }
             if !budget_left(self) {
                 self.paced_until = now + RESEND_PACE_NS;
+            }
+            let (len, cap) = (self.retry.len(), self.retry.capacity());
+            if cap > QUEUE_KEPT_SLOTS_MIN && cap > 4 * len {
+                self.retry.shrink_to((2 * len).max(QUEUE_KEPT_SLOTS_MIN));
             }
         }
         if !self.parked.is_empty() {

@@ -21,6 +21,7 @@ use super::space::{Instance, Lookup, Spaces};
 use super::stable::Stability;
 use super::types::{Attrs, Ballot, Deps, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
+use crate::constants::QUEUE_KEPT_SLOTS_MIN;
 use crate::rng::Rng;
 use crate::state_machine::StateMachine;
 
@@ -366,6 +367,9 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn unpark(&mut self) {
         for id in self.parked.drain(..) {
             self.retry.push_front((0, id));
+        }
+        if self.parked.capacity() > QUEUE_KEPT_SLOTS_MIN {
+            self.parked = Vec::new();
         }
     }
 
