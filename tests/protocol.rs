@@ -351,9 +351,13 @@ fn a_stopped_peer_gets_one_commit_a_timeout_and_the_rest_paced_once_it_answers()
     let two = ReplicaId(2);
     let stopped = std::cell::Cell::new(true);
     let commits_to_two = std::cell::Cell::new(0u64);
+    let pre_accepts_to_two = std::cell::Cell::new(0u64);
     let lose = |from: ReplicaId, to: ReplicaId, m: &Message| {
         if to == two && matches!(m, Message::Commit(_)) {
             commits_to_two.set(commits_to_two.get() + 1);
+        }
+        if to == two && matches!(m, Message::PreAccept(_)) {
+            pre_accepts_to_two.set(pre_accepts_to_two.get() + 1);
         }
         stopped.get() && (from == two || to == two)
     };
@@ -376,6 +380,17 @@ fn a_stopped_peer_gets_one_commit_a_timeout_and_the_rest_paced_once_it_answers()
     let during = commits_to_two.get() - 200;
     assert!(during <= 200 + 50, "{during} commits re-sent to a stopped peer");
     assert_eq!(c.replicas[0].instances_in_memory(), 200, "kept for replica 2");
+    // Commands proposed now commit with replica 1. After the quiet spell
+    // replica 1 looks stalled too, so the first PreAccept goes to both;
+    // once replica 1 answered, the next leaves the stalled replica 2 out
+    // (3 replicas: the fast quorum is the leader and one peer).
+    c.propose(0, batch(&[(201, 1, Op::Put, "late", "v")]));
+    c.run_until_quiet_losing(lose);
+    let pre_accepts = pre_accepts_to_two.get();
+    c.propose(0, batch(&[(202, 1, Op::Put, "later", "v")]));
+    c.run_until_quiet_losing(lose);
+    assert_eq!(c.replies_total, 202);
+    assert_eq!(pre_accepts_to_two.get(), pre_accepts, "no PreAccept to a stalled peer");
     // SIGCONT: the next probe is answered, and what replica 2 missed goes
     // out at most RESENDS_PER_PACE_MAX (+ the probe) a tick.
     stopped.set(false);
@@ -389,7 +404,7 @@ fn a_stopped_peer_gets_one_commit_a_timeout_and_the_rest_paced_once_it_answers()
         ticks += 1;
         assert!(ticks < 1_000, "replica 2 never caught up");
     }
-    assert_eq!(c.replicas[2].stats().executed_commands, 200);
+    assert_eq!(c.replicas[2].stats().executed_commands, 202);
     let d = digests(&c);
     assert!(d.iter().all(|&x| x == d[0]));
 }

@@ -58,6 +58,13 @@ rss() { # VmRSS of every replica, MB
     done
     echo "$line MB (replicas 0..4)"
 }
+cpu() { # user + system clock ticks of all replicas together
+    local t=0
+    for p in "${pids[@]}"; do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
 counters() { echo "counters $1:"; "$BIN/admin" "${addrs[@]}" | sed 's/^/  /'; }
 
 sleep 2 # the replicas connect to each other (blaster waits for them too)
@@ -70,6 +77,7 @@ at() { sleep "$(echo "$1 - ($(date +%s.%N) - $t0)" | bc)"; }
 at "$((PAUSE_AT - 1))"
 counters "before the pause"
 rss_before=$(rss "RSS before")
+cpu_before=$(cpu); cpu_t0=$(date +%s.%N)
 at "$PAUSE_AT"
 kill -STOP "${pids[$VICTIM]}"
 stop_s=$(echo "$(date +%s.%N) - $t0" | bc)
@@ -80,6 +88,7 @@ sleep 0.5
 rss_after=$(rss "RSS 0.5 s after SIGCONT")
 sleep 9.5
 rss_later=$(rss "RSS 10 s after SIGCONT")
+cpu_after=$(cpu); cpu_t1=$(date +%s.%N)
 wait "$bpid" || echo "blaster exited with $?"
 bpid=
 counters "at the end"
@@ -88,6 +97,7 @@ echo "replica $VICTIM stopped at ${stop_s}s, continued at ${cont_s}s (blaster's 
 echo "$rss_before"
 echo "$rss_after"
 echo "$rss_later"
+echo "replicas' CPU from 1 s before the pause to 10 s after it: $(echo "scale=2; ($cpu_after - $cpu_before) / $(getconf CLK_TCK)" | bc) s in $(echo "scale=1; ($cpu_t1 - $cpu_t0) / 1" | bc) s, $(echo "scale=1; ($cpu_after - $cpu_before) * 1000000 / $(getconf CLK_TCK) / ($RATE * ($cpu_t1 - $cpu_t0))" | bc) us a command"
 grep -E '^ *[0-9]+s ' "$OUT/blaster.err" || true
 grep -E 'latency us|CPU us|dropped' "$OUT/blaster.out" "$OUT/blaster.err" | sed "s|$OUT/||" || true
 echo "logs in $OUT"

@@ -53,6 +53,7 @@ impl<S: StateMachine> Replica<S> {
             deps: Deps(*self.stability.stable()),
         };
         self.index.add_conflicts_and_record(id, &batch, &mut attrs);
+        let stalled = self.stalled_peers();
         let inst = self.spaces.entry(id).expect("own slot in window");
         inst.status = Status::PreAccepted;
         inst.promised = Ballot::initial(self.cfg.me);
@@ -68,12 +69,26 @@ impl<S: StateMachine> Replica<S> {
             return Ok(id);
         }
         out.persist.push(record(id, inst));
-        let targets = if self.cfg.thrifty {
-            // The fast quorum: the next fast_quorum - 1 peers in ring order.
-            let fast = self.cfg.fast_quorum() - 1;
-            self.cfg.peers().take(fast).fold(0, |m, p| m | p.bit())
+        // Stalled peers are left out while a fast quorum remains without
+        // them: their answers would come too late to count, and their
+        // PreAccepts only pile up stale in the link (the Commit carries
+        // the batch to them once they answer again).
+        let fast = self.cfg.fast_quorum() - 1;
+        let awake = self.cfg.peers_mask() & !stalled;
+        let candidates = if awake.count_ones() as usize >= fast {
+            awake
         } else {
             self.cfg.peers_mask()
+        };
+        let targets = if self.cfg.thrifty {
+            // The fast quorum: the next fast_quorum - 1 peers in ring order.
+            self.cfg
+                .peers()
+                .filter(|p| candidates & p.bit() != 0)
+                .take(fast)
+                .fold(0, |m, p| m | p.bit())
+        } else {
+            candidates
         };
         inst.lead = Some(Box::new(Lead {
             ballot: inst.promised,
