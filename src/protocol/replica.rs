@@ -362,10 +362,12 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Puts every parked commit back on the re-send queue, due at once
-    /// (ahead of everything queued, so the queue stays sorted); `tick`
-    /// paces them. Those still lacking only away peers park again.
+    /// (ahead of everything queued, so the queue stays sorted), oldest
+    /// first: the peer executes each as it arrives instead of holding them
+    /// all until the oldest comes last. `tick` paces them. Those still
+    /// lacking only away peers park again.
     pub(super) fn unpark(&mut self) {
-        for id in self.parked.drain(..) {
+        for id in self.parked.drain(..).rev() {
             self.retry.push_front((0, id));
         }
         if self.parked.capacity() > QUEUE_KEPT_SLOTS_MIN {
