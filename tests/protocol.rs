@@ -378,8 +378,15 @@ fn a_stopped_peer_gets_one_commit_a_timeout_and_the_rest_paced_once_it_answers()
         c.run_until_quiet_losing(lose);
     }
     let during = commits_to_two.get() - 200;
-    assert!(during <= 200 + 50, "{during} commits re-sent to a stopped peer");
-    assert_eq!(c.replicas[0].instances_in_memory(), 200, "kept for replica 2");
+    assert!(
+        during <= 200 + 50,
+        "{during} commits re-sent to a stopped peer"
+    );
+    assert_eq!(
+        c.replicas[0].instances_in_memory(),
+        200,
+        "kept for replica 2"
+    );
     // Commands proposed now commit with replica 1. After the quiet spell
     // replica 1 looks stalled too, so the first PreAccept goes to both;
     // once replica 1 answered, the next leaves the stalled replica 2 out
@@ -390,7 +397,11 @@ fn a_stopped_peer_gets_one_commit_a_timeout_and_the_rest_paced_once_it_answers()
     c.propose(0, batch(&[(202, 1, Op::Put, "later", "v")]));
     c.run_until_quiet_losing(lose);
     assert_eq!(c.replies_total, 202);
-    assert_eq!(pre_accepts_to_two.get(), pre_accepts, "no PreAccept to a stalled peer");
+    assert_eq!(
+        pre_accepts_to_two.get(),
+        pre_accepts,
+        "no PreAccept to a stalled peer"
+    );
     // SIGCONT: the next probe is answered, and what replica 2 missed goes
     // out at most RESENDS_PER_PACE_MAX (+ the probe) a tick.
     stopped.set(false);
@@ -400,7 +411,10 @@ fn a_stopped_peer_gets_one_commit_a_timeout_and_the_rest_paced_once_it_answers()
         c.advance(RESEND_PACE_NS);
         c.run_until_quiet_losing(lose);
         let sent = commits_to_two.get() - before;
-        assert!(sent <= RESENDS_PER_PACE_MAX + 1, "{sent} commits in one tick");
+        assert!(
+            sent <= RESENDS_PER_PACE_MAX + 1,
+            "{sent} commits in one tick"
+        );
         ticks += 1;
         assert!(ticks < 1_000, "replica 2 never caught up");
     }

@@ -696,5 +696,8 @@ fn a_backed_up_link_sheds_whole_frames_and_never_queues_past_its_bound() {
         }
         assert!(bytes.is_empty(), "a partial frame was queued");
     }
-    assert!(kept + dropped >= 80, "every PreAccept kept or counted as dropped");
+    assert!(
+        kept + dropped >= 80,
+        "every PreAccept kept or counted as dropped"
+    );
 }

@@ -466,10 +466,13 @@ impl<S: StateMachine> Replica<S> {
                     .as_deref()
                     .is_some_and(|l| l.phase == Phase::Commit && l.replied & p.bit() == 0)
             };
-            let lacking = self.parked.iter().find_map(|&id| match self.spaces.get(id) {
-                Lookup::Found(inst) if lacks(inst) => Some(inst.commit_message(id)),
-                _ => None,
-            });
+            let lacking = self
+                .parked
+                .iter()
+                .find_map(|&id| match self.spaces.get(id) {
+                    Lookup::Found(inst) if lacks(inst) => Some(inst.commit_message(id)),
+                    _ => None,
+                });
             if let Some(msg) = lacking {
                 self.stats.retransmits += 1;
                 out.send(p, msg);

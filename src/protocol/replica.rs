@@ -395,10 +395,16 @@ impl<S: StateMachine> Replica<S> {
         let retry = self.retry.front().map(|&(at, _)| at.max(paced));
         let watch = self.watches.peek().map(|Reverse((at, _))| (*at).max(paced));
         let acks = self.acks_due.iter().flatten().min().copied();
-        [retry, watch, acks, self.progress_deadline(), self.probe_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            retry,
+            watch,
+            acks,
+            self.progress_deadline(),
+            self.probe_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// When a `Progress` report falls due: this replica's own executed
