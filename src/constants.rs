@@ -25,9 +25,15 @@ pub const BATCH_BYTES_MAX: usize = 4 << 20;
 /// largest message that carries one.
 pub const FRAME_BODY_BYTES_MAX: usize = BATCH_BYTES_MAX + 4096;
 
-/// Bytes a shard lets pile up for one peer link before it drops messages
-/// for it (the core re-sends what matters once the peer drains).
-pub const PEER_SEND_BUFFER_BYTES_MAX: usize = 64 << 20;
+/// Bytes a shard lets pile up for one peer link: a frame that would take
+/// the queue past it is shed whole, counted (the core re-sends what
+/// matters once the peer drains). An empty queue takes any one frame. At
+/// 64 MiB a peer paused for 5 s came back to 64 MiB of stale frames from
+/// each leader, seconds of work before it caught up (perf/RESULTS.md,
+/// issue 19); a healthy loopback link rarely holds 1 MiB between sends.
+pub const PEER_SEND_BUFFER_BYTES_MAX: usize = 8 << 20;
+
+const _: () = assert!(FRAME_BODY_BYTES_MAX + 64 <= PEER_SEND_BUFFER_BYTES_MAX);
 
 /// Unread response bytes a client connection may pile up before the replica
 /// closes it.
@@ -154,6 +160,22 @@ pub const RETRANSMIT_TIMEOUT_NS_DEFAULT: u64 = 20_000_000;
 pub const RECOVERY_TIMEOUT_NS_DEFAULT: u64 = 50_000_000;
 
 const _: () = assert!(RECOVERY_TIMEOUT_NS_DEFAULT > RETRANSMIT_TIMEOUT_NS_DEFAULT);
+
+/// Most re-sends and recovery starts one `tick` makes; past it the rest
+/// wait `RESEND_PACE_NS`. A peer back from a pause (SIGSTOP, a long GC, a
+/// stalled disk) is owed every commit of the pause at once; at 20k
+/// commands/s for 5 s that was 30k commits in one turn, which held the
+/// leader's clients and buried the peer (perf/RESULTS.md, issue 19). 32
+/// a millisecond is 32k a second, far above what a healthy cluster re-sends.
+pub const RESENDS_PER_PACE_MAX: u64 = 32;
+/// A queue of the core's (an instance window, the re-send queue, parked
+/// commits) whose capacity passes this and four times its length is
+/// shrunk to twice its length: a backlog's peak is given back once it
+/// drains.
+pub const QUEUE_KEPT_SLOTS_MIN: usize = 4096;
+pub const RESEND_PACE_NS: u64 = 1_000_000;
+
+const _: () = assert!(RESENDS_PER_PACE_MAX > 0 && RESEND_PACE_NS < RETRANSMIT_TIMEOUT_NS_DEFAULT);
 const _: () = assert!(REPLICAS_MAX >= 1 && REPLICAS_MAX % 2 == 1);
 // Peer sets are u16 bitmasks.
 const _: () = assert!(REPLICAS_MAX <= 16);

@@ -1,6 +1,7 @@
 //! Scripted runs of the core on replicas wired in memory.
 
 use epaxos_fast::command::{Batch, BatchBuilder, CommandRef, Op};
+use epaxos_fast::constants::{RESENDS_PER_PACE_MAX, RESEND_PACE_NS};
 use epaxos_fast::protocol::{
     Attrs, Ballot, Config, InstanceId, Message, Outbox, Replica, ReplicaId, Value,
 };
@@ -327,13 +328,97 @@ fn commits_wait_for_an_unreachable_peer_instead_of_being_re_sent() {
         10,
         "kept for replica 2"
     );
-    // Back: every commit is re-sent at once, acknowledged, and dropped.
+    // Back: every commit is re-sent, acknowledged, and dropped. Replica 2
+    // said nothing for a long while, so it is stalled: one commit probes it
+    // first, its answer ends the stall, and the rest follow at the next tick.
     c.replicas[0].set_reachable(two, true);
     assert_eq!(c.replicas[0].parked_commits(), 0);
-    c.advance(1);
-    c.run_until_quiet();
+    for _ in 0..3 {
+        c.advance(1);
+        c.run_until_quiet();
+    }
     assert_eq!(c.replicas[0].instances_in_memory(), 0);
     assert_eq!(c.replicas[2].stats().executed_commands, 10);
+    let d = digests(&c);
+    assert!(d.iter().all(|&x| x == d[0]));
+}
+
+#[test]
+fn a_stopped_peer_gets_one_commit_a_timeout_and_the_rest_paced_once_it_answers() {
+    // Replica 2 of 3 is stopped (SIGSTOP): its link stays up, but nothing
+    // reaches it and it says nothing. Replica 0 commits 200 commands with
+    // replica 1 meanwhile.
+    let two = ReplicaId(2);
+    let stopped = std::cell::Cell::new(true);
+    let commits_to_two = std::cell::Cell::new(0u64);
+    let pre_accepts_to_two = std::cell::Cell::new(0u64);
+    let lose = |from: ReplicaId, to: ReplicaId, m: &Message| {
+        if to == two && matches!(m, Message::Commit(_)) {
+            commits_to_two.set(commits_to_two.get() + 1);
+        }
+        if to == two && matches!(m, Message::PreAccept(_)) {
+            pre_accepts_to_two.set(pre_accepts_to_two.get() + 1);
+        }
+        stopped.get() && (from == two || to == two)
+    };
+    let mut c = WiredCluster::new(3, |_| {});
+    let timeout = c.replicas[0].config().retransmit_timeout_ns;
+    for i in 0..200u64 {
+        let key = format!("k{i}");
+        c.propose(0, batch(&[(i + 1, 1, Op::Put, &key, "v")]));
+    }
+    c.run_until_quiet_losing(lose);
+    assert_eq!(c.replies_total, 200);
+    assert_eq!(commits_to_two.get(), 200);
+    // 50 timeouts of silence: one round of re-sends before replica 2 counts
+    // as stalled (at most 200, paced), then one probe a timeout; before,
+    // every commit went again every timeout (10,000 here).
+    for _ in 0..50 {
+        c.advance(timeout);
+        c.run_until_quiet_losing(lose);
+    }
+    let during = commits_to_two.get() - 200;
+    assert!(
+        during <= 200 + 50,
+        "{during} commits re-sent to a stopped peer"
+    );
+    assert_eq!(
+        c.replicas[0].instances_in_memory(),
+        200,
+        "kept for replica 2"
+    );
+    // Commands proposed now commit with replica 1. After the quiet spell
+    // replica 1 looks stalled too, so the first PreAccept goes to both;
+    // once replica 1 answered, the next leaves the stalled replica 2 out
+    // (3 replicas: the fast quorum is the leader and one peer).
+    c.propose(0, batch(&[(201, 1, Op::Put, "late", "v")]));
+    c.run_until_quiet_losing(lose);
+    let pre_accepts = pre_accepts_to_two.get();
+    c.propose(0, batch(&[(202, 1, Op::Put, "later", "v")]));
+    c.run_until_quiet_losing(lose);
+    assert_eq!(c.replies_total, 202);
+    assert_eq!(
+        pre_accepts_to_two.get(),
+        pre_accepts,
+        "no PreAccept to a stalled peer"
+    );
+    // SIGCONT: the next probe is answered, and what replica 2 missed goes
+    // out at most RESENDS_PER_PACE_MAX (+ the probe) a tick.
+    stopped.set(false);
+    let mut ticks = 0;
+    while c.replicas[0].instances_in_memory() > 0 {
+        let before = commits_to_two.get();
+        c.advance(RESEND_PACE_NS);
+        c.run_until_quiet_losing(lose);
+        let sent = commits_to_two.get() - before;
+        assert!(
+            sent <= RESENDS_PER_PACE_MAX + 1,
+            "{sent} commits in one tick"
+        );
+        ticks += 1;
+        assert!(ticks < 1_000, "replica 2 never caught up");
+    }
+    assert_eq!(c.replicas[2].stats().executed_commands, 202);
     let d = digests(&c);
     assert!(d.iter().all(|&x| x == d[0]));
 }

@@ -163,14 +163,22 @@ impl<S: Storage> Node<S> {
     }
 
     /// Encodes one message into the link to peer `to`, or drops it, counted,
-    /// if the link is down or backed up (the core re-sends what matters).
+    /// if the link is down or the frame would take its queue past
+    /// `PEER_SEND_BUFFER_BYTES_MAX` (the core re-sends what matters). A
+    /// frame is shed whole: the peer never sees part of one.
     fn send(&mut self, to: usize, m: &Message) {
         let link = &mut self.links[to];
-        if !link.up || link.out.len() > PEER_SEND_BUFFER_BYTES_MAX {
+        let before = link.out.len();
+        if !link.up || before >= PEER_SEND_BUFFER_BYTES_MAX {
             self.counters.dropped_messages += 1;
             return;
         }
         peer::encode(&self.enc, &mut link.out, m);
+        if before > 0 && link.out.len() > PEER_SEND_BUFFER_BYTES_MAX {
+            link.out.truncate(before);
+            self.counters.dropped_messages += 1;
+            return;
+        }
         self.counters.frames_out += 1;
         if !link.listed {
             link.listed = true;

@@ -656,3 +656,48 @@ fn a_shard_refused_for_its_configuration_by_most_peers_answers_unavailable() {
     node.link_up(ReplicaId(2));
     assert_eq!(node.misconfigured(), None);
 }
+
+#[test]
+fn a_backed_up_link_sheds_whole_frames_and_never_queues_past_its_bound() {
+    // Nobody drains the links (a peer stopped mid-run): 40 PreAccepts of
+    // 512 KiB each are four times what one link may hold.
+    let (mut node, conn) = linked_with_a_client(config(3, 1, 0));
+    let value = vec![7u8; 512 << 10];
+    for r in 1..=40u64 {
+        let mut b = BatchBuilder::new();
+        let key = format!("k{r}");
+        b.push(&CommandRef {
+            client: 7,
+            request: r,
+            first_outstanding: 1,
+            op: Op::Put,
+            key: key.as_bytes(),
+            value: &value,
+        });
+        node.on_frame(r, conn, frame(0, Kind::Request, b.finish().bytes()))
+            .unwrap();
+        node.turn(r);
+        sync(&mut node);
+    }
+    let dropped = node.admin_info().dropped_messages.get();
+    assert!(dropped > 0, "some PreAccepts were shed");
+    let mut kept = 0;
+    for peer in [1u8, 2] {
+        let mut bytes = node.take_link_bytes(ReplicaId(peer), BytesMut::new());
+        assert!(
+            bytes.len() <= crate::constants::PEER_SEND_BUFFER_BYTES_MAX,
+            "{} bytes queued for replica {peer}",
+            bytes.len()
+        );
+        // Whole frames only, back to back to the end.
+        let reader = FrameReader::new(CLUSTER);
+        while let Some(f) = reader.next(&mut bytes).unwrap() {
+            kept += u64::from(f.kind == Kind::PreAccept);
+        }
+        assert!(bytes.is_empty(), "a partial frame was queued");
+    }
+    assert!(
+        kept + dropped >= 80,
+        "every PreAccept kept or counted as dropped"
+    );
+}

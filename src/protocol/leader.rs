@@ -12,9 +12,12 @@ use super::message::{
 use super::ops::{accept, record, reindex, send_to_mask};
 use super::outbox::Outbox;
 use super::replica::Replica;
+use super::space::{Instance, Lookup};
 use super::types::{Attrs, Ballot, Deps, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
-use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
+use crate::constants::{
+    INSTANCE_WINDOW_SLOTS_MAX, QUEUE_KEPT_SLOTS_MIN, RESENDS_PER_PACE_MAX, RESEND_PACE_NS,
+};
 use crate::state_machine::StateMachine;
 
 impl<S: StateMachine> Replica<S> {
@@ -50,6 +53,7 @@ impl<S: StateMachine> Replica<S> {
             deps: Deps(*self.stability.stable()),
         };
         self.index.add_conflicts_and_record(id, &batch, &mut attrs);
+        let stalled = self.stalled_peers();
         let inst = self.spaces.entry(id).expect("own slot in window");
         inst.status = Status::PreAccepted;
         inst.promised = Ballot::initial(self.cfg.me);
@@ -65,12 +69,26 @@ impl<S: StateMachine> Replica<S> {
             return Ok(id);
         }
         out.persist.push(record(id, inst));
-        let targets = if self.cfg.thrifty {
-            // The fast quorum: the next fast_quorum - 1 peers in ring order.
-            let fast = self.cfg.fast_quorum() - 1;
-            self.cfg.peers().take(fast).fold(0, |m, p| m | p.bit())
+        // Stalled peers are left out while a fast quorum remains without
+        // them: their answers would come too late to count, and their
+        // PreAccepts only pile up stale in the link (the Commit carries
+        // the batch to them once they answer again).
+        let fast = self.cfg.fast_quorum() - 1;
+        let awake = self.cfg.peers_mask() & !stalled;
+        let candidates = if awake.count_ones() as usize >= fast {
+            awake
         } else {
             self.cfg.peers_mask()
+        };
+        let targets = if self.cfg.thrifty {
+            // The fast quorum: the next fast_quorum - 1 peers in ring order.
+            self.cfg
+                .peers()
+                .filter(|p| candidates & p.bit() != 0)
+                .take(fast)
+                .fold(0, |m, p| m | p.bit())
+        } else {
+            candidates
         };
         inst.lead = Some(Box::new(Lead {
             ballot: inst.promised,
@@ -301,24 +319,43 @@ impl<S: StateMachine> Replica<S> {
     ///
     /// Also runs the recovery checks that are due: an instance still
     /// uncommitted at its check, and not being led here, is recovered.
+    ///
+    /// At most `RESENDS_PER_PACE_MAX` re-sends and recovery starts go out
+    /// per call; the rest wait `RESEND_PACE_NS` (`next_deadline` says so),
+    /// so a backlog (a peer back from a pause, a restart) leaves paced.
     pub fn tick(&mut self, now: u64, out: &mut Outbox<S::Output>) {
         self.advance(now);
-        while let Some(&(at, id)) = self.retry.front() {
-            if at > now {
-                break;
+        let spent = |r: &Self| r.stats.retransmits + r.stats.recoveries;
+        let start = spent(self);
+        let budget_left = |r: &Self| spent(r) - start < RESENDS_PER_PACE_MAX;
+        if now >= self.paced_until {
+            while let Some(&(at, id)) = self.retry.front() {
+                if at > now || !budget_left(self) {
+                    break;
+                }
+                self.retry.pop_front();
+                if self.retransmit(id, out) {
+                    self.retry
+                        .push_back((now + self.cfg.retransmit_timeout_ns, id));
+                }
             }
-            self.retry.pop_front();
-            if self.retransmit(id, out) {
-                self.retry
-                    .push_back((now + self.cfg.retransmit_timeout_ns, id));
+            while let Some(&Reverse((at, id))) = self.watches.peek() {
+                if at > now || !budget_left(self) {
+                    break;
+                }
+                self.watches.pop();
+                self.watch_due(at, id, out);
+            }
+            if !budget_left(self) {
+                self.paced_until = now + RESEND_PACE_NS;
+            }
+            let (len, cap) = (self.retry.len(), self.retry.capacity());
+            if cap > QUEUE_KEPT_SLOTS_MIN && cap > 4 * len {
+                self.retry.shrink_to((2 * len).max(QUEUE_KEPT_SLOTS_MIN));
             }
         }
-        while let Some(&Reverse((at, id))) = self.watches.peek() {
-            if at > now {
-                break;
-            }
-            self.watches.pop();
-            self.watch_due(at, id, out);
+        if !self.parked.is_empty() {
+            self.probe_stalled(now, out);
         }
         self.settle(out);
         self.flush_acks(now, out);
@@ -328,7 +365,10 @@ impl<S: StateMachine> Replica<S> {
     fn retransmit(&mut self, id: InstanceId, out: &mut Outbox<S::Output>) -> bool {
         let replicas = self.cfg.replicas;
         let peers = self.cfg.peers_mask();
-        let unreachable = self.unreachable;
+        // A stalled peer is left out of commit re-sends like an unreachable
+        // one: re-sending every commit to a stopped peer each timeout cost
+        // the leader most of a core and filled its link with stale frames.
+        let away = self.unreachable | self.stalled_peers();
         let f = self.cfg.f();
         let Some(inst) = self.spaces.get_mut(id) else {
             return false;
@@ -340,8 +380,9 @@ impl<S: StateMachine> Replica<S> {
             return false;
         };
         let silent = peers & !lead.replied;
-        if lead.phase == Phase::Commit && silent & !unreachable == 0 {
-            // Only unreachable peers lack it: wait for one to come back.
+        if lead.phase == Phase::Commit && silent & !away == 0 {
+            // Only unreachable or stalled peers lack it: wait for one to
+            // come back (a stalled one is probed, `probe_stalled`).
             self.parked.push(id);
             return false;
         }
@@ -399,12 +440,58 @@ impl<S: StateMachine> Replica<S> {
             }
             Phase::Commit => {
                 let msg = inst.commit_message(id);
-                send_to_mask(out, silent & !unreachable, replicas, |_| msg.clone());
+                send_to_mask(out, silent & !away, replicas, |_| msg.clone());
                 return true;
             }
         };
         send_to_mask(out, silent, replicas, |_| msg.clone());
         true
+    }
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Sends each reachable, stalled peer one parked commit it lacks, at
+    /// most once a re-send timeout: its answer ends the stall (`handle`
+    /// unparks), so a peer that only looked stalled (idle, or its answers
+    /// lost) still gets everything, one round trip later.
+    fn probe_stalled(&mut self, now: u64, out: &mut Outbox<S::Output>) {
+        let stalled = self.stalled_peers() & !self.unreachable;
+        for p in self.cfg.peers().filter(|p| stalled & p.bit() != 0) {
+            if self.probe_at[p.index()] > now {
+                continue;
+            }
+            self.probe_at[p.index()] = now + self.cfg.retransmit_timeout_ns;
+            let lacks = |inst: &Instance| {
+                inst.lead
+                    .as_deref()
+                    .is_some_and(|l| l.phase == Phase::Commit && l.replied & p.bit() == 0)
+            };
+            let lacking = self
+                .parked
+                .iter()
+                .find_map(|&id| match self.spaces.get(id) {
+                    Lookup::Found(inst) if lacks(inst) => Some(inst.commit_message(id)),
+                    _ => None,
+                });
+            if let Some(msg) = lacking {
+                self.stats.retransmits += 1;
+                out.send(p, msg);
+            }
+        }
+    }
+
+    /// When `probe_stalled` next has work: while commits are parked, when
+    /// a reachable peer's probe falls due once it has been quiet a timeout.
+    pub(super) fn probe_deadline(&self) -> Option<u64> {
+        if self.parked.is_empty() {
+            return None;
+        }
+        let quiet = self.cfg.retransmit_timeout_ns;
+        self.cfg
+            .peers()
+            .filter(|p| self.unreachable & p.bit() == 0)
+            .map(|p| self.probe_at[p.index()].max(self.heard[p.index()] + quiet + 1))
+            .min()
     }
 }
 

@@ -21,6 +21,7 @@ use super::space::{Instance, Lookup, Spaces};
 use super::stable::Stability;
 use super::types::{Attrs, Ballot, Deps, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
+use crate::constants::QUEUE_KEPT_SLOTS_MIN;
 use crate::rng::Rng;
 use crate::state_machine::StateMachine;
 
@@ -47,6 +48,17 @@ pub struct Replica<S: StateMachine> {
     /// unreachable: off the retry queue (re-sending to a peer that is down
     /// would cost more the longer it stays down) until one comes back.
     pub(super) parked: Vec<InstanceId>,
+    /// Per replica, when this replica last handled a message from it. A
+    /// peer silent for a whole re-send timeout is *stalled*
+    /// (`stalled_peers`): stopped, or too far behind to answer. Commits it
+    /// lacks are parked as for an unreachable peer, and it gets one of them
+    /// per timeout (`probe_stalled`) until it answers again.
+    pub(super) heard: Vec<u64>,
+    /// Per replica, when a stalled peer may get its next probe.
+    pub(super) probe_at: Vec<u64>,
+    /// `tick` re-sends and recovers nothing before this: the last one
+    /// spent its `RESENDS_PER_PACE_MAX`.
+    pub(super) paced_until: u64,
     /// Recovery checks, by deadline (randomised, hence a heap). An entry is
     /// live only while it matches its instance's `watch_at`.
     pub(super) watches: BinaryHeap<Reverse<(u64, InstanceId)>>,
@@ -115,6 +127,9 @@ impl<S: StateMachine> Replica<S> {
             rng: Rng::new(cfg.rng_seed),
             acks: (0..cfg.replicas).map(|_| Vec::new()).collect(),
             acks_due: vec![None; cfg.replicas],
+            heard: vec![0; cfg.replicas],
+            probe_at: vec![0; cfg.replicas],
+            paced_until: 0,
             stability: Stability::new(cfg.replicas, cfg.me),
             executed_reported: 0,
             seq_executed: 0,
@@ -347,15 +362,34 @@ impl<S: StateMachine> Replica<S> {
             // have restarted knowing nothing: tell it again.
             self.stability.forget_sent(peer);
             if !was {
-                // Due at once: ahead of everything queued, so the queue
-                // stays sorted.
-                for id in self.parked.drain(..) {
-                    self.retry.push_front((0, id));
-                }
+                self.unpark();
             }
         } else {
             self.unreachable |= peer.bit();
         }
+    }
+
+    /// Puts every parked commit back on the re-send queue, due at once
+    /// (ahead of everything queued, so the queue stays sorted), oldest
+    /// first: the peer executes each as it arrives instead of holding them
+    /// all until the oldest comes last. `tick` paces them. Those still
+    /// lacking only away peers park again.
+    pub(super) fn unpark(&mut self) {
+        for id in self.parked.drain(..).rev() {
+            self.retry.push_front((0, id));
+        }
+        if self.parked.capacity() > QUEUE_KEPT_SLOTS_MIN {
+            self.parked = Vec::new();
+        }
+    }
+
+    /// Peers that sent nothing for longer than a re-send timeout.
+    pub(super) fn stalled_peers(&self) -> u16 {
+        let quiet = self.cfg.retransmit_timeout_ns;
+        self.cfg
+            .peers()
+            .filter(|p| self.now.saturating_sub(self.heard[p.index()]) > quiet)
+            .fold(0, |mask, p| mask | p.bit())
     }
 
     /// Commits waiting for an unreachable peer to come back.
@@ -365,13 +399,20 @@ impl<S: StateMachine> Replica<S> {
 
     /// When `tick` next has work, if ever.
     pub fn next_deadline(&self) -> Option<u64> {
-        let retry = self.retry.front().map(|&(at, _)| at);
-        let watch = self.watches.peek().map(|Reverse((at, _))| *at);
+        let paced = self.paced_until;
+        let retry = self.retry.front().map(|&(at, _)| at.max(paced));
+        let watch = self.watches.peek().map(|Reverse((at, _))| (*at).max(paced));
         let acks = self.acks_due.iter().flatten().min().copied();
-        [retry, watch, acks, self.progress_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            retry,
+            watch,
+            acks,
+            self.progress_deadline(),
+            self.probe_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// When a `Progress` report falls due: this replica's own executed
@@ -483,6 +524,12 @@ impl<S: StateMachine> Replica<S> {
     pub fn handle(&mut self, now: u64, from: ReplicaId, msg: Message, out: &mut Outbox<S::Output>) {
         assert!(from != self.cfg.me && from.index() < self.cfg.replicas);
         self.advance(now);
+        let stalled = self.stalled_peers() & from.bit() != 0;
+        self.heard[from.index()] = now;
+        if stalled && !self.parked.is_empty() {
+            // It is back: what it missed goes out again, paced by `tick`.
+            self.unpark();
+        }
         match msg {
             Message::PreAccept(m) => self.on_pre_accept(from, m, out),
             Message::PreAcceptOk(m) => self.on_pre_accept_ok(from, m, out),

@@ -12,7 +12,7 @@ use super::lead::{Lead, Phase};
 use super::message::{Message, Value};
 use super::types::{Attrs, Ballot, Initial, InstanceId, ReplicaId, Status};
 use crate::command::Batch;
-use crate::constants::INSTANCE_WINDOW_SLOTS_MAX;
+use crate::constants::{INSTANCE_WINDOW_SLOTS_MAX, QUEUE_KEPT_SLOTS_MIN};
 
 /// Tarjan's per-node state, valid only while `epoch` matches the run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -262,6 +262,12 @@ impl Spaces {
             }
             space.window.pop_front();
             space.base += 1;
+        }
+        // A backlog (commits held for a paused peer) grows the window;
+        // once it drains, give the memory back instead of keeping the peak.
+        let (len, cap) = (space.window.len(), space.window.capacity());
+        if cap > QUEUE_KEPT_SLOTS_MIN && cap > 4 * len {
+            space.window.shrink_to((2 * len).max(QUEUE_KEPT_SLOTS_MIN));
         }
     }
 

@@ -14,8 +14,10 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
-/// One line per second until the measured period ends (or Ctrl-C).
-/// Prints a line a second until the measured window ends; returns the CPU
+/// One line per second until the measured period ends (or Ctrl-C): the
+/// requests answered in that second, each with its latency from its
+/// intended send time (so a request sent during a stall counts, whole, in
+/// the second it is answered). Prints a line a second until the measured window ends; returns the CPU
 /// sample taken when the warm-up ended (`pids`: the local replicas).
 pub fn progress(
     live: &[Arc<Mutex<Tally>>],
@@ -58,10 +60,11 @@ pub fn progress(
             ""
         };
         eprintln!(
-            "{elapsed:5.0}s {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  errors {}{phase}",
+            "{elapsed:5.0}s {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  max {:>8.1} us  errors {}{phase}",
             second.ops as f64,
             us(second.hist.value_at_quantile(0.5)),
             us(second.hist.value_at_quantile(0.99)),
+            us(second.hist.max()),
             second.errors,
         );
         next += Duration::from_secs(1);
