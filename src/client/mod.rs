@@ -84,31 +84,42 @@ impl From<SessionError> for ClientError {
     }
 }
 
-/// Random bits below the time in a client id.
-const CLIENT_ID_RANDOM_BITS: u32 = 23;
+/// Bits below the time in a client id: a random number drawn once per
+/// process, plus a count of the ids it made.
+const CLIENT_ID_LOW_BITS: u32 = 32;
 
 /// A client id nobody else is likely to use (exactly-once is keyed by it):
-/// the wall clock's milliseconds above 23 random bits. Ids grow with time
-/// because a replica retires expired sessions by a watermark (ids below it
-/// never start a session again), which only ever passes ids of the past.
+/// the wall clock's seconds above 32 bits that are a per-process random
+/// start plus a per-process count, so that ids of one process never
+/// collide and those of two processes collide with a chance of about
+/// 2^-32 a pair per second. Ids grow with time because a replica retires
+/// expired sessions by a watermark (ids below it never start a session
+/// again), which only ever passes ids of the past.
 pub fn fresh_client_id() -> u64 {
     fresh_client_id_above(0)
 }
 
 /// A fresh client id at or above `retired_below` (the watermark a
 /// `Received::Expired` carries), for a client whose clock is behind it.
+/// Past a watermark within 2^32 of the largest id, ids run out: it
+/// returns the largest, which every such client would share.
 pub fn fresh_client_id_above(retired_below: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    let random =
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        let mut bytes = [0u8; 8];
         match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
             Ok(()) => u64::from_le_bytes(bytes),
             Err(_) => u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        } & ((1 << CLIENT_ID_RANDOM_BITS) - 1);
-    let ms = std::time::SystemTime::now()
+        }
+    });
+    let low = start.wrapping_add(MADE.fetch_add(1, Ordering::Relaxed)) & 0xffff_ffff;
+    let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let timed = (ms << CLIENT_ID_RANDOM_BITS) | random;
-    timed.max(retired_below.saturating_add(random)).max(1)
+        .map_or(0, |d| d.as_secs());
+    let timed = (secs << CLIENT_ID_LOW_BITS) | low;
+    timed.max(retired_below.saturating_add(low)).max(1)
 }
 
 /// The next frame from `stream`, reading into `buf` as needed: the
@@ -223,15 +234,18 @@ impl Connection {
     /// One command, answered. Answers to other requests that arrive first
     /// are kept for `recv`.
     pub fn call(&mut self, op: Op, key: &[u8], value: &[u8]) -> Result<Response, ClientError> {
+        let client = self.session.client_id();
         let request = self.queue(op, key, value)?;
         self.flush()?;
+        // (Request numbers start again in a session after an expired one.)
+        let mine = |r: &Response| r.client == client && r.request == request;
         loop {
             // An expired session answers all its requests at once.
-            if let Some(i) = self.ready.iter().position(|r| r.request == request) {
+            if let Some(i) = self.ready.iter().position(mine) {
                 return Ok(self.ready.remove(i).expect("found"));
             }
             let r = self.read_response()?;
-            if r.request == request {
+            if mine(&r) {
                 return Ok(r);
             }
             self.ready.push_back(r);

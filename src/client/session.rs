@@ -134,9 +134,9 @@ pub struct Session {
     retry_overloaded: bool,
     /// The session expired (`Received::Expired`) and awaits `restart`.
     expired: bool,
-    /// The id of the session before the last `restart`: late answers to it
-    /// are stale, not an error.
-    old_client: Option<u64>,
+    /// The ids of the sessions before the last few `restart`s: late answers
+    /// to them are stale, not an error.
+    old_clients: [u64; 4],
 }
 
 impl Session {
@@ -161,7 +161,7 @@ impl Session {
             admins: 0,
             retry_overloaded: false,
             expired: false,
-            old_client: None,
+            old_clients: [0; 4],
         }
     }
 
@@ -173,7 +173,9 @@ impl Session {
         fresh.server = self.server;
         fresh.retry_overloaded = self.retry_overloaded;
         fresh.admins = self.admins;
-        fresh.old_client = Some(self.client);
+        fresh.old_clients = self.old_clients;
+        fresh.old_clients.rotate_right(1);
+        fresh.old_clients[0] = self.client;
         *self = fresh;
     }
 
@@ -385,7 +387,7 @@ impl Session {
 
     fn on_response(&mut self, frame: &Frame) -> Result<Received, SessionError> {
         let response = decode_response(&frame.body)?;
-        if Some(response.client) == self.old_client {
+        if response.client != 0 && self.old_clients.contains(&response.client) {
             return Ok(Received::Stale(response));
         }
         if response.client != self.client {

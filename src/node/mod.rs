@@ -738,6 +738,8 @@ impl<S: Storage> Node<S> {
             };
             self.counters.batched_commands += batch.len() as u64;
             if let Err(e) = self.core.propose(now, batch.clone(), &mut self.out) {
+                let expiries = batch.iter().filter(|c| c.op == crate::command::Op::Expire);
+                self.core.expiries_not_proposed(expiries.count());
                 let reason = e.to_string();
                 for cmd in batch.iter().filter(|c| c.op != crate::command::Op::Expire) {
                     let (c, r) = (cmd.client, cmd.request);

@@ -23,6 +23,7 @@ use super::outbox::{Outbox, TraceEvent};
 use super::replica::Replica;
 use super::space::Lookup;
 use super::types::{InstanceId, ReplicaId, Status};
+use crate::command::Op;
 use crate::state_machine::StateMachine;
 
 /// One node being explored: which dependency to look at next.
@@ -176,11 +177,15 @@ impl<S: StateMachine> Replica<S> {
         inst.blocked_on = None;
         self.seq_executed = self.seq_executed.max(inst.attrs.seq);
         self.exec.ready.append(&mut inst.waiters);
+        if id.replica == me {
+            let expiries = inst.batch.iter().filter(|c| c.op == Op::Expire).count();
+            self.expiries_in_flight = self.expiries_in_flight.saturating_sub(expiries);
+        }
         if inst.noop {
             // A no-op keeps the batch its proposer had: if that is this
             // replica, its clients wait for these commands, which never ran.
             if id.replica == me {
-                for cmd in inst.batch.iter() {
+                for cmd in inst.batch.iter().filter(|c| c.op != Op::Expire) {
                     out.replies.push(super::outbox::Reply {
                         client: cmd.client,
                         request: cmd.request,

@@ -385,7 +385,11 @@ impl<S: StateMachine> ConflictIndex<S> {
             cmd.client,
         );
         self.clients.record_executed(entry.row, id);
+        // As `record_row` recorded it: every command in the session rows'
+        // any-access row, an expiry in its writes row too.
+        self.sessions_rows.record_executed(0, id);
         if cmd.op == Op::Expire {
+            self.sessions_rows.record_executed(1, id);
             // Only if the client ran nothing since its proposer looked.
             if entry
                 .session

@@ -61,7 +61,7 @@ use super::outbox::Outbox;
 use super::replica::Replica;
 use super::space::Lookup;
 use super::types::{Attrs, Ballot, InstanceId, ReplicaId, Status};
-use crate::command::Batch;
+use crate::command::{Batch, Op};
 use crate::state_machine::{Access, StateMachine};
 
 impl<S: StateMachine> Replica<S> {
@@ -464,8 +464,16 @@ impl<S: StateMachine> Replica<S> {
         let mut found = Vec::new();
         let mut keys: Vec<(&[u8], Access)> = Vec::new();
         let mut clients: Vec<u64> = Vec::new();
+        // Client commands and expiries conflict through the session rows
+        // (`index.rs`): an expiry with every client command.
+        let (mut commands, mut expiries) = (false, false);
         for cmd in batch.iter() {
             clients.push(cmd.client);
+            if cmd.op == Op::Expire {
+                expiries = true;
+            } else {
+                commands = true;
+            }
             if let Some((key, access)) = S::conflict_key(&cmd) {
                 keys.push((key, access));
             }
@@ -473,6 +481,11 @@ impl<S: StateMachine> Replica<S> {
         let conflicts_with = |other: &Batch| {
             other.iter().any(|cmd| {
                 clients.contains(&cmd.client)
+                    || if cmd.op == Op::Expire {
+                        commands
+                    } else {
+                        expiries
+                    }
                     || S::conflict_key(&cmd).is_some_and(|(k, a)| {
                         keys.iter()
                             .any(|&(k2, a2)| k2 == k && (a == Access::Write || a2 == Access::Write))

@@ -91,6 +91,11 @@ pub struct Replica<S: StateMachine> {
     pub(super) seq_executed: u64,
     /// Scratch for `expire_sessions`.
     pub(super) expiring: Vec<(u64, u64)>,
+    /// `Op::Expire`s this replica proposed that have not executed here (or
+    /// become a no-op) yet: while any is, it proposes no more, so that a
+    /// look never proposes again what the last one did, and a minority
+    /// side of a partition does not pile them up.
+    pub(super) expiries_in_flight: usize,
     pub(super) rng: Rng,
     pub(super) now: u64,
     pub(super) stats: ReplicaStats,
@@ -134,6 +139,7 @@ impl<S: StateMachine> Replica<S> {
             executed_reported: 0,
             seq_executed: 0,
             expiring: Vec::new(),
+            expiries_in_flight: 0,
             cfg,
             sm,
             exec: ExecScratch::default(),
@@ -274,6 +280,12 @@ impl<S: StateMachine> Replica<S> {
         self.index.keys()
     }
 
+    /// `n` of the expiries `expire_sessions` gave were never proposed (the
+    /// driver's `propose` refused their batch).
+    pub fn expiries_not_proposed(&mut self, n: usize) {
+        self.expiries_in_flight = self.expiries_in_flight.saturating_sub(n);
+    }
+
     /// Client sessions in the exactly-once table.
     pub fn client_sessions(&self) -> usize {
         self.index.sessions()
@@ -301,6 +313,9 @@ impl<S: StateMachine> Replica<S> {
         limit: usize,
         out: &mut Vec<crate::command::Batch>,
     ) -> usize {
+        if self.expiries_in_flight > 0 {
+            return 0;
+        }
         let mut found = std::mem::take(&mut self.expiring);
         found.clear();
         let (me, n) = (self.cfg.me.index(), self.cfg.replicas);
@@ -325,6 +340,7 @@ impl<S: StateMachine> Replica<S> {
         }
         let count = found.len();
         self.expiring = found;
+        self.expiries_in_flight += count;
         count
     }
 
