@@ -177,7 +177,7 @@ impl<S: StateMachine> Replica<S> {
         inst.blocked_on = None;
         self.seq_executed = self.seq_executed.max(inst.attrs.seq);
         self.exec.ready.append(&mut inst.waiters);
-        if id.replica == me {
+        if id.replica == me && self.expiries_in_flight > 0 {
             let expiries = inst.batch.iter().filter(|c| c.op == Op::Expire).count();
             self.expiries_in_flight = self.expiries_in_flight.saturating_sub(expiries);
         }
