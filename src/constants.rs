@@ -135,9 +135,9 @@ pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
 pub const RESULT_KEPT_BYTES_MAX: usize = 1024;
 
 /// A shard looks for sessions to expire this often, and, while it holds
-/// more than `--sessions-max`, every `EXPIRE_OVER_CHECK_NS` (about a round
-/// trip: the expiries of the last look are then executed, so the next one
-/// does not propose them again). A look proposes at most
+/// more than `--sessions-max`, every `EXPIRE_OVER_CHECK_NS` (a look finds
+/// nothing while the last one's expiries have not executed here:
+/// `Replica::expire_sessions`). A look proposes at most
 /// `EXPIRE_BATCHES_MAX` batches of `EXPIRE_BATCH_MAX` `Op::Expire`s: a
 /// client churning through new ids at 300k a second is kept near the bound
 /// (at 1,024 a look every 100 ms, 1.2 M new ids took a replica to 371 MB).
