@@ -63,12 +63,7 @@ fn main() {
 }
 
 fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a status line")
+    epaxos_fast::harness::status_kib(pid, field).expect("a status line")
 }
 
 fn rss(pid: u32) -> f64 {
@@ -111,18 +106,11 @@ fn all(binary: &str, new_clients: u64) {
 }
 
 fn hello() -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    Session::new(77, CLUSTER_ID, 0).hello(&mut buf);
-    buf.to_vec()
+    epaxos_fast::harness::client_hello_frame(CLUSTER_ID)
 }
 
 fn header_4mib() -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    Session::new(77, CLUSTER_ID, 0)
-        .encoder()
-        .frame(&mut buf, Kind::Request, |_| {});
-    buf[8..12].copy_from_slice(&(4u32 << 20).to_le_bytes());
-    buf.to_vec()
+    epaxos_fast::harness::request_header_announcing(CLUSTER_ID, 4 << 20)
 }
 
 /// Reads until the replica closes `s` (or `TIMEOUT`); whether it did.

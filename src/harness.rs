@@ -324,6 +324,40 @@ impl Drop for LocalCluster {
     }
 }
 
+/// A line of a process's `/proc/PID/status` in KiB (`field` as "VmRSS:"
+/// or "VmHWM:"), if the process and the line are there.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A process's resident set in bytes (VmRSS), if it is there.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// A client's Hello frame for shard 0 of cluster `cluster_id`, as the
+/// hostile-input tests and probes send it by hand.
+pub fn client_hello_frame(cluster_id: u64) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    crate::client::Session::new(77, cluster_id, 0).hello(&mut buf);
+    buf.to_vec()
+}
+
+/// A Request header announcing a body of `len` bytes, without the body:
+/// what a connection that never completes its frame sends.
+pub fn request_header_announcing(cluster_id: u64, len: u32) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    crate::client::Session::new(77, cluster_id, 0)
+        .encoder()
+        .frame(&mut buf, crate::wire::Kind::Request, |_| {});
+    buf[8..12].copy_from_slice(&len.to_le_bytes());
+    buf.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::{Cluster, CLUSTER_ID, TIMEOUT};
-use epaxos_fast::client::{ClientError, Connection, Session};
+use epaxos_fast::client::{ClientError, Connection};
 use epaxos_fast::command::Op;
+use epaxos_fast::harness;
 use epaxos_fast::wire::client::Code;
 use epaxos_fast::wire::Kind;
 
@@ -23,31 +23,16 @@ const ATTACKERS: usize = 150;
 const RSS_GROWTH_BYTES_MAX: u64 = 32 << 20;
 
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line");
-    kb * 1024
-}
-
-fn session() -> Session {
-    Session::new(77, CLUSTER_ID, 0)
+    harness::rss_bytes(pid).expect("the replica's VmRSS")
 }
 
 fn client_hello() -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    session().hello(&mut buf);
-    buf.to_vec()
+    harness::client_hello_frame(CLUSTER_ID)
 }
 
 /// A Request header announcing a 4 MiB body, and nothing of the body.
 fn request_header_4mib() -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    session().encoder().frame(&mut buf, Kind::Request, |_| {});
-    buf[8..12].copy_from_slice(&(4u32 << 20).to_le_bytes());
-    buf.to_vec()
+    harness::request_header_announcing(CLUSTER_ID, 4 << 20)
 }
 
 /// Waits (bounded by the read timeout) until the replica closes `s`;

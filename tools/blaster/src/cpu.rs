@@ -24,12 +24,7 @@ pub struct Sample {
     replicas: Option<f64>,
 }
 
-/// A process's resident set, in bytes (`/proc/PID/statm`).
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
+pub use epaxos_fast::harness::rss_bytes;
 
 /// Samples blaster and the local replicas (`pids`; empty: none to measure).
 pub fn sample(pids: &[u32]) -> Sample {
