@@ -915,4 +915,4 @@ impl<S: Storage> Node<S> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,37 +10,14 @@ use super::expose::{health, text};
 use super::*;
 use crate::client::Session;
 use crate::command::Op;
-use crate::node::{ConnId, NodeConfig};
+use crate::node::tests::{config, CLUSTER};
+use crate::node::ConnId;
 use crate::protocol::ReplicaId;
 use crate::storage::MemStorage;
 use crate::wire::FrameReader;
 
-const CLUSTER: u64 = 5;
-
 fn node(replicas: usize) -> Node<MemStorage> {
-    let cfg = NodeConfig {
-        replica: ReplicaId(0),
-        replicas,
-        shard: 0,
-        shards: 1,
-        cluster_id: CLUSTER,
-        peers: (0..replicas)
-            .map(|p| format!("127.0.0.1:{}", 7000 + 10 * p))
-            .collect(),
-        incarnation: 3,
-        thrifty: false,
-        batch_max: 64,
-        pipeline: 64,
-        rng_seed: 1,
-        trace: false,
-        injected_bug: None,
-        node_bug: None,
-        test_lose_write: 0,
-        session_idle_ns: crate::constants::SESSION_IDLE_NS_DEFAULT,
-        sessions_max: crate::constants::SESSIONS_MAX_DEFAULT,
-        max_clients: 100,
-    };
-    Node::start(cfg, MemStorage::new(), 0)
+    Node::start(config(replicas, 1, 0), MemStorage::new(), 0)
 }
 
 /// Feeds every frame in `bytes` to the node on `conn`.

@@ -293,6 +293,8 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
     result
 }
 
+/// The run once the replicas are there: the preload, then one load phase
+/// or one per `--rates` rate.
 fn run_on(
     args: &Args,
     stop: &Arc<AtomicBool>,
