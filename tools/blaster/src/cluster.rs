@@ -62,6 +62,7 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
             root
         }),
         remove_data: true,
+        metrics: args.scrape_metrics.is_some(),
     })?;
     let list: Vec<String> = cluster.peers.iter().map(|p| p.to_string()).collect();
     eprintln!("blaster: started {n} local replicas at {}", list.join(","));
