@@ -51,6 +51,9 @@ pub struct ClusterConfig {
     pub data_root: Option<PathBuf>,
     /// Remove `data_root` when the cluster is dropped (a scratch directory).
     pub remove_data: bool,
+    /// The password `connect` sends (the replicas run with
+    /// `--requirepass-file` among `extra_args`).
+    pub password: Option<crate::secret::Secret>,
 }
 
 pub struct LocalCluster {
@@ -186,7 +189,13 @@ impl LocalCluster {
         shard: u8,
         timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        Connection::connect(self.peers[replica], shard, self.cfg.cluster_id, timeout)
+        Connection::connect_with_password(
+            self.peers[replica],
+            shard,
+            self.cfg.cluster_id,
+            timeout,
+            self.cfg.password.as_ref(),
+        )
     }
 
     /// Waits until every shard of every replica answers with all its peer

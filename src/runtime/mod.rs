@@ -18,6 +18,7 @@
 //! at once), and runs a turn when input arrived or a deadline passed. The
 //! simulator drives the same node.
 
+mod auth;
 mod log_writer;
 mod mesh;
 mod shard;
@@ -76,6 +77,10 @@ pub struct RuntimeConfig {
     /// How long a frame may take to arrive once its first bytes did
     /// (`FRAME_DEADLINE_MS`; tests shorten it).
     pub frame_deadline_ms: u64,
+    /// `--cluster-secret-file`: what peers prove in their handshake.
+    pub cluster_secret: Option<crate::secret::Secret>,
+    /// `--requirepass-file`: what clients send before any command.
+    pub password: Option<crate::secret::Secret>,
 }
 
 /// Why the replica stopped, other than by a signal.

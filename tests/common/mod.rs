@@ -52,6 +52,7 @@ impl Cluster {
             ready_timeout: TIMEOUT,
             data_root,
             remove_data: false,
+            password: None,
         };
         Cluster(LocalCluster::start(cfg).unwrap_or_else(|e| panic!("{e}")))
     }
