@@ -54,6 +54,9 @@ pub struct ClusterConfig {
     /// The password `connect` sends (the replicas run with
     /// `--requirepass-file` among `extra_args`).
     pub password: Option<crate::secret::Secret>,
+    /// Replica r's stderr is appended to `stderr_dir/replica-r.log`
+    /// (restarts included) instead of going to this process's.
+    pub stderr_dir: Option<PathBuf>,
 }
 
 pub struct LocalCluster {
@@ -157,6 +160,18 @@ impl LocalCluster {
     fn spawn(&self, id: usize) -> Result<Child, String> {
         let list: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
         let cfg = &self.cfg;
+        let stderr = match &cfg.stderr_dir {
+            Some(dir) => {
+                let path = dir.join(format!("replica-{id}.log"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                Stdio::from(file)
+            }
+            None => Stdio::inherit(),
+        };
         Command::new(&cfg.binary)
             .args(["--id", &id.to_string(), "--peers", &list.join(",")])
             .args(["--cores", &cfg.cores.to_string(), "--cpus", "none"])
@@ -165,7 +180,7 @@ impl LocalCluster {
             .args(self.state_args(id))
             .args(&cfg.extra_args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", cfg.binary.display()))
     }

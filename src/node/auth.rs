@@ -179,7 +179,8 @@ impl<S: Storage> Node<S> {
                 if close {
                     self.close_conn(conn);
                     return Err(ConnError::Refused(format!(
-                        "{REFUSED_AUTH}: a client sent {AUTH_FAILURES_PER_CONNECTION_MAX} wrong                          passwords; closing its connection"
+                        "{REFUSED_AUTH}: a client sent {AUTH_FAILURES_PER_CONNECTION_MAX} wrong \
+                        passwords; closing its connection"
                     )));
                 }
             }

@@ -239,7 +239,8 @@ impl<S: Storage> Node<S> {
                     return self.refuse(
                         conn,
                         format!(
-                            "{REFUSED_AUTH}: replica {r}'s proof of the cluster secret is wrong:                              the two replicas were given different --cluster-secret-file contents"
+                            "{REFUSED_AUTH}: replica {r}'s proof of the cluster secret is wrong: \
+                            the two replicas were given different --cluster-secret-file contents"
                         ),
                     );
                 }
@@ -255,7 +256,8 @@ impl<S: Storage> Node<S> {
             Kind::Refused => {
                 self.close_conn(conn);
                 Err(ConnError::Refused(format!(
-                    "{REFUSED_AUTH}: replica {r} refused this replica's proof of the cluster                      secret: {}",
+                    "{REFUSED_AUTH}: replica {r} refused this replica's proof of the cluster \
+                    secret: {}",
                     String::from_utf8_lossy(&frame.body)
                 )))
             }
@@ -293,10 +295,12 @@ impl<S: Storage> Node<S> {
         let why = match (&self.cfg.cluster_secret, theirs) {
             (None, false) => return Ok(LinkAnswer::Accepted(ok)),
             (None, true) => format!(
-                "{REFUSED_AUTH}: replica {p} proves a cluster secret and this replica has none                  (--cluster-secret-file): give every replica the same secret file"
+                "{REFUSED_AUTH}: replica {p} proves a cluster secret and this replica has none \
+                (--cluster-secret-file): give every replica the same secret file"
             ),
             (Some(_), false) => format!(
-                "{REFUSED_AUTH}: replica {p} does not prove the cluster secret: it runs without                  --cluster-secret-file; give every replica the same secret file"
+                "{REFUSED_AUTH}: replica {p} does not prove the cluster secret: it runs without \
+                --cluster-secret-file; give every replica the same secret file"
             ),
             (Some(secret), true) => {
                 let t = Transcript {
@@ -316,7 +320,8 @@ impl<S: Storage> Node<S> {
                     return Ok(LinkAnswer::Accepted(ok));
                 }
                 format!(
-                    "{REFUSED_AUTH}: replica {p} did not prove this replica's cluster secret:                      the two replicas were given different --cluster-secret-file contents"
+                    "{REFUSED_AUTH}: replica {p} did not prove this replica's cluster secret: \
+                    the two replicas were given different --cluster-secret-file contents"
                 )
             }
         };
@@ -335,10 +340,13 @@ impl<S: Storage> Node<S> {
         let r = h.replica;
         match (self.cfg.cluster_secret.is_some(), h.auth & AUTH_CLUSTER_SECRET != 0) {
             (true, false) => Err(format!(
-                "{REFUSED_AUTH}: replica {r} sent no proof of the cluster secret and this                  replica requires one (--cluster-secret-file): give every replica the same                  secret file"
+                "{REFUSED_AUTH}: replica {r} sent no proof of the cluster secret and this \
+                replica requires one (--cluster-secret-file): give every replica the same \
+                secret file"
             )),
             (false, true) => Err(format!(
-                "{REFUSED_AUTH}: replica {r} proves a cluster secret and this replica has none                  (--cluster-secret-file): give every replica the same secret file"
+                "{REFUSED_AUTH}: replica {r} proves a cluster secret and this replica has none \
+                (--cluster-secret-file): give every replica the same secret file"
             )),
             _ => Ok(()),
         }

@@ -1307,6 +1307,10 @@ impl ShardLoop {
                 self.node.closed(id);
             }
             Role::Link(peer) => {
+                if let Closed::AuthFailed(w) = &why {
+                    let addr = self.cfg.peer_addr(peer);
+                    self.log_auth_refusal(addr, &format!("replica {}: {w}", peer.0));
+                }
                 let text = match &why {
                     Closed::Refused(w) => format!("refused us: {w}"),
                     Closed::AuthFailed(w) => w.clone(),
@@ -1341,15 +1345,7 @@ impl ShardLoop {
                 Refusal::Duplicate | Refusal::Contested => {
                     error!(%remote, "{what} refused: {why}")
                 }
-                Refusal::Auth => {
-                    let (log, suppressed) = self.auth_log.allow(self.clock / 1_000_000);
-                    if suppressed > 0 {
-                        warn!("{suppressed} more refused authentication(s) were not logged");
-                    }
-                    if log {
-                        warn!(%remote, "{what} refused: {why}");
-                    }
-                }
+                Refusal::Auth => self.log_auth_refusal(remote, &format!("{what} refused: {why}")),
                 _ => warn!(%remote, "{what} refused: {why}"),
             },
             Closed::AuthFailed(why) => warn!(%remote, "{what}: {why}"),
@@ -1366,6 +1362,18 @@ impl ShardLoop {
                 %remote,
                 "{what} sent nothing for {s} s (--client-idle-timeout-s); closing the connection"
             ),
+        }
+    }
+
+    /// Logs a refused authentication, within `AUTH_FAILURE_LOGS_PER_WINDOW`
+    /// a window (a flood of bad handshakes is counted, not logged).
+    fn log_auth_refusal(&mut self, remote: SocketAddr, what: &str) {
+        let (log, suppressed) = self.auth_log.allow(self.clock / 1_000_000);
+        if suppressed > 0 {
+            warn!("{suppressed} more refused authentication(s) were not logged");
+        }
+        if log {
+            warn!(%remote, "{what}");
         }
     }
 

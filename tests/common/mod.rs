@@ -53,6 +53,7 @@ impl Cluster {
             data_root,
             remove_data: false,
             password: None,
+            stderr_dir: None,
         };
         Cluster(LocalCluster::start(cfg).unwrap_or_else(|e| panic!("{e}")))
     }

@@ -94,6 +94,7 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
         }),
         remove_data: true,
         password: password(),
+        stderr_dir: None,
     })?;
     let list: Vec<String> = cluster.peers.iter().map(|p| p.to_string()).collect();
     eprintln!("blaster: started {n} local replicas at {}", list.join(","));
