@@ -219,7 +219,7 @@ impl LocalCluster {
         let deadline = Instant::now() + self.cfg.ready_timeout;
         for r in 0..self.peers.len() {
             for s in 0..self.cfg.cores {
-                while !self.shard_ready(r, s) {
+                while !self.shard_ready(r, s)? {
                     if let Ok(Some(status)) = self.procs[r].try_wait() {
                         return Err(format!("replica {r} exited at start-up: {status}"));
                     }
@@ -236,11 +236,20 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn shard_ready(&self, r: usize, s: u8) -> bool {
+    /// Whether shard `s` of replica `r` has every peer link up; an error
+    /// if it asks for a password this cluster's config does not give.
+    fn shard_ready(&self, r: usize, s: u8) -> Result<bool, String> {
         let info = self
             .connect(r, s, READY_CONNECT_TIMEOUT)
             .and_then(|mut c| c.admin());
-        matches!(info, Ok(i) if usize::from(i.peers_connected) + 1 == self.peers.len())
+        if let Err(ClientError::Refused(why)) = &info {
+            if why == crate::wire::client::NO_AUTH_TEXT {
+                return Err(format!(
+                    "replica {r} asks for a password (--requirepass-file) and none was given"
+                ));
+            }
+        }
+        Ok(matches!(info, Ok(i) if usize::from(i.peers_connected) + 1 == self.peers.len()))
     }
 
     /// Kills replica `id` outright (SIGKILL), starts it again, and waits
