@@ -77,7 +77,12 @@ fn impostor(cluster: &LocalCluster, id: usize, secret: &Path, log: &Path) -> Chi
     Command::new(BINARY)
         .args(["--id", &id.to_string(), "--peers", &list.join(",")])
         .args(["--cores", "1", "--cpus", "none", "--in-memory"])
-        .args(["--cluster-id", &CLUSTER_ID.to_string(), "--log-level", "warn"])
+        .args([
+            "--cluster-id",
+            &CLUSTER_ID.to_string(),
+            "--log-level",
+            "warn",
+        ])
         .arg("--cluster-secret-file")
         .arg(secret)
         .stdout(Stdio::null())
@@ -109,7 +114,9 @@ fn a_peer_with_the_wrong_secret_is_refused_while_the_cluster_serves() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     // Ready means every link passed the handshake with the secret.
-    let mut c = cluster.connect(0, 0, TIMEOUT).expect("connect with the password");
+    let mut c = cluster
+        .connect(0, 0, TIMEOUT)
+        .expect("connect with the password");
     serves(&mut c, b"before");
 
     // Replica 2 is replaced by a process with the wrong secret.
@@ -128,7 +135,10 @@ fn a_peer_with_the_wrong_secret_is_refused_while_the_cluster_serves() {
     }
     serves(&mut c, b"during");
     let info = cluster.connect(1, 0, TIMEOUT).unwrap().admin().unwrap();
-    assert_eq!(info.peers_connected, 1, "replica 1's link to the impostor is not up");
+    assert_eq!(
+        info.peers_connected, 1,
+        "replica 1's link to the impostor is not up"
+    );
     fake.kill().expect("kill the impostor");
     fake.wait().expect("reap the impostor");
 
@@ -172,7 +182,10 @@ fn a_client_without_the_password_gets_no_auth_and_a_wrong_one_is_refused() {
     let addr = cluster.peers[0];
     let mut open = Connection::connect(addr, 0, CLUSTER_ID, TIMEOUT).expect("connect");
     let r = open.call(Op::Put, b"k", b"v").expect("an answer");
-    assert_eq!((r.code, &r.value[..]), (Code::NoAuth, NO_AUTH_TEXT.as_bytes()));
+    assert_eq!(
+        (r.code, &r.value[..]),
+        (Code::NoAuth, NO_AUTH_TEXT.as_bytes())
+    );
     assert!(matches!(open.admin(), Err(ClientError::Refused(_))));
     let wrong = Secret::new(b"not the password");
     let refused = Connection::connect_with_password(addr, 0, CLUSTER_ID, TIMEOUT, Some(&wrong));
@@ -191,19 +204,47 @@ fn a_client_without_the_password_gets_no_auth_and_a_wrong_one_is_refused() {
 fn bad_secret_files_stop_the_replica_with_exit_2_and_the_reason() {
     let dir = scratch("files");
     let cases = [
-        ("--cluster-secret-file", secret_file(&dir, "empty", "", 0o600), "is empty"),
-        ("--cluster-secret-file", secret_file(&dir, "open", SECRET, 0o644), "chmod 600"),
-        ("--cluster-secret-file", secret_file(&dir, "short", "short", 0o600), "at least 16"),
-        ("--requirepass-file", dir.join("missing"), "--requirepass-file"),
+        (
+            "--cluster-secret-file",
+            secret_file(&dir, "empty", "", 0o600),
+            "is empty",
+        ),
+        (
+            "--cluster-secret-file",
+            secret_file(&dir, "open", SECRET, 0o644),
+            "chmod 600",
+        ),
+        (
+            "--cluster-secret-file",
+            secret_file(&dir, "short", "short", 0o600),
+            "at least 16",
+        ),
+        (
+            "--requirepass-file",
+            dir.join("missing"),
+            "--requirepass-file",
+        ),
     ];
     for (flag, path, expected) in cases {
         let out = Command::new(BINARY)
-            .args(["--id", "0", "--peers", "127.0.0.1:7000", "--in-memory", flag])
+            .args([
+                "--id",
+                "0",
+                "--peers",
+                "127.0.0.1:7000",
+                "--in-memory",
+                flag,
+            ])
             .arg(&path)
             .output()
             .expect("run the replica");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flag} {}: {stderr}", path.display());
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flag} {}: {stderr}",
+            path.display()
+        );
         assert!(stderr.contains(expected), "{flag}: {stderr}");
         assert!(!stderr.contains(SECRET), "{stderr}");
     }

@@ -33,10 +33,10 @@ use crate::command::{Batch, BatchBuilder, CommandRef, Op};
 use crate::constants::{
     BATCH_COMMANDS_MAX, CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
+use crate::secret::Secret;
 use crate::wire::client::{
     decode_hello_answer, decode_response, AdminInfo, Code, HelloBody, Response, Role,
 };
-use crate::secret::Secret;
 use crate::wire::{Frame, FrameEncoder, FrameError, FrameReader, Kind};
 
 /// Words of the bitmap of unanswered requests, one bit per number in the window.

@@ -60,7 +60,11 @@ fn handshake(
 ) -> (ConnId, Frame) {
     let (conn, taken, answer) = hello_and_answer(dialer, acceptor, nd, na);
     taken.expect("the hello passes");
-    assert_eq!(acceptor.who(conn), Peer::Unknown, "not a peer before its proof");
+    assert_eq!(
+        acceptor.who(conn),
+        Peer::Unknown,
+        "not a peer before its proof"
+    );
     let mut reply = BytesMut::new();
     let to = acceptor.config().replica;
     let got = dialer.on_link_answer(to, &answer, &mut reply).unwrap();
@@ -88,14 +92,20 @@ fn an_acceptor_with_another_secret_is_refused_by_the_dialer_which_says_so() {
     let LinkAnswer::Failed(why) = got else {
         panic!("a wrong MAC is taken: {got:?}");
     };
-    assert!(why.starts_with(REFUSED_AUTH) && why.contains("replica 1"), "{why}");
+    assert!(
+        why.starts_with(REFUSED_AUTH) && why.contains("replica 1"),
+        "{why}"
+    );
     // The dialer's Refused reaches the acceptor, which closes too.
     let refused = one_frame(&mut reply);
     assert_eq!(refused.kind, Kind::Refused);
     let Err(ConnError::Refused(text)) = b.on_frame(0, conn, refused) else {
         panic!("the acceptor goes on after the dialer refused it");
     };
-    assert!(text.starts_with(REFUSED_AUTH) && text.contains("replica 0"), "{text}");
+    assert!(
+        text.starts_with(REFUSED_AUTH) && text.contains("replica 0"),
+        "{text}"
+    );
     assert_eq!(b.who(conn), Peer::Unknown);
 }
 
@@ -121,7 +131,10 @@ fn a_dialer_with_another_secret_is_refused_by_the_acceptor() {
     let Err(ConnError::Refused(why)) = b.on_frame(0, conn, proof) else {
         panic!("a proof under another secret is taken");
     };
-    assert!(why.starts_with(REFUSED_AUTH) && why.contains("replica 0"), "{why}");
+    assert!(
+        why.starts_with(REFUSED_AUTH) && why.contains("replica 0"),
+        "{why}"
+    );
     assert_eq!(refused_text(&mut b, conn), why);
     assert_eq!(b.who(conn), Peer::Unknown);
 }
@@ -178,14 +191,20 @@ fn a_replica_without_a_secret_and_one_with_refuse_each_other_saying_why() {
     let got = a
         .on_link_answer(ReplicaId(1), &answer, &mut BytesMut::new())
         .unwrap();
-    assert!(matches!(got, LinkAnswer::Refused(ref t) if *t == why), "{got:?}");
+    assert!(
+        matches!(got, LinkAnswer::Refused(ref t) if *t == why),
+        "{got:?}"
+    );
     // The dialer has one: the acceptor, without, refuses it too.
     let (mut a, mut b) = (replica(0, Some(SECRET)), replica(1, None));
     let (_, taken, _) = hello_and_answer(&mut a, &mut b, 1, 2);
     let Err(ConnError::Refused(why)) = taken else {
         panic!("a hello with a proof is taken by a replica without a secret");
     };
-    assert!(why.starts_with(REFUSED_AUTH) && why.contains("this replica has none"), "{why}");
+    assert!(
+        why.starts_with(REFUSED_AUTH) && why.contains("this replica has none"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -214,7 +233,10 @@ fn with_password(password: &[u8]) -> (Node<MemStorage>, ConnId) {
     node.on_frame(0, conn, client_hello(0, 1)).unwrap();
     let answer = frames_for(&mut node, conn);
     let ok = decode_hello(Kind::HelloOk, &answer[0].body).unwrap();
-    assert_eq!(ok.auth, AUTH_PASSWORD, "the HelloOk says a password is asked");
+    assert_eq!(
+        ok.auth, AUTH_PASSWORD,
+        "the HelloOk says a password is asked"
+    );
     outputs(&mut node);
     (node, conn)
 }
@@ -267,7 +289,8 @@ fn the_right_password_lets_commands_through() {
 fn wrong_passwords_are_answered_and_the_last_allowed_one_closes() {
     let (mut node, conn) = with_password(b"open sesame");
     for _ in 1..AUTH_FAILURES_PER_CONNECTION_MAX {
-        node.on_frame(1, conn, frame(0, Kind::Auth, b"guess")).unwrap();
+        node.on_frame(1, conn, frame(0, Kind::Auth, b"guess"))
+            .unwrap();
     }
     let last = node.on_frame(1, conn, frame(0, Kind::Auth, b"guess"));
     let Err(ConnError::Refused(why)) = last else {

@@ -162,7 +162,13 @@ impl<S: Storage> Node<S> {
             .and_then(|()| self.check_hello(&hello, text))
             .and_then(|()| self.check_auth(&hello))
             .and_then(|()| self.check_room(&hello))
-            .and_then(|()| if proves { Ok(()) } else { self.claim(conn, &hello) });
+            .and_then(|()| {
+                if proves {
+                    Ok(())
+                } else {
+                    self.claim(conn, &hello)
+                }
+            });
         if let Err(why) = checked {
             return self.refuse(conn, why);
         }
@@ -338,7 +344,10 @@ impl<S: Storage> Node<S> {
             return Ok(());
         }
         let r = h.replica;
-        match (self.cfg.cluster_secret.is_some(), h.auth & AUTH_CLUSTER_SECRET != 0) {
+        match (
+            self.cfg.cluster_secret.is_some(),
+            h.auth & AUTH_CLUSTER_SECRET != 0,
+        ) {
             (true, false) => Err(format!(
                 "{REFUSED_AUTH}: replica {r} sent no proof of the cluster secret and this \
                 replica requires one (--cluster-secret-file): give every replica the same \

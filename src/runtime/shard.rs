@@ -597,7 +597,9 @@ impl ShardLoop {
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         tune(&sock, remote);
-        let id = self.node.accept_from(remote.to_string(), self.nonces.next());
+        let id = self
+            .node
+            .accept_from(remote.to_string(), self.nonces.next());
         let slot = self.insert(sock, remote, Role::Accepted(id), State::Handshake);
         self.by_id.insert(id, slot);
         self.arm_recv(slot);
@@ -1005,7 +1007,9 @@ impl ShardLoop {
                 }
                 Ok(())
             }
-            Role::Link(peer) if state == State::Handshake => self.on_link_answer(slot, peer, &frame),
+            Role::Link(peer) if state == State::Handshake => {
+                self.on_link_answer(slot, peer, &frame)
+            }
             // An acceptor that checked our proof of the cluster secret
             // may still refuse the replica id it claims.
             Role::Link(peer) if frame.kind == Kind::Refused => {
@@ -1036,7 +1040,10 @@ impl ShardLoop {
                     // The proof leaves before anything the link queues: it
                     // is this connection's only send until it completes.
                     let c = self.conn(slot);
-                    assert!(c.sending.is_none(), "the Hello's send completed before its answer");
+                    assert!(
+                        c.sending.is_none(),
+                        "the Hello's send completed before its answer"
+                    );
                     c.sending = Some((reply, 0));
                     self.submit_send(slot);
                 }

@@ -529,7 +529,9 @@ impl<'c> Sim<'c> {
         let (dialer, acceptor) = (ReplicaId(from as u8), ReplicaId(to as u8));
         let mut hello = BytesMut::new();
         let nonce = self.nonce();
-        self.node_call(from, s, |node, _| node.link_hello(acceptor, nonce, &mut hello));
+        self.node_call(from, s, |node, _| {
+            node.link_hello(acceptor, nonce, &mut hello)
+        });
         let frame = self
             .reader
             .next(&mut hello)

@@ -103,7 +103,7 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
 
 /// How many shards the replica at `addr` runs.
 pub fn shards_of(addr: SocketAddr, cluster_id: u64) -> Result<u8, String> {
-    let c = connect(addr, 0, cluster_id, Duration::from_secs(5))
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let c =
+        connect(addr, 0, cluster_id, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))?;
     Ok(c.server.shards)
 }

@@ -329,13 +329,8 @@ fn preload(args: &Args, targets: &[SocketAddr], shards: u8) -> Result<(), String
             let (keys, cluster_id, value) = (args.keys.max(1), args.cluster_id, value.clone());
             std::thread::spawn(move || -> Result<u64, String> {
                 let keys = load::own_keys(t.index, keys, t.shard, usize::from(shards));
-                let mut c = cluster::connect(
-                    t.addr,
-                    t.shard,
-                    cluster_id,
-                    Duration::from_secs(10),
-                )
-                .map_err(|e| format!("preload: {}: {e}", t.addr))?;
+                let mut c = cluster::connect(t.addr, t.shard, cluster_id, Duration::from_secs(10))
+                    .map_err(|e| format!("preload: {}: {e}", t.addr))?;
                 let mut in_flight = 0;
                 let mut done = 0u64;
                 for key in &keys {
