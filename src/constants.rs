@@ -229,8 +229,9 @@ pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
 pub const AUTH_FAILURES_PER_CONNECTION_MAX: u32 = 3;
 
 /// Refused authentications (peers or clients) a shard logs per window;
-/// past it they are counted and the count is logged when the window ends,
-/// so a flood of bad handshakes cannot fill the log.
+/// past it they are counted, and the count is logged with the first
+/// refusal of a later window, so a flood of bad handshakes cannot fill the
+/// log.
 pub const AUTH_FAILURE_LOGS_PER_WINDOW: u32 = 5;
 pub const AUTH_FAILURE_LOG_WINDOW_MS: u64 = 10_000;
 

@@ -70,6 +70,24 @@ fn serves(conn: &mut Connection, key: &[u8]) {
     assert_eq!((get.code, &get.value[..]), (Code::Value, &b"v"[..]));
 }
 
+/// `replicas` in memory with `extra` flags, whose clients send
+/// `PASSWORD`, their logs in `dir`.
+fn protected(replicas: usize, extra: Vec<String>, dir: &Path) -> LocalCluster {
+    LocalCluster::start(ClusterConfig {
+        binary: BINARY.into(),
+        replicas,
+        cores: 1,
+        cluster_id: CLUSTER_ID,
+        extra_args: extra,
+        ready_timeout: TIMEOUT,
+        data_root: None,
+        remove_data: false,
+        password: Some(Secret::new(PASSWORD.as_bytes())),
+        stderr_dir: Some(dir.to_path_buf()),
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The fourth process: `--id id` of `cluster`, with the secret in `secret`.
 fn impostor(cluster: &LocalCluster, id: usize, secret: &Path, log: &Path) -> Child {
     let list: Vec<String> = cluster.peers.iter().map(|p| p.to_string()).collect();
@@ -97,22 +115,11 @@ fn a_peer_with_the_wrong_secret_is_refused_while_the_cluster_serves() {
     let right = secret_file(&dir, "secret", SECRET, 0o600);
     let wrong = secret_file(&dir, "wrong", WRONG, 0o600);
     let pass = secret_file(&dir, "password", PASSWORD, 0o600);
-    let mut cluster = LocalCluster::start(ClusterConfig {
-        binary: BINARY.into(),
-        replicas: 3,
-        cores: 1,
-        cluster_id: CLUSTER_ID,
-        extra_args: vec![
-            format!("--cluster-secret-file={}", right.display()),
-            format!("--requirepass-file={}", pass.display()),
-        ],
-        ready_timeout: TIMEOUT,
-        data_root: None,
-        remove_data: false,
-        password: Some(Secret::new(PASSWORD.as_bytes())),
-        stderr_dir: Some(dir.clone()),
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let extra = vec![
+        format!("--cluster-secret-file={}", right.display()),
+        format!("--requirepass-file={}", pass.display()),
+    ];
+    let mut cluster = protected(3, extra, &dir);
     // Ready means every link passed the handshake with the secret.
     let mut c = cluster
         .connect(0, 0, TIMEOUT)
@@ -166,19 +173,11 @@ fn a_peer_with_the_wrong_secret_is_refused_while_the_cluster_serves() {
 fn a_client_without_the_password_gets_no_auth_and_a_wrong_one_is_refused() {
     let dir = scratch("password");
     let pass = secret_file(&dir, "password", PASSWORD, 0o600);
-    let cluster = LocalCluster::start(ClusterConfig {
-        binary: BINARY.into(),
-        replicas: 1,
-        cores: 1,
-        cluster_id: CLUSTER_ID,
-        extra_args: vec![format!("--requirepass-file={}", pass.display())],
-        ready_timeout: TIMEOUT,
-        data_root: None,
-        remove_data: false,
-        password: Some(Secret::new(PASSWORD.as_bytes())),
-        stderr_dir: Some(dir.clone()),
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let cluster = protected(
+        1,
+        vec![format!("--requirepass-file={}", pass.display())],
+        &dir,
+    );
     let addr = cluster.peers[0];
     let mut open = Connection::connect(addr, 0, CLUSTER_ID, TIMEOUT).expect("connect");
     let r = open.call(Op::Put, b"k", b"v").expect("an answer");
