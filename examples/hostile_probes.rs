@@ -90,6 +90,8 @@ fn cluster(binary: &str, replicas: usize, extra: &[&str]) -> LocalCluster {
         data_root: None,
         remove_data: false,
         metrics: false,
+        password: None,
+        stderr_dir: None,
     };
     LocalCluster::start(cfg).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -236,3 +236,29 @@ pub const METRICS_IO_TIMEOUT_MS: u64 = 2_000;
 const _: () = assert!(STOP_CHECK_MS <= METRICS_PUBLISH_MS);
 const _: () = assert!(4 * METRICS_PUBLISH_MS <= METRICS_STALE_MS);
 const _: () = assert!(METRICS_CONNECTIONS_MAX > 0 && METRICS_REQUEST_BYTES_MAX >= 1024);
+/// Bytes of the nonce each side of a peer handshake draws for it (128
+/// bits: the runtime's, fresh per connection).
+pub const HANDSHAKE_NONCE_BYTES: usize = 16;
+
+/// Longest secret file (`--cluster-secret-file`, `--requirepass-file`,
+/// blaster's `--password-file`), after its trailing newline is cut: a
+/// password must fit in one `Auth` frame.
+pub const SECRET_BYTES_MAX: usize = 1024;
+
+/// Shortest cluster secret: its HMACs cross the network, so a short one
+/// could be guessed offline from a recorded handshake.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
+
+/// Wrong passwords one client connection may send; the last one's answer
+/// is followed by closing the connection.
+pub const AUTH_FAILURES_PER_CONNECTION_MAX: u32 = 3;
+
+/// Refused authentications (peers or clients) a shard logs per window;
+/// past it they are counted, and the count is logged with the first
+/// refusal of a later window, so a flood of bad handshakes cannot fill the
+/// log.
+pub const AUTH_FAILURE_LOGS_PER_WINDOW: u32 = 5;
+pub const AUTH_FAILURE_LOG_WINDOW_MS: u64 = 10_000;
+
+const _: () = assert!(SECRET_BYTES_MAX + 64 <= crate::wire::frame::SMALL_BODY_BYTES_MAX);
+const _: () = assert!(CLUSTER_SECRET_BYTES_MIN <= SECRET_BYTES_MAX);

@@ -54,6 +54,12 @@ pub struct ClusterConfig {
     /// Give every replica a metrics endpoint (`--metrics`) on a free port
     /// of the cluster's address: `LocalCluster::metrics_addr`.
     pub metrics: bool,
+    /// The password `connect` sends (the replicas run with
+    /// `--requirepass-file` among `extra_args`).
+    pub password: Option<crate::secret::Secret>,
+    /// Replica r's stderr is appended to `stderr_dir/replica-r.log`
+    /// (restarts included) instead of going to this process's.
+    pub stderr_dir: Option<PathBuf>,
 }
 
 pub struct LocalCluster {
@@ -177,6 +183,18 @@ impl LocalCluster {
     fn spawn(&self, id: usize) -> Result<Child, String> {
         let list: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
         let cfg = &self.cfg;
+        let stderr = match &cfg.stderr_dir {
+            Some(dir) => {
+                let path = dir.join(format!("replica-{id}.log"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                Stdio::from(file)
+            }
+            None => Stdio::inherit(),
+        };
         Command::new(&cfg.binary)
             .args(["--id", &id.to_string(), "--peers", &list.join(",")])
             .args(["--cores", &cfg.cores.to_string(), "--cpus", "none"])
@@ -186,7 +204,7 @@ impl LocalCluster {
             .args(self.metrics.get(id).map(|a| format!("--metrics={a}")))
             .args(&cfg.extra_args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", cfg.binary.display()))
     }
@@ -216,7 +234,13 @@ impl LocalCluster {
         shard: u8,
         timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        Connection::connect(self.peers[replica], shard, self.cfg.cluster_id, timeout)
+        Connection::connect_with_password(
+            self.peers[replica],
+            shard,
+            self.cfg.cluster_id,
+            timeout,
+            self.cfg.password.as_ref(),
+        )
     }
 
     /// Waits until every shard of every replica answers with all its peer
@@ -225,7 +249,7 @@ impl LocalCluster {
         let deadline = Instant::now() + self.cfg.ready_timeout;
         for r in 0..self.peers.len() {
             for s in 0..self.cfg.cores {
-                while !self.shard_ready(r, s) {
+                while !self.shard_ready(r, s)? {
                     if let Ok(Some(status)) = self.procs[r].try_wait() {
                         return Err(format!("replica {r} exited at start-up: {status}"));
                     }
@@ -242,11 +266,20 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn shard_ready(&self, r: usize, s: u8) -> bool {
+    /// Whether shard `s` of replica `r` has every peer link up; an error
+    /// if it asks for a password this cluster's config does not give.
+    fn shard_ready(&self, r: usize, s: u8) -> Result<bool, String> {
         let info = self
             .connect(r, s, READY_CONNECT_TIMEOUT)
             .and_then(|mut c| c.admin());
-        matches!(info, Ok(i) if usize::from(i.peers_connected) + 1 == self.peers.len())
+        if let Err(ClientError::Refused(why)) = &info {
+            if why == crate::wire::client::NO_AUTH_TEXT {
+                return Err(format!(
+                    "replica {r} asks for a password (--requirepass-file) and none was given"
+                ));
+            }
+        }
+        Ok(matches!(info, Ok(i) if usize::from(i.peers_connected) + 1 == self.peers.len()))
     }
 
     /// Kills replica `id` outright (SIGKILL), starts it again, and waits

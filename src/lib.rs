@@ -12,6 +12,7 @@
 //! - [`client`]: the client session (no IO) and a blocking client of the
 //!   binary protocol on it (tests, tools).
 //! - [`histogram`]: fixed-bucket histograms (latencies, batch sizes), pure.
+//! - [`secret`]: the cluster secret and client passwords, never shown.
 //! - [`harness`]: a local cluster of real replica processes (tests, blaster).
 //! - [`sim`]: a deterministic cluster simulator and the correctness checkers.
 //!
@@ -26,6 +27,7 @@ pub mod node;
 pub mod protocol;
 pub mod rng;
 pub mod runtime;
+pub mod secret;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;

@@ -16,6 +16,7 @@ use epaxos_fast::constants::{
 };
 use epaxos_fast::protocol::ReplicaId;
 use epaxos_fast::runtime::{self, RuntimeConfig};
+use epaxos_fast::secret::{Secret, SecretKind};
 use epaxos_fast::storage::{Backend, Volatile};
 use epaxos_fast::wire::client::shard_addr;
 
@@ -133,6 +134,18 @@ struct Args {
     /// and takes writes, else 503 naming the shard and why). Off when absent.
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<String>,
+    /// A file holding the cluster secret (at least 16 bytes, one trailing
+    /// newline cut, not readable by all: chmod 600). Peers prove they know
+    /// it in their handshake (HMAC-SHA-256 both ways, fresh nonces); a peer
+    /// that does not is refused. Every replica needs the same file, or
+    /// none. Authenticates only: traffic is not encrypted.
+    #[arg(long, value_name = "FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// A file holding the password clients must send before any command
+    /// (same format). It crosses the network in clear text: use a private
+    /// network or a tunnel.
+    #[arg(long, value_name = "FILE")]
+    requirepass_file: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace (the last one given wins).
     #[arg(long, default_value = "info", overrides_with = "log_level")]
     log_level: tracing::Level,
@@ -239,7 +252,24 @@ fn config(args: &Args) -> RuntimeConfig {
         client_idle_timeout_s: args.client_idle_timeout_s,
         frame_deadline_ms: args.test_frame_deadline_ms,
         metrics,
+        cluster_secret: None,
+        password: None,
     }
+}
+
+/// Reads the secret files named by the flags into `cfg`, once, at start.
+fn read_secrets(args: &Args, cfg: &mut RuntimeConfig) -> Result<(), String> {
+    if let Some(path) = &args.cluster_secret_file {
+        let secret = Secret::read_file(path, SecretKind::Cluster)
+            .map_err(|e| format!("--cluster-secret-file: {e}"))?;
+        cfg.cluster_secret = Some(secret);
+    }
+    if let Some(path) = &args.requirepass_file {
+        let secret = Secret::read_file(path, SecretKind::Password)
+            .map_err(|e| format!("--requirepass-file: {e}"))?;
+        cfg.password = Some(secret);
+    }
+    Ok(())
 }
 
 fn cpus(spec: &str, cores: usize) -> Option<Vec<usize>> {
@@ -277,7 +307,11 @@ fn cpus(spec: &str, cores: usize) -> Option<Vec<usize>> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = config(&args);
+    let mut cfg = config(&args);
+    if let Err(e) = read_secrets(&args, &mut cfg) {
+        eprintln!("epaxos-fast: {e}");
+        return ExitCode::from(2);
+    }
     tracing_subscriber::fmt()
         .with_max_level(args.log_level)
         .with_target(false)
@@ -321,10 +355,20 @@ fn main() -> ExitCode {
     };
     tracing::info!(
         replica = args.id,
-        "starting: {} replicas, {} shards, listening on {}",
+        "starting: {} replicas, {} shards, listening on {}; peers {}, clients {}",
         cfg.peers.len(),
         cfg.cores,
-        cfg.listen
+        cfg.listen,
+        if cfg.cluster_secret.is_some() {
+            "prove the cluster secret"
+        } else {
+            "unauthenticated"
+        },
+        if cfg.password.is_some() {
+            "need the password"
+        } else {
+            "unauthenticated"
+        }
     );
     match runtime::run(cfg, stop, storages) {
         Ok(()) => {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::command::Op;
+use crate::secret::Secret;
 use crate::wire::client::{shard_addr, AdminInfo, HelloBody, Response};
 use crate::wire::{Frame, FrameError, FrameReader, ReadBuffer};
 
@@ -166,6 +167,20 @@ impl Connection {
         cluster_id: u64,
         timeout: Duration,
     ) -> Result<Connection, ClientError> {
+        Connection::connect_with_password(base, shard, cluster_id, timeout, None)
+    }
+
+    /// `connect`, then, with `password`, authenticates (the replica runs
+    /// with `--requirepass-file`): a wrong one is `ClientError::Refused`.
+    /// Without one, a replica that asks for it answers every command
+    /// `Code::NoAuth`.
+    pub fn connect_with_password(
+        base: SocketAddr,
+        shard: u8,
+        cluster_id: u64,
+        timeout: Duration,
+        password: Option<&Secret>,
+    ) -> Result<Connection, ClientError> {
         let addr = shard_addr(base, usize::from(shard))
             .ok_or_else(|| ClientError::Invalid(format!("{base}: no port for shard {shard}")))?;
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
@@ -181,10 +196,16 @@ impl Connection {
             ready: VecDeque::new(),
             broken: false,
         };
+        c.session.set_password(password.cloned());
         c.session.hello(&mut c.wbuf);
         c.write_out()?;
         let frame = c.next_frame()?;
         c.server = *c.session.on_hello_answer(&frame)?;
+        if password.is_some() {
+            // The answer to the Auth that followed the Hello.
+            let frame = c.next_frame()?;
+            c.session.on_frame(frame)?;
+        }
         Ok(c)
     }
 

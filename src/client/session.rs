@@ -33,6 +33,7 @@ use crate::command::{Batch, BatchBuilder, CommandRef, Op};
 use crate::constants::{
     BATCH_COMMANDS_MAX, CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
+use crate::secret::Secret;
 use crate::wire::client::{
     decode_hello_answer, decode_response, AdminInfo, Code, HelloBody, Response, Role,
 };
@@ -137,6 +138,9 @@ pub struct Session {
     /// The ids of the sessions before the last few `restart`s: late answers
     /// to them are stale, not an error.
     old_clients: [u64; 4],
+    /// Sent in an `Auth` frame right after every Hello
+    /// (`--requirepass-file` on the replica).
+    password: Option<Secret>,
 }
 
 impl Session {
@@ -162,7 +166,15 @@ impl Session {
             retry_overloaded: false,
             expired: false,
             old_clients: [0; 4],
+            password: None,
         }
+    }
+
+    /// The password every Hello of this session is followed by (an `Auth`
+    /// frame); its answer comes as `Received::Stale` when right, as
+    /// `SessionError::Refused` when wrong.
+    pub fn set_password(&mut self, password: Option<Secret>) {
+        self.password = password;
     }
 
     /// Goes on as a new session of client `client` after the old one
@@ -176,6 +188,7 @@ impl Session {
         fresh.old_clients = self.old_clients;
         fresh.old_clients.rotate_right(1);
         fresh.old_clients[0] = self.client;
+        fresh.password = self.password.take();
         *self = fresh;
     }
 
@@ -225,7 +238,8 @@ impl Session {
         self.enc
     }
 
-    /// Appends the Hello that opens the connection to `out`.
+    /// Appends the Hello that opens the connection to `out`, and the
+    /// `Auth` frame with the password if the session has one.
     pub fn hello(&self, out: &mut BytesMut) {
         let hello = HelloBody {
             role: Role::Client as u8,
@@ -234,6 +248,15 @@ impl Session {
         };
         self.enc
             .frame(out, Kind::Hello, |b| b.extend_from_slice(hello.as_bytes()));
+        if let Some(p) = &self.password {
+            self.enc
+                .frame(out, Kind::Auth, |b| b.extend_from_slice(p.expose()));
+        }
+    }
+
+    /// Whether the session sends a password after its Hello.
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
     }
 
     /// Takes the first frame from the replica: its view of the cluster
@@ -387,6 +410,9 @@ impl Session {
 
     fn on_response(&mut self, frame: &Frame) -> Result<Received, SessionError> {
         let response = decode_response(&frame.body)?;
+        if response.client == 0 && response.request == 0 {
+            return self.on_connection_answer(response);
+        }
         if response.client != 0 && self.old_clients.contains(&response.client) {
             return Ok(Received::Stale(response));
         }
@@ -438,6 +464,25 @@ impl Session {
             self.first_outstanding == self.next_request
         );
         Ok(Received::Answer(response))
+    }
+
+    /// An answer about the connection, not a request (client id and
+    /// request 0): to `Auth` (`Done`, or `Error` with why), or `NoAuth` to
+    /// an `Admin` sent before authenticating.
+    fn on_connection_answer(&mut self, response: Response) -> Result<Received, SessionError> {
+        let text = String::from_utf8_lossy(&response.value).into_owned();
+        match response.code {
+            Code::Done => Ok(Received::Stale(response)),
+            Code::NoAuth if self.admins > 0 => {
+                self.admins -= 1;
+                Err(SessionError::Refused(text))
+            }
+            Code::Error => Err(SessionError::Refused(text)),
+            _ => Err(SessionError::Frame(FrameError::Unexpected {
+                kind: Kind::Response,
+                reason: "an answer with client id 0 that is not about authentication",
+            })),
+        }
     }
 
     /// Where `request`'s bit is in `unanswered`.

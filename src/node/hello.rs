@@ -26,18 +26,40 @@
 //! started, and only one process at a time can answer at an address: two
 //! live processes cannot both be told to exit, and a restarted replica is
 //! refused only until one reconnection of the link shows it at its address.
+//!
+//! With a cluster secret the handshake has a third message (`auth`): a
+//! peer's Hello is answered with a HelloOk carrying this side's nonce and
+//! MAC, and the connection becomes the peer's, claiming its replica id,
+//! only once its `HelloProof` checks out; an unproven process can neither
+//! send protocol messages nor contest an id.
 
 use bytes::BytesMut;
 
+use super::auth::{Nonce, Side, Transcript};
 use super::config::Topology;
 use super::{ConnError, ConnId, Node, NodeConfig, Output, Peer};
 use crate::protocol::ReplicaId;
 use crate::storage::Storage;
 use crate::wire::client::{
-    decode_hello_with_text, HelloBody, Refusal, Role, HELLO_PEERS_TEXT_BYTES_MAX, REFUSED_CONFIG,
-    REFUSED_CONTESTED, REFUSED_DUPLICATE, REFUSED_TEXT_BYTES_MAX,
+    decode_hello_answer, decode_hello_with_text, HelloBody, Refusal, Role, AUTH_CLUSTER_SECRET,
+    AUTH_PASSWORD, HELLO_PEERS_TEXT_BYTES_MAX, REFUSED_AUTH, REFUSED_CONFIG, REFUSED_CONTESTED,
+    REFUSED_DUPLICATE, REFUSED_TEXT_BYTES_MAX,
 };
 use crate::wire::{Frame, FrameEncoder, FrameError, Kind};
+
+/// How a link's Hello was answered (`Node::on_link_answer`).
+#[derive(Clone, Debug)]
+pub enum LinkAnswer {
+    /// Taken: the peer's view. With a cluster secret, the proof to send
+    /// before anything else was appended to the caller's buffer.
+    Accepted(HelloBody),
+    /// The peer refused the Hello; its text.
+    Refused(String),
+    /// This side refuses the peer (its proof of the cluster secret is
+    /// wrong, or one side has no secret); why. A `Refused` frame saying so
+    /// was appended to the caller's buffer: write it, then close.
+    Failed(String),
+}
 
 /// What a shard knows of who holds one replica id (see the module docs).
 #[derive(Clone, Debug, Default)]
@@ -70,12 +92,18 @@ impl NodeConfig {
     /// This shard's Hello, as a replica: what its links open with, and what
     /// it answers every accepted Hello with.
     pub fn hello(&self) -> HelloBody {
+        let auth = if self.cluster_secret.is_some() {
+            AUTH_CLUSTER_SECRET
+        } else {
+            0
+        };
         HelloBody {
             role: Role::Peer as u8,
             replica: self.replica.0,
             replicas: self.replicas as u8,
             shards: self.shards as u8,
             shard: self.shard as u8,
+            auth,
             config_digest: self.topology().digest().into(),
             incarnation: self.incarnation.into(),
             ..HelloBody::default()
@@ -91,9 +119,13 @@ impl NodeConfig {
         }
     }
 
-    /// This shard's Hello frame, with its peer list, appended to `buf`.
-    pub fn encode_hello(&self, buf: &mut BytesMut) {
-        let body = self.hello();
+    /// This shard's Hello frame, with its peer list, appended to `buf`;
+    /// `nonce` is the dialer's challenge (sent only with a cluster secret).
+    pub fn encode_hello(&self, buf: &mut BytesMut, nonce: Nonce) {
+        let mut body = self.hello();
+        if self.cluster_secret.is_some() {
+            body.nonce = nonce.0;
+        }
         let text = self.topology().peers_text();
         let mut cut = text.len().min(HELLO_PEERS_TEXT_BYTES_MAX);
         while !text.is_char_boundary(cut) {
@@ -116,43 +148,217 @@ impl<S: Storage> Node<S> {
             .into());
         }
         let (hello, text) = decode_hello_with_text(Kind::Hello, &frame.body)?;
+        let peer = hello.role == Role::Peer as u8;
         let stopped = match &self.failed {
             // A stopped shard takes no peer: it votes on nothing, and a
             // refused link makes the peer park its commits for it.
-            Some(why) if hello.role == Role::Peer as u8 => Err(why.clone()),
+            Some(why) if peer => Err(why.clone()),
             _ => Ok(()),
         };
+        // With a cluster secret the id is claimed once the proof checks
+        // out: an unproven Hello must not displace or contest a holder.
+        let proves = peer && self.cfg.cluster_secret.is_some();
         let checked = stopped
             .and_then(|()| self.check_hello(&hello, text))
+            .and_then(|()| self.check_auth(&hello))
             .and_then(|()| self.check_room(&hello))
-            .and_then(|()| self.claim(conn, &hello));
+            .and_then(|()| {
+                if proves {
+                    Ok(())
+                } else {
+                    self.claim(conn, &hello)
+                }
+            });
         if let Err(why) = checked {
-            let text = &why.as_bytes()[..why.len().min(REFUSED_TEXT_BYTES_MAX)];
-            self.queue_conn(conn, Kind::Refused, text);
-            self.close_conn(conn);
-            return Err(ConnError::Refused(why));
+            return self.refuse(conn, why);
         }
         // The answer is this replica's own view (role peer: a replica),
         // whoever asked; clients read the replica and shard counts from it.
         let mut body = self.cfg.hello();
-        if hello.role == Role::Peer as u8 {
+        if peer {
             // How much of the caller's space this shard holds: a caller
             // that started empty refuses to take part if it is not nothing
             // (`Node::peer_knows`).
             let known = self.core.highest_slot_known(ReplicaId(hello.replica));
             body.known_slot = known.into();
+        } else {
+            body.auth = if self.cfg.password.is_some() {
+                AUTH_PASSWORD
+            } else {
+                0
+            };
+        }
+        if let (true, Some(secret), Some(c)) =
+            (proves, &self.cfg.cluster_secret, self.conns.get_mut(&conn))
+        {
+            body.nonce = c.nonce.0;
+            let t = transcript(&self.cfg, &hello, c.nonce);
+            body.mac = t.mac(secret, Side::Acceptor);
+            c.awaiting_proof = Some(hello);
         }
         self.queue_conn(conn, Kind::HelloOk, zerocopy::IntoBytes::as_bytes(&body));
-        let who = if hello.role == Role::Peer as u8 {
+        if proves {
+            return Ok(()); // it is a peer once its proof comes
+        }
+        let who = if peer {
             Peer::Replica(ReplicaId(hello.replica))
         } else {
             Peer::Client
         };
+        self.admit(conn, who);
+        Ok(())
+    }
+
+    /// The connection's handshake is complete: it is `who`'s.
+    fn admit(&mut self, conn: ConnId, who: Peer) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.who = who;
             self.clients += usize::from(who == Peer::Client);
         }
-        Ok(())
+    }
+
+    /// Refuses `conn`'s handshake: a `Refused` frame saying why, then the
+    /// connection closes.
+    fn refuse(&mut self, conn: ConnId, why: String) -> Result<(), ConnError> {
+        let text = &why.as_bytes()[..why.len().min(REFUSED_TEXT_BYTES_MAX)];
+        self.queue_conn(conn, Kind::Refused, text);
+        self.close_conn(conn);
+        Err(ConnError::Refused(why))
+    }
+
+    /// The frame after the HelloOk on a connection whose peer must prove
+    /// the cluster secret: its `HelloProof` (then it claims its replica id
+    /// as any peer does), or its `Refused` (it found our MAC wrong).
+    /// Anything else, a protocol message included, closes the connection.
+    pub(super) fn on_hello_proof(&mut self, conn: ConnId, frame: Frame) -> Result<(), ConnError> {
+        let (Some(c), Some(secret)) = (self.conns.get(&conn), &self.cfg.cluster_secret) else {
+            return Ok(());
+        };
+        let Some(hello) = c.awaiting_proof else {
+            return Ok(());
+        };
+        let r = hello.replica;
+        match frame.kind {
+            Kind::HelloProof => {
+                let t = transcript(&self.cfg, &hello, c.nonce);
+                if !t.verify(secret, Side::Dialer, &frame.body) {
+                    return self.refuse(
+                        conn,
+                        format!(
+                            "{REFUSED_AUTH}: replica {r}'s proof of the cluster secret is wrong: \
+                            the two replicas were given different --cluster-secret-file contents"
+                        ),
+                    );
+                }
+                if let Err(why) = self.claim(conn, &hello) {
+                    return self.refuse(conn, why);
+                }
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.awaiting_proof = None;
+                }
+                self.admit(conn, Peer::Replica(ReplicaId(r)));
+                Ok(())
+            }
+            Kind::Refused => {
+                self.close_conn(conn);
+                Err(ConnError::Refused(format!(
+                    "{REFUSED_AUTH}: replica {r} refused this replica's proof of the cluster \
+                    secret: {}",
+                    String::from_utf8_lossy(&frame.body)
+                )))
+            }
+            kind => Err(FrameError::Unexpected {
+                kind,
+                reason: "a peer's frame before its proof of the cluster secret",
+            }
+            .into()),
+        }
+    }
+
+    /// This shard's Hello on a new link to `peer`, appended to `buf`, with
+    /// `nonce` (fresh and random: the driver's) as its challenge.
+    pub fn link_hello(&mut self, peer: ReplicaId, nonce: Nonce, buf: &mut BytesMut) {
+        self.links[peer.index()].nonce = nonce;
+        self.cfg.encode_hello(buf, nonce);
+    }
+
+    /// The answer to our link's Hello to `peer` (its first frame). With a
+    /// cluster secret, checks the peer's MAC and appends to `reply` what to
+    /// send back: our proof, or a `Refused` saying why the peer's failed.
+    /// An `Err` is a frame that is neither a HelloOk nor a Refused.
+    pub fn on_link_answer(
+        &mut self,
+        peer: ReplicaId,
+        frame: &Frame,
+        reply: &mut BytesMut,
+    ) -> Result<LinkAnswer, FrameError> {
+        let ok = match decode_hello_answer(frame.kind, &frame.body)? {
+            Ok(ok) => ok,
+            Err(why) => return Ok(LinkAnswer::Refused(why)),
+        };
+        let p = peer.0;
+        let theirs = ok.auth & AUTH_CLUSTER_SECRET != 0;
+        let why = match (&self.cfg.cluster_secret, theirs) {
+            (None, false) => return Ok(LinkAnswer::Accepted(ok)),
+            (None, true) => format!(
+                "{REFUSED_AUTH}: replica {p} proves a cluster secret and this replica has none \
+                (--cluster-secret-file): give every replica the same secret file"
+            ),
+            (Some(_), false) => format!(
+                "{REFUSED_AUTH}: replica {p} does not prove the cluster secret: it runs without \
+                --cluster-secret-file; give every replica the same secret file"
+            ),
+            (Some(secret), true) => {
+                let t = Transcript {
+                    nonce_dialer: self.links[peer.index()].nonce,
+                    nonce_acceptor: Nonce(ok.nonce),
+                    dialer: self.cfg.replica.0,
+                    acceptor: p,
+                    shard: self.cfg.shard as u8,
+                    config_digest: self.cfg.topology().digest(),
+                    dialer_incarnation: self.cfg.incarnation,
+                    acceptor_incarnation: ok.incarnation.get(),
+                };
+                if t.verify(secret, Side::Acceptor, &ok.mac) {
+                    let mac = t.mac(secret, Side::Dialer);
+                    self.enc
+                        .frame(reply, Kind::HelloProof, |b| b.extend_from_slice(&mac));
+                    return Ok(LinkAnswer::Accepted(ok));
+                }
+                format!(
+                    "{REFUSED_AUTH}: replica {p} did not prove this replica's cluster secret: \
+                    the two replicas were given different --cluster-secret-file contents"
+                )
+            }
+        };
+        let text = &why.as_bytes()[..why.len().min(REFUSED_TEXT_BYTES_MAX)];
+        self.enc
+            .frame(reply, Kind::Refused, |b| b.extend_from_slice(text));
+        Ok(LinkAnswer::Failed(why))
+    }
+
+    /// A peer's Hello and this replica agree on whether a cluster secret
+    /// is proven (a client proves none; its password comes in `Auth`).
+    fn check_auth(&self, h: &HelloBody) -> Result<(), String> {
+        if h.role != Role::Peer as u8 {
+            return Ok(());
+        }
+        let r = h.replica;
+        match (
+            self.cfg.cluster_secret.is_some(),
+            h.auth & AUTH_CLUSTER_SECRET != 0,
+        ) {
+            (true, false) => Err(format!(
+                "{REFUSED_AUTH}: replica {r} sent no proof of the cluster secret and this \
+                replica requires one (--cluster-secret-file): give every replica the same \
+                secret file"
+            )),
+            (false, true) => Err(format!(
+                "{REFUSED_AUTH}: replica {r} proves a cluster secret and this replica has none \
+                (--cluster-secret-file): give every replica the same secret file"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// No more bytes are queued for `conn`, and the driver closes it
@@ -348,5 +554,20 @@ impl<S: Storage> Node<S> {
             ));
         }
         Ok(())
+    }
+}
+
+/// The acceptor's view of a peer handshake: `hello` from the dialer, this
+/// side's nonce `mine`.
+fn transcript(cfg: &NodeConfig, hello: &HelloBody, mine: Nonce) -> Transcript {
+    Transcript {
+        nonce_dialer: Nonce(hello.nonce),
+        nonce_acceptor: mine,
+        dialer: hello.replica,
+        acceptor: cfg.replica.0,
+        shard: cfg.shard as u8,
+        config_digest: cfg.topology().digest(),
+        dialer_incarnation: hello.incarnation.get(),
+        acceptor_incarnation: cfg.incarnation,
     }
 }

@@ -36,6 +36,7 @@
 //! random number generator, nor use `Rc`/`RefCell` wake-ups: time comes in
 //! as a number, and the driver decides when to call.
 
+mod auth;
 pub mod config;
 mod hello;
 mod release;
@@ -57,7 +58,9 @@ use crate::storage::{Storage, Token};
 use crate::wire::client::AdminInfo;
 use crate::wire::{peer, Frame, FrameEncoder, FrameError, Kind};
 
+pub use auth::{AuthOutcome, Nonce};
 pub use config::Topology;
+pub use hello::LinkAnswer;
 pub use routes::{Answer, Cross};
 
 /// What one shard needs to know about the cluster and itself.
@@ -103,6 +106,12 @@ pub struct NodeConfig {
     /// Client connections served at once; the next client's Hello is
     /// refused with a text naming the limit.
     pub max_clients: usize,
+    /// Peers must prove this secret in their handshake
+    /// (`--cluster-secret-file`; see `auth`). `None`: no proof, none asked.
+    pub cluster_secret: Option<crate::secret::Secret>,
+    /// Clients must send this password before any command
+    /// (`--requirepass-file`). `None`: every client is served.
+    pub password: Option<crate::secret::Secret>,
 }
 
 /// A deliberate defect of the node, for proving that the simulator catches
@@ -273,6 +282,15 @@ struct Conn {
     who: Peer,
     /// The remote address, as the driver wrote it (for logs and refusals).
     remote: String,
+    /// This side's nonce for the connection's handshake (the driver's).
+    nonce: Nonce,
+    /// A peer's Hello that passed, while its proof of the cluster secret
+    /// is awaited (`who` stays `Unknown` until it checks out).
+    awaiting_proof: Option<crate::wire::client::HelloBody>,
+    /// A client may send commands: it sent the password, or none is asked.
+    authenticated: bool,
+    /// Wrong passwords it sent (`AUTH_FAILURES_PER_CONNECTION_MAX`).
+    auth_failures: u32,
     out: BytesMut,
     /// Named in `outputs` since the last take.
     listed: bool,
@@ -287,6 +305,8 @@ struct Link {
     up: bool,
     out: BytesMut,
     listed: bool,
+    /// The nonce its latest Hello carried (`link_hello`).
+    nonce: Nonce,
 }
 
 /// One shard's logic above the sockets; see the module docs.
@@ -476,19 +496,28 @@ impl<S: Storage> Node<S> {
     // ---- connections ----
 
     /// A connection was accepted; frames on it go to `on_frame` under the
-    /// returned id, and its first must be a Hello.
+    /// returned id, and its first must be a Hello. Its handshake nonce is
+    /// made from the connection's number: predictable, so for tests only
+    /// (a driver of real sockets calls `accept_from` with a random one).
     pub fn accept(&mut self) -> ConnId {
-        self.accept_from(String::new())
+        let mut nonce = Nonce::default();
+        nonce.0[..8].copy_from_slice(&self.next_conn.to_le_bytes());
+        self.accept_from(String::new(), nonce)
     }
 
     /// `accept`, with the remote address as text, for what the node logs
-    /// and the refusals it writes.
-    pub fn accept_from(&mut self, remote: String) -> ConnId {
+    /// and the refusals it writes, and a fresh random nonce for the
+    /// handshake (the cluster secret's challenge, see `auth`).
+    pub fn accept_from(&mut self, remote: String, nonce: Nonce) -> ConnId {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         let conn = Conn {
             who: Peer::Unknown,
             remote,
+            nonce,
+            awaiting_proof: None,
+            authenticated: self.cfg.password.is_none(),
+            auth_failures: 0,
             out: BytesMut::new(),
             listed: false,
             closing: false,
@@ -568,6 +597,7 @@ impl<S: Storage> Node<S> {
             return Ok(()); // closed already: what it still sent is moot
         };
         match c.who {
+            Peer::Unknown if c.awaiting_proof.is_some() => self.on_hello_proof(conn, frame),
             Peer::Unknown => self.on_hello(conn, frame),
             // A stopped shard votes on nothing: it closes the link, so the
             // peer sees it down (and parks its commits) instead of
@@ -602,13 +632,23 @@ impl<S: Storage> Node<S> {
     }
 
     fn on_client_frame(&mut self, conn: ConnId, frame: Frame) -> Result<(), ConnError> {
+        let authenticated = self.is_authenticated(conn);
         match frame.kind {
+            Kind::Auth => self.on_auth(conn, &frame.body),
             Kind::Request => {
                 let batch = Batch::parse(frame.body).map_err(|e| FrameError::BadBody {
                     kind: Kind::Request,
                     reason: e.to_string(),
                 })?;
-                self.on_request(conn, &batch);
+                if authenticated {
+                    self.on_request(conn, &batch);
+                } else {
+                    self.refuse_unauthenticated(conn, &batch);
+                }
+                Ok(())
+            }
+            Kind::Admin if !authenticated => {
+                self.answer_no_auth(conn, 0, 0);
                 Ok(())
             }
             Kind::Admin => {
@@ -861,11 +901,6 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    /// This shard's own Hello, as a replica, for the links it opens.
-    pub fn encode_hello(&self, buf: &mut BytesMut) {
-        self.cfg.encode_hello(buf);
-    }
-
     pub fn admin_info(&self) -> AdminInfo {
         let stats = self.core.stats();
         let c = &self.counters;
@@ -914,5 +949,7 @@ impl<S: Storage> Node<S> {
     }
 }
 
+#[cfg(test)]
+mod auth_tests;
 #[cfg(test)]
 pub(crate) mod tests;

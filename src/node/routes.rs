@@ -279,7 +279,14 @@ impl<S: Storage> Node<S> {
 
     /// Writes a response to a client connection of this shard, if it is
     /// still there.
-    fn respond(&mut self, conn: ConnId, client: u64, request: u64, code: Code, value: &[u8]) {
+    pub(super) fn respond(
+        &mut self,
+        conn: ConnId,
+        client: u64,
+        request: u64,
+        code: Code,
+        value: &[u8],
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };

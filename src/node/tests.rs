@@ -33,10 +33,12 @@ pub(crate) fn config(replicas: usize, shards: usize, shard: usize) -> NodeConfig
         session_idle_ns: crate::constants::SESSION_IDLE_NS_DEFAULT,
         sessions_max: crate::constants::SESSIONS_MAX_DEFAULT,
         max_clients: usize::MAX,
+        cluster_secret: None,
+        password: None,
     }
 }
 
-fn frame(shard: usize, kind: Kind, body: &[u8]) -> Frame {
+pub(super) fn frame(shard: usize, kind: Kind, body: &[u8]) -> Frame {
     let enc = FrameEncoder {
         cluster_id: CLUSTER,
         sender: 0,
@@ -47,7 +49,7 @@ fn frame(shard: usize, kind: Kind, body: &[u8]) -> Frame {
 
 /// A node that started on an empty log hears from enough peers that they
 /// hold nothing of its space, and takes part.
-fn peers_hold_nothing(node: &mut Node<MemStorage>) {
+pub(super) fn peers_hold_nothing(node: &mut Node<MemStorage>) {
     let me = node.config().replica.0;
     let peers = (0..node.config().replicas as u8).filter(|&p| p != me);
     for p in peers.take((node.config().replicas - 1) / 2 + 1) {
@@ -69,13 +71,13 @@ fn linked_with_a_client(cfg: NodeConfig) -> (Node<MemStorage>, ConnId) {
 }
 
 /// The driver's part: makes what the node asked for durable and says so.
-fn sync(node: &mut Node<MemStorage>) {
+pub(super) fn sync(node: &mut Node<MemStorage>) {
     let token = node.sync_wanted().expect("records to sync");
     node.storage_mut().make_durable(token);
     node.durable(token);
 }
 
-fn client_hello(shard: usize, shards: u8) -> Frame {
+pub(super) fn client_hello(shard: usize, shards: u8) -> Frame {
     let hello = HelloBody {
         role: Role::Client as u8,
         shard: shard as u8,
@@ -85,7 +87,7 @@ fn client_hello(shard: usize, shards: u8) -> Frame {
     frame(shard, Kind::Hello, zerocopy::IntoBytes::as_bytes(&hello))
 }
 
-fn request(shard: usize, client: u64, request: u64, key: &[u8]) -> Frame {
+pub(super) fn request(shard: usize, client: u64, request: u64, key: &[u8]) -> Frame {
     let mut b = BatchBuilder::new();
     b.push(&CommandRef {
         client,
@@ -99,7 +101,7 @@ fn request(shard: usize, client: u64, request: u64, key: &[u8]) -> Frame {
 }
 
 /// Every frame queued for `conn`, by kind.
-fn frames_for(node: &mut Node<MemStorage>, conn: ConnId) -> Vec<Frame> {
+pub(super) fn frames_for(node: &mut Node<MemStorage>, conn: ConnId) -> Vec<Frame> {
     let mut bytes = node.take_conn_bytes(conn, BytesMut::new());
     let reader = FrameReader::new(CLUSTER);
     let mut frames = Vec::new();
@@ -109,11 +111,11 @@ fn frames_for(node: &mut Node<MemStorage>, conn: ConnId) -> Vec<Frame> {
     frames
 }
 
-fn outputs(node: &mut Node<MemStorage>) -> Vec<Output> {
+pub(super) fn outputs(node: &mut Node<MemStorage>) -> Vec<Output> {
     std::iter::from_fn(|| node.poll_output()).collect()
 }
 
-fn connected_client(node: &mut Node<MemStorage>, shard: usize) -> ConnId {
+pub(super) fn connected_client(node: &mut Node<MemStorage>, shard: usize) -> ConnId {
     let conn = node.accept();
     node.on_frame(0, conn, client_hello(shard, node.config().shards as u8))
         .unwrap();
@@ -424,7 +426,7 @@ fn a_vote_never_leaves_before_its_record_even_on_a_reserved_slot() {
     node.link_up(ReplicaId(1));
     let peer = node.accept();
     let mut hello = BytesMut::new();
-    leader.encode_hello(&mut hello);
+    leader.link_hello(ReplicaId(0), Nonce::default(), &mut hello);
     let reader = FrameReader::new(CLUSTER);
     node.on_frame(1, peer, reader.next(&mut hello).unwrap().unwrap())
         .unwrap();
@@ -500,11 +502,11 @@ fn peer_hello(from: u8, incarnation: u64, peers: Vec<String>) -> Frame {
     cfg.incarnation = incarnation;
     cfg.peers = peers;
     let mut buf = BytesMut::new();
-    cfg.encode_hello(&mut buf);
+    cfg.encode_hello(&mut buf, Nonce::default());
     FrameReader::new(CLUSTER).next(&mut buf).unwrap().unwrap()
 }
 
-fn refused_text(node: &mut Node<MemStorage>, conn: ConnId) -> String {
+pub(super) fn refused_text(node: &mut Node<MemStorage>, conn: ConnId) -> String {
     let answer = frames_for(node, conn);
     assert_eq!(answer.len(), 1);
     assert_eq!(answer[0].kind, Kind::Refused);
@@ -517,7 +519,7 @@ fn a_peer_with_its_peer_list_in_another_order_is_refused_naming_both_lists() {
     let mut swapped = cfg.peers.clone();
     swapped.swap(0, 1);
     let mut node = Node::start(cfg.clone(), MemStorage::new(), 0);
-    let conn = node.accept_from("127.0.0.1:40000".into());
+    let conn = node.accept_from("127.0.0.1:40000".into(), Nonce::default());
     let Err(ConnError::Refused(why)) = node.on_frame(0, conn, peer_hello(2, 5, swapped)) else {
         panic!("a hello with a swapped peer list is accepted");
     };
@@ -548,13 +550,13 @@ fn a_second_process_with_a_replica_id_is_refused_then_told_it_is_the_duplicate()
     // Our link to replica 2's advertised address answers as incarnation 100.
     node.link_up(ReplicaId(2));
     node.peer_incarnation(ReplicaId(2), 100);
-    let first = node.accept_from("127.0.0.1:40001".into());
+    let first = node.accept_from("127.0.0.1:40001".into(), Nonce::default());
     node.on_frame(0, first, peer_hello(2, 100, cfg.peers.clone()))
         .unwrap();
     outputs(&mut node);
     // A second process claims id 2 while the first's connection is open.
     // The link's answer predates it: refused for now, the link re-opened.
-    let second = node.accept_from("127.0.0.1:40002".into());
+    let second = node.accept_from("127.0.0.1:40002".into(), Nonce::default());
     let Err(ConnError::Refused(why)) =
         node.on_frame(0, second, peer_hello(2, 200, cfg.peers.clone()))
     else {
@@ -574,7 +576,7 @@ fn a_second_process_with_a_replica_id_is_refused_then_told_it_is_the_duplicate()
     node.link_down(ReplicaId(2));
     node.link_up(ReplicaId(2));
     node.peer_incarnation(ReplicaId(2), 100);
-    let again = node.accept_from("127.0.0.1:40003".into());
+    let again = node.accept_from("127.0.0.1:40003".into(), Nonce::default());
     let Err(ConnError::Refused(why)) =
         node.on_frame(0, again, peer_hello(2, 200, cfg.peers.clone()))
     else {

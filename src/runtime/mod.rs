@@ -18,6 +18,7 @@
 //! at once), and runs a turn when input arrived or a deadline passed. The
 //! simulator drives the same node.
 
+mod auth;
 mod log_writer;
 mod mesh;
 pub mod metrics;
@@ -79,6 +80,10 @@ pub struct RuntimeConfig {
     pub frame_deadline_ms: u64,
     /// Where the metrics endpoint listens (`--metrics`); `None`: off.
     pub metrics: Option<SocketAddr>,
+    /// `--cluster-secret-file`: what peers prove in their handshake.
+    pub cluster_secret: Option<crate::secret::Secret>,
+    /// `--requirepass-file`: what clients send before any command.
+    pub password: Option<crate::secret::Secret>,
 }
 
 /// Why the replica stopped, other than by a signal.

@@ -33,6 +33,7 @@ use io_uring::{opcode, types};
 use rustc_hash::FxHashMap;
 use tracing::{debug, error, info, warn};
 
+use super::auth::{AuthLog, Nonces};
 use super::log_writer::{LogWriter, ShardNode};
 use super::mesh::Mesh;
 use super::metrics::{Metrics, Publisher};
@@ -43,11 +44,11 @@ use crate::constants::{
     LOG_WRITE_STALL_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, SEND_BUFFER_KEPT_BYTES_MAX,
     SHARD_INPUT_BYTES_MAX, STOP_CHECK_MS, STOP_DRAIN_MS, UNACKED_MS_MAX,
 };
-use crate::node::{ConnError, ConnId, Node, NodeConfig, Output, Peer};
+use crate::node::{ConnError, ConnId, LinkAnswer, Node, NodeConfig, Output, Peer};
 use crate::protocol::ReplicaId;
 use crate::storage::Backend;
-use crate::wire::client::{decode_hello_answer, shard_addr, Refusal};
-use crate::wire::{Frame, FrameError, FrameReader, Inbound, InputBudget};
+use crate::wire::client::{shard_addr, Refusal, REFUSED_AUTH};
+use crate::wire::{Frame, FrameError, FrameReader, Inbound, InputBudget, Kind};
 
 /// How long a stopping shard waits for the kernel to let go of its buffers.
 const SHUTDOWN_DRAIN_MS: u64 = 200;
@@ -114,6 +115,8 @@ impl ShardConfig {
             session_idle_ns: n.session_idle_ns,
             sessions_max: n.sessions_max,
             max_clients: n.max_clients,
+            cluster_secret: n.cluster_secret.clone(),
+            password: n.password.clone(),
         }
     }
 }
@@ -127,6 +130,8 @@ enum Closed {
     Frame(FrameError),
     /// Refused in the handshake; the text was sent to the other side.
     Refused(String),
+    /// Our link refused the peer: its proof of the cluster secret failed.
+    AuthFailed(String),
     Timeout,
     /// Closed before sending anything (a port probe, a health check).
     EndBeforeHello,
@@ -312,6 +317,10 @@ pub struct ShardLoop {
     stop_phase: Option<StopPhase>,
     /// Copies the node's counters to the metrics endpoint, with `--metrics`.
     publisher: Option<Publisher>,
+    /// Each connection's handshake nonce.
+    nonces: Nonces,
+    /// Refused authentications logged, against the rate limit.
+    auth_log: AuthLog,
 }
 
 /// A graceful stop: no new connections; requests already received are
@@ -397,6 +406,8 @@ impl ShardLoop {
             accept_logged_at: None,
             stop_phase: None,
             publisher,
+            nonces: Nonces::new()?,
+            auth_log: AuthLog::default(),
         })
     }
 
@@ -604,7 +615,9 @@ impl ShardLoop {
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         tune(&sock, remote);
-        let id = self.node.accept_from(remote.to_string());
+        let id = self
+            .node
+            .accept_from(remote.to_string(), self.nonces.next());
         let slot = self.insert(sock, remote, Role::Accepted(id), State::Handshake);
         self.by_id.insert(id, slot);
         self.arm_recv(slot);
@@ -993,7 +1006,9 @@ impl ShardLoop {
                 let now = self.pass_now();
                 self.node.on_frame(now, id, frame)?;
                 self.dirty = true;
-                if state == State::Handshake {
+                // A peer proving the cluster secret is `Unknown` until its
+                // proof came: its connection stays in the handshake.
+                if state == State::Handshake && self.node.who(id) != Peer::Unknown {
                     let peer = matches!(self.node.who(id), Peer::Replica(_));
                     let c = self.conn(slot);
                     c.state = State::Open;
@@ -1011,13 +1026,13 @@ impl ShardLoop {
                 Ok(())
             }
             Role::Link(peer) if state == State::Handshake => {
-                let answer = decode_hello_answer(frame.kind, &frame.body)
-                    .inspect_err(|_| self.node.counters_mut().bad_frames += 1);
-                let hello = answer.map_err(Closed::Frame)?;
-                let hello = hello.map_err(|why| self.link_refused(peer, why))?;
-                self.node.peer_incarnation(peer, hello.incarnation.get());
-                self.link_up(slot, peer, hello.known_slot.get());
-                Ok(())
+                self.on_link_answer(slot, peer, &frame)
+            }
+            // An acceptor that checked our proof of the cluster secret
+            // may still refuse the replica id it claims.
+            Role::Link(peer) if frame.kind == Kind::Refused => {
+                let why = String::from_utf8_lossy(&frame.body).into_owned();
+                Err(self.link_refused(peer, why))
             }
             Role::Link(_) => {
                 self.node.counters_mut().bad_frames += 1;
@@ -1025,6 +1040,51 @@ impl ShardLoop {
                     kind: frame.kind,
                     reason: "a frame on a link this replica opened",
                 }))
+            }
+        }
+    }
+
+    /// The first frame on our link to `peer`: the answer to its Hello.
+    fn on_link_answer(&mut self, slot: u32, peer: ReplicaId, frame: &Frame) -> Result<(), Closed> {
+        let mut reply = BytesMut::new();
+        let answer = self
+            .node
+            .on_link_answer(peer, frame, &mut reply)
+            .inspect_err(|_| self.node.counters_mut().bad_frames += 1)
+            .map_err(Closed::Frame)?;
+        match answer {
+            LinkAnswer::Accepted(hello) => {
+                if !reply.is_empty() {
+                    // The proof leaves before anything the link queues: it
+                    // is this connection's only send until it completes.
+                    let c = self.conn(slot);
+                    assert!(
+                        c.sending.is_none(),
+                        "the Hello's send completed before its answer"
+                    );
+                    c.sending = Some((reply, 0));
+                    self.submit_send(slot);
+                }
+                self.node.peer_incarnation(peer, hello.incarnation.get());
+                self.link_up(slot, peer, hello.known_slot.get());
+                Ok(())
+            }
+            LinkAnswer::Refused(why) => Err(self.link_refused(peer, why)),
+            LinkAnswer::Failed(why) => {
+                // Tell the peer why, if the socket takes it now (it is
+                // closed next: nothing waits for this send).
+                let fd = self.conn(slot).sock.as_raw_fd();
+                // SAFETY: the buffer outlives the call; no send is in
+                // flight on this socket.
+                let _ = unsafe {
+                    libc::send(
+                        fd,
+                        reply.as_ptr().cast(),
+                        reply.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                Err(Closed::AuthFailed(why))
             }
         }
     }
@@ -1049,7 +1109,7 @@ impl ShardLoop {
                     error!("{cannot}; client requests are answered Unavailable");
                 }
             }
-            Refusal::Other => {}
+            Refusal::Auth | Refusal::Other => {}
         }
         Closed::Refused(why)
     }
@@ -1189,7 +1249,11 @@ impl ShardLoop {
         tune(&c.sock, remote);
         c.state = State::Handshake;
         let mut hello = std::mem::take(&mut c.spare);
-        self.node.encode_hello(&mut hello);
+        let peer = match c.role {
+            Role::Link(peer) => peer,
+            Role::Accepted(_) => unreachable!("only links connect"),
+        };
+        self.node.link_hello(peer, self.nonces.next(), &mut hello);
         self.conn(slot).sending = Some((hello, 0));
         self.submit_send(slot);
         self.arm_recv(slot);
@@ -1206,7 +1270,7 @@ impl ShardLoop {
             warn!(%addr, "link to replica {} lost: {why}", peer.0);
         } else if !link.logged_down {
             link.logged_down = true;
-            if why.starts_with("refused") {
+            if why.starts_with("refused") || why.starts_with(REFUSED_AUTH) {
                 warn!(%addr, "replica {} {why}", peer.0);
             } else {
                 info!(%addr, "replica {} not reachable yet: {why}", peer.0);
@@ -1268,8 +1332,13 @@ impl ShardLoop {
                 self.node.closed(id);
             }
             Role::Link(peer) => {
+                if let Closed::AuthFailed(w) = &why {
+                    let addr = self.cfg.peer_addr(peer);
+                    self.log_auth_refusal(addr, &format!("replica {}: {w}", peer.0));
+                }
                 let text = match &why {
                     Closed::Refused(w) => format!("refused us: {w}"),
+                    Closed::AuthFailed(w) => w.clone(),
                     Closed::Io(e) => e.to_string(),
                     other => format!("{other:?}"),
                 };
@@ -1301,8 +1370,10 @@ impl ShardLoop {
                 Refusal::Duplicate | Refusal::Contested => {
                     error!(%remote, "{what} refused: {why}")
                 }
+                Refusal::Auth => self.log_auth_refusal(remote, &format!("{what} refused: {why}")),
                 _ => warn!(%remote, "{what} refused: {why}"),
             },
+            Closed::AuthFailed(why) => warn!(%remote, "{what}: {why}"),
             Closed::Timeout => warn!(%remote, "{what}: handshake timed out"),
             Closed::EndBeforeHello => debug!(%remote, "{what} closed before its hello"),
             Closed::Io(e) => debug!(%remote, "{what}: connection lost: {e}"),
@@ -1316,6 +1387,18 @@ impl ShardLoop {
                 %remote,
                 "{what} sent nothing for {s} s (--client-idle-timeout-s); closing the connection"
             ),
+        }
+    }
+
+    /// Logs a refused authentication, within `AUTH_FAILURE_LOGS_PER_WINDOW`
+    /// a window (a flood of bad handshakes is counted, not logged).
+    fn log_auth_refusal(&mut self, remote: SocketAddr, what: &str) {
+        let (log, suppressed) = self.auth_log.allow(self.clock / 1_000_000);
+        if suppressed > 0 {
+            warn!("{suppressed} more refused authentication(s) were not logged");
+        }
+        if log {
+            warn!(%remote, "{what}");
         }
     }
 

@@ -22,7 +22,7 @@ use super::clients::{Client, ClientEvent};
 use super::contract::{AnswerCount, DurableView};
 use super::linearizability::{check_history, HistoryOp};
 use super::{SimConfig, SimReport, FAULT_PHASE_NS, LIVENESS_BOUND_NS};
-use crate::node::{ConnId, Cross, Node, NodeConfig, Output};
+use crate::node::{ConnId, Cross, LinkAnswer, Node, NodeConfig, Nonce, Output};
 use crate::protocol::{InstanceId, Message, ReplicaId, TraceEvent};
 use crate::rng::Rng;
 use crate::storage::{MemStorage, Token};
@@ -54,6 +54,10 @@ const CRASH_GAP_NS_MAX: u64 = 60_000_000;
 /// An armed crash that found no sync (or commit) to strike at within this
 /// long strikes at the next crash event instead.
 const ARMED_NS_MAX: u64 = 20_000_000;
+/// The cluster secret of runs with `SimConfig::cluster_secret`.
+const SIM_CLUSTER_SECRET: &[u8] = b"the simulator's cluster secret";
+/// Mixed into the seed for the handshake nonces' generator.
+const NONCE_SEED_SALT: u64 = 0x6e6f_6e63_6573_2121;
 
 /// Where a scheduled crash strikes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +200,8 @@ pub(super) struct Sim<'c> {
     /// Contract violations seen as frames left (see `contract.rs`).
     pub violations: Vec<String>,
     reader: FrameReader,
+    /// Handshake nonces (`nonce`).
+    nonces: Rng,
 }
 
 /// Runs one simulation and checks it.
@@ -258,6 +264,7 @@ impl<'c> Sim<'c> {
             sessions_expired: 0,
             violations: Vec::new(),
             reader: FrameReader::new(CLUSTER_ID),
+            nonces: Rng::new(cfg.seed ^ NONCE_SEED_SALT),
         };
         for r in 0..n {
             sim.start_replica(r);
@@ -452,7 +459,21 @@ impl<'c> Sim<'c> {
             session_idle_ns: self.cfg.session_idle_ns,
             sessions_max: self.cfg.sessions_max,
             max_clients: usize::MAX,
+            cluster_secret: self
+                .cfg
+                .cluster_secret
+                .then(|| crate::secret::Secret::new(SIM_CLUSTER_SECRET)),
+            password: None,
         }
+    }
+
+    /// A handshake nonce, from its own seeded generator (so that runs with
+    /// and without a secret draw the same faults).
+    fn nonce(&mut self) -> Nonce {
+        let mut nonce = Nonce::default();
+        nonce.0[..8].copy_from_slice(&self.nonces.next_u64().to_le_bytes());
+        nonce.0[8..].copy_from_slice(&self.nonces.next_u64().to_le_bytes());
+        nonce
     }
 
     /// Starts replica `r`'s shards on their storages (empty at first, what
@@ -501,23 +522,30 @@ impl<'c> Sim<'c> {
     }
 
     /// Shard `s` of `to` accepts a connection from the same shard of `from`,
-    /// which opens with its Hello (replacing an earlier connection).
+    /// which opens with its Hello (replacing an earlier connection). The
+    /// handshake (Hello, HelloOk, and with a cluster secret the proof) is
+    /// one exchange, not messages on the simulated network.
     fn connect_peer(&mut self, from: usize, to: usize, s: usize) {
+        let (dialer, acceptor) = (ReplicaId(from as u8), ReplicaId(to as u8));
         let mut hello = BytesMut::new();
-        self.node_config(from, s, 0).encode_hello(&mut hello);
+        let nonce = self.nonce();
+        self.node_call(from, s, |node, _| {
+            node.link_hello(acceptor, nonce, &mut hello)
+        });
         let frame = self
             .reader
             .next(&mut hello)
             .expect("own hello")
             .expect("whole");
+        let nonce = self.nonce();
         let shard = &mut self.shards[to][s];
         let node = shard.node.as_mut().expect("up");
         if let Some(old) = shard.peer_conns[from].take() {
             node.closed(old);
         }
-        let conn = node.accept();
+        let conn = node.accept_from(String::new(), nonce);
         shard.peer_conns[from] = Some(conn);
-        self.call(to, s, |node, now| {
+        let mut answer = self.call(to, s, |node, now| {
             let accepted = node.on_frame(now, conn, frame);
             // Only a stopped shard refuses a peer (`tell_known` has recorded
             // why it stopped).
@@ -525,7 +553,29 @@ impl<'c> Sim<'c> {
                 accepted.is_ok() || node.failed().is_some(),
                 "a peer's hello is accepted: {accepted:?}"
             );
+            node.take_conn_bytes(conn, BytesMut::new())
         });
+        let Ok(Some(answer)) = self.reader.next(&mut answer) else {
+            return; // a stopped shard's connection, closed
+        };
+        let mut reply = BytesMut::new();
+        let taken = self.node_call(from, s, |node, _| {
+            node.on_link_answer(acceptor, &answer, &mut reply)
+        });
+        let Ok(LinkAnswer::Accepted(_)) = taken else {
+            assert!(
+                matches!(taken, Ok(LinkAnswer::Refused(_))),
+                "replica {} shard {s} refused replica {to}'s answer: {taken:?}",
+                dialer.0
+            );
+            return;
+        };
+        while let Ok(Some(proof)) = self.reader.next(&mut reply) {
+            self.call(to, s, |node, now| {
+                let accepted = node.on_frame(now, conn, proof);
+                assert!(accepted.is_ok(), "a peer's proof is accepted: {accepted:?}");
+            });
+        }
     }
 
     /// Shard `s` of `a` hears from the same shard of `b` how much of `a`'s

@@ -151,6 +151,10 @@ pub struct SimConfig {
     /// Most sessions a shard keeps: fewer than the clients, so that the
     /// least recently used are expired while in use.
     pub sessions_max: usize,
+    /// Every replica is given one cluster secret, so peer handshakes carry
+    /// the three-message proof (`node::auth`), with seeded nonces. On for
+    /// odd seeds by default.
+    pub cluster_secret: bool,
 }
 
 impl SimConfig {
@@ -174,6 +178,7 @@ impl SimConfig {
             sync_at_once: false,
             session_idle_ns: SESSION_IDLE_NS_SIM,
             sessions_max: 2 * replicas - 1,
+            cluster_secret: seed % 2 == 1,
         }
     }
 

@@ -2,7 +2,16 @@
 //!
 //! Every connection opens with a `Hello`, answered by `HelloOk` (with the
 //! server's view of the cluster) or `Refused` (a line of text saying why),
-//! after which the server closes the connection.
+//! after which the server closes the connection. Between replicas with a
+//! cluster secret, the Hello carries the dialer's nonce, the HelloOk the
+//! acceptor's nonce and MAC, and the dialer answers with a `HelloProof`
+//! (its MAC, `MAC_BYTES`) or a `Refused`; see `node::auth`.
+//!
+//! A client of a replica with a password sends `Auth` (the password as
+//! bytes) after its Hello; it is answered by a `Response` with client id
+//! and request 0: `Done`, or `Error` with the reason (after
+//! `AUTH_FAILURES_PER_CONNECTION_MAX` wrong ones the connection closes).
+//! Until then every command is answered `NoAuth`.
 //!
 //! A `Request` body is one or more command records, the batch format of
 //! [`crate::command`], checked by the same parser; a shard copies
@@ -16,6 +25,7 @@ use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::frame::{FrameError, Kind, SMALL_BODY_BYTES_MAX};
+use crate::constants::HANDSHAKE_NONCE_BYTES;
 
 /// Who opens a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +48,12 @@ pub struct HelloBody {
     pub shards: u8,
     /// The shard the connection is for.
     pub shard: u8,
-    pub padding: [u8; 3],
+    /// `AUTH_*` bits: in a peer's Hello or HelloOk, `AUTH_CLUSTER_SECRET`
+    /// says the sender proves the cluster secret (`nonce`, and in a HelloOk
+    /// `mac`, are set); in a HelloOk to a client, `AUTH_PASSWORD` says
+    /// its commands wait for an `Auth` frame.
+    pub auth: u8,
+    pub padding: [u8; 2],
     /// In a HelloOk answering a replica: the highest slot of that replica's
     /// instance space the answering shard holds (0: none), which a replica
     /// that started with an empty log checks (`Node::peer_knows`). 0 in a
@@ -54,9 +69,32 @@ pub struct HelloBody {
     /// start, so that two live processes claiming one replica id are told
     /// apart (`Node::on_hello`). 0 from a client.
     pub incarnation: U64,
+    /// With `AUTH_CLUSTER_SECRET`: the sender's fresh nonce for this
+    /// handshake (the dialer's in a Hello, the acceptor's in a HelloOk).
+    pub nonce: [u8; HANDSHAKE_NONCE_BYTES],
+    /// In a HelloOk with `AUTH_CLUSTER_SECRET`: the acceptor's HMAC-SHA-256
+    /// over both nonces and the handshake's fields (`node::auth`); zero
+    /// otherwise.
+    pub mac: [u8; MAC_BYTES],
 }
 
-const _: () = assert!(core::mem::size_of::<HelloBody>() == 32);
+const _: () = assert!(core::mem::size_of::<HelloBody>() == 32 + HANDSHAKE_NONCE_BYTES + MAC_BYTES);
+
+/// `HelloBody::auth`: the sender proves the cluster secret.
+pub const AUTH_CLUSTER_SECRET: u8 = 1;
+/// `HelloBody::auth` in a HelloOk to a client: send `Auth` first.
+pub const AUTH_PASSWORD: u8 = 2;
+
+/// Bytes of an HMAC-SHA-256: the HelloOk's `mac` and a `HelloProof` body.
+pub const MAC_BYTES: usize = 32;
+
+/// How a `Refused` text starts when the refusal is about authentication:
+/// the cluster secret (a wrong proof, or one side without a secret) or a
+/// client's password.
+pub const REFUSED_AUTH: &str = "authentication failed";
+
+/// The value of a `Code::NoAuth` answer.
+pub const NO_AUTH_TEXT: &str = "Authentication required.";
 
 /// Longest peer list text after a peer's Hello (a longer one is cut, and
 /// only the refusal's wording suffers: the digest covers the whole list).
@@ -116,6 +154,11 @@ pub enum Code {
     /// A conditional PUT (SET NX or XX) whose condition failed: nothing
     /// changed.
     NotDone = 9,
+    /// The replica requires a password (`--requirepass-file`) and this
+    /// connection has not sent a right one in an `Auth` frame: the command
+    /// did not run. The value is `NO_AUTH_TEXT`. Also the answer to an
+    /// `Admin` frame before `Auth` (client id and request 0).
+    NoAuth = 10,
 }
 
 impl Code {
@@ -131,6 +174,7 @@ impl Code {
             7 => Code::SessionExpired,
             8 => Code::Integer,
             9 => Code::NotDone,
+            10 => Code::NoAuth,
             _ => return None,
         })
     }
@@ -211,7 +255,10 @@ pub fn decode_hello_with_text(kind: Kind, body: &[u8]) -> Result<(HelloBody, &st
     let role_ok = hello.role == Role::Peer as u8 || hello.role == Role::Client as u8;
     let slot_ok = kind == Kind::HelloOk || hello.known_slot.get() == 0;
     let text_ok = text.is_empty() || (kind == Kind::Hello && hello.role == Role::Peer as u8);
-    if !role_ok || hello.padding != [0; 3] || !slot_ok || !text_ok {
+    let auth_ok = hello.auth & !(AUTH_CLUSTER_SECRET | AUTH_PASSWORD) == 0
+        && (kind == Kind::HelloOk || hello.auth & AUTH_PASSWORD == 0)
+        && (kind == Kind::HelloOk || hello.mac == [0; MAC_BYTES]);
+    if !role_ok || hello.padding != [0; 2] || !slot_ok || !text_ok || !auth_ok {
         return Err(FrameError::BadBody {
             kind,
             reason: format!("role {} or reserved bytes", hello.role),
@@ -233,6 +280,8 @@ pub enum Refusal {
     Duplicate,
     /// Another connection holds the replica id for now (`REFUSED_CONTESTED`).
     Contested,
+    /// The cluster secret or a password did not check out (`REFUSED_AUTH`).
+    Auth,
     Other,
 }
 
@@ -244,6 +293,8 @@ impl Refusal {
             Refusal::Duplicate
         } else if text.starts_with(REFUSED_CONTESTED) {
             Refusal::Contested
+        } else if text.starts_with(REFUSED_AUTH) {
+            Refusal::Auth
         } else {
             Refusal::Other
         }

@@ -36,8 +36,10 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
 /// `Progress` kind, and dependencies that name what is stable; 6: the
 /// Hello carries the configuration digest, the process's incarnation and,
 /// from a peer, its peer list; 7: the INCR and conditional-PUT ops and
-/// their answer codes, which a version-6 replica would refuse in a batch).
-pub const WIRE_VERSION: u8 = 7;
+/// their answer codes, which a version-6 replica would refuse in a batch;
+/// 8: the Hello's auth bits, nonce and MAC, the `HelloProof` and `Auth`
+/// kinds, `Code::NoAuth`).
+pub const WIRE_VERSION: u8 = 8;
 
 pub const FRAME_HEADER_BYTES: usize = 32;
 
@@ -85,11 +87,15 @@ pub enum Kind {
     Hello = 20,
     HelloOk = 21,
     Refused = 22,
+    /// The dialer's MAC proving the cluster secret (`wire::client`).
+    HelloProof = 23,
     // Client to replica and back.
     Request = 32,
     Response = 33,
     Admin = 34,
     AdminInfo = 35,
+    /// A client's password (`--requirepass-file`).
+    Auth = 36,
 }
 
 impl Kind {
@@ -112,10 +118,12 @@ impl Kind {
             20 => Hello,
             21 => HelloOk,
             22 => Refused,
+            23 => HelloProof,
             32 => Request,
             33 => Response,
             34 => Admin,
             35 => AdminInfo,
+            36 => Auth,
             _ => return None,
         })
     }
@@ -136,7 +144,7 @@ impl Kind {
             }
             Response => SMALL_BODY_BYTES_MAX + VALUE_BYTES_MAX,
             PreAcceptOk | AcceptOk | CommitOk | Prepare | Nack | Waiting | Progress | Hello
-            | HelloOk | Refused | Admin | AdminInfo => SMALL_BODY_BYTES_MAX,
+            | HelloOk | Refused | HelloProof | Admin | AdminInfo | Auth => SMALL_BODY_BYTES_MAX,
         }
     }
 }
@@ -307,8 +315,10 @@ impl FrameReader {
     }
 
     /// As `next`, on a connection that has not completed its handshake:
-    /// only a Hello of at most `HELLO_BODY_BYTES_MAX` bytes may come, and
-    /// any other kind or length is refused as soon as its header is in.
+    /// only a Hello of at most `HELLO_BODY_BYTES_MAX` bytes may come (or,
+    /// after it, the handshake's `HelloProof` or `Refused`: the node checks
+    /// the order), and any other kind or length is refused as soon as its
+    /// header is in.
     pub fn next_before_hello(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         self.cut(buf, true)
     }
@@ -321,7 +331,7 @@ impl FrameReader {
         let kind = self.check_header(header)?;
         let len = header.body_len.get() as usize;
         if before_hello {
-            if kind != Kind::Hello {
+            if !matches!(kind, Kind::Hello | Kind::HelloProof | Kind::Refused) {
                 return Err(FrameError::Unexpected {
                     kind,
                     reason: "the first frame must be a Hello",

@@ -43,7 +43,8 @@ pub fn decode_body(kind: Kind, body: bytes::Bytes, replicas: usize) -> bool {
         Kind::AdminInfo => {
             <client::AdminInfo as zerocopy::FromBytes>::read_from_bytes(&body).is_ok()
         }
-        Kind::Refused | Kind::Admin => true,
+        // Taken as bytes: a MAC checked by `node::auth`, a password.
+        Kind::Refused | Kind::Admin | Kind::HelloProof | Kind::Auth => true,
         _ => unreachable!("peer kinds matched above"),
     }
 }

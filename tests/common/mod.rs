@@ -43,6 +43,8 @@ fn config(
         data_root,
         remove_data: false,
         metrics: false,
+        password: None,
+        stderr_dir: None,
     }
 }
 

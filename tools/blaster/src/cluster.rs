@@ -3,13 +3,44 @@
 //! interrupted (the cluster's `Drop`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use epaxos_fast::client::Connection;
+use epaxos_fast::client::{ClientError, Connection};
 use epaxos_fast::harness::ClusterConfig;
 pub use epaxos_fast::harness::LocalCluster;
+use epaxos_fast::secret::{Secret, SecretKind};
+
+/// `--password-file`'s password, read once at start (`read_password`).
+static PASSWORD: OnceLock<Option<Secret>> = OnceLock::new();
+
+/// Reads `--password-file` (if given) for every connection of the run.
+pub fn read_password(path: Option<&Path>) -> Result<(), String> {
+    let password = path
+        .map(|p| Secret::read_file(p, SecretKind::Password))
+        .transpose()?;
+    PASSWORD
+        .set(password)
+        .map_err(|_| "the password was read twice".to_string())
+}
+
+/// The password every connection sends, if any.
+pub fn password() -> Option<Secret> {
+    PASSWORD.get().cloned().flatten()
+}
+
+/// A blocking connection with the run's password: what blaster's set-up,
+/// preload, counters and verification use.
+pub fn connect(
+    addr: SocketAddr,
+    shard: u8,
+    cluster_id: u64,
+    timeout: Duration,
+) -> Result<Connection, ClientError> {
+    Connection::connect_with_password(addr, shard, cluster_id, timeout, password().as_ref())
+}
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -63,6 +94,8 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
         }),
         remove_data: true,
         metrics: args.scrape_metrics.is_some(),
+        password: password(),
+        stderr_dir: None,
     })?;
     let list: Vec<String> = cluster.peers.iter().map(|p| p.to_string()).collect();
     eprintln!("blaster: started {n} local replicas at {}", list.join(","));
@@ -71,7 +104,7 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
 
 /// How many shards the replica at `addr` runs.
 pub fn shards_of(addr: SocketAddr, cluster_id: u64) -> Result<u8, String> {
-    let c = Connection::connect(addr, 0, cluster_id, Duration::from_secs(5))
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let c =
+        connect(addr, 0, cluster_id, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))?;
     Ok(c.server.shards)
 }

@@ -232,6 +232,7 @@ async fn connect_and_run(
         .ok_or_else(|| format!("{who}: no port for that shard"))?;
     let mut session = Session::new(fresh_client_id(), w.cluster_id, target.shard);
     session.set_retry_overloaded(w.reconnect);
+    session.set_password(crate::cluster::password());
     let (hello, reader) = opening(&session);
     let (mut stream, mut inbuf, answer) = dial(addr, &hello, reader)
         .await

@@ -158,6 +158,11 @@ pub struct Args {
     /// Write a JSON summary here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A file holding the password the replicas ask for (their
+    /// `--requirepass-file`; one trailing newline cut, not readable by
+    /// all). Every connection sends it after its hello.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +181,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = check(&args) {
         eprintln!("blaster: error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = cluster::read_password(args.password_file.as_deref()) {
+        eprintln!("blaster: error: --password-file: {e}");
         return ExitCode::from(2);
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -358,13 +367,8 @@ fn preload(args: &Args, targets: &[SocketAddr], shards: u8) -> Result<(), String
             let (keys, cluster_id, value) = (args.keys.max(1), args.cluster_id, value.clone());
             std::thread::spawn(move || -> Result<u64, String> {
                 let keys = load::own_keys(t.index, keys, t.shard, usize::from(shards));
-                let mut c = epaxos_fast::client::Connection::connect(
-                    t.addr,
-                    t.shard,
-                    cluster_id,
-                    Duration::from_secs(10),
-                )
-                .map_err(|e| format!("preload: {}: {e}", t.addr))?;
+                let mut c = cluster::connect(t.addr, t.shard, cluster_id, Duration::from_secs(10))
+                    .map_err(|e| format!("preload: {}: {e}", t.addr))?;
                 let mut in_flight = 0;
                 let mut done = 0u64;
                 for key in &keys {

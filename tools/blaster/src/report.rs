@@ -217,13 +217,8 @@ pub fn replica_counters(targets: &[std::net::SocketAddr], shards: u8, cluster_id
     let (mut frames, mut bytes, mut commands) = (0u64, 0u64, 0u64);
     for (r, &addr) in targets.iter().enumerate() {
         for s in 0..shards {
-            let info = epaxos_fast::client::Connection::connect(
-                addr,
-                s,
-                cluster_id,
-                Duration::from_secs(2),
-            )
-            .and_then(|mut c| c.admin());
+            let info = crate::cluster::connect(addr, s, cluster_id, Duration::from_secs(2))
+                .and_then(|mut c| c.admin());
             match info {
                 Ok(i) => {
                     frames += i.frames_out.get();

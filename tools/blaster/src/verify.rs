@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use epaxos_fast::client::Connection;
 use epaxos_fast::command::Op;
 use epaxos_fast::wire::client::Code;
 
@@ -75,7 +74,7 @@ fn read_replica(
     shards.sort_unstable();
     shards.dedup();
     for shard in shards {
-        let mut conn = Connection::connect(addr, shard, cluster_id, Duration::from_secs(10))
+        let mut conn = crate::cluster::connect(addr, shard, cluster_id, Duration::from_secs(10))
             .map_err(|e| format!("shard {shard}: {e}"))?;
         let mine: Vec<&KeyCheck> = checks.iter().filter(|c| c.shard == shard).collect();
         for chunk in mine.chunks(PIPELINE) {
@@ -109,7 +108,8 @@ fn read_replica(
                     | Code::Unavailable
                     | Code::SessionExpired
                     | Code::Integer
-                    | Code::NotDone => {
+                    | Code::NotDone
+                    | Code::NoAuth => {
                         v.refused += 1;
                         eprintln!(
                             "verify: replica {r}: key {:?} not read: {:?} {}",
