@@ -48,6 +48,12 @@ struct Args {
     /// (e.g. 0.0.0.0:7000 behind NAT).
     #[arg(long)]
     listen: Option<String>,
+    /// Serve the Redis protocol (RESP2 and RESP3) on HOST:PORT, shard s on
+    /// PORT + s, for redis-cli, redis-benchmark and Redis client libraries
+    /// (GET, SET [NX|XX], DEL, EXISTS, INCR[BY], DECR[BY], MGET, MSET, ...;
+    /// see the README). Off when absent. The ports must not meet --listen's.
+    #[arg(long, value_name = "HOST:PORT")]
+    resp: Option<String>,
     /// CPUs to pin shard executors to: "auto" (shard s on CPU s), "none"
     /// (let the kernel place them; use this when several replicas share a
     /// host), or a comma-separated list with one CPU per shard.
@@ -191,6 +197,20 @@ fn config(args: &Args) -> RuntimeConfig {
     if let Err(e) = peers::check(&peer_names, &peers, usize::from(args.id), listen, cores) {
         usage_error(e);
     }
+    let resp = args.resp.as_ref().map(|r| resolve(r, "--resp"));
+    if let Some(resp) = resp {
+        if !ports_exist(&resp) {
+            usage_error(format!(
+                "--resp {resp}: ports {}..{} do not all exist",
+                resp.port(),
+                usize::from(resp.port()) + cores
+            ));
+        }
+        let id = usize::from(args.id);
+        if let Err(e) = peers::check_resp(&peer_names, &peers, id, listen, resp, cores) {
+            usage_error(e);
+        }
+    }
     let cpus = cpus(&args.cpus, cores);
     if args.spin_us > 0 && cpus.is_none() {
         usage_error(
@@ -205,6 +225,7 @@ fn config(args: &Args) -> RuntimeConfig {
         peer_names,
         incarnation: peers::incarnation(),
         listen,
+        resp,
         cores,
         cpus,
         cluster_id: args.cluster_id,

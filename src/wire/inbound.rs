@@ -191,6 +191,31 @@ impl Inbound {
         Ok(frame)
     }
 
+    /// Hands what is held to `parse` (for a protocol not cut into frames:
+    /// RESP), which says how many bytes it took and whether the rest waits
+    /// on the reader rather than on the sender (then the deadline does not
+    /// run for it). The taken bytes leave the buffer and the budget.
+    pub fn feed_with<E>(
+        &mut self,
+        budget: &mut InputBudget,
+        parse: impl FnOnce(&[u8]) -> Result<(usize, bool), E>,
+    ) -> Result<(), E> {
+        let (taken, waiting) = parse(&self.buf)?;
+        let _ = self.buf.split_to(taken.min(self.buf.len()));
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_ROOM_BYTES_MAX {
+            self.buf = BytesMut::new();
+        }
+        self.recount(budget);
+        self.frame_since = if self.buf.is_empty() || waiting {
+            None
+        } else if taken > 0 {
+            Some(self.last_in)
+        } else {
+            self.frame_since.or(Some(self.last_in))
+        };
+        Ok(())
+    }
+
     /// Whether a frame has been arriving for longer than `deadline_ns`.
     pub fn overdue(&self, now: u64, deadline_ns: u64) -> bool {
         self.frame_since

@@ -27,6 +27,25 @@ impl DerefMut for Cluster {
     }
 }
 
+fn config(
+    replicas: usize,
+    cores: u8,
+    extra: &[&str],
+    data_root: Option<std::path::PathBuf>,
+) -> ClusterConfig {
+    ClusterConfig {
+        binary: env!("CARGO_BIN_EXE_epaxos-fast").into(),
+        replicas,
+        cores,
+        cluster_id: CLUSTER_ID,
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        ready_timeout: TIMEOUT,
+        data_root,
+        remove_data: false,
+        resp: false,
+    }
+}
+
 impl Cluster {
     pub fn start(replicas: usize, cores: u8) -> Cluster {
         Cluster::start_with(replicas, cores, &[])
@@ -43,16 +62,19 @@ impl Cluster {
         extra: &[&str],
         data_root: Option<std::path::PathBuf>,
     ) -> Cluster {
+        Cluster::start_config(config(replicas, cores, extra, data_root))
+    }
+
+    /// Serving RESP too (`--resp`, at `resp_addr`).
+    pub fn start_resp(replicas: usize, cores: u8, extra: &[&str]) -> Cluster {
         let cfg = ClusterConfig {
-            binary: env!("CARGO_BIN_EXE_epaxos-fast").into(),
-            replicas,
-            cores,
-            cluster_id: CLUSTER_ID,
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
-            ready_timeout: TIMEOUT,
-            data_root,
-            remove_data: false,
+            resp: true,
+            ..config(replicas, cores, extra, None)
         };
+        Cluster::start_config(cfg)
+    }
+
+    fn start_config(cfg: ClusterConfig) -> Cluster {
         Cluster(LocalCluster::start(cfg).unwrap_or_else(|e| panic!("{e}")))
     }
 

@@ -62,6 +62,7 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
             root
         }),
         remove_data: true,
+        resp: false,
     })?;
     let list: Vec<String> = cluster.peers.iter().map(|p| p.to_string()).collect();
     eprintln!("blaster: started {n} local replicas at {}", list.join(","));
