@@ -45,7 +45,18 @@ pub enum Op {
     /// the client's commands had executed then, `request` is 0. Proposed
     /// by replicas only (a client's is refused); see `protocol::sessions`.
     Expire = 4,
+    /// Adds the signed 64-bit delta in the value (8 bytes, little-endian)
+    /// to the key's value read as decimal text (absent reads as 0), stores
+    /// the sum as decimal text and answers it (Redis's INCRBY).
+    Incr = 5,
+    /// A PUT that takes effect only if the key has no value (SET NX).
+    PutIfAbsent = 6,
+    /// A PUT that takes effect only if the key has a value (SET XX).
+    PutIfPresent = 7,
 }
+
+/// Bytes of an `Op::Incr`'s value: the delta, an i64, little-endian.
+pub const INCR_VALUE_BYTES: usize = 8;
 
 impl Op {
     pub fn from_code(code: u8) -> Option<Op> {
@@ -54,8 +65,19 @@ impl Op {
             2 => Some(Op::Put),
             3 => Some(Op::Delete),
             4 => Some(Op::Expire),
+            5 => Some(Op::Incr),
+            6 => Some(Op::PutIfAbsent),
+            7 => Some(Op::PutIfPresent),
             _ => None,
         }
+    }
+
+    /// Whether the command carries a value (whose length the op may fix).
+    pub fn takes_value(self) -> bool {
+        matches!(
+            self,
+            Op::Put | Op::PutIfAbsent | Op::PutIfPresent | Op::Incr
+        )
     }
 }
 
@@ -90,6 +112,11 @@ pub enum CommandError {
     },
     ValueOnNonPut {
         offset: usize,
+    },
+    /// An `Op::Incr` whose value is not an 8-byte delta.
+    BadIncrement {
+        offset: usize,
+        len: usize,
     },
     BadRequestNumbers {
         offset: usize,
@@ -128,6 +155,11 @@ impl std::fmt::Display for CommandError {
             CommandError::ValueOnNonPut { offset } => {
                 write!(f, "GET or DELETE with a value at byte {offset}")
             }
+            CommandError::BadIncrement { offset, len } => write!(
+                f,
+                "INCR with a {len}-byte value at byte {offset} (the delta takes \
+                 {INCR_VALUE_BYTES})"
+            ),
             CommandError::BadRequestNumbers { offset } => write!(
                 f,
                 "request number 0 or below first_outstanding at byte {offset}"
@@ -183,8 +215,14 @@ fn read_record(buf: &[u8], offset: usize) -> Result<(CommandRef<'_>, usize), Com
             len: value_len,
         });
     }
-    if op != Op::Put && value_len != 0 {
+    if !op.takes_value() && value_len != 0 {
         return Err(CommandError::ValueOnNonPut { offset });
+    }
+    if op == Op::Incr && value_len != INCR_VALUE_BYTES {
+        return Err(CommandError::BadIncrement {
+            offset,
+            len: value_len,
+        });
     }
     let (request, first) = (header.request.get(), header.first_outstanding.get());
     if !request_numbers_valid(op, request, first) {
@@ -330,8 +368,13 @@ impl BatchBuilder {
         assert!(cmd.key.len() <= KEY_BYTES_MAX, "key too long");
         assert!(cmd.value.len() <= VALUE_BYTES_MAX, "value too long");
         assert!(
-            cmd.op == Op::Put || cmd.value.is_empty(),
-            "value on non-PUT"
+            cmd.op.takes_value() || cmd.value.is_empty(),
+            "value on a {:?}",
+            cmd.op
+        );
+        assert!(
+            cmd.op != Op::Incr || cmd.value.len() == INCR_VALUE_BYTES,
+            "an INCR's value is its 8-byte delta"
         );
         assert!(request_numbers_valid(
             cmd.op,
@@ -395,13 +438,19 @@ mod tests {
         b.push(&cmd(Op::Put, b"k1", b"v1"));
         b.push(&cmd(Op::Get, b"k2", b""));
         b.push(&cmd(Op::Delete, b"", b""));
+        b.push(&cmd(Op::Incr, b"n", &(-3i64).to_le_bytes()));
+        b.push(&cmd(Op::PutIfAbsent, b"a", b"1"));
+        b.push(&cmd(Op::PutIfPresent, b"p", b"2"));
         let batch = b.finish();
         let parsed = Batch::parse(batch.bytes().clone()).unwrap();
-        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed.len(), 6);
         let all: Vec<_> = parsed.iter().collect();
         assert_eq!(all[0], cmd(Op::Put, b"k1", b"v1"));
         assert_eq!(all[1], cmd(Op::Get, b"k2", b""));
         assert_eq!(all[2], cmd(Op::Delete, b"", b""));
+        assert_eq!(all[3], cmd(Op::Incr, b"n", &(-3i64).to_le_bytes()));
+        assert_eq!(all[4], cmd(Op::PutIfAbsent, b"a", b"1"));
+        assert_eq!(all[5], cmd(Op::PutIfPresent, b"p", b"2"));
         assert!(b.is_empty());
     }
 
@@ -424,6 +473,13 @@ mod tests {
         assert_eq!(
             Batch::parse(bad.into()),
             Err(CommandError::ValueOnNonPut { offset: 0 })
+        );
+        // "value" is 5 bytes, not an 8-byte delta.
+        let mut bad = good.to_vec();
+        bad[24] = Op::Incr as u8;
+        assert_eq!(
+            Batch::parse(bad.into()),
+            Err(CommandError::BadIncrement { offset: 0, len: 5 })
         );
         let mut bad = good.to_vec();
         bad[8..16].copy_from_slice(&0u64.to_le_bytes());

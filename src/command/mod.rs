@@ -12,6 +12,6 @@ mod shard;
 
 pub use batch::{
     Batch, BatchBuilder, CommandError, CommandHeader, CommandIter, CommandRef, Op,
-    COMMAND_HEADER_BYTES,
+    COMMAND_HEADER_BYTES, INCR_VALUE_BYTES,
 };
 pub use shard::{fnv1a, shard_of, FNV_OFFSET_BASIS};

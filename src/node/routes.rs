@@ -18,6 +18,10 @@ use crate::storage::Storage;
 use crate::wire::client::{put_response, Code};
 use crate::wire::Kind;
 
+/// The text of an INCR's `Code::Error` on a value that is not an integer
+/// (Redis's words, which its clients know).
+pub const NOT_AN_INTEGER: &[u8] = b"value is not an integer or out of range";
+
 /// Who waits for a command's answer: connection `conn` of shard `origin`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Route {
@@ -220,10 +224,17 @@ impl<S: Storage> Node<S> {
     /// A reply of the core, released after its records are durable.
     pub(super) fn reply(&mut self, reply: Reply<KvResult>) {
         let retired;
+        let sum;
         let (code, value): (Code, &[u8]) = match &reply.result {
             Ok(KvResult::Done) => (Code::Done, b""),
             Ok(KvResult::Value(v)) => (Code::Value, v.as_slice()),
             Ok(KvResult::NotFound) => (Code::NotFound, b""),
+            Ok(KvResult::Integer(n)) => {
+                sum = n.to_le_bytes();
+                (Code::Integer, &sum[..])
+            }
+            Ok(KvResult::NotDone) => (Code::NotDone, b""),
+            Ok(KvResult::NotAnInteger) => (Code::Error, NOT_AN_INTEGER),
             Err(Refused::BeyondClientWindow) => (Code::BeyondWindow, b""),
             Err(Refused::SessionExpired { retired_below }) => {
                 retired = retired_below.to_le_bytes();

@@ -701,3 +701,73 @@ fn a_backed_up_link_sheds_whole_frames_and_never_queues_past_its_bound() {
         "every PreAccept kept or counted as dropped"
     );
 }
+
+/// One command of client 7 through a one-replica node, made durable:
+/// the code and value it is answered with.
+fn one_command(
+    node: &mut Node<MemStorage>,
+    conn: ConnId,
+    request: u64,
+    op: Op,
+    key: &[u8],
+    value: &[u8],
+) -> (Code, Vec<u8>) {
+    let mut b = BatchBuilder::new();
+    b.push(&CommandRef {
+        client: 7,
+        request,
+        first_outstanding: request,
+        op,
+        key,
+        value,
+    });
+    node.on_frame(request, conn, frame(0, Kind::Request, b.finish().bytes()))
+        .unwrap();
+    node.turn(request);
+    if let Some(token) = node.sync_wanted() {
+        node.storage_mut().make_durable(token);
+        node.durable(token);
+    }
+    outputs(node);
+    let answers = frames_for(node, conn);
+    assert_eq!(answers.len(), 1, "{op:?} answered once");
+    let r = decode_response(&answers[0].body).unwrap();
+    assert_eq!((r.client, r.request), (7, request));
+    (r.code, r.value.to_vec())
+}
+
+#[test]
+fn incr_and_conditional_puts_answer_with_their_own_codes() {
+    let mut node = Node::start(config(1, 1, 0), MemStorage::new(), 0);
+    let conn = connected_client(&mut node, 0);
+    let by = |n: i64| n.to_le_bytes();
+    let mut run = |request, op, key: &[u8], value: &[u8]| {
+        one_command(&mut node, conn, request, op, key, value)
+    };
+    assert_eq!(
+        run(1, Op::Incr, b"n", &by(5)),
+        (Code::Integer, by(5).to_vec())
+    );
+    // A retry of the same request is answered from the session, not added.
+    assert_eq!(
+        run(1, Op::Incr, b"n", &by(5)),
+        (Code::Integer, by(5).to_vec())
+    );
+    assert_eq!(
+        run(2, Op::Incr, b"n", &by(-7)),
+        (Code::Integer, by(-2).to_vec())
+    );
+    assert_eq!(run(3, Op::Get, b"n", b""), (Code::Value, b"-2".to_vec()));
+    assert_eq!(run(4, Op::PutIfAbsent, b"n", b"x"), (Code::NotDone, vec![]));
+    assert_eq!(run(5, Op::PutIfPresent, b"n", b"x"), (Code::Done, vec![]));
+    let not_an_integer = (Code::Error, routes::NOT_AN_INTEGER.to_vec());
+    assert_eq!(run(6, Op::Incr, b"n", &by(1)), not_an_integer);
+    assert_eq!(run(7, Op::Delete, b"n", b""), (Code::Done, vec![]));
+    assert_eq!(run(8, Op::Delete, b"n", b""), (Code::NotFound, vec![]));
+    assert_eq!(
+        run(9, Op::PutIfPresent, b"n", b"y"),
+        (Code::NotDone, vec![])
+    );
+    assert_eq!(run(10, Op::PutIfAbsent, b"n", b"y"), (Code::Done, vec![]));
+    assert_eq!(run(11, Op::Get, b"n", b""), (Code::Value, b"y".to_vec()));
+}

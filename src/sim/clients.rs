@@ -298,7 +298,7 @@ impl Sim<'_> {
             (Op::Get, Code::Value) => (OpKind::Get, Some(value)),
             (Op::Get, Code::NotFound) => (OpKind::Get, None),
             (Op::Put, Code::Done) => (OpKind::Put(client.in_flight[i].value.clone()), None),
-            (Op::Delete, Code::Done) => (OpKind::Delete, None),
+            (Op::Delete, Code::Done | Code::NotFound) => (OpKind::Delete, None),
             // Recovery replaced the command's instance with a no-op: it did
             // not run; the client sends it again when its timer fires.
             (_, Code::Overloaded) => return,
@@ -358,7 +358,9 @@ impl Sim<'_> {
                 Op::Get => OpKind::Get,
                 Op::Put => OpKind::Put(done.value),
                 Op::Delete => OpKind::Delete,
-                Op::Expire => unreachable!("clients send no expiry"),
+                op @ (Op::Expire | Op::Incr | Op::PutIfAbsent | Op::PutIfPresent) => {
+                    unreachable!("the simulator's clients send no {op:?}")
+                }
             };
             self.history.push(HistoryOp {
                 client: client.id,

@@ -58,12 +58,79 @@ use crate::constants::KEY_BYTES_MAX;
 /// The result of one KV command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvResult {
-    /// A PUT or DELETE took effect.
+    /// A PUT took effect, or a DELETE removed a value.
     Done,
     /// A GET found this value.
     Value(Value),
-    /// A GET found no value.
+    /// A GET found no value, or a DELETE had none to remove.
     NotFound,
+    /// An INCR's sum, now the key's value.
+    Integer(i64),
+    /// A conditional PUT whose condition failed: nothing changed.
+    NotDone,
+    /// An INCR found a value that is not a decimal i64, or the sum would
+    /// overflow: nothing changed.
+    NotAnInteger,
+}
+
+/// Longest decimal text of an i64: "-9223372036854775808".
+const I64_TEXT_BYTES_MAX: usize = 20;
+
+/// The value as an integer, by Redis's rules (`string2ll`): decimal
+/// digits with an optional leading '-', no '+', no spaces, no leading
+/// zeros ("0" itself aside), within i64.
+fn parse_i64(text: &[u8]) -> Option<i64> {
+    if text.is_empty() || text.len() > I64_TEXT_BYTES_MAX {
+        return None;
+    }
+    if text == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.first().is_none_or(|d| !(b'1'..=b'9').contains(d)) {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let digit = i64::from(d - b'0');
+        // Accumulate negatively: i64::MIN has no positive counterpart.
+        n = n.checked_mul(10)?.checked_sub(digit)?;
+    }
+    if negative {
+        Some(n)
+    } else {
+        n.checked_neg()
+    }
+}
+
+/// `n` as decimal text in `buf`; returns the text's length.
+fn format_i64(n: i64, buf: &mut [u8; I64_TEXT_BYTES_MAX]) -> usize {
+    let mut digits = [0u8; I64_TEXT_BYTES_MAX];
+    let mut len = 0;
+    let mut rest = n.unsigned_abs();
+    loop {
+        digits[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut at = 0;
+    if n < 0 {
+        buf[0] = b'-';
+        at = 1;
+    }
+    for i in 0..len {
+        buf[at + i] = digits[len - 1 - i];
+    }
+    at + len
 }
 
 /// Longest value a [`Value`] holds inline.
@@ -387,7 +454,29 @@ impl KvStore {
         self.keys += 1;
     }
 
-    fn delete(&mut self, key: &[u8]) {
+    /// Redis's INCRBY: `delta` (8 bytes, little-endian, checked when the
+    /// batch was parsed) added to the value read as an integer.
+    fn incr(&mut self, key: &[u8], delta: &[u8]) -> KvResult {
+        let delta = i64::from_le_bytes(delta.try_into().expect("an 8-byte delta"));
+        let old = match self.find(key) {
+            None => Some(0),
+            Some(loc) => match self.arena.stored(loc) {
+                Stored::Small(text) => parse_i64(text),
+                Stored::Large(_) => None, // longer than any integer's text
+            },
+        };
+        let Some(sum) = old.and_then(|n| n.checked_add(delta)) else {
+            return KvResult::NotAnInteger;
+        };
+        let mut text = [0u8; I64_TEXT_BYTES_MAX];
+        let len = format_i64(sum, &mut text);
+        self.put(key, &text[..len]);
+        self.compact_step();
+        KvResult::Integer(sum)
+    }
+
+    /// Removes the key's value; false if it had none.
+    fn delete(&mut self, key: &[u8]) -> bool {
         let kh = KeyHash::of(key);
         let KvStore {
             segments,
@@ -398,13 +487,14 @@ impl KvStore {
         let found = segments[kh.segment].find_entry(kh.table_hash(), |e| {
             e.tag == kh.tag && arena.key(e.loc()) == key
         });
-        let Ok(entry) = found else { return };
+        let Ok(entry) = found else { return false };
         let loc = entry.remove().0.loc();
         if let Stored::Large(index) = arena.stored(loc) {
             large.remove(index);
         }
         arena.kill(loc);
         self.keys -= 1;
+        true
     }
 
     /// One bounded step of compaction: scans up to the step's bytes of the
@@ -985,7 +1075,7 @@ impl StateMachine for KvStore {
     fn conflict_key<'c>(cmd: &CommandRef<'c>) -> Option<(&'c [u8], Access)> {
         let access = match cmd.op {
             Op::Get => Access::Read,
-            Op::Put | Op::Delete => Access::Write,
+            Op::Put | Op::Delete | Op::Incr | Op::PutIfAbsent | Op::PutIfPresent => Access::Write,
             // The session table's own business (`protocol::sessions`).
             Op::Expire => return None,
         };
@@ -1004,10 +1094,23 @@ impl StateMachine for KvStore {
                 KvResult::Done
             }
             Op::Delete => {
-                self.delete(cmd.key);
+                let removed = self.delete(cmd.key);
+                self.compact_step();
+                if removed {
+                    KvResult::Done
+                } else {
+                    KvResult::NotFound
+                }
+            }
+            Op::PutIfAbsent | Op::PutIfPresent => {
+                if self.find(cmd.key).is_some() != (cmd.op == Op::PutIfPresent) {
+                    return KvResult::NotDone;
+                }
+                self.put(cmd.key, cmd.value);
                 self.compact_step();
                 KvResult::Done
             }
+            Op::Incr => self.incr(cmd.key, cmd.value),
             // Never reaches the store: the session table executes it.
             Op::Expire => KvResult::Done,
         }
@@ -1016,7 +1119,8 @@ impl StateMachine for KvStore {
     fn result_bytes(out: &KvResult) -> usize {
         match out {
             KvResult::Value(v) => v.len(),
-            KvResult::Done | KvResult::NotFound => 0,
+            KvResult::Integer(_) => 8,
+            KvResult::Done | KvResult::NotFound | KvResult::NotDone | KvResult::NotAnInteger => 0,
         }
     }
 }

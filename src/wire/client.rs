@@ -83,11 +83,11 @@ pub const REFUSED_TEXT_BYTES_MAX: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Code {
-    /// A PUT or DELETE took effect.
+    /// A PUT took effect, or a DELETE removed a value.
     Done = 0,
     /// A GET found the value that follows.
     Value = 1,
-    /// A GET found nothing.
+    /// A GET found nothing, or a DELETE had nothing to remove.
     NotFound = 2,
     /// The request number ran beyond the client's window.
     BeyondWindow = 3,
@@ -110,6 +110,12 @@ pub enum Code {
     /// holds 8 bytes, little-endian: new sessions need an id from there on.
     /// Requests outstanding in the old session have an unknown outcome.
     SessionExpired = 7,
+    /// An INCR took effect: the value holds the sum, an i64, 8 bytes
+    /// little-endian (the key now holds it as decimal text).
+    Integer = 8,
+    /// A conditional PUT (SET NX or XX) whose condition failed: nothing
+    /// changed.
+    NotDone = 9,
 }
 
 impl Code {
@@ -123,6 +129,8 @@ impl Code {
             5 => Code::Error,
             6 => Code::Unavailable,
             7 => Code::SessionExpired,
+            8 => Code::Integer,
+            9 => Code::NotDone,
             _ => return None,
         })
     }

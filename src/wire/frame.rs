@@ -35,8 +35,9 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EPXF");
 /// Bumped on any change of a layout or a meaning in `wire/` (5: the
 /// `Progress` kind, and dependencies that name what is stable; 6: the
 /// Hello carries the configuration digest, the process's incarnation and,
-/// from a peer, its peer list).
-pub const WIRE_VERSION: u8 = 6;
+/// from a peer, its peer list; 7: the INCR and conditional-PUT ops and
+/// their answer codes, which a version-6 replica would refuse in a batch).
+pub const WIRE_VERSION: u8 = 7;
 
 pub const FRAME_HEADER_BYTES: usize = 32;
 

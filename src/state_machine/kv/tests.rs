@@ -18,8 +18,13 @@ fn put(kv: &mut KvStore, key: &[u8], value: &[u8]) {
     assert_eq!(kv.apply(&c(Op::Put, key, value)), KvResult::Done);
 }
 
-fn delete(kv: &mut KvStore, key: &[u8]) {
-    assert_eq!(kv.apply(&c(Op::Delete, key, b"")), KvResult::Done);
+/// Deletes the key; whether it had a value.
+fn delete(kv: &mut KvStore, key: &[u8]) -> bool {
+    match kv.apply(&c(Op::Delete, key, b"")) {
+        KvResult::Done => true,
+        KvResult::NotFound => false,
+        other => panic!("a DELETE answered {other:?}"),
+    }
 }
 
 fn get(kv: &mut KvStore, key: &[u8]) -> Option<Vec<u8>> {
@@ -32,7 +37,7 @@ fn get(kv: &mut KvStore, key: &[u8]) -> Option<Vec<u8>> {
             assert_eq!(kv.get(key), None, "get and GET agree");
             None
         }
-        KvResult::Done => panic!("a GET answered Done"),
+        other => panic!("a GET answered {other:?}"),
     }
 }
 
@@ -89,9 +94,81 @@ fn get_put_delete() {
     let d = kv.digest();
     assert_eq!(kv.apply(&c(Op::Delete, b"a", b"")), KvResult::Done);
     assert_eq!(kv.apply(&c(Op::Get, b"a", b"")), KvResult::NotFound);
-    assert_eq!(kv.apply(&c(Op::Delete, b"a", b"")), KvResult::Done);
+    assert_eq!(kv.apply(&c(Op::Delete, b"a", b"")), KvResult::NotFound);
     assert_ne!(kv.digest(), d);
     assert!(kv.is_empty());
+    check_invariants(&kv);
+}
+
+fn incr(kv: &mut KvStore, key: &[u8], delta: i64) -> KvResult {
+    kv.apply(&c(Op::Incr, key, &delta.to_le_bytes()))
+}
+
+#[test]
+fn incr_adds_to_decimal_text_as_redis_does() {
+    let mut kv = KvStore::new();
+    assert_eq!(incr(&mut kv, b"n", 1), KvResult::Integer(1));
+    assert_eq!(incr(&mut kv, b"n", 41), KvResult::Integer(42));
+    assert_eq!(get(&mut kv, b"n").as_deref(), Some(&b"42"[..]));
+    assert_eq!(incr(&mut kv, b"n", -50), KvResult::Integer(-8));
+    assert_eq!(get(&mut kv, b"n").as_deref(), Some(&b"-8"[..]));
+    put(&mut kv, b"m", b"-9223372036854775807");
+    assert_eq!(incr(&mut kv, b"m", -1), KvResult::Integer(i64::MIN));
+    assert_eq!(
+        get(&mut kv, b"m").as_deref(),
+        Some(&b"-9223372036854775808"[..])
+    );
+    let before = kv.digest();
+    assert_eq!(incr(&mut kv, b"m", -1), KvResult::NotAnInteger, "underflow");
+    put(&mut kv, b"m", b"9223372036854775807");
+    assert_eq!(incr(&mut kv, b"m", 1), KvResult::NotAnInteger, "overflow");
+    assert_ne!(kv.digest(), before);
+    for bad in [
+        &b""[..],
+        b"abc",
+        b"+1",
+        b" 1",
+        b"1 ",
+        b"01",
+        b"-0",
+        b"-",
+        b"1.5",
+        b"9223372036854775808",
+        b"-9223372036854775809",
+        b"123456789012345678901",
+    ] {
+        put(&mut kv, b"x", bad);
+        let digest = kv.digest();
+        assert_eq!(incr(&mut kv, b"x", 1), KvResult::NotAnInteger, "{bad:?}");
+        assert_eq!(kv.digest(), digest, "a refused INCR changes nothing");
+        assert_eq!(get(&mut kv, b"x").as_deref(), Some(bad));
+    }
+    put(&mut kv, b"x", &[b'7'; 300]);
+    assert_eq!(
+        incr(&mut kv, b"x", 1),
+        KvResult::NotAnInteger,
+        "a large value"
+    );
+    put(&mut kv, b"z", b"0");
+    assert_eq!(incr(&mut kv, b"z", 0), KvResult::Integer(0));
+    check_invariants(&kv);
+}
+
+#[test]
+fn conditional_puts_change_only_when_their_condition_holds() {
+    let mut kv = KvStore::new();
+    assert_eq!(
+        kv.apply(&c(Op::PutIfPresent, b"k", b"1")),
+        KvResult::NotDone
+    );
+    assert_eq!(get(&mut kv, b"k"), None);
+    assert_eq!(kv.apply(&c(Op::PutIfAbsent, b"k", b"1")), KvResult::Done);
+    assert_eq!(kv.apply(&c(Op::PutIfAbsent, b"k", b"2")), KvResult::NotDone);
+    assert_eq!(get(&mut kv, b"k").as_deref(), Some(&b"1"[..]));
+    assert_eq!(kv.apply(&c(Op::PutIfPresent, b"k", b"3")), KvResult::Done);
+    assert_eq!(get(&mut kv, b"k").as_deref(), Some(&b"3"[..]));
+    assert!(delete(&mut kv, b"k"));
+    assert!(!delete(&mut kv, b"k"));
     check_invariants(&kv);
 }
 
@@ -286,9 +363,21 @@ fn run_model(seed: u64) {
                 put(&mut kv, key, &value);
                 model.insert(key.clone(), value);
             }
-            60..=79 => {
-                delete(&mut kv, key);
-                model.remove(key);
+            60..=74 => {
+                let removed = delete(&mut kv, key);
+                assert_eq!(removed, model.remove(key).is_some(), "step {step}");
+            }
+            75..=79 => {
+                let op = [Op::PutIfAbsent, Op::PutIfPresent][rng.below(2) as usize];
+                let value = vec![3; value_len(&mut rng)];
+                let applies = model.contains_key(key) == (op == Op::PutIfPresent);
+                let want = if applies {
+                    model.insert(key.clone(), value.clone());
+                    KvResult::Done
+                } else {
+                    KvResult::NotDone
+                };
+                assert_eq!(kv.apply(&c(op, key, &value)), want, "step {step}");
             }
             _ => assert_eq!(get(&mut kv, key).as_ref(), model.get(key), "step {step}"),
         }

@@ -107,7 +107,9 @@ fn read_replica(
                     | Code::Overloaded
                     | Code::Error
                     | Code::Unavailable
-                    | Code::SessionExpired => {
+                    | Code::SessionExpired
+                    | Code::Integer
+                    | Code::NotDone => {
                         v.refused += 1;
                         eprintln!(
                             "verify: replica {r}: key {:?} not read: {:?} {}",
