@@ -157,6 +157,26 @@ fn resp_commands_against_a_three_replica_cluster() {
         c.call(&["MGET", &m[0], &m[1], &m[0]]),
         Reply::Array(vec![bulk("m0"), bulk("m1"), bulk("m0")])
     );
+    // SET NX and XX, DEL's count, INCR's integer rules.
+    assert_eq!(a.call(&["SET", "nx", "1", "NX"]), ok());
+    assert_eq!(a.call(&["SET", "nx", "2", "NX"]), Reply::Nil);
+    assert_eq!(a.call(&["SET", "xx", "1", "XX"]), Reply::Nil);
+    assert_eq!(c.call(&["GET", "xx"]), Reply::Nil);
+    assert_eq!(a.call(&["SET", "nx", "3", "XX"]), ok());
+    assert_eq!(c.call(&["GET", "nx"]), bulk("3"));
+    assert_eq!(a.call(&["DEL", "nx"]), Reply::Int(1));
+    assert_eq!(a.call(&["DEL", "nx"]), Reply::Int(0));
+    assert_eq!(a.call(&["DEL", &m[0], &m[1]]), Reply::Int(2));
+    assert_eq!(a.call(&["DEL", &m[0], &k0]), crossslot);
+    assert_eq!(a.call(&["EXISTS", &k0]), Reply::Int(1));
+    assert_eq!(a.call(&["INCR", "n"]), Reply::Int(1));
+    assert_eq!(c.call(&["INCRBY", "n", "41"]), Reply::Int(42));
+    assert_eq!(c.call(&["DECRBY", "n", "50"]), Reply::Int(-8));
+    assert_eq!(c.call(&["DECR", "n"]), Reply::Int(-9));
+    assert_eq!(
+        c.call(&["INCR", &k0]),
+        Reply::Error("ERR value is not an integer or out of range".into())
+    );
     // HELLO 3 switches to RESP3: maps and `_` nulls.
     assert!(matches!(c.call(&["HELLO", "3"]), Reply::Array(m) if m.len() == 14));
     c.send(b"GET never-set\r\n");
@@ -166,6 +186,37 @@ fn resp_commands_against_a_three_replica_cluster() {
         if String::from_utf8_lossy(&t).contains("replicas:3")));
     assert_eq!(a.call(&["QUIT"]), ok());
     assert!(a.closed());
+}
+
+#[test]
+fn resp_concurrent_incrs_end_at_the_exact_total() {
+    let cluster = Cluster::start_resp(3, 2, &[]);
+    let (clients, bursts, per_burst) = (6, 20, 25);
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let addr = cluster.resp_addr(i % 3, (i % 2) as u8);
+            std::thread::spawn(move || {
+                let mut c = Resp::connect(addr);
+                for _ in 0..bursts {
+                    let burst: Vec<u8> = (0..per_burst)
+                        .flat_map(|_| encode(&["INCR", "counter"]))
+                        .collect();
+                    c.send(&burst);
+                    for _ in 0..per_burst {
+                        assert!(matches!(c.read(), Reply::Int(n) if n > 0));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a client failed");
+    }
+    let total = (clients * bursts * per_burst) as i64;
+    for r in 0..3 {
+        let mut c = Resp::connect(cluster.resp_addr(r, 1));
+        assert_eq!(c.call(&["GET", "counter"]), bulk(&total.to_string()));
+    }
 }
 
 #[test]
@@ -223,7 +274,7 @@ fn resp_redis_cli_and_redis_benchmark() {
     let a = cluster.resp_addr(0, 0);
     let out = Command::new("redis-benchmark")
         .args(["-h", &a.ip().to_string(), "-p", &a.port().to_string()])
-        .args(["-t", "set,get", "-n", "20000", "-P", "16", "-q"])
+        .args(["-t", "set,get,incr", "-n", "100000", "-P", "16", "-q"])
         .output()
         .expect("redis-benchmark");
     let text = format!(
@@ -231,8 +282,9 @@ fn resp_redis_cli_and_redis_benchmark() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("{text}");
     assert!(out.status.success(), "{text}");
-    for t in ["SET", "GET"] {
+    for t in ["SET", "GET", "INCR"] {
         assert!(text.contains(&format!("{t}: ")), "no {t} line: {text}");
     }
     assert!(!text.to_lowercase().contains("error"), "{text}");

@@ -393,24 +393,18 @@ impl<S: Storage> Node<S> {
         };
         let stored = match req {
             Request::Get(key) => self.store_one(conn, Op::Get, key, b"", Shape::Get),
-            Request::Set { key, value, cond } => match set_op(cond) {
-                Ok(op) => {
-                    let shape = if cond == SetIf::Always {
-                        Shape::Set
-                    } else {
-                        Shape::SetIf
-                    };
-                    self.store_one(conn, op, key, value, shape)
-                }
-                Err(e) => Err(e),
-            },
-            Request::IncrBy(key, delta) => match incr_op() {
-                Ok(op) => {
-                    let value = delta.to_le_bytes();
-                    return self.store_staged(conn, &[staged(op, key, &value)], Shape::Incr, false);
-                }
-                Err(e) => Err(e),
-            },
+            Request::Set { key, value, cond } => {
+                let (op, shape) = match cond {
+                    SetIf::Always => (Op::Put, Shape::Set),
+                    SetIf::Absent => (Op::PutIfAbsent, Shape::SetIf),
+                    SetIf::Present => (Op::PutIfPresent, Shape::SetIf),
+                };
+                self.store_one(conn, op, key, value, shape)
+            }
+            Request::IncrBy(key, delta) => {
+                let value = delta.to_le_bytes();
+                self.store_one(conn, Op::Incr, key, &value, Shape::Incr)
+            }
             Request::Del(keys) => self.store_keys(conn, keys, Op::Delete, Shape::Count),
             Request::Exists(keys) => self.store_keys(conn, keys, Op::Get, Shape::Count),
             Request::MGet(keys) => self.store_keys(conn, keys, Op::Get, Shape::Element),
@@ -674,21 +668,6 @@ impl<S: Storage> Node<S> {
 
 fn staged<'a>(op: Op, key: &'a [u8], value: &'a [u8]) -> Staged<'a> {
     Staged { op, key, value }
-}
-
-/// The op of a SET with its condition.
-fn set_op(cond: SetIf) -> Result<Op, String> {
-    match cond {
-        SetIf::Always => Ok(Op::Put),
-        SetIf::Absent | SetIf::Present => {
-            Err("ERR SET NX and XX are not available in this build yet".into())
-        }
-    }
-}
-
-/// The op of INCR and its kin.
-fn incr_op() -> Result<Op, String> {
-    Err("ERR INCR is not available in this build yet".into())
 }
 
 /// An answer's text as an error reply, if it is one.
