@@ -390,14 +390,14 @@ mod tests {
         assert_ne!(cluster_ip(0), cluster_ip(1));
         assert_eq!(cluster_ip(0), cluster_ip(250), "250 clusters, then round");
         let ip = cluster_ip(7);
-        let bases = free_bases(ip, 3, 4).unwrap();
+        let bases = free_bases(ip, 3, 4, false).unwrap();
         assert_eq!(bases.len(), 3);
         for pair in bases.windows(2) {
             assert!(pair[1].port() >= pair[0].port() + PORT_STRIDE_MIN);
         }
         // A taken port moves that base on, not onto another's ports.
         let held = TcpListener::bind((ip, bases[0].port() + 2)).unwrap();
-        let moved = free_bases(ip, 1, 4).unwrap();
+        let moved = free_bases(ip, 1, 4, false).unwrap();
         assert_ne!(moved[0], bases[0]);
         drop(held);
     }
