@@ -22,8 +22,12 @@ fn buffer() -> Vec<u8> {
         let key = format!("key:{i:012}");
         let value = "x".repeat(16);
         b.extend_from_slice(
-            format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len())
-                .as_bytes(),
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            )
+            .as_bytes(),
         );
     }
     b

@@ -92,7 +92,8 @@ fn cluster_ip(nth: u16) -> Ipv4Addr {
 /// from `RESP_PORT_OFFSET` with `resp`).
 fn free_bases(ip: Ipv4Addr, n: usize, cores: u8, resp: bool) -> Result<Vec<SocketAddr>, String> {
     let stride = u16::from(cores).max(PORT_STRIDE_MIN);
-    let ports = |base: u16| (0..u16::from(cores)).all(|s| TcpListener::bind((ip, base + s)).is_ok());
+    let ports =
+        |base: u16| (0..u16::from(cores)).all(|s| TcpListener::bind((ip, base + s)).is_ok());
     let free = |base: u16| ports(base) && (!resp || ports(base + RESP_PORT_OFFSET));
     let bases: Vec<SocketAddr> = (PORT_FIRST..PORT_LAST)
         .step_by(usize::from(stride))
@@ -137,7 +138,10 @@ impl LocalCluster {
     pub fn start(cfg: ClusterConfig) -> Result<LocalCluster, String> {
         static CLUSTERS: AtomicU16 = AtomicU16::new(0);
         assert!(cfg.replicas > 0 && cfg.cores > 0, "{cfg:?}");
-        assert!(!cfg.resp || u16::from(cfg.cores) <= RESP_PORT_OFFSET, "{cfg:?}");
+        assert!(
+            !cfg.resp || u16::from(cfg.cores) <= RESP_PORT_OFFSET,
+            "{cfg:?}"
+        );
         let nth = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let peers = free_bases(cluster_ip(nth), cfg.replicas, cfg.cores, cfg.resp)?;
         let in_memory_flag = cfg.data_root.is_none() && has_in_memory_flag(&cfg.binary)?;

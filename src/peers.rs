@@ -223,10 +223,16 @@ mod tests {
         let (names, peers) = list(&["127.0.0.1:7000", "127.0.0.1:7010", "127.0.0.1:7020"]);
         let resp = |r: &str| r.parse::<SocketAddr>().unwrap();
         let e = check_resp(&names, &peers, 0, peers[0], resp("127.0.0.1:7001"), 2).unwrap_err();
-        assert!(e.contains("--resp 127.0.0.1:7001 overlaps --listen 127.0.0.1:7000"), "{e}");
+        assert!(
+            e.contains("--resp 127.0.0.1:7001 overlaps --listen 127.0.0.1:7000"),
+            "{e}"
+        );
         let e = check_resp(&names, &peers, 0, peers[0], resp("0.0.0.0:7019"), 2).unwrap_err();
         assert!(e.contains("overlaps replica 2"), "{e}");
-        assert_eq!(check_resp(&names, &peers, 0, peers[0], resp("127.0.0.1:6379"), 2), Ok(()));
+        assert_eq!(
+            check_resp(&names, &peers, 0, peers[0], resp("127.0.0.1:6379"), 2),
+            Ok(())
+        );
     }
 
     #[test]

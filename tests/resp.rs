@@ -146,7 +146,11 @@ fn resp_commands_against_a_three_replica_cluster() {
     assert!(
         matches!(a.call(&["SET", &k0, "v", "EX", "10"]), Reply::Error(e) if e.contains("syntax error"))
     );
-    assert_eq!(c.call(&["GET", &k0]), bulk("v0"), "a refused SET did nothing");
+    assert_eq!(
+        c.call(&["GET", &k0]),
+        bulk("v0"),
+        "a refused SET did nothing"
+    );
     // Several keys: one shard is fine, two are CROSSSLOT.
     let crossslot = Reply::Error("CROSSSLOT Keys in request don't hash to the same shard".into());
     assert_eq!(a.call(&["MSET", &k0, "x", &k1, "y"]), crossslot);

@@ -40,8 +40,8 @@ use rustc_hash::FxHashMap;
 use super::{ConnId, Node, Output};
 use crate::command::{shard_of, Batch, CommandRef, Op};
 use crate::constants::{
-    BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, CLIENT_SEND_BUFFER_BYTES_MAX,
-    CLIENT_WINDOW_REQUESTS_MAX, KEY_BYTES_MAX,
+    BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, CLIENT_SEND_BUFFER_BYTES_MAX, CLIENT_WINDOW_REQUESTS_MAX,
+    KEY_BYTES_MAX,
 };
 use crate::resp::{interpret, Args, Encoder, Parser, ProtocolError, Request, SetIf};
 use crate::storage::Storage;
@@ -494,11 +494,21 @@ impl<S: Storage> Node<S> {
         shape: Shape,
         group: bool,
     ) -> Step {
-        if let Some(long) = cmds.iter().find(|c| c.key.len() > KEY_BYTES_MAX) {
-            let text = format!(
+        let refused = if let Some(long) = cmds.iter().find(|c| c.key.len() > KEY_BYTES_MAX) {
+            Some(format!(
                 "ERR key of {} bytes (at most {KEY_BYTES_MAX})",
                 long.key.len()
-            );
+            ))
+        } else if cmds.len() as u64 > CLIENT_WINDOW_REQUESTS_MAX {
+            // It could never fit in the window: it would wait for ever.
+            Some(format!(
+                "ERR {} keys in one command: at most {CLIENT_WINDOW_REQUESTS_MAX}",
+                cmds.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(text) = refused {
             self.resp_now(conn, |e, b| e.error(b, &text));
             return Step::Read;
         }
@@ -640,12 +650,19 @@ impl<S: Storage> Node<S> {
             }
             return;
         }
-        let enc = r.enc;
-        if let Some(reply) = r.reply_mut(w.reply) {
-            render(&enc, reply, &w, code, value);
-        }
         let c = self.conns.get_mut(&conn).expect("checked");
         let r = c.resp.as_deref_mut().expect("checked");
+        let (enc, front) = (r.enc, w.reply == r.reply_base);
+        if let Some(reply) = r.reply_mut(w.reply) {
+            if front {
+                // The common case: written straight out, not buffered.
+                render(&enc, reply, &w, code, value, &mut c.out);
+            } else {
+                let mut out = std::mem::take(&mut reply.out);
+                render(&enc, reply, &w, code, value, &mut out);
+                reply.out = out;
+            }
+        }
         r.flush(&mut c.out);
         self.conn_written(conn);
         self.resume_if_free(conn);
@@ -683,32 +700,37 @@ fn error_text(code: Code, value: &[u8]) -> Option<String> {
     })
 }
 
-/// Fills one part of a reply from its answer.
-fn render(enc: &Encoder, reply: &mut Reply, w: &Waiter, code: Code, value: &[u8]) {
+/// Fills one part of a reply from its answer; the last part writes the
+/// whole reply to `out`.
+fn render(
+    enc: &Encoder,
+    reply: &mut Reply,
+    w: &Waiter,
+    code: Code,
+    value: &[u8],
+    out: &mut BytesMut,
+) {
     reply.left -= 1;
     if let Some(text) = error_text(code, value) {
         reply.error.get_or_insert(text);
     } else {
         match w.shape {
-            Shape::Get | Shape::Element => {
+            Shape::Get => {}
+            Shape::Element => {
                 let mut b = BytesMut::new();
                 match code {
                     Code::Value => enc.bulk(&mut b, value),
                     _ => enc.null(&mut b),
                 }
-                if w.shape == Shape::Get {
-                    reply.out = b;
-                } else {
-                    reply.elements[w.part as usize] = Some(b);
-                }
+                reply.elements[w.part as usize] = Some(b);
             }
             Shape::Set | Shape::AllDone => {}
             Shape::SetIf => reply.count += i64::from(code == Code::Done),
             Shape::Count => reply.count += i64::from(matches!(code, Code::Done | Code::Value)),
             Shape::Incr => {
-                let n = value.get(..8).map_or(0, |b| {
-                    i64::from_le_bytes(b.try_into().expect("8 bytes"))
-                });
+                let n = value
+                    .get(..8)
+                    .map_or(0, |b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
                 reply.count = n;
             }
         }
@@ -716,24 +738,21 @@ fn render(enc: &Encoder, reply: &mut Reply, w: &Waiter, code: Code, value: &[u8]
     if reply.left > 0 {
         return;
     }
-    let mut out = std::mem::take(&mut reply.out);
     if let Some(text) = &reply.error {
-        out.clear();
-        enc.error(&mut out, text);
-    } else {
-        match w.shape {
-            Shape::Get => {}
-            Shape::Set | Shape::AllDone => enc.ok(&mut out),
-            Shape::SetIf if reply.count > 0 => enc.ok(&mut out),
-            Shape::SetIf => enc.null(&mut out),
-            Shape::Count | Shape::Incr => enc.integer(&mut out, reply.count),
-            Shape::Element => {
-                enc.array(&mut out, reply.elements.len());
-                for e in reply.elements.drain(..) {
-                    out.extend_from_slice(&e.unwrap_or_default());
-                }
+        return enc.error(out, text);
+    }
+    match w.shape {
+        Shape::Get if code == Code::Value => enc.bulk(out, value),
+        Shape::Get => enc.null(out),
+        Shape::Set | Shape::AllDone => enc.ok(out),
+        Shape::SetIf if reply.count > 0 => enc.ok(out),
+        Shape::SetIf => enc.null(out),
+        Shape::Count | Shape::Incr => enc.integer(out, reply.count),
+        Shape::Element => {
+            enc.array(out, reply.elements.len());
+            for e in reply.elements.drain(..) {
+                out.extend_from_slice(&e.unwrap_or_default());
             }
         }
     }
-    reply.out = out;
 }

@@ -83,7 +83,9 @@ impl<S: Storage> Node<S> {
             r.name = (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned());
             Ok(Local::Ok)
         } else if is("GETNAME") && args.len() == 1 {
-            Ok(r.name.clone().map_or(Local::Null, |n| Local::Bulk(n.into_bytes())))
+            Ok(r.name
+                .clone()
+                .map_or(Local::Null, |n| Local::Bulk(n.into_bytes())))
         } else if is("ID") && args.len() == 1 {
             Ok(Local::Int(conn.0 as i64))
         } else if is("SETINFO") && args.len() == 3 {
@@ -212,10 +214,7 @@ impl<S: Storage> Node<S> {
                 t,
                 "# Replication\r\nrole:master\r\nreplica_id:{}\r\nreplicas:{}\r\n\
                  links_up:{}\r\nlog_failed:{}\r\n\r\n",
-                info.replica,
-                info.replicas,
-                info.peers_connected,
-                info.log_failed
+                info.replica, info.replicas, info.peers_connected, info.log_failed
             );
         }
         if want("stats") {

@@ -190,32 +190,68 @@ mod tests {
     #[test]
     fn commands_are_read_case_blind() {
         with("set k v", |r| {
-            assert!(matches!(r, Ok(Request::Set { key: b"k", value: b"v", cond: SetIf::Always })))
+            assert!(matches!(
+                r,
+                Ok(Request::Set {
+                    key: b"k",
+                    value: b"v",
+                    cond: SetIf::Always
+                })
+            ))
         });
         with("SET k v nx", |r| {
-            assert!(matches!(r, Ok(Request::Set { cond: SetIf::Absent, .. })))
+            assert!(matches!(
+                r,
+                Ok(Request::Set {
+                    cond: SetIf::Absent,
+                    ..
+                })
+            ))
         });
         with("SET k v XX", |r| {
-            assert!(matches!(r, Ok(Request::Set { cond: SetIf::Present, .. })))
+            assert!(matches!(
+                r,
+                Ok(Request::Set {
+                    cond: SetIf::Present,
+                    ..
+                })
+            ))
         });
-        with("decrby k 5", |r| assert!(matches!(r, Ok(Request::IncrBy(b"k", -5)))));
-        with("incr k", |r| assert!(matches!(r, Ok(Request::IncrBy(b"k", 1)))));
-        with("mget a b c", |r| assert!(matches!(r, Ok(Request::MGet(a)) if a.len() == 3)));
+        with("decrby k 5", |r| {
+            assert!(matches!(r, Ok(Request::IncrBy(b"k", -5))))
+        });
+        with("incr k", |r| {
+            assert!(matches!(r, Ok(Request::IncrBy(b"k", 1))))
+        });
+        with("mget a b c", |r| {
+            assert!(matches!(r, Ok(Request::MGet(a)) if a.len() == 3))
+        });
     }
 
     #[test]
     fn unsupported_options_and_arities_are_refused() {
         with("SET k v EX 10", |r| {
             let e = r.unwrap_err();
-            assert!(e.starts_with("ERR syntax error") && e.contains("'EX'"), "{e}")
+            assert!(
+                e.starts_with("ERR syntax error") && e.contains("'EX'"),
+                "{e}"
+            )
         });
-        with("SET k v NX XX", |r| assert_eq!(r.unwrap_err(), "ERR syntax error"));
+        with("SET k v NX XX", |r| {
+            assert_eq!(r.unwrap_err(), "ERR syntax error")
+        });
         with("GET", |r| {
-            assert_eq!(r.unwrap_err(), "ERR wrong number of arguments for 'get' command")
+            assert_eq!(
+                r.unwrap_err(),
+                "ERR wrong number of arguments for 'get' command"
+            )
         });
         with("MSET a 1 b", |r| assert!(r.is_err()));
         with("INCRBY k x", |r| {
-            assert_eq!(r.unwrap_err(), "ERR value is not an integer or out of range")
+            assert_eq!(
+                r.unwrap_err(),
+                "ERR value is not an integer or out of range"
+            )
         });
         with("DECRBY k -9223372036854775808", |r| assert!(r.is_err()));
         with("FLUSHALL now", |r| {

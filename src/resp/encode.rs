@@ -119,7 +119,10 @@ mod tests {
         let three = Encoder { resp3: true };
         assert_eq!(written(|b| two.ok(b)), b"+OK\r\n");
         assert_eq!(written(|b| two.integer(b, -42)), b":-42\r\n");
-        assert_eq!(written(|b| two.integer(b, i64::MIN)), b":-9223372036854775808\r\n");
+        assert_eq!(
+            written(|b| two.integer(b, i64::MIN)),
+            b":-9223372036854775808\r\n"
+        );
         assert_eq!(written(|b| two.integer(b, 0)), b":0\r\n");
         assert_eq!(written(|b| two.bulk(b, b"v\r\n")), b"$3\r\nv\r\n\r\n");
         assert_eq!(written(|b| two.null(b)), b"$-1\r\n");

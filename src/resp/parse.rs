@@ -169,9 +169,7 @@ impl Parser {
             };
             let start = end + 2;
             if start + len > RESP_COMMAND_BYTES_MAX {
-                return err(format!(
-                    "command of over {RESP_COMMAND_BYTES_MAX} bytes"
-                ));
+                return err(format!("command of over {RESP_COMMAND_BYTES_MAX} bytes"));
             }
             if buf.len() < start + len + 2 {
                 return Ok(None);
@@ -192,9 +190,7 @@ impl Parser {
             .position(|&b| b == b'\n')
         {
             Some(i) => (&buf[..i], i + 1),
-            None if buf.len() > RESP_INLINE_BYTES_MAX => {
-                return err("too big inline request")
-            }
+            None if buf.len() > RESP_INLINE_BYTES_MAX => return err("too big inline request"),
             None => return Ok(None),
         };
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -212,9 +208,7 @@ impl Parser {
                 i += 1;
             }
             if self.spans.len() == RESP_ARGS_MAX {
-                return err(format!(
-                    "command of over {RESP_ARGS_MAX} arguments"
-                ));
+                return err(format!("command of over {RESP_ARGS_MAX} arguments"));
             }
             self.spans.push((start as u32, i as u32));
         }
@@ -333,7 +327,11 @@ mod tests {
             let mut bytes = good.to_vec();
             let len = rng.below(80) as usize;
             match round % 3 {
-                0 => bytes = (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect(),
+                0 => {
+                    bytes = (0..len)
+                        .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                        .collect()
+                }
                 1 => {
                     for _ in 0..1 + rng.below(4) {
                         let i = rng.below(bytes.len() as u64) as usize;

@@ -389,6 +389,34 @@ mod tests {
     }
 
     #[test]
+    fn bytes_fed_whole_leave_the_budget_and_waiting_ones_are_not_overdue() {
+        let mut budget = InputBudget::new(1 << 20);
+        let mut c = Inbound::trusted(0);
+        c.received(b"PING\r\nGET k\r\nSE", S, &mut budget);
+        // The parser takes the first command only: the rest is pending.
+        c.feed_with(&mut budget, |b| Ok::<_, ()>((b.len() - 11, false)))
+            .unwrap();
+        assert_eq!(c.held(), 11);
+        assert!(
+            c.overdue(12 * S, 10 * S),
+            "a partial command runs the deadline"
+        );
+        // Whole commands waiting on the reader: no deadline.
+        c.feed_with(&mut budget, |_| Ok::<_, ()>((0, true)))
+            .unwrap();
+        assert!(!c.overdue(100 * S, 10 * S));
+        c.feed_with(&mut budget, |b| Ok::<_, ()>((b.len(), false)))
+            .unwrap();
+        assert_eq!((c.held(), c.frame_since), (0, None));
+        assert_eq!(
+            c.feed_with(&mut budget, |_| Err::<(usize, bool), _>(7)),
+            Err(7)
+        );
+        c.release(&mut budget);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
     fn idle_counts_from_the_last_bytes_and_zero_is_off() {
         let mut budget = InputBudget::new(1 << 20);
         let mut c = Inbound::new(S);

@@ -54,7 +54,10 @@ fn replies_keep_the_order_of_commands_across_shards() {
     for msg in owner.take_cross(0, Vec::new()) {
         front.on_cross(msg);
     }
-    assert_eq!(replies(&mut front, conn), "+OK\r\n+OK\r\n$1\r\nb\r\n+PONG\r\n");
+    assert_eq!(
+        replies(&mut front, conn),
+        "+OK\r\n+OK\r\n$1\r\nb\r\n+PONG\r\n"
+    );
 }
 
 #[test]
@@ -64,15 +67,29 @@ fn commands_past_the_window_wait_and_resume() {
     let n = CLIENT_WINDOW_REQUESTS_MAX as usize + 10;
     let cmds: String = (0..n).map(|i| format!("SET k{i} v\r\n")).collect();
     let left = feed(&mut node, conn, cmds.as_bytes());
-    assert_eq!(left, 10 * "SET kNNNN v\r\n".len(), "the window's worth read");
+    assert_eq!(
+        left,
+        10 * "SET kNNNN v\r\n".len(),
+        "the window's worth read"
+    );
     assert!(!outputs(&mut node).contains(&Output::Resume(conn)));
     node.turn(1);
     durable_all(&mut node);
     assert!(outputs(&mut node).contains(&Output::Resume(conn)));
-    assert_eq!(feed(&mut node, conn, &cmds.as_bytes()[cmds.len() - left..]), 0);
+    assert_eq!(
+        feed(&mut node, conn, &cmds.as_bytes()[cmds.len() - left..]),
+        0
+    );
     node.turn(2);
     durable_all(&mut node);
     assert_eq!(replies(&mut node, conn), "+OK\r\n".repeat(n));
+    // A command of more keys than the window is refused, not held.
+    let keys: String = (0..n).map(|i| format!(" k{i}")).collect();
+    assert_eq!(
+        feed(&mut node, conn, format!("DEL{keys}\r\n").as_bytes()),
+        0
+    );
+    assert!(replies(&mut node, conn).starts_with("-ERR 1034 keys in one command"));
 }
 
 #[test]
