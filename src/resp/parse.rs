@@ -221,7 +221,10 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    fn parse_all(bytes: &[u8]) -> Result<(Vec<Vec<Vec<u8>>>, usize), ProtocolError> {
+    /// Each command's arguments.
+    type Commands = Vec<Vec<Vec<u8>>>;
+
+    fn parse_all(bytes: &[u8]) -> Result<(Commands, usize), ProtocolError> {
         let mut p = Parser::new();
         let (mut out, mut at) = (Vec::new(), 0);
         while let Some(n) = p.next(&bytes[at..])? {
@@ -342,16 +345,11 @@ mod tests {
             }
             let mut p = Parser::new();
             let mut at = 0;
-            loop {
-                match p.next(&bytes[at..]) {
-                    Ok(Some(n)) => {
-                        assert!(n > 0 && at + n <= bytes.len(), "seed {seed} round {round}");
-                        let args = p.args(&bytes[at..]);
-                        assert!(args.iter().all(|a| a.len() <= RESP_BULK_BYTES_MAX));
-                        at += n;
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(n)) = p.next(&bytes[at..]) {
+                assert!(n > 0 && at + n <= bytes.len(), "seed {seed} round {round}");
+                let args = p.args(&bytes[at..]);
+                assert!(args.iter().all(|a| a.len() <= RESP_BULK_BYTES_MAX));
+                at += n;
             }
         }
     }
