@@ -90,6 +90,7 @@ fn cluster(binary: &str, replicas: usize, extra: &[&str]) -> LocalCluster {
         data_root: None,
         remove_data: false,
         resp: false,
+        metrics: false,
     };
     LocalCluster::start(cfg).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -228,3 +228,28 @@ const _: () = assert!(RESP_BULK_BYTES_MAX <= RESP_COMMAND_BYTES_MAX);
 const _: () = assert!(RESP_COMMAND_BYTES_MAX <= SHARD_INPUT_BYTES_MAX);
 // Spans of the receive buffer are u32 offsets.
 const _: () = assert!(RESP_COMMAND_BYTES_MAX + RESP_INLINE_BYTES_MAX <= u32::MAX as usize);
+/// The metrics endpoint (`--metrics`): each shard copies its counters into
+/// the block the endpoint reads at most this often, from its loop (never
+/// per command). The loop wakes at least every `STOP_CHECK_MS`, so an idle
+/// shard publishes on time too.
+pub const METRICS_PUBLISH_MS: u64 = 250;
+
+/// A shard that published nothing for this long is reported unhealthy:
+/// its loop is stuck.
+pub const METRICS_STALE_MS: u64 = 5_000;
+
+/// HTTP connections the metrics endpoint serves at once, one thread each;
+/// more wait in the listen backlog.
+pub const METRICS_CONNECTIONS_MAX: usize = 4;
+
+/// Longest request head (request line and headers) the endpoint reads;
+/// past it the request is answered 431 and closed.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 << 10;
+
+/// A request's head must arrive within this long of its connection, and
+/// each write of the answer complete within it.
+pub const METRICS_IO_TIMEOUT_MS: u64 = 2_000;
+
+const _: () = assert!(STOP_CHECK_MS <= METRICS_PUBLISH_MS);
+const _: () = assert!(4 * METRICS_PUBLISH_MS <= METRICS_STALE_MS);
+const _: () = assert!(METRICS_CONNECTIONS_MAX > 0 && METRICS_REQUEST_BYTES_MAX >= 1024);

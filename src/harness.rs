@@ -56,6 +56,9 @@ pub struct ClusterConfig {
     pub remove_data: bool,
     /// Serve RESP too (`--resp`), at `LocalCluster::resp_addr`.
     pub resp: bool,
+    /// Give every replica a metrics endpoint (`--metrics`) on a free port
+    /// of the cluster's address: `LocalCluster::metrics_addr`.
+    pub metrics: bool,
 }
 
 pub struct LocalCluster {
@@ -65,6 +68,9 @@ pub struct LocalCluster {
     procs: Vec<Child>,
     /// The binary takes `--in-memory` (passed when there is no data root).
     in_memory_flag: bool,
+    /// Each replica's metrics endpoint, with `ClusterConfig::metrics`; kept
+    /// across restarts.
+    metrics: Vec<SocketAddr>,
 }
 
 /// Whether `binary --help` lists `--in-memory`. A binary without it keeps
@@ -109,6 +115,17 @@ fn free_bases(ip: Ipv4Addr, n: usize, cores: u8, resp: bool) -> Result<Vec<Socke
     Ok(bases)
 }
 
+/// `n` ports on `ip` the kernel says are free now (ephemeral ones, above
+/// the bases' range).
+fn free_ports(ip: Ipv4Addr, n: usize) -> Result<Vec<SocketAddr>, String> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((ip, 0)).map_err(|e| format!("no free port on {ip}: {e}")))
+        .collect::<Result<_, _>>()?;
+    held.iter()
+        .map(|l| l.local_addr().map_err(|e| e.to_string()))
+        .collect()
+}
+
 /// Sends `signal` to `child` if it is still running. A child not reaped
 /// yet keeps its pid (a zombie holds it), so the signal cannot reach
 /// another process.
@@ -143,13 +160,19 @@ impl LocalCluster {
             "{cfg:?}"
         );
         let nth = CLUSTERS.fetch_add(1, Ordering::Relaxed);
-        let peers = free_bases(cluster_ip(nth), cfg.replicas, cfg.cores, cfg.resp)?;
+        let ip = cluster_ip(nth);
+        let peers = free_bases(ip, cfg.replicas, cfg.cores, cfg.resp)?;
         let in_memory_flag = cfg.data_root.is_none() && has_in_memory_flag(&cfg.binary)?;
+        let metrics = match cfg.metrics {
+            true => free_ports(ip, cfg.replicas)?,
+            false => Vec::new(),
+        };
         let mut cluster = LocalCluster {
             peers,
             cfg,
             procs: Vec::new(),
             in_memory_flag,
+            metrics,
         };
         for id in 0..cluster.cfg.replicas {
             let child = cluster.spawn(id)?;
@@ -173,6 +196,7 @@ impl LocalCluster {
             .args(["--log-level", "warn"])
             .args(self.state_args(id))
             .args(self.resp_args(id))
+            .args(self.metrics.get(id).map(|a| format!("--metrics={a}")))
             .args(&cfg.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -204,6 +228,12 @@ impl LocalCluster {
             None if self.in_memory_flag => vec!["--in-memory".into()],
             None => Vec::new(),
         }
+    }
+
+    /// Where replica `replica` serves `/metrics` and `/health`, with
+    /// `ClusterConfig::metrics`.
+    pub fn metrics_addr(&self, replica: usize) -> Option<SocketAddr> {
+        self.metrics.get(replica).copied()
     }
 
     /// A client connection to shard `shard` of replica `replica`.
@@ -372,6 +402,32 @@ pub fn client_hello_frame(cluster_id: u64) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
     crate::client::Session::new(77, cluster_id, 0).hello(&mut buf);
     buf.to_vec()
+}
+
+/// `GET path` on an HTTP server at `addr` (a replica's metrics endpoint),
+/// with plain `std::net`: the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let what = |e: std::io::Error| format!("GET http://{addr}{path}: {e}");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(what)?;
+    s.set_read_timeout(Some(timeout)).map_err(what)?;
+    s.set_write_timeout(Some(timeout)).map_err(what)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(what)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(what)?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET http://{addr}{path}: no end of head in {answer:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("GET http://{addr}{path}: no status in {head:?}"))?;
+    Ok((status, body.to_string()))
 }
 
 /// A Request header announcing a body of `len` bytes, without the body:

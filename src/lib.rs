@@ -12,6 +12,7 @@
 //!   shard for sockets, the log, timers and the cross-core mesh.
 //! - [`client`]: the client session (no IO) and a blocking client of the
 //!   binary protocol on it (tests, tools).
+//! - [`histogram`]: fixed-bucket histograms (latencies, batch sizes), pure.
 //! - [`harness`]: a local cluster of real replica processes (tests, blaster).
 //! - [`sim`]: a deterministic cluster simulator and the correctness checkers.
 //!
@@ -21,6 +22,7 @@ pub mod client;
 pub mod command;
 pub mod constants;
 pub mod harness;
+pub mod histogram;
 pub mod node;
 pub mod protocol;
 pub mod resp;

@@ -133,6 +133,12 @@ struct Args {
     /// deliberately lost write, to show that `blaster --verify` finds it).
     #[arg(long, default_value_t = 0, hide = true)]
     test_lose_write: u64,
+    /// Serve Prometheus metrics and a health check over HTTP on HOST:PORT,
+    /// one listener for the whole process: GET /metrics (text format) and
+    /// GET /health (200 "ok" when every shard has a quorum of peer links
+    /// and takes writes, else 503 naming the shard and why). Off when absent.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
     /// Log level: error, warn, info, debug or trace (the last one given wins).
     #[arg(long, default_value = "info", overrides_with = "log_level")]
     log_level: tracing::Level,
@@ -211,6 +217,29 @@ fn config(args: &Args) -> RuntimeConfig {
             usage_error(e);
         }
     }
+    let metrics = args.metrics.as_deref().map(|m| resolve(m, "--metrics"));
+    if let Some(m) = metrics {
+        let shard_port =
+            (listen.port()..=listen.port().saturating_add(cores as u16 - 1)).contains(&m.port());
+        if shard_port
+            && (m.ip() == listen.ip() || m.ip().is_unspecified() || listen.ip().is_unspecified())
+        {
+            usage_error(format!(
+                "--metrics {m} takes a port of the shards' listeners ({}..{})",
+                listen.port(),
+                usize::from(listen.port()) + cores
+            ));
+        }
+        let resp_port = resp.is_some_and(|r| {
+            (r.port()..=r.port().saturating_add(cores as u16 - 1)).contains(&m.port())
+                && (m.ip() == r.ip() || m.ip().is_unspecified() || r.ip().is_unspecified())
+        });
+        if resp_port {
+            usage_error(format!(
+                "--metrics {m} takes a port of the RESP listeners (--resp)"
+            ));
+        }
+    }
     let cpus = cpus(&args.cpus, cores);
     if args.spin_us > 0 && cpus.is_none() {
         usage_error(
@@ -239,6 +268,7 @@ fn config(args: &Args) -> RuntimeConfig {
         max_clients: args.max_clients as usize,
         client_idle_timeout_s: args.client_idle_timeout_s,
         frame_deadline_ms: args.test_frame_deadline_ms,
+        metrics,
     }
 }
 

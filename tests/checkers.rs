@@ -36,6 +36,56 @@ fn linearizability_checker_rejects_a_stale_read() {
     assert_eq!(check_history(&ok, 1_000_000), Ok(()));
 }
 
+fn put_if(present: bool, value: &[u8], applied: bool) -> OpKind {
+    OpKind::PutIf {
+        present,
+        value: value.to_vec(),
+        applied: Some(applied),
+    }
+}
+
+#[test]
+fn linearizability_checker_rejects_answers_that_do_not_fit_the_value() {
+    let put = |v: &[u8]| OpKind::Put(v.to_vec());
+    // SET NX on a key already written, answered "applied".
+    let history = vec![
+        op(1, put(b"1"), 0, 10, None),
+        op(2, put_if(false, b"2", true), 20, 30, None),
+    ];
+    assert!(check_history(&history, 1_000_000).is_err());
+    // Answered "not applied", it fits; and the value stays "1".
+    let mut ok = history.clone();
+    ok[1].kind = put_if(false, b"2", false);
+    ok.push(op(3, OpKind::Get, 40, 50, Some(b"1")));
+    assert_eq!(check_history(&ok, 1_000_000), Ok(()));
+    // A SET XX that applied writes: reading the old value after it is stale.
+    let history = vec![
+        op(1, put(b"1"), 0, 10, None),
+        op(2, put_if(true, b"2", true), 20, 30, None),
+        op(3, OpKind::Get, 40, 50, Some(b"1")),
+    ];
+    assert!(check_history(&history, 1_000_000).is_err());
+    // A DELETE that says it found nothing, after a completed PUT.
+    let history = vec![
+        op(1, put(b"1"), 0, 10, None),
+        op(2, OpKind::DeleteFound(false), 20, 30, None),
+    ];
+    assert!(check_history(&history, 1_000_000).is_err());
+    let mut ok = history.clone();
+    ok[1].kind = OpKind::DeleteFound(true);
+    ok.push(op(3, OpKind::Get, 40, 50, None));
+    assert_eq!(check_history(&ok, 1_000_000), Ok(()));
+}
+
+#[test]
+fn linearizability_checker_rejects_a_counter_incremented_twice() {
+    let incr = |sum| OpKind::Incr { sum: Some(sum) };
+    let history = vec![op(1, incr(1), 0, 10, None), op(2, incr(3), 20, 30, None)];
+    assert!(check_history(&history, 1_000_000).is_err());
+    let ok = vec![op(1, incr(1), 0, 10, None), op(2, incr(2), 20, 30, None)];
+    assert_eq!(check_history(&ok, 1_000_000), Ok(()));
+}
+
 fn batch(key: &[u8], op: Op) -> Batch {
     let mut b = BatchBuilder::new();
     b.push(&CommandRef {

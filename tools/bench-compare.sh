@@ -13,7 +13,10 @@
 # ARGS (environment) is added to every row of both builds, e.g.
 # ARGS=--in-memory (blaster's local replicas are on disk by default since
 # durability became the default; builds before that know no --in-memory and
-# ran in memory).
+# ran in memory). NEW_ARGS is added to the new build's rows only (e.g.
+# NEW_ARGS=--scrape-metrics=1: its replicas serve /metrics, scraped every
+# second), and ROWS, a regular expression, keeps only the rows whose name
+# matches it (e.g. ROWS='^5 replicas, 0%, closed').
 #
 # Per row and build: throughput, p50, p99 (blaster's JSON summary) and CPU
 # per command: user + system time of blaster and every replica it started
@@ -64,14 +67,16 @@ n=0
 for round in $(seq "$rounds"); do
     for row in "${rows[@]}"; do
         name="${row%%|*}"; args="${row#*|}"
+        [[ -z "${ROWS:-}" || "$name" =~ $ROWS ]] || continue
         # Alternate which build goes first, row by row and round by round
         # (a row after a heavy one starts on a machine still tearing down).
         if (( (n++ + round) % 2 == 0 )); then order=(old new); else order=(new old); fi
         declare -A got=()
         for b in "${order[@]}"; do
-            dir=$old; [[ $b == new ]] && dir=$new
+            dir=$old; extra=""
+            [[ $b == new ]] && { dir=$new; extra="${NEW_ARGS:-}"; }
             # shellcheck disable=SC2086
-            got[$b]=$(one "$dir" $args)
+            got[$b]=$(one "$dir" $args $extra)
             sleep 1
         done
         for b in old new; do
@@ -91,4 +96,4 @@ EOF
         unset got
     done
 done
-echo "command per row: blaster --duration $secs --warmup 0 ARGS (ARGS as in this script)"
+echo "command per row: blaster --duration $secs --warmup 0 ARGS (ARGS as in this script; new: + ${NEW_ARGS:-nothing})"

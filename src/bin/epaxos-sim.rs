@@ -37,6 +37,10 @@ struct Args {
     /// Percent of commands that are reads (0..=100).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(0..=100))]
     reads: u32,
+    /// Percent of the other commands that read and write in one step: an
+    /// INCR of a counter all clients share, or a conditional PUT (0..=100).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(0..=100))]
+    rmw: u32,
     /// Closed-loop clients (default: twice the replica count).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
     clients: Option<u64>,
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         cfg.faults = args.faults;
         cfg.conflicts_pct = args.conflicts;
         cfg.reads_pct = args.reads;
+        cfg.rmw_pct = args.rmw;
         cfg.clients = args.clients.map_or(2 * args.replicas, |c| c as usize);
         cfg.keys_per_client = args.keys;
         cfg.ops_per_client = args.ops as usize;

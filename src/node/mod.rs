@@ -52,6 +52,7 @@ use crate::command::{Batch, BatchBuilder};
 use crate::constants::{
     EXPIRE_BATCHES_MAX, EXPIRE_BATCH_MAX, EXPIRE_CHECK_NS, EXPIRE_OVER_CHECK_NS,
 };
+use crate::histogram::{Commands, Histogram, Nanos};
 use crate::protocol::{Config, InjectedBug, Outbox, Replica, ReplicaId, TraceEvent};
 use crate::state_machine::{KvResult, KvStore};
 use crate::storage::{Storage, Token};
@@ -225,6 +226,8 @@ pub struct Counters {
     pub refused_stopping: u64,
     /// Answers that came back for commands forwarded to another shard.
     pub forwarded_answers: u64,
+    /// Commands in each instance this shard proposed.
+    pub batch_commands: Histogram<Commands>,
     pub log: LogCounters,
 }
 
@@ -237,6 +240,9 @@ pub struct LogCounters {
     pub bytes: u64,
     /// Microseconds per group commit (its O_DSYNC write).
     pub micros: hdrhistogram::Histogram<u64>,
+    /// The same times in fixed buckets (nanoseconds), for the metrics
+    /// endpoint.
+    pub latency: Histogram<Nanos>,
 }
 
 impl Default for LogCounters {
@@ -248,6 +254,7 @@ impl Default for LogCounters {
             // Up to a minute, three significant digits.
             micros: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                 .expect("valid bounds"),
+            latency: Histogram::default(),
         }
     }
 }
@@ -259,6 +266,7 @@ impl LogCounters {
         self.records += records;
         self.bytes += bytes;
         self.micros.saturating_record(micros.max(1));
+        self.latency.record(micros.saturating_mul(1_000));
     }
 }
 
@@ -459,6 +467,10 @@ impl<S: Storage> Node<S> {
     /// The storage, for a restart (the node is gone).
     pub fn into_storage(self) -> S {
         self.storage
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     pub fn counters_mut(&mut self) -> &mut Counters {
@@ -761,6 +773,7 @@ impl<S: Storage> Node<S> {
                 return;
             };
             self.counters.batched_commands += batch.len() as u64;
+            self.counters.batch_commands.record(batch.len() as u64);
             if let Err(e) = self.core.propose(now, batch.clone(), &mut self.out) {
                 let expiries = batch.iter().filter(|c| c.op == crate::command::Op::Expire);
                 self.core.expiries_not_proposed(expiries.count());
@@ -926,4 +939,4 @@ impl<S: Storage> Node<S> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

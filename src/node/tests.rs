@@ -8,9 +8,10 @@ use crate::storage::MemStorage;
 use crate::wire::client::{decode_response, Code, HelloBody, Role};
 use crate::wire::FrameReader;
 
-const CLUSTER: u64 = 9;
+pub(crate) const CLUSTER: u64 = 9;
 
-fn config(replicas: usize, shards: usize, shard: usize) -> NodeConfig {
+/// A shard's configuration for tests: replica 0 of `replicas`, no limits.
+pub(crate) fn config(replicas: usize, shards: usize, shard: usize) -> NodeConfig {
     NodeConfig {
         replica: ReplicaId(0),
         replicas,

@@ -40,6 +40,9 @@ pub(crate) struct Lead {
     pub changed: u32,
     /// Recovery only: what the Prepare and Validate replies showed.
     pub recovery: Option<Box<Tally>>,
+    /// When `propose` started it (the core's clock), for the commit
+    /// latency; `None` for a recovery or a commit led again.
+    pub proposed_at: Option<u64>,
 }
 
 /// What a recoverer learned from Prepare and Validate replies.

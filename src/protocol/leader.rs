@@ -64,6 +64,7 @@ impl<S: StateMachine> Replica<S> {
         inst.indexed_seq = attrs.seq;
         if self.cfg.replicas == 1 {
             self.stats.fast_commits += 1;
+            self.stats.commit_latency.record(0);
             self.mark_committed(id, out);
             self.execute_ready(out);
             return Ok(id);
@@ -99,6 +100,7 @@ impl<S: StateMachine> Replica<S> {
             replied: 0,
             changed: 0,
             recovery: None,
+            proposed_at: Some(now),
         }));
         let msg = PreAccept {
             id,
@@ -277,6 +279,11 @@ impl<S: StateMachine> Replica<S> {
         lead.sent = peers;
         lead.replied = 0;
         lead.recovery = None;
+        if let Some(at) = lead.proposed_at.take() {
+            self.stats
+                .commit_latency
+                .record(self.now.saturating_sub(at));
+        }
         self.mark_committed(id, out);
         let inst = self.spaces.get_mut(id).expect("led instance");
         let full = inst.commit_message(id);

@@ -116,6 +116,7 @@ impl<S: StateMachine> Replica<S> {
             replied: 0,
             changed: 0,
             recovery: Some(Box::default()),
+            proposed_at: None,
         }));
         out.persist.push(record(id, inst));
         let own = prepare_ok(id, ballot, inst);

@@ -20,6 +20,7 @@
 
 mod log_writer;
 mod mesh;
+pub mod metrics;
 mod shard;
 mod sockopt;
 pub mod uring;
@@ -78,6 +79,8 @@ pub struct RuntimeConfig {
     /// How long a frame may take to arrive once its first bytes did
     /// (`FRAME_DEADLINE_MS`; tests shorten it).
     pub frame_deadline_ms: u64,
+    /// Where the metrics endpoint listens (`--metrics`); `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the replica stopped, other than by a signal.
@@ -133,11 +136,16 @@ pub fn run(
     }
     let mesh =
         Arc::new(Mesh::new(cfg.cores).map_err(|e| format!("cannot create an eventfd: {e}"))?);
+    let metrics = match cfg.metrics {
+        Some(addr) => Some(start_metrics(&cfg, addr)?),
+        None => None,
+    };
     let mut handles = Vec::with_capacity(cfg.cores);
     for (s, (listener, storage)) in listeners.into_iter().zip(storages).enumerate() {
         let shard_cfg = ShardConfig {
             shard: s,
             node: cfg.clone(),
+            metrics: metrics.clone(),
         };
         let (mesh, stop) = (mesh.clone(), stop.clone());
         let cpu = cfg.cpus.as_ref().map(|c| c[s]);
@@ -174,6 +182,15 @@ pub fn run(
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Binds the metrics endpoint and starts its threads (`metrics::serve`).
+fn start_metrics(cfg: &RuntimeConfig, addr: SocketAddr) -> Result<Arc<metrics::Metrics>, String> {
+    let cannot = |e: std::io::Error| format!("cannot serve metrics on {addr} (--metrics): {e}");
+    let listener = bind_retrying(addr).map_err(cannot)?;
+    let m = metrics::Metrics::new(cfg.replica.0, cfg.peers.len(), cfg.cores);
+    metrics::serve(listener, m.clone()).map_err(cannot)?;
+    Ok(m)
 }
 
 /// Pins the calling thread to `cpu`.

@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use super::log_writer::{LogWriter, ShardNode};
 use super::mesh::Mesh;
+use super::metrics::{Metrics, Publisher};
 use super::uring::{Done, Op, OpKind, Ring, RECV_GROUP};
 use super::{sockopt, RunError, RuntimeConfig};
 use crate::constants::{
@@ -71,6 +72,8 @@ pub struct ShardConfig {
     pub shard: usize,
     /// What the replica was started with, shared by its shards.
     pub node: Arc<RuntimeConfig>,
+    /// The metrics endpoint's blocks, with `--metrics`.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl ShardConfig {
@@ -315,6 +318,8 @@ pub struct ShardLoop {
     accept_logged_at: Option<u64>,
     /// Once SIGTERM (or SIGINT) came: how far the stop is.
     stop_phase: Option<StopPhase>,
+    /// Copies the node's counters to the metrics endpoint, with `--metrics`.
+    publisher: Option<Publisher>,
 }
 
 /// A graceful stop: no new connections; requests already received are
@@ -367,6 +372,7 @@ impl ShardLoop {
             })
             .collect();
         let cross_spare = (0..cfg.shards()).map(|_| Vec::new()).collect();
+        let publisher = cfg.metrics.as_ref().map(|m| m.publisher(cfg.shard));
         Ok(ShardLoop {
             reader: FrameReader::new(cfg.node.cluster_id),
             cfg,
@@ -406,6 +412,7 @@ impl ShardLoop {
             accept_failures: 0,
             accept_logged_at: None,
             stop_phase: None,
+            publisher,
         })
     }
 
@@ -474,6 +481,7 @@ impl ShardLoop {
                 self.node.turn(now);
             }
             self.outputs();
+            self.publish();
             let mut wait = stop_check;
             let now = self.now();
             if let Some(d) = self.node.next_deadline() {
@@ -512,6 +520,16 @@ impl ShardLoop {
             std::mem::forget(self);
         }
         result
+    }
+
+    /// Hands the metrics endpoint this shard's numbers, if it is on and
+    /// `METRICS_PUBLISH_MS` passed since the last time (see
+    /// `metrics::Publisher`): a few dozen stores, not per command.
+    fn publish(&mut self) {
+        if let Some(p) = self.publisher.as_mut() {
+            let links = self.links.iter().map(|l| l.up);
+            p.maybe_publish(self.clock, &self.node, links, self.stop_phase.is_some());
+        }
     }
 
     /// Polls for up to `spin` before the loop sleeps; what is left to wait.
@@ -1551,6 +1569,9 @@ impl ShardLoop {
     /// memory. Whether it let go of all of it.
     fn shut_down(&mut self) -> bool {
         self.stopping = true;
+        if let Some(p) = &self.publisher {
+            p.ended();
+        }
         for slot in 0..self.conns.len() as u32 {
             if self.conns[slot as usize].is_some() {
                 self.close(slot, Closed::Stopping);

@@ -16,6 +16,9 @@ use crate::wire::{Frame, FrameEncoder, Kind};
 const CLIENT_TIMEOUT_NS: u64 = 60_000_000;
 const THINK_NS_MAX: u64 = 1_000_000;
 const SHARED_KEYS: u64 = 3;
+/// Counters every client INCRs (keys `n0`, `n1`): no other command touches
+/// them, so `sim::counters` can check them exactly.
+const COUNTER_KEYS: u64 = 2;
 const CLIENT_ID_BASE: u64 = 1000;
 
 pub(super) enum ClientEvent {
@@ -141,10 +144,22 @@ impl Sim<'_> {
         } else {
             format!("c{c}k{}", self.rng.below(cfg.keys_per_client))
         };
+        let mut key = key;
         let (op, value) = if self.rng.chance(cfg.reads_pct) {
             (Op::Get, Vec::new())
         } else if self.rng.chance(10) {
             (Op::Delete, Vec::new())
+        } else if self.rng.chance(cfg.rmw_pct) {
+            let value = format!("c{id}r{request}").into_bytes();
+            match self.rng.below(3) {
+                0 => {
+                    // Counter keys see INCRs only (`sim::counters`).
+                    key = format!("n{}", self.rng.below(COUNTER_KEYS));
+                    (Op::Incr, 1i64.to_le_bytes().to_vec())
+                }
+                1 => (Op::PutIfAbsent, value),
+                _ => (Op::PutIfPresent, value),
+            }
         } else {
             (Op::Put, format!("c{id}r{request}").into_bytes())
         };
@@ -258,7 +273,10 @@ impl Sim<'_> {
         if let Err(e) = self.answers.answered(key) {
             self.violations.push(format!("answers: {e}"));
         }
-        let executed = matches!(response.code, Code::Done | Code::Value | Code::NotFound);
+        let executed = matches!(
+            response.code,
+            Code::Done | Code::Value | Code::NotFound | Code::Integer | Code::NotDone
+        );
         if executed && !self.durable_commands[r].contains(&(response.client, response.request)) {
             self.violations.push(format!(
                 "durability: replica {r} shard {s} answered request {} of client {} \
@@ -294,11 +312,24 @@ impl Sim<'_> {
         let Some(i) = client.in_flight.iter().position(|f| f.request == request) else {
             return; // a late duplicate answer
         };
-        let (kind, read) = match (client.in_flight[i].op, code) {
+        let sent = &client.in_flight[i];
+        let put_if = |applied| OpKind::PutIf {
+            present: sent.op == Op::PutIfPresent,
+            value: sent.value.clone(),
+            applied: Some(applied),
+        };
+        let (kind, read) = match (sent.op, code) {
             (Op::Get, Code::Value) => (OpKind::Get, Some(value)),
             (Op::Get, Code::NotFound) => (OpKind::Get, None),
-            (Op::Put, Code::Done) => (OpKind::Put(client.in_flight[i].value.clone()), None),
-            (Op::Delete, Code::Done | Code::NotFound) => (OpKind::Delete, None),
+            (Op::Put, Code::Done) => (OpKind::Put(sent.value.clone()), None),
+            (Op::Delete, Code::Done) => (OpKind::DeleteFound(true), None),
+            (Op::Delete, Code::NotFound) => (OpKind::DeleteFound(false), None),
+            (Op::PutIfAbsent | Op::PutIfPresent, Code::Done) => (put_if(true), None),
+            (Op::PutIfAbsent | Op::PutIfPresent, Code::NotDone) => (put_if(false), None),
+            (Op::Incr, Code::Integer) if value.len() == 8 => {
+                let sum = i64::from_le_bytes(value[..].try_into().expect("8 bytes"));
+                (OpKind::Incr { sum: Some(sum) }, None)
+            }
             // Recovery replaced the command's instance with a no-op: it did
             // not run; the client sends it again when its timer fires.
             (_, Code::Overloaded) => return,
@@ -358,9 +389,13 @@ impl Sim<'_> {
                 Op::Get => OpKind::Get,
                 Op::Put => OpKind::Put(done.value),
                 Op::Delete => OpKind::Delete,
-                op @ (Op::Expire | Op::Incr | Op::PutIfAbsent | Op::PutIfPresent) => {
-                    unreachable!("the simulator's clients send no {op:?}")
-                }
+                Op::Incr => OpKind::Incr { sum: None },
+                Op::PutIfAbsent | Op::PutIfPresent => OpKind::PutIf {
+                    present: done.op == Op::PutIfPresent,
+                    value: done.value,
+                    applied: None,
+                },
+                Op::Expire => unreachable!("the simulator's clients send no Expire"),
             };
             self.history.push(HistoryOp {
                 client: client.id,

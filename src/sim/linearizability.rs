@@ -50,7 +50,24 @@ use std::fmt;
 pub enum OpKind {
     Get,
     Put(Vec<u8>),
+    /// A DELETE whose answer is unknown (it never returned).
     Delete,
+    /// A DELETE that answered whether it found a value to remove.
+    DeleteFound(bool),
+    /// A PUT of the value that applies only if the key holds a value
+    /// (`present`, SET XX) or holds none (SET NX); `applied` is its answer,
+    /// `None` if it never returned.
+    PutIf {
+        present: bool,
+        value: Vec<u8>,
+        applied: Option<bool>,
+    },
+    /// An INCR by 1 of a counter key (one that only INCRs touch); `sum` is
+    /// its answer, `None` if it never returned. Checked by
+    /// [`super::counters`], not by the register search.
+    Incr {
+        sum: Option<i64>,
+    },
 }
 
 /// One client operation on one key. `return_ns == None` means it never returned
@@ -184,6 +201,18 @@ fn check_key(
     indices: &[usize],
     search_steps_max: u64,
 ) -> Result<(), LinError> {
+    if indices
+        .iter()
+        .any(|&i| matches!(history[i].kind, OpKind::Incr { .. }))
+    {
+        return match super::counters::check(history, indices) {
+            Ok(()) => Ok(()),
+            Err(()) => Err(LinError::NotLinearizable {
+                key: key.to_vec(),
+                ops: indices.to_vec(),
+            }),
+        };
+    }
     let entries = model_entries(history, indices);
     // Refuting by search means exhausting every configuration, which is exponential in
     // the overlap; the pre-check catches the common violations (stale reads, reads of
@@ -221,15 +250,47 @@ const NEVER_WRITTEN: ValueId = ValueId::MAX;
 enum ModelOp {
     Write(ValueId),
     Read(ValueId),
+    /// A conditional write of `value` when the register holds a value
+    /// (`present`) or holds none; `applied` is what it answered (`None`:
+    /// pending, so the state it meets decides).
+    WriteIf {
+        present: bool,
+        value: ValueId,
+        applied: Option<bool>,
+    },
+    /// A DELETE that answered whether the register held a value.
+    DeleteFound(bool),
 }
 
 impl ModelOp {
-    /// The register value after applying `self` to `current`, or `None` if a read
-    /// observed something other than `current`.
+    /// The register value after applying `self` to `current`, or `None` if
+    /// its answer (a read's value, a conditional write's outcome) does not
+    /// fit `current`.
     fn apply(self, current: ValueId) -> Option<ValueId> {
         match self {
             ModelOp::Write(v) => Some(v),
             ModelOp::Read(v) => (v == current).then_some(current),
+            ModelOp::WriteIf {
+                present,
+                value,
+                applied,
+            } => {
+                let holds = (current != ABSENT) == present;
+                let after = if holds { value } else { current };
+                applied.is_none_or(|a| a == holds).then_some(after)
+            }
+            ModelOp::DeleteFound(found) => ((current != ABSENT) == found).then_some(ABSENT),
+        }
+    }
+
+    /// The value it writes, or may write if pending: what the fast
+    /// pre-check counts as a write (a completed one as a certain write).
+    fn written(self) -> Option<ValueId> {
+        match self {
+            ModelOp::Write(v) => Some(v),
+            ModelOp::WriteIf { value, applied, .. } => (applied != Some(false)).then_some(value),
+            ModelOp::DeleteFound(_) => Some(ABSENT),
+            ModelOp::Read(_) => None,
         }
     }
 }
@@ -265,7 +326,7 @@ fn intern_written_values<'h>(
 ) -> HashMap<&'h [u8], ValueId> {
     let mut values: HashMap<&[u8], ValueId> = HashMap::new();
     for &i in indices {
-        if let OpKind::Put(v) = &history[i].kind {
+        if let OpKind::Put(v) | OpKind::PutIf { value: v, .. } = &history[i].kind {
             let next = ValueId::try_from(values.len() + 1)
                 .ok()
                 .filter(|id| *id != NEVER_WRITTEN)
@@ -281,6 +342,17 @@ fn model_entry(op: &HistoryOp, values: &HashMap<&[u8], ValueId>) -> Option<Entry
     let model_op = match &op.kind {
         OpKind::Put(v) => ModelOp::Write(values[v.as_slice()]),
         OpKind::Delete => ModelOp::Write(ABSENT),
+        OpKind::DeleteFound(found) => ModelOp::DeleteFound(*found),
+        OpKind::PutIf {
+            present,
+            value,
+            applied,
+        } => ModelOp::WriteIf {
+            present: *present,
+            value: values[value.as_slice()],
+            applied: *applied,
+        },
+        OpKind::Incr { .. } => unreachable!("counter keys are checked apart"),
         OpKind::Get => {
             op.return_ns?;
             ModelOp::Read(match &op.read {
@@ -310,7 +382,7 @@ fn has_unexplainable_read(entries: &[Entry]) -> bool {
     let writes = WriteIndex::new(entries);
     entries.iter().any(|e| match e.op {
         ModelOp::Read(v) => !writes.can_explain(e, v),
-        ModelOp::Write(_) => false,
+        _ => false,
     })
 }
 
@@ -332,7 +404,7 @@ impl WriteIndex {
         let mut completed_rets = Vec::new();
         let mut by_value: HashMap<ValueId, ValueWrites> = HashMap::new();
         for e in entries {
-            if let ModelOp::Write(v) = e.op {
+            if let Some(v) = e.op.written() {
                 if e.completed {
                     completed_invokes.push(e.invoke);
                     completed_rets.push(e.ret);

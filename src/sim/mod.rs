@@ -25,6 +25,7 @@ pub mod check;
 mod clients;
 mod cluster;
 pub mod contract;
+mod counters;
 pub mod linearizability;
 pub use crate::rng;
 pub mod wired;
@@ -122,6 +123,10 @@ pub struct SimConfig {
     pub conflicts_pct: u32,
     /// Percent of client commands that are GETs.
     pub reads_pct: u32,
+    /// Percent of the other commands that read and write in one step: an
+    /// INCR of one of the counters every client shares, or a conditional
+    /// PUT (SET NX or XX) of the key drawn.
+    pub rmw_pct: u32,
     pub clients: usize,
     /// Keys of its own each client picks among (the rest go to shared keys).
     pub keys_per_client: u64,
@@ -156,6 +161,7 @@ impl SimConfig {
             faults: FaultMix::All,
             conflicts_pct: 30,
             reads_pct: 40,
+            rmw_pct: 15,
             clients: 2 * replicas,
             keys_per_client: 4,
             ops_per_client: 25,
@@ -175,13 +181,14 @@ impl SimConfig {
     pub fn replay_command(&self) -> String {
         format!(
             "cargo run --release --bin epaxos-sim -- --seed {} --replicas {} --faults {} \
-             --conflicts {} --reads {} --clients {} --keys {} --ops {} --pipeline {} --shards {} \
+             --conflicts {} --reads {} --rmw {} --clients {} --keys {} --ops {} --pipeline {} --shards {} \
              --node-pipeline {} --sessions-max {} --session-idle-ms {}{}{}{}",
             self.seed,
             self.replicas,
             self.faults.name(),
             self.conflicts_pct,
             self.reads_pct,
+            self.rmw_pct,
             self.clients,
             self.keys_per_client,
             self.ops_per_client,

@@ -43,6 +43,7 @@ fn config(
         data_root,
         remove_data: false,
         resp: false,
+        metrics: false,
     }
 }
 
@@ -70,6 +71,16 @@ impl Cluster {
         let cfg = ClusterConfig {
             resp: true,
             ..config(replicas, cores, extra, None)
+        };
+        Cluster::start_config(cfg)
+    }
+
+    /// In memory, every replica with a metrics endpoint
+    /// (`LocalCluster::metrics_addr`).
+    pub fn start_with_metrics(replicas: usize, cores: u8) -> Cluster {
+        let cfg = ClusterConfig {
+            metrics: true,
+            ..config(replicas, cores, &[], None)
         };
         Cluster::start_config(cfg)
     }

@@ -63,6 +63,7 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
         }),
         remove_data: true,
         resp: false,
+        metrics: args.scrape_metrics.is_some(),
     })?;
     let list: Vec<String> = cluster.peers.iter().map(|p| p.to_string()).collect();
     eprintln!("blaster: started {n} local replicas at {}", list.join(","));

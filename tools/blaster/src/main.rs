@@ -14,6 +14,7 @@ mod history;
 mod load;
 mod nemesis;
 mod report;
+mod scrape;
 mod verify;
 mod wake;
 mod written;
@@ -80,6 +81,11 @@ pub struct Args {
     /// `--replica-arg=--batch-max=64`.
     #[arg(long, allow_hyphen_values = true)]
     pub replica_arg: Vec<String>,
+    /// With --local-cluster: run the replicas with --metrics and GET
+    /// /metrics from each every this many seconds during the run (to
+    /// measure what scraping costs).
+    #[arg(long, value_name = "S", requires = "local_cluster")]
+    pub scrape_metrics: Option<f64>,
     /// Cluster id the replicas run with.
     #[arg(long, default_value_t = 1)]
     pub cluster_id: u64,
@@ -222,6 +228,12 @@ fn check(args: &Args) -> Result<(), String> {
             args.value_size
         ));
     }
+    if args
+        .scrape_metrics
+        .is_some_and(|s| !(s > 0.0 && s.is_finite()))
+    {
+        return Err("--scrape-metrics takes a positive number of seconds".into());
+    }
     if args.warmup < 0.0 || !args.warmup.is_finite() || !args.duration.is_finite() {
         return Err("--warmup and --duration must be finite, --warmup not negative".into());
     }
@@ -265,6 +277,32 @@ fn run(args: &Args, stop: &Arc<AtomicBool>) -> Result<bool, String> {
             .collect::<Result<_, _>>()?,
     };
     let shards = cluster::shards_of(targets[0], args.cluster_id)?;
+    let scraper = match (&local, args.scrape_metrics) {
+        (Some(c), Some(every)) => {
+            let addrs = (0..c.peers.len())
+                .filter_map(|r| c.metrics_addr(r))
+                .collect();
+            Some(scrape::start(addrs, Duration::from_secs_f64(every)))
+        }
+        _ => None,
+    };
+    let result = run_on(args, stop, local, &targets, shards);
+    if let Some(s) = scraper {
+        s.finish();
+    }
+    result
+}
+
+/// The run once the replicas are there: the preload, then one load phase
+/// or one per `--rates` rate.
+fn run_on(
+    args: &Args,
+    stop: &Arc<AtomicBool>,
+    local: Option<cluster::LocalCluster>,
+    targets: &[SocketAddr],
+    shards: u8,
+) -> Result<bool, String> {
+    let targets = targets.to_vec();
     if args.preload {
         preload(args, &targets, shards)?;
     }
