@@ -650,6 +650,7 @@ impl<S: Storage> Node<S> {
             }
             return;
         }
+        self.counters.responses += 1;
         let c = self.conns.get_mut(&conn).expect("checked");
         let r = c.resp.as_deref_mut().expect("checked");
         let (enc, front) = (r.enc, w.reply == r.reply_base);
