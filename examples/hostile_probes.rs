@@ -89,6 +89,7 @@ fn cluster(binary: &str, replicas: usize, extra: &[&str]) -> LocalCluster {
         ready_timeout: TIMEOUT,
         data_root: None,
         remove_data: false,
+        resp: false,
         metrics: false,
         password: None,
         stderr_dir: None,

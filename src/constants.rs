@@ -211,6 +211,23 @@ pub const SLOT_RESERVATION_AHEAD: u64 = 32;
 /// ever while memory grows.
 pub const LOG_WRITE_STALL_MS: u64 = 30_000;
 
+/// RESP (`--resp`) input bounds, as the binary frames' are bounded: a bulk
+/// string is at most a value long; a command has at most this many
+/// arguments (an MSET of `BATCH_COMMANDS_MAX` pairs and its name) and
+/// this many bytes in all; an inline command line (`PING\r\n`) at most
+/// this long. Past any of them the connection is answered
+/// `-ERR Protocol error: ...` and closed, as Redis does. A command must
+/// arrive whole within `FRAME_DEADLINE_MS`, and its bytes count against
+/// the shard's `SHARD_INPUT_BYTES_MAX`.
+pub const RESP_BULK_BYTES_MAX: usize = VALUE_BYTES_MAX;
+pub const RESP_ARGS_MAX: usize = 2 * BATCH_COMMANDS_MAX + 1;
+pub const RESP_COMMAND_BYTES_MAX: usize = BATCH_BYTES_MAX;
+pub const RESP_INLINE_BYTES_MAX: usize = 64 << 10;
+
+const _: () = assert!(RESP_BULK_BYTES_MAX <= RESP_COMMAND_BYTES_MAX);
+const _: () = assert!(RESP_COMMAND_BYTES_MAX <= SHARD_INPUT_BYTES_MAX);
+// Spans of the receive buffer are u32 offsets.
+const _: () = assert!(RESP_COMMAND_BYTES_MAX + RESP_INLINE_BYTES_MAX <= u32::MAX as usize);
 /// The metrics endpoint (`--metrics`): each shard copies its counters into
 /// the block the endpoint reads at most this often, from its loop (never
 /// per command). The loop wakes at least every `STOP_CHECK_MS`, so an idle

@@ -32,6 +32,9 @@ const READY_POLL: Duration = Duration::from_millis(20);
 const PORT_FIRST: u16 = 7000;
 const PORT_LAST: u16 = 32_000;
 const PORT_STRIDE_MIN: u16 = 16;
+/// With `ClusterConfig::resp`, replica r serves RESP from its base port
+/// plus this (so at most this many cores).
+const RESP_PORT_OFFSET: u16 = PORT_STRIDE_MIN / 2;
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -51,6 +54,8 @@ pub struct ClusterConfig {
     pub data_root: Option<PathBuf>,
     /// Remove `data_root` when the cluster is dropped (a scratch directory).
     pub remove_data: bool,
+    /// Serve RESP too (`--resp`), at `LocalCluster::resp_addr`.
+    pub resp: bool,
     /// Give every replica a metrics endpoint (`--metrics`) on a free port
     /// of the cluster's address: `LocalCluster::metrics_addr`.
     pub metrics: bool,
@@ -95,10 +100,13 @@ fn cluster_ip(nth: u16) -> Ipv4Addr {
     Ipv4Addr::new(127, (pid >> 8) as u8, pid as u8, 1 + (nth % 250) as u8)
 }
 
-/// `n` base addresses on `ip`, each with `cores` free ports.
-fn free_bases(ip: Ipv4Addr, n: usize, cores: u8) -> Result<Vec<SocketAddr>, String> {
+/// `n` base addresses on `ip`, each with `cores` free ports (and as many
+/// from `RESP_PORT_OFFSET` with `resp`).
+fn free_bases(ip: Ipv4Addr, n: usize, cores: u8, resp: bool) -> Result<Vec<SocketAddr>, String> {
     let stride = u16::from(cores).max(PORT_STRIDE_MIN);
-    let free = |base: u16| (0..u16::from(cores)).all(|s| TcpListener::bind((ip, base + s)).is_ok());
+    let ports =
+        |base: u16| (0..u16::from(cores)).all(|s| TcpListener::bind((ip, base + s)).is_ok());
+    let free = |base: u16| ports(base) && (!resp || ports(base + RESP_PORT_OFFSET));
     let bases: Vec<SocketAddr> = (PORT_FIRST..PORT_LAST)
         .step_by(usize::from(stride))
         .filter(|&base| free(base))
@@ -153,9 +161,13 @@ impl LocalCluster {
     pub fn start(cfg: ClusterConfig) -> Result<LocalCluster, String> {
         static CLUSTERS: AtomicU16 = AtomicU16::new(0);
         assert!(cfg.replicas > 0 && cfg.cores > 0, "{cfg:?}");
+        assert!(
+            !cfg.resp || u16::from(cfg.cores) <= RESP_PORT_OFFSET,
+            "{cfg:?}"
+        );
         let nth = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let ip = cluster_ip(nth);
-        let peers = free_bases(ip, cfg.replicas, cfg.cores)?;
+        let peers = free_bases(ip, cfg.replicas, cfg.cores, cfg.resp)?;
         let in_memory_flag = cfg.data_root.is_none() && has_in_memory_flag(&cfg.binary)?;
         let metrics = match cfg.metrics {
             true => free_ports(ip, cfg.replicas)?,
@@ -201,12 +213,27 @@ impl LocalCluster {
             .args(["--cluster-id", &cfg.cluster_id.to_string()])
             .args(["--log-level", "warn"])
             .args(self.state_args(id))
+            .args(self.resp_args(id))
             .args(self.metrics.get(id).map(|a| format!("--metrics={a}")))
             .args(&cfg.extra_args)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", cfg.binary.display()))
+    }
+
+    /// Where replica `r`'s shard `shard` serves RESP (with `resp`).
+    pub fn resp_addr(&self, r: usize, shard: u8) -> SocketAddr {
+        let mut a = self.peers[r];
+        a.set_port(a.port() + RESP_PORT_OFFSET + u16::from(shard));
+        a
+    }
+
+    fn resp_args(&self, id: usize) -> Vec<String> {
+        match self.cfg.resp {
+            true => vec!["--resp".into(), self.resp_addr(id, 0).to_string()],
+            false => Vec::new(),
+        }
     }
 
     /// Where replica `id` keeps its state, as flags.
@@ -456,14 +483,14 @@ mod tests {
         assert_ne!(cluster_ip(0), cluster_ip(1));
         assert_eq!(cluster_ip(0), cluster_ip(250), "250 clusters, then round");
         let ip = cluster_ip(7);
-        let bases = free_bases(ip, 3, 4).unwrap();
+        let bases = free_bases(ip, 3, 4, false).unwrap();
         assert_eq!(bases.len(), 3);
         for pair in bases.windows(2) {
             assert!(pair[1].port() >= pair[0].port() + PORT_STRIDE_MIN);
         }
         // A taken port moves that base on, not onto another's ports.
         let held = TcpListener::bind((ip, bases[0].port() + 2)).unwrap();
-        let moved = free_bases(ip, 1, 4).unwrap();
+        let moved = free_bases(ip, 1, 4, false).unwrap();
         assert_ne!(moved[0], bases[0]);
         drop(held);
     }

@@ -6,6 +6,7 @@
 //! - [`wire`]: fixed-layout records read in place from receive buffers.
 //! - [`node`]: one shard above the sockets, pure: handshakes, batching,
 //!   routing, forwarding, and the order persist, then send, then reply.
+//! - [`resp`]: the Redis protocol (parser, commands, encoder), pure.
 //! - [`storage`]: what must survive a crash (the trait, in-memory impl).
 //! - [`runtime`]: the driver of the nodes: a thread and an io_uring ring per
 //!   shard for sockets, the log, timers and the cross-core mesh.
@@ -25,6 +26,7 @@ pub mod harness;
 pub mod histogram;
 pub mod node;
 pub mod protocol;
+pub mod resp;
 pub mod rng;
 pub mod runtime;
 pub mod secret;

@@ -49,6 +49,12 @@ struct Args {
     /// (e.g. 0.0.0.0:7000 behind NAT).
     #[arg(long)]
     listen: Option<String>,
+    /// Serve the Redis protocol (RESP2 and RESP3) on HOST:PORT, shard s on
+    /// PORT + s, for redis-cli, redis-benchmark and Redis client libraries
+    /// (GET, SET [NX|XX], DEL, EXISTS, INCR[BY], DECR[BY], MGET, MSET, ...;
+    /// see the README). Off when absent. The ports must not meet --listen's.
+    #[arg(long, value_name = "HOST:PORT")]
+    resp: Option<String>,
     /// CPUs to pin shard executors to: "auto" (shard s on CPU s), "none"
     /// (let the kernel place them; use this when several replicas share a
     /// host), or a comma-separated list with one CPU per shard.
@@ -210,6 +216,20 @@ fn config(args: &Args) -> RuntimeConfig {
     if let Err(e) = peers::check(&peer_names, &peers, usize::from(args.id), listen, cores) {
         usage_error(e);
     }
+    let resp = args.resp.as_ref().map(|r| resolve(r, "--resp"));
+    if let Some(resp) = resp {
+        if !ports_exist(&resp) {
+            usage_error(format!(
+                "--resp {resp}: ports {}..{} do not all exist",
+                resp.port(),
+                usize::from(resp.port()) + cores
+            ));
+        }
+        let id = usize::from(args.id);
+        if let Err(e) = peers::check_resp(&peer_names, &peers, id, listen, resp, cores) {
+            usage_error(e);
+        }
+    }
     let metrics = args.metrics.as_deref().map(|m| resolve(m, "--metrics"));
     if let Some(m) = metrics {
         let shard_port =
@@ -221,6 +241,15 @@ fn config(args: &Args) -> RuntimeConfig {
                 "--metrics {m} takes a port of the shards' listeners ({}..{})",
                 listen.port(),
                 usize::from(listen.port()) + cores
+            ));
+        }
+        let resp_port = resp.is_some_and(|r| {
+            (r.port()..=r.port().saturating_add(cores as u16 - 1)).contains(&m.port())
+                && (m.ip() == r.ip() || m.ip().is_unspecified() || r.ip().is_unspecified())
+        });
+        if resp_port {
+            usage_error(format!(
+                "--metrics {m} takes a port of the RESP listeners (--resp)"
             ));
         }
     }
@@ -238,6 +267,7 @@ fn config(args: &Args) -> RuntimeConfig {
         peer_names,
         incarnation: peers::incarnation(),
         listen,
+        resp,
         cores,
         cpus,
         cluster_id: args.cluster_id,

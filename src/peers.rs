@@ -85,6 +85,44 @@ pub fn check(
     Ok(())
 }
 
+/// Refuses a `--resp` range that meets `--listen`'s, or another replica's
+/// on the same host: both would be bound by this process or its peers.
+pub fn check_resp(
+    names: &[String],
+    peers: &[SocketAddr],
+    id: usize,
+    listen: SocketAddr,
+    resp: SocketAddr,
+    cores: usize,
+) -> Result<(), String> {
+    let ports = |r: (usize, usize)| format!("ports {}-{}", r.0, r.1);
+    // A wildcard address binds the port on every address of the host.
+    let same_host = |a: SocketAddr, b: SocketAddr| {
+        a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+    };
+    let mine = range(resp, cores);
+    if same_host(resp, listen) && overlap(mine, range(listen, cores)) {
+        return Err(format!(
+            "--resp {resp} overlaps --listen {listen}: with --cores {cores}, RESP would bind \
+             {} and the binary protocol {}",
+            ports(mine),
+            ports(range(listen, cores))
+        ));
+    }
+    for (j, p) in peers.iter().enumerate().filter(|&(j, _)| j != id) {
+        if same_host(resp, *p) && overlap(mine, range(*p, cores)) {
+            return Err(format!(
+                "--resp {resp} overlaps replica {j} ({}): with --cores {cores}, RESP would \
+                 bind {} and replica {j} uses {}",
+                names[j],
+                ports(mine),
+                ports(range(*p, cores))
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// 64 random bits for this process (`NodeConfig::incarnation`): from the
 /// kernel's generator, else from the clock and the pid.
 pub fn incarnation() -> u64 {
@@ -178,6 +216,23 @@ mod tests {
         let e = checked(&l, 0, Some("0.0.0.0:7020"), 1).unwrap_err();
         assert!(e.contains("overlaps replica 2"), "{e}");
         assert_eq!(checked(&l, 0, Some("127.0.0.1:7100"), 2), Ok(()));
+    }
+
+    #[test]
+    fn a_resp_range_over_a_binary_one_is_refused() {
+        let (names, peers) = list(&["127.0.0.1:7000", "127.0.0.1:7010", "127.0.0.1:7020"]);
+        let resp = |r: &str| r.parse::<SocketAddr>().unwrap();
+        let e = check_resp(&names, &peers, 0, peers[0], resp("127.0.0.1:7001"), 2).unwrap_err();
+        assert!(
+            e.contains("--resp 127.0.0.1:7001 overlaps --listen 127.0.0.1:7000"),
+            "{e}"
+        );
+        let e = check_resp(&names, &peers, 0, peers[0], resp("0.0.0.0:7019"), 2).unwrap_err();
+        assert!(e.contains("overlaps replica 2"), "{e}");
+        assert_eq!(
+            check_resp(&names, &peers, 0, peers[0], resp("127.0.0.1:6379"), 2),
+            Ok(())
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ fn protected(replicas: usize, extra: Vec<String>, dir: &Path) -> LocalCluster {
         data_root: None,
         remove_data: false,
         metrics: false,
+        resp: false,
         password: Some(Secret::new(PASSWORD.as_bytes())),
         stderr_dir: Some(dir.to_path_buf()),
     })

@@ -40,6 +40,8 @@ mod auth;
 pub mod config;
 mod hello;
 mod release;
+mod resp;
+mod resp_local;
 mod routes;
 
 use std::collections::VecDeque;
@@ -61,6 +63,8 @@ use crate::wire::{peer, Frame, FrameEncoder, FrameError, Kind};
 pub use auth::{AuthOutcome, Nonce};
 pub use config::Topology;
 pub use hello::LinkAnswer;
+pub use resp::{RespEnd, RespFed};
+pub use resp_local::RespServerInfo;
 pub use routes::{Answer, Cross};
 
 /// What one shard needs to know about the cluster and itself.
@@ -182,6 +186,13 @@ pub enum Output {
     /// its id, and the node must learn which one answers at its advertised
     /// address (`Node::peer_incarnation`).
     Reprobe(ReplicaId),
+    /// A RESP connection that stopped reading whole commands
+    /// (`RespFed::blocked`) may read on: feed it its bytes again.
+    Resume(ConnId),
+    /// A RESP connection's session expired: answer with
+    /// `Node::resp_client_id` and a fresh client id at or above `above`
+    /// (`client::fresh_client_id_above`).
+    ClientId { conn: ConnId, above: u64 },
 }
 
 /// Why a connection must end, from the node's side.
@@ -297,6 +308,8 @@ struct Conn {
     /// Closed by the node (refused, or not reading its answers): no more
     /// bytes are queued for it.
     closing: bool,
+    /// A RESP connection's state (`--resp`); `None` for the binary protocol.
+    resp: Option<Box<resp::RespConn>>,
 }
 
 /// The outgoing link to one peer.
@@ -375,6 +388,12 @@ pub struct Node<S: Storage> {
     clients: usize,
     /// Set by `stop_taking`: new requests are answered `Unavailable` with it.
     stopping: Option<String>,
+    /// The RESP commands of one read, and where each record sits in it.
+    resp_batch: BatchBuilder,
+    resp_staged: Vec<resp::StagedWaiter>,
+    resp_info: RespServerInfo,
+    /// The clock at the last RESP read (INFO's uptime).
+    resp_clock_ns: u64,
 }
 
 impl<S: Storage> Node<S> {
@@ -440,6 +459,10 @@ impl<S: Storage> Node<S> {
             expiry_last: now,
             clients: 0,
             stopping: None,
+            resp_batch: BatchBuilder::new(),
+            resp_staged: Vec::new(),
+            resp_info: RespServerInfo::default(),
+            resp_clock_ns: now,
             cfg,
         }
     }
@@ -521,6 +544,7 @@ impl<S: Storage> Node<S> {
             out: BytesMut::new(),
             listed: false,
             closing: false,
+            resp: None,
         };
         self.conns.insert(id, conn);
         id

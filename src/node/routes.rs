@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{ConnId, Node, NodeBug, Output};
 use crate::command::{shard_of, Batch, BatchBuilder, CommandRef, Op};
-use crate::constants::CLIENT_SEND_BUFFER_BYTES_MAX;
+use crate::constants::{BATCH_BYTES_MAX, CLIENT_SEND_BUFFER_BYTES_MAX};
 use crate::protocol::{Refused, Reply};
 use crate::state_machine::KvResult;
 use crate::storage::Storage;
@@ -72,6 +72,12 @@ impl<S: Storage> Node<S> {
     /// A client's Request: the commands this shard owns join the open batch,
     /// the others go to their shards, one batch per shard.
     pub(super) fn on_request(&mut self, conn: ConnId, batch: &Batch) {
+        self.on_request_grouped(conn, batch, false);
+    }
+
+    /// `on_request`; with `group`, the batch's commands (all for one shard)
+    /// stay together in one instance (`submit_group`): a RESP MSET.
+    pub(super) fn on_request_grouped(&mut self, conn: ConnId, batch: &Batch, group: bool) {
         if let Some(why) = self.unavailable().or_else(|| self.stopping.clone()) {
             if self.stopping.is_some() {
                 self.counters.refused_stopping += batch.len() as u64;
@@ -92,6 +98,9 @@ impl<S: Storage> Node<S> {
             origin: me as u8,
             conn,
         };
+        if group && batch.iter().all(|c| shard_of(c.key, self.cfg.shards) == me) {
+            return self.submit_group(route, batch);
+        }
         // Kept across requests: no allocation per forwarded request.
         let mut others = std::mem::take(&mut self.forward);
         for cmd in batch.iter() {
@@ -146,9 +155,7 @@ impl<S: Storage> Node<S> {
                     return;
                 }
                 self.counters.forwarded_in += batch.len() as u64;
-                for cmd in batch.iter() {
-                    self.submit(Route { origin, conn }, &cmd);
-                }
+                self.submit_group(Route { origin, conn }, &batch);
             }
             Cross::Answer { conn, answer } => {
                 self.counters.forwarded_answers += 1;
@@ -160,6 +167,25 @@ impl<S: Storage> Node<S> {
                     &answer.value,
                 )
             }
+        }
+    }
+
+    /// Queues commands this shard owns for the next instances, all in one
+    /// instance if they fit in one (`--batch-max`, `BATCH_BYTES_MAX`): the
+    /// open batch is closed first if they would not fit beside what it
+    /// holds. A forwarded batch is kept together, and a RESP MSET (at most
+    /// `--batch-max` puts, checked there) is atomic.
+    fn submit_group(&mut self, route: Route, batch: &Batch) {
+        let fits_alone =
+            batch.len() <= self.cfg.batch_max && batch.bytes().len() <= BATCH_BYTES_MAX;
+        let fits_beside = self.open.len() + batch.len() <= self.cfg.batch_max
+            && self.open.bytes_len() + batch.bytes().len() <= BATCH_BYTES_MAX;
+        if fits_alone && !fits_beside && !self.open.is_empty() {
+            let open = self.open.finish();
+            self.closed.push_back(open);
+        }
+        for cmd in batch.iter() {
+            self.submit(route, &cmd);
         }
     }
 
@@ -292,6 +318,9 @@ impl<S: Storage> Node<S> {
         };
         if c.closing {
             return;
+        }
+        if c.resp.is_some() {
+            return self.resp_answer(conn, client, request, code, value);
         }
         if c.out.len() > CLIENT_SEND_BUFFER_BYTES_MAX {
             // The client does not read its answers: close it rather than

@@ -774,3 +774,5 @@ fn incr_and_conditional_puts_answer_with_their_own_codes() {
     assert_eq!(run(10, Op::PutIfAbsent, b"n", b"y"), (Code::Done, vec![]));
     assert_eq!(run(11, Op::Get, b"n", b""), (Code::Value, b"y".to_vec()));
 }
+
+mod resp;

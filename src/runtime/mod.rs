@@ -54,6 +54,8 @@ pub struct RuntimeConfig {
     pub incarnation: u64,
     /// Base address to bind (shard s binds port + s).
     pub listen: SocketAddr,
+    /// Base address of the RESP listeners (`--resp`; shard s on port + s).
+    pub resp: Option<SocketAddr>,
     pub cores: usize,
     /// CPU of each shard's executor; `None` leaves placement to the kernel.
     pub cpus: Option<Vec<usize>>,
@@ -125,7 +127,17 @@ pub fn run(
         // the same port would silently share it.
         let listener =
             bind_retrying(addr).map_err(|e| format!("cannot listen on {addr} (shard {s}): {e}"))?;
-        listeners.push(listener);
+        let resp = match cfg.resp {
+            Some(base) => {
+                let addr = shard_addr(base, s).expect("ports checked at start-up");
+                let l = bind_retrying(addr).map_err(|e| {
+                    format!("cannot listen for RESP on {addr} (shard {s}, --resp): {e}")
+                })?;
+                Some(l)
+            }
+            None => None,
+        };
+        listeners.push((listener, resp));
     }
     let mesh =
         Arc::new(Mesh::new(cfg.cores).map_err(|e| format!("cannot create an eventfd: {e}"))?);
@@ -235,7 +247,7 @@ fn bind_retrying(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 fn run_shard(
     cfg: ShardConfig,
-    listener: std::net::TcpListener,
+    listener: (std::net::TcpListener, Option<std::net::TcpListener>),
     mesh: Arc<Mesh>,
     stop: Arc<AtomicBool>,
     storage: Backend,

@@ -44,7 +44,9 @@ use crate::constants::{
     LOG_WRITE_STALL_MS, PEER_RECONNECT_MS_MAX, PEER_RECONNECT_MS_MIN, SEND_BUFFER_KEPT_BYTES_MAX,
     SHARD_INPUT_BYTES_MAX, STOP_CHECK_MS, STOP_DRAIN_MS, UNACKED_MS_MAX,
 };
-use crate::node::{ConnError, ConnId, LinkAnswer, Node, NodeConfig, Output, Peer};
+use crate::node::{
+    ConnError, ConnId, LinkAnswer, Node, NodeConfig, Output, Peer, RespEnd, RespServerInfo,
+};
 use crate::protocol::ReplicaId;
 use crate::storage::Backend;
 use crate::wire::client::{shard_addr, Refusal, REFUSED_AUTH};
@@ -148,6 +150,8 @@ enum Closed {
     Idle {
         s: u64,
     },
+    /// A RESP client quit, or broke the protocol (its error reply is sent).
+    Resp(RespEnd),
 }
 
 impl From<ConnError> for Closed {
@@ -202,6 +206,9 @@ struct Conn {
     spare: BytesMut,
     /// The address a connect is made to (the kernel reads it).
     addr: Box<SockAddr>,
+    /// A RESP client (`--resp`): its bytes go to the node whole, not cut
+    /// into frames.
+    resp: bool,
 }
 
 /// A socket address as the kernel takes it.
@@ -270,6 +277,9 @@ pub struct ShardLoop {
     ring: Ring,
     epoch: Instant,
     listener: TcpListener,
+    /// The RESP listener (`--resp`), and whether its accept is armed.
+    resp_listener: Option<TcpListener>,
+    resp_accept_armed: bool,
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     generation: u32,
@@ -337,7 +347,7 @@ impl ShardLoop {
         cfg: ShardConfig,
         rng_seed: u64,
         storage: Backend,
-        listener: TcpListener,
+        (listener, resp_listener): (TcpListener, Option<TcpListener>),
         mesh: Arc<Mesh>,
         stop: Arc<AtomicBool>,
     ) -> Result<ShardLoop, String> {
@@ -357,7 +367,13 @@ impl ShardLoop {
             )
         })?;
         let epoch = Instant::now();
-        let node = Node::start(cfg.node_config(rng_seed), storage, 0);
+        let mut node = Node::start(cfg.node_config(rng_seed), storage, 0);
+        if let Some(l) = &resp_listener {
+            node.set_resp_info(RespServerInfo {
+                process_id: std::process::id(),
+                tcp_port: l.local_addr().map_or(0, |a| a.port()),
+            });
+        }
         let links = (0..cfg.replicas())
             .map(|_| Link {
                 slot: None,
@@ -375,6 +391,8 @@ impl ShardLoop {
             ring,
             epoch,
             listener,
+            resp_listener,
+            resp_accept_armed: false,
             conns: Vec::new(),
             free: Vec::new(),
             generation: 0,
@@ -440,6 +458,7 @@ impl ShardLoop {
     /// Runs until the stop flag is set or the node refuses to take part.
     pub fn run(mut self) -> Result<(), RunError> {
         self.arm_accept();
+        self.arm_accept_resp();
         self.arm_wake();
         for r in 0..self.cfg.replicas() {
             let peer = ReplicaId(r as u8);
@@ -543,7 +562,8 @@ impl ShardLoop {
 
     fn on_done(&mut self, d: Done) {
         match d.op.kind {
-            OpKind::Accept => self.on_accept(d),
+            OpKind::Accept => self.on_accept(d, false),
+            OpKind::AcceptResp => self.on_accept(d, true),
             OpKind::Recv => self.on_recv(d),
             OpKind::Send => self.on_sent(d),
             OpKind::Connect => self.on_connected(d),
@@ -581,6 +601,21 @@ impl ShardLoop {
         unsafe { self.ring.push(entry, Op::new(OpKind::Accept, 0)) };
     }
 
+    fn arm_accept_resp(&mut self) {
+        let Some(l) = &self.resp_listener else {
+            return;
+        };
+        if self.resp_accept_armed {
+            return;
+        }
+        self.resp_accept_armed = true;
+        let entry = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build();
+        // SAFETY: the entry points at no memory.
+        unsafe { self.ring.push(entry, Op::new(OpKind::AcceptResp, 0)) };
+    }
+
     fn arm_wake(&mut self) {
         self.wake_armed = true;
         let fd = self.mesh.wake_fd(self.cfg.shard);
@@ -590,12 +625,16 @@ impl ShardLoop {
         unsafe { self.ring.push(entry, Op::new(OpKind::Wake, 0)) };
     }
 
-    fn on_accept(&mut self, d: Done) {
+    fn on_accept(&mut self, d: Done, resp: bool) {
         let stopping = self.stopping || self.stop_phase.is_some();
         if !d.more() {
-            self.accept_armed = false;
+            if resp {
+                self.resp_accept_armed = false;
+            } else {
+                self.accept_armed = false;
+            }
             if !stopping {
-                self.arm_accept_later(d.error().is_some());
+                self.arm_accept_later(d.error().is_some(), resp);
             }
         }
         if stopping {
@@ -615,6 +654,9 @@ impl ShardLoop {
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         tune(&sock, remote);
+        if resp {
+            return self.accepted_resp(sock, remote);
+        }
         let id = self
             .node
             .accept_from(remote.to_string(), self.nonces.next());
@@ -623,7 +665,30 @@ impl ShardLoop {
         self.arm_recv(slot);
     }
 
-    fn arm_accept_later(&mut self, failed: bool) {
+    /// A RESP client: no handshake, a session of its own from the start.
+    fn accepted_resp(&mut self, sock: TcpStream, remote: SocketAddr) {
+        let client = crate::client::fresh_client_id();
+        let (id, refused) = match self.node.accept_resp(remote.to_string(), client) {
+            Ok(id) => (id, false),
+            Err(id) => (id, true),
+        };
+        let slot = self.insert(sock, remote, Role::Accepted(id), State::Open);
+        self.by_id.insert(id, slot);
+        let c = self.conn(slot);
+        c.resp = true;
+        c.inbound.trust();
+        debug!(%remote, "RESP client connected");
+        if refused {
+            let why = "over --max-clients".to_string();
+            return self.end(slot, Closed::Refused(why));
+        }
+        self.arm_recv(slot);
+    }
+
+    fn arm_accept_later(&mut self, failed: bool, resp: bool) {
+        if !failed && resp {
+            return self.arm_accept_resp();
+        }
         if failed {
             // Out of descriptors, say: try again after a growing delay
             // rather than spin.
@@ -676,6 +741,7 @@ impl ShardLoop {
             sending: None,
             spare: BytesMut::new(),
             addr: Box::new(addr),
+            resp: false,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -802,10 +868,15 @@ impl ShardLoop {
         let now = self.pass_now();
         let responses = self.node.counters_mut().responses;
         let Some(phase) = self.stop_phase else {
-            if self.accept_armed {
-                let entry = opcode::AsyncCancel::new(Op::new(OpKind::Accept, 0).pack()).build();
-                // SAFETY: the entry points at no memory.
-                unsafe { self.ring.push(entry, Op::new(OpKind::Ignore, 0)) };
+            for (armed, kind) in [
+                (self.accept_armed, OpKind::Accept),
+                (self.resp_accept_armed, OpKind::AcceptResp),
+            ] {
+                if armed {
+                    let entry = opcode::AsyncCancel::new(Op::new(kind, 0).pack()).build();
+                    // SAFETY: the entry points at no memory.
+                    unsafe { self.ring.push(entry, Op::new(OpKind::Ignore, 0)) };
+                }
             }
             let waiting = self.node.awaiting_answers();
             info!("stopping: no new connections; answering the {waiting} request(s) received");
@@ -953,8 +1024,12 @@ impl ShardLoop {
         }
     }
 
-    /// Cuts and hands over every whole frame the connection received.
+    /// Cuts and hands over every whole frame the connection received (a
+    /// RESP client's bytes go over whole).
     fn frames(&mut self, slot: u32) {
+        if self.conn(slot).resp {
+            return self.resp_bytes(slot);
+        }
         loop {
             let c = self.conn(slot);
             if matches!(c.state, State::Closed | State::Draining) {
@@ -977,8 +1052,36 @@ impl ShardLoop {
         }
     }
 
+    /// Hands a RESP client's bytes to the node, which takes the whole
+    /// commands at their start.
+    fn resp_bytes(&mut self, slot: u32) {
+        let now = self.pass_now();
+        let c = self.conns[slot as usize].as_mut().expect("a live slot");
+        if matches!(c.state, State::Closed | State::Draining) {
+            return;
+        }
+        let Role::Accepted(id) = c.role else {
+            return;
+        };
+        let node = &mut self.node;
+        let fed = c.inbound.feed_with(&mut self.budget, |bytes| {
+            node.on_resp_bytes(now, id, bytes)
+                .map(|f| (f.consumed, f.blocked))
+        });
+        self.dirty = true;
+        if let Err(end) = fed {
+            if let RespEnd::Protocol(_) = &end {
+                self.node.counters_mut().bad_frames += 1;
+            }
+            self.end(slot, Closed::Resp(end));
+        }
+    }
+
     fn at_end(&mut self, slot: u32) {
         let c = self.conns[slot as usize].as_ref().expect("a live slot");
+        if c.resp {
+            return self.end(slot, Closed::End);
+        }
         let (state, role) = (c.state, c.role);
         let rest = c.inbound.at_end(&self.reader);
         let why = match rest {
@@ -1290,7 +1393,7 @@ impl ShardLoop {
     fn end(&mut self, slot: u32, why: Closed) {
         let c = self.conn(slot);
         if let Role::Accepted(_) = c.role {
-            if matches!(why, Closed::Refused(_) | Closed::Frame(_)) {
+            if matches!(why, Closed::Refused(_) | Closed::Frame(_) | Closed::Resp(_)) {
                 self.log_close(slot, &why);
                 let c = self.conn(slot);
                 c.state = State::Draining;
@@ -1383,6 +1486,10 @@ impl ShardLoop {
                 %remote,
                 "{what} sat inside a frame for over {ms} ms ({held} bytes held); closing the connection"
             ),
+            Closed::Resp(RespEnd::Quit) => debug!(%remote, "{what} sent QUIT"),
+            Closed::Resp(RespEnd::Protocol(e)) => {
+                warn!(%remote, "{what} broke the RESP protocol, closing the connection: {e}")
+            }
             Closed::Idle { s } => info!(
                 %remote,
                 "{what} sent nothing for {s} s (--client-idle-timeout-s); closing the connection"
@@ -1451,6 +1558,16 @@ impl ShardLoop {
                         self.close(slot, Closed::Io(std::io::Error::other(why)));
                     }
                 }
+                Output::Resume(c) => {
+                    if let Some(&slot) = self.by_id.get(&c) {
+                        self.resp_bytes(slot);
+                    }
+                }
+                Output::ClientId { conn, above } => {
+                    let id = crate::client::fresh_client_id_above(above);
+                    self.node.resp_client_id(conn, id);
+                    self.dirty = true;
+                }
                 Output::Cross(to) => {
                     // The node's vector and ours go round: no allocation a
                     // batch of cross-shard messages.
@@ -1499,7 +1616,12 @@ impl ShardLoop {
                     }
                 }
                 Timer::Reconnect(peer) => self.connect(peer),
-                Timer::AcceptAgain if self.stop_phase.is_none() => self.arm_accept(),
+                Timer::AcceptAgain if self.stop_phase.is_none() => {
+                    if !self.accept_armed {
+                        self.arm_accept();
+                    }
+                    self.arm_accept_resp();
+                }
                 Timer::AcceptAgain => {}
                 Timer::Sweep => {
                     self.sweep();
@@ -1542,6 +1664,7 @@ impl ShardLoop {
         }
         for (armed, op) in [
             (self.accept_armed, Op::new(OpKind::Accept, 0)),
+            (self.resp_accept_armed, Op::new(OpKind::AcceptResp, 0)),
             (self.wake_armed, Op::new(OpKind::Wake, 0)),
         ] {
             if armed {
@@ -1556,7 +1679,8 @@ impl ShardLoop {
             let busy = self.conns.iter().any(|c| c.is_some())
                 || self.log.as_ref().is_some_and(|l| l.in_flight())
                 || self.wake_armed
-                || self.accept_armed;
+                || self.accept_armed
+                || self.resp_accept_armed;
             if !busy {
                 return true;
             }

@@ -38,6 +38,8 @@ pub enum OpKind {
     LogAllocateSync,
     /// Cancellations and other entries whose completion needs no action.
     Ignore,
+    /// The multishot accept of the RESP listener (`--resp`).
+    AcceptResp,
 }
 
 impl Op {
@@ -59,6 +61,7 @@ impl Op {
             6 => OpKind::LogWrite,
             7 => OpKind::LogAllocate,
             8 => OpKind::LogAllocateSync,
+            10 => OpKind::AcceptResp,
             _ => OpKind::Ignore,
         };
         Op {

@@ -828,7 +828,10 @@ impl<'c> Sim<'c> {
                 }
                 // Simulated clients read everything; nothing is closed.
                 // No two incarnations of a replica are connected at once.
-                Output::Close(_) | Output::Reprobe(_) => {}
+                Output::Close(_)
+                | Output::Reprobe(_)
+                | Output::Resume(_)
+                | Output::ClientId { .. } => {}
                 Output::Cross(to) => {
                     let incarnation = self.incarnation[r];
                     for msg in node.take_cross(to, Vec::new()) {

@@ -191,6 +191,31 @@ impl Inbound {
         Ok(frame)
     }
 
+    /// Hands what is held to `parse` (for a protocol not cut into frames:
+    /// RESP), which says how many bytes it took and whether the rest waits
+    /// on the reader rather than on the sender (then the deadline does not
+    /// run for it). The taken bytes leave the buffer and the budget.
+    pub fn feed_with<E>(
+        &mut self,
+        budget: &mut InputBudget,
+        parse: impl FnOnce(&[u8]) -> Result<(usize, bool), E>,
+    ) -> Result<(), E> {
+        let (taken, waiting) = parse(&self.buf)?;
+        let _ = self.buf.split_to(taken.min(self.buf.len()));
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_ROOM_BYTES_MAX {
+            self.buf = BytesMut::new();
+        }
+        self.recount(budget);
+        self.frame_since = if self.buf.is_empty() || waiting {
+            None
+        } else if taken > 0 {
+            Some(self.last_in)
+        } else {
+            self.frame_since.or(Some(self.last_in))
+        };
+        Ok(())
+    }
+
     /// Whether a frame has been arriving for longer than `deadline_ns`.
     pub fn overdue(&self, now: u64, deadline_ns: u64) -> bool {
         self.frame_since
@@ -361,6 +386,34 @@ mod tests {
         d.received(&two[10..], 29 * S, &mut budget);
         assert!(d.next(&reader, &mut budget).unwrap().is_some());
         assert!(!d.overdue(100 * S, 10 * S));
+    }
+
+    #[test]
+    fn bytes_fed_whole_leave_the_budget_and_waiting_ones_are_not_overdue() {
+        let mut budget = InputBudget::new(1 << 20);
+        let mut c = Inbound::trusted(0);
+        c.received(b"PING\r\nGET k\r\nSE", S, &mut budget);
+        // The parser takes the first command only: the rest is pending.
+        c.feed_with(&mut budget, |b| Ok::<_, ()>((b.len() - 11, false)))
+            .unwrap();
+        assert_eq!(c.held(), 11);
+        assert!(
+            c.overdue(12 * S, 10 * S),
+            "a partial command runs the deadline"
+        );
+        // Whole commands waiting on the reader: no deadline.
+        c.feed_with(&mut budget, |_| Ok::<_, ()>((0, true)))
+            .unwrap();
+        assert!(!c.overdue(100 * S, 10 * S));
+        c.feed_with(&mut budget, |b| Ok::<_, ()>((b.len(), false)))
+            .unwrap();
+        assert_eq!((c.held(), c.frame_since), (0, None));
+        assert_eq!(
+            c.feed_with(&mut budget, |_| Err::<(usize, bool), _>(7)),
+            Err(7)
+        );
+        c.release(&mut budget);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

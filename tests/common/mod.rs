@@ -42,6 +42,7 @@ fn config(
         ready_timeout: TIMEOUT,
         data_root,
         remove_data: false,
+        resp: false,
         metrics: false,
         password: None,
         stderr_dir: None,
@@ -65,6 +66,36 @@ impl Cluster {
         data_root: Option<std::path::PathBuf>,
     ) -> Cluster {
         Cluster::start_config(config(replicas, cores, extra, data_root))
+    }
+
+    /// Serving RESP too (`--resp`, at `resp_addr`).
+    pub fn start_resp(replicas: usize, cores: u8, extra: &[&str]) -> Cluster {
+        let cfg = ClusterConfig {
+            resp: true,
+            ..config(replicas, cores, extra, None)
+        };
+        Cluster::start_config(cfg)
+    }
+
+    /// Serving RESP, every replica asking clients for `password`
+    /// (`--requirepass-file`, written to a file of mode 600 in `dir`).
+    pub fn start_resp_protected(
+        replicas: usize,
+        cores: u8,
+        password: &str,
+        dir: &std::path::Path,
+    ) -> Cluster {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join("requirepass");
+        std::fs::write(&file, password).expect("password file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let path = file.to_str().expect("a UTF-8 path");
+        let cfg = ClusterConfig {
+            resp: true,
+            password: Some(epaxos_fast::secret::Secret::new(password.as_bytes())),
+            ..config(replicas, cores, &["--requirepass-file", path], None)
+        };
+        Cluster::start_config(cfg)
     }
 
     /// In memory, every replica with a metrics endpoint

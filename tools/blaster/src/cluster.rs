@@ -93,6 +93,7 @@ pub fn start(n: usize, args: &crate::Args) -> Result<LocalCluster, String> {
             root
         }),
         remove_data: true,
+        resp: false,
         metrics: args.scrape_metrics.is_some(),
         password: password(),
         stderr_dir: None,
