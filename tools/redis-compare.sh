@@ -71,8 +71,8 @@ bench() { # NAME PORT PIDS...: one redis-benchmark run, its lines and the server
     echo "$name: servers' CPU $cpu s in $secs s wall; $(echo "scale=2; ($c1 - $c0) * 1000000 / $(getconf CLK_TCK) / (2 * $N)" | bc) us a request"
 }
 
-stop_all() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+stop_all() { # SIGTERM: a graceful stop (bounded at 5 s), so no "Killed" notices
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     pids=()
 }
