@@ -150,7 +150,8 @@ impl<S: Storage> Node<S> {
             return AuthOutcome::NotConfigured;
         }
         let right = self.check_password(candidate);
-        let Some(c) = self.conns.get_mut(&conn) else {
+        // A closing connection takes no more guesses.
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.closing) else {
             return AuthOutcome::Wrong { close: true };
         };
         if right {

@@ -406,6 +406,7 @@ impl<S: Storage> Node<S> {
         }
         let stored = match req {
             Request::Auth(args) => return self.resp_auth(conn, &args),
+            Request::Hello(args) => return self.resp_hello(conn, args),
             Request::Get(key) => self.store_one(conn, Op::Get, key, b"", Shape::Get),
             Request::Set { key, value, cond } => {
                 let (op, shape) = match cond {

@@ -61,10 +61,7 @@ impl<S: Storage> Node<S> {
             Request::Info(section) => Ok(Local::Text(self.info_text(section))),
             Request::Command(sub) => command_reply(sub),
             Request::Client(args) => self.client_reply(conn, args),
-            Request::Hello(args) => {
-                self.hello(conn, args);
-                return;
-            }
+            Request::Hello(_) => unreachable!("HELLO is answered by resp_hello"),
             Request::ConfigGet => Ok(Local::EmptyMap),
             _ => unreachable!("store commands are not local"),
         };
@@ -175,13 +172,17 @@ impl<S: Storage> Node<S> {
     }
 
     /// HELLO [protover [AUTH user pass] [SETNAME name]].
-    fn hello(&mut self, conn: ConnId, args: Args<'_>) {
+    /// Like AUTH, the last allowed wrong password (in its AUTH option)
+    /// ends the connection: nothing after it is read (`Step::Close`).
+    pub(super) fn resp_hello(&mut self, conn: ConnId, args: Args<'_>) -> Step {
         match self.hello_checked(conn, args) {
             Err(refused) => {
                 self.resp_now(conn, |e, b| e.error(b, &refused.text));
-                if refused.close {
-                    self.close_conn(conn);
-                }
+                return if refused.close {
+                    Step::Close
+                } else {
+                    Step::Read
+                };
             }
             Ok(resp3) => {
                 let r = self.resp_conn(conn).expect("a RESP connection");
@@ -207,6 +208,7 @@ impl<S: Storage> Node<S> {
                     e.bulk(b, b"modules");
                     e.array(b, 0);
                 });
+                Step::Read
             }
         }
     }
