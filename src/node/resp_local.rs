@@ -178,11 +178,11 @@ impl<S: Storage> Node<S> {
         match self.hello_checked(conn, args) {
             Err(refused) => {
                 self.resp_now(conn, |e, b| e.error(b, &refused.text));
-                return if refused.close {
+                if refused.close {
                     Step::Close
                 } else {
                     Step::Read
-                };
+                }
             }
             Ok(resp3) => {
                 let r = self.resp_conn(conn).expect("a RESP connection");
