@@ -139,14 +139,18 @@ impl<S: Storage> Node<S> {
                 self.resp_now(conn, |e, b| e.ok(b));
                 Step::Read
             }
-            Err(refused) => {
-                self.resp_now(conn, |e, b| e.error(b, &refused.text));
-                if refused.close {
-                    Step::Close
-                } else {
-                    Step::Read
-                }
-            }
+            Err(refused) => self.refuse_auth(conn, &refused),
+        }
+    }
+
+    /// Answers a refused password; the last allowed one ends the
+    /// connection after its answer.
+    fn refuse_auth(&mut self, conn: ConnId, refused: &AuthRefused) -> Step {
+        self.resp_now(conn, |e, b| e.error(b, &refused.text));
+        if refused.close {
+            Step::Close
+        } else {
+            Step::Read
         }
     }
 
@@ -176,14 +180,7 @@ impl<S: Storage> Node<S> {
     /// ends the connection: nothing after it is read (`Step::Close`).
     pub(super) fn resp_hello(&mut self, conn: ConnId, args: Args<'_>) -> Step {
         match self.hello_checked(conn, args) {
-            Err(refused) => {
-                self.resp_now(conn, |e, b| e.error(b, &refused.text));
-                if refused.close {
-                    Step::Close
-                } else {
-                    Step::Read
-                }
-            }
+            Err(refused) => self.refuse_auth(conn, &refused),
             Ok(resp3) => {
                 let r = self.resp_conn(conn).expect("a RESP connection");
                 if let Some(v) = resp3 {
